@@ -1,0 +1,125 @@
+"""Feature definitions: what the streaming job computes and the recommender reads.
+
+Each object below is registered by ``feast apply`` (or ``personalize feast-apply``).
+The Flink job renders rows with exactly these feature names
+(``flink_jobs/profile.py:user_feature_row`` and ``flink_jobs/items.py:item_feature_row``)
+and the online-store writer converts them with the dtypes declared here, so this file
+is the single source of truth for names and types.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Array, Float64, Int64, String
+
+_DATA_DIR = Path(__file__).resolve().parent / "data"
+
+# A shopper or viewer. Ids may be pseudonymised (HMAC) before they reach the store.
+user = Entity(
+    name="user",
+    join_keys=["user_id"],
+    value_type=ValueType.STRING,
+    description="An end user of the shop or media site.",
+)
+
+# A product, article or movie that can be recommended.
+item = Entity(
+    name="item",
+    join_keys=["item_id"],
+    value_type=ValueType.STRING,
+    description="A recommendable item.",
+)
+
+# Offline copies (for training / point-in-time joins). The streaming path never reads
+# them; Feast requires a batch source behind every push source.
+user_profile_batch = FileSource(
+    name="user_profile_batch",
+    path=str(_DATA_DIR / "user_profile.parquet"),
+    timestamp_field="event_timestamp",
+)
+item_stats_batch = FileSource(
+    name="item_stats_batch",
+    path=str(_DATA_DIR / "item_stats.parquet"),
+    timestamp_field="event_timestamp",
+)
+
+# Push sources: the streaming job's rows enter the online store through these.
+user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_batch)
+item_stats_push = PushSource(name="item_stats_push", batch_source=item_stats_batch)
+
+# Counters over sliding windows, as of the user's last event (event time).
+_WINDOW_COUNTS = [
+    Field(name=f"{kind}_{window}", dtype=Int64, description=f"{kind} events in the last {window}")
+    for kind in ("product_view", "add_to_cart", "purchase")
+    for window in ("5m", "1h", "24h")
+]
+
+# The user's behaviour, context and demographics, updated on every event.
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    # Feast does not filter online reads by ttl; serving checks freshness itself.
+    ttl=timedelta(days=30),
+    schema=[
+        *_WINDOW_COUNTS,
+        Field(name="session_count", dtype=Int64, description="sessions so far (30 min gap)"),
+        Field(name="session_events", dtype=Int64, description="events in the current session"),
+        Field(name="session_duration_s", dtype=Int64, description="current session length"),
+        Field(name="interest_categories", dtype=Array(String), description="by decayed score"),
+        Field(name="interest_scores", dtype=Array(Float64), description="decayed interest"),
+        Field(name="interest_ref_ms", dtype=Int64, description="time the scores refer to"),
+        Field(name="recent_items", dtype=Array(String), description="last viewed, newest first"),
+        Field(name="cart_items", dtype=Array(String), description="current cart"),
+        Field(name="purchased_items", dtype=Array(String), description="bought, newest first"),
+        Field(name="first_seen_ms", dtype=Int64),
+        Field(name="last_seen_ms", dtype=Int64),
+        Field(name="last_purchase_ms", dtype=Int64, description="recency anchor (0 = never)"),
+        Field(name="frequency", dtype=Int64, description="number of purchases"),
+        Field(name="monetary", dtype=Float64, description="total spent"),
+        Field(name="events_total", dtype=Int64),
+        Field(name="segments", dtype=Array(String), description="rule-based segments"),
+        Field(name="last_device", dtype=String),
+        Field(name="last_country", dtype=String),
+        Field(name="age_band", dtype=String),
+        Field(name="gender", dtype=String),
+    ],
+    source=user_profile_push,
+    online=True,
+    description="Per-user features computed by flink_jobs/user_features_job.py.",
+)
+
+# Popularity of each item over windows and a decayed trending score.
+item_stats = FeatureView(
+    name="item_stats",
+    entities=[item],
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="category", dtype=String),
+        Field(name="price", dtype=Float64),
+        Field(name="trending_score", dtype=Float64, description="decayed weighted events"),
+        Field(name="trending_ref_ms", dtype=Int64, description="time the score refers to"),
+        Field(name="last_event_ms", dtype=Int64),
+        Field(name="views_1h", dtype=Int64),
+        Field(name="views_24h", dtype=Int64),
+        Field(name="carts_1h", dtype=Int64),
+        Field(name="carts_24h", dtype=Int64),
+        Field(name="purchases_1h", dtype=Int64),
+        Field(name="purchases_24h", dtype=Int64),
+    ],
+    source=item_stats_push,
+    online=True,
+    description="Per-item popularity computed by the item branch of the same job.",
+)
+
+# What the recommender reads for a user.
+recommender_features = FeatureService(
+    name="recommender",
+    features=[user_profile],
+    description="Features the gRPC recommender reads on the request path.",
+)
+
+FEATURE_VIEWS = {view.name: view for view in (user_profile, item_stats)}
+ENTITY_OF_VIEW = {"user_profile": "user_id", "item_stats": "item_id"}

@@ -1,0 +1,1 @@
+"""PyFlink jobs and the pure per-user / per-item logic they wire together."""

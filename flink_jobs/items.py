@@ -1,0 +1,88 @@
+"""Per-item state (pure): popularity over windows and a decayed trending score.
+
+Keyed by item id in the job. The row it renders is the ``item_stats`` feature view;
+serving keeps the catalog of these rows in process and ranks trending items by
+``trending_score`` (a time-decayed, event-weighted count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from flink_jobs import windows
+from personalization.events import ADD_TO_CART, CLICK, FAVORITE, PRODUCT_VIEW, PURCHASE, Event
+
+POPULARITY_WEIGHTS = {PRODUCT_VIEW: 1.0, CLICK: 1.0, FAVORITE: 2.0, ADD_TO_CART: 3.0, PURCHASE: 5.0}
+ITEM_COUNTED = {PRODUCT_VIEW: "views", ADD_TO_CART: "carts", PURCHASE: "purchases"}
+ITEM_WINDOWS = windows.window_specs(("1h", "24h"))
+
+
+@dataclass(slots=True)
+class ItemState:
+    item_id: str
+    category: str = ""
+    price: float = 0.0
+    last_event_ms: int = 0
+    trending: float = 0.0  # as of ``trending_ref_ms``
+    trending_ref_ms: int = 0
+    # counted kind -> window name -> buckets
+    window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    version_us: int = 0
+
+
+def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool:
+    """Fold an event about this item; False when it says nothing about popularity."""
+    weight = POPULARITY_WEIGHTS.get(event.event_type)
+    if event.category:
+        state.category = event.category
+    if event.price:
+        state.price = event.price
+    if weight is None:
+        changed = bool(event.category or event.price)
+        if changed:
+            state.version_us = max(event.event_time_ms * 1000, state.version_us + 1)
+        return changed
+    t = event.event_time_ms
+    half_life_ms = half_life_s * 1000
+    if t > state.trending_ref_ms:
+        state.trending *= math.pow(0.5, (t - state.trending_ref_ms) / half_life_ms)
+        state.trending_ref_ms = t
+    else:
+        weight *= math.pow(0.5, (state.trending_ref_ms - t) / half_life_ms)
+    state.trending += weight
+    reference = max(state.last_event_ms, t)
+    kind = ITEM_COUNTED.get(event.event_type)
+    if kind:
+        per_kind = state.window_buckets.setdefault(kind, {})
+        for spec in ITEM_WINDOWS:
+            windows.add(per_kind.setdefault(spec.name, {}), spec, t, reference)
+    state.last_event_ms = reference
+    state.version_us = max(reference * 1000, state.version_us + 1)
+    return True
+
+
+def item_feature_row(state: ItemState) -> dict[str, Any]:
+    """The ``item_stats`` feature view row (names match feature_repo/features.py)."""
+    row: dict[str, Any] = {
+        "category": state.category,
+        "price": state.price,
+        "trending_score": round(state.trending, 6),
+        "trending_ref_ms": state.trending_ref_ms,
+        "last_event_ms": state.last_event_ms,
+    }
+    for kind in ITEM_COUNTED.values():
+        per_kind = state.window_buckets.get(kind, {})
+        for spec in ITEM_WINDOWS:
+            row[f"{kind}_{spec.name}"] = windows.total(
+                per_kind.get(spec.name, {}), spec, state.last_event_ms
+            )
+    return row
+
+
+def decayed_trending(score: float, ref_ms: int, now_ms: int, half_life_s: float) -> float:
+    """A stored trending score brought forward to ``now_ms`` (serving uses this)."""
+    if now_ms <= ref_ms:
+        return score
+    return score * math.pow(0.5, (now_ms - ref_ms) / (half_life_s * 1000))

@@ -1,0 +1,338 @@
+"""Per-user state and its transitions (pure): the heart of the user-feature job.
+
+``UserState`` is what the Flink job keeps per user (one pickled value). ``apply_event``
+folds one event into it and returns the triggers it fired; ``advance_time`` is called
+from event-time timers and closes sessions / detects abandoned carts;
+``user_feature_row`` renders the state as the online feature row Feast stores.
+
+Everything here is deterministic in (state, event): replaying the same events from a
+restored checkpoint recomputes the same rows, which is what makes the writes
+idempotent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from flink_jobs import windows
+from flink_jobs.triggers import Trigger, TriggerRules
+from personalization.events import (
+    ADD_TO_CART,
+    CLICK,
+    DWELL,
+    FAVORITE,
+    PAGE_VIEW,
+    PRODUCT_VIEW,
+    PURCHASE,
+    RATING,
+    REMOVE_FROM_CART,
+    Event,
+)
+from personalization.settings import FeatureSettings
+
+# Event kinds counted over 5 min / 1 h / 24 h windows.
+COUNTED_TYPES = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)
+WINDOW_SPECS = windows.window_specs()
+
+# How much an event says about interest in its category.
+INTEREST_WEIGHTS = {
+    PAGE_VIEW: 0.5,
+    PRODUCT_VIEW: 1.0,
+    CLICK: 1.0,
+    DWELL: 0.5,
+    FAVORITE: 2.0,
+    RATING: 2.0,
+    ADD_TO_CART: 3.0,
+    PURCHASE: 5.0,
+}
+VIEW_TYPES = frozenset({PRODUCT_VIEW, CLICK})
+CART_TYPES = frozenset({ADD_TO_CART, REMOVE_FROM_CART, PURCHASE})
+DEMOGRAPHIC_KEYS = ("age_band", "gender", "occupation")
+
+
+@dataclass(slots=True)
+class UserState:
+    user_id: str
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+    events_total: int = 0
+    # event type -> window name -> {bucket index: count}
+    window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    # Sessions (gap-based, event time).
+    session_count: int = 0
+    session_start_ms: int = 0
+    session_events: int = 0
+    session_has_conversion: bool = False
+    session_entry: str = ""
+    session_closed: bool = True
+    # Decayed interest: category -> score as of ``interest_ref_ms``.
+    interests: dict[str, float] = field(default_factory=dict)
+    interest_ref_ms: int = 0
+    recent_items: list[str] = field(default_factory=list)  # newest first, distinct
+    cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
+    cart_activity_ms: int = 0
+    cart_abandon_fired: bool = False
+    purchased_items: list[str] = field(default_factory=list)  # newest first, distinct
+    purchase_count: int = 0
+    monetary: float = 0.0
+    last_purchase_ms: int = 0
+    last_device: str = ""
+    last_country: str = ""
+    demographics: dict[str, str] = field(default_factory=dict)
+    # Trigger bookkeeping: recent product view (time, item, category).
+    recent_views: list[tuple[int, str, str]] = field(default_factory=list)
+    browse_fired_ms: int = -1
+    # Dedup: event id -> event time, bounded by horizon and count.
+    seen_ids: dict[str, int] = field(default_factory=dict)
+    # Monotonic row version (µs) so Feast never skips a newer row at an equal time.
+    version_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    duplicate: bool
+    triggers: list[Trigger]
+
+
+def new_state(user_id: str) -> UserState:
+    return UserState(user_id=user_id)
+
+
+# --- dedup ---------------------------------------------------------------------------
+
+
+def is_duplicate(state: UserState, event: Event, cfg: FeatureSettings) -> bool:
+    return event.event_id in state.seen_ids
+
+
+def remember_id(state: UserState, event: Event, cfg: FeatureSettings) -> None:
+    seen = state.seen_ids
+    seen[event.event_id] = event.event_time_ms
+    horizon = max(state.last_seen_ms, event.event_time_ms) - cfg.dedup_horizon_s * 1000
+    if len(seen) > cfg.dedup_max_ids or next(iter(seen.values())) < horizon:
+        for stale in [k for k, t in seen.items() if t < horizon]:
+            del seen[stale]
+        while len(seen) > cfg.dedup_max_ids:
+            del seen[next(iter(seen))]  # insertion order: oldest first
+
+
+# --- transitions ---------------------------------------------------------------------
+
+
+def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome:
+    """Fold one event into the user's state; return the triggers it fired."""
+    if is_duplicate(state, event, cfg):
+        return Outcome(duplicate=True, triggers=[])
+    remember_id(state, event, cfg)
+    rules = TriggerRules(cfg)
+    fired: list[Trigger] = []
+    t = event.event_time_ms
+
+    # A new event after the session gap closes the previous session first, exactly as
+    # the session-end timer would have (whichever comes first, the result is the same).
+    if not state.session_closed and t > state.last_seen_ms + cfg.session_gap_s * 1000:
+        fired.extend(_close_session(state, rules, cfg))
+    # Likewise a cart that went idle before this event was abandoned at its due time.
+    fired.extend(rules.on_time(state, t))
+
+    if state.events_total == 0:
+        state.first_seen_ms = t
+    state.events_total += 1
+    reference = max(state.last_seen_ms, t)
+
+    _count_windows(state, event, reference)
+    _update_session(state, event, cfg)
+    _update_interest(state, event, cfg)
+    _update_items(state, event, cfg)
+    if event.device:
+        state.last_device = event.device
+    if event.country:
+        state.last_country = event.country
+    for key in DEMOGRAPHIC_KEYS:
+        value = event.properties.get(key)
+        if value:
+            state.demographics[key] = value
+
+    state.last_seen_ms = reference
+    state.version_us = max(reference * 1000, state.version_us + 1)
+
+    fired.extend(rules.on_event(state, event))
+    return Outcome(duplicate=False, triggers=fired)
+
+
+def advance_time(state: UserState, now_ms: int, cfg: FeatureSettings) -> list[Trigger]:
+    """Called when event time (the watermark) reaches ``now_ms``: timers land here."""
+    rules = TriggerRules(cfg)
+    fired: list[Trigger] = []
+    if not state.session_closed and now_ms >= state.last_seen_ms + cfg.session_gap_s * 1000:
+        fired.extend(_close_session(state, rules, cfg))
+    fired.extend(rules.on_time(state, now_ms))
+    return fired
+
+
+def due_timers(state: UserState, cfg: FeatureSettings) -> list[int]:
+    """Event times at which ``advance_time`` has something to decide."""
+    due = []
+    if not state.session_closed:
+        due.append(state.last_seen_ms + cfg.session_gap_s * 1000)
+    if state.cart and not state.cart_abandon_fired:
+        due.append(state.cart_activity_ms + cfg.cart_abandon_idle_s * 1000)
+    return due
+
+
+def _close_session(state: UserState, rules: TriggerRules, cfg: FeatureSettings) -> list[Trigger]:
+    state.session_closed = True
+    return rules.on_session_end(state)
+
+
+def _count_windows(state: UserState, event: Event, reference: int) -> None:
+    if event.event_type in COUNTED_TYPES:
+        per_type = state.window_buckets.setdefault(event.event_type, {})
+        for spec in WINDOW_SPECS:
+            windows.add(per_type.setdefault(spec.name, {}), spec, event.event_time_ms, reference)
+    if reference > state.last_seen_ms:
+        for per_type in state.window_buckets.values():
+            for spec in WINDOW_SPECS:
+                buckets = per_type.get(spec.name)
+                if buckets:
+                    windows.expire(buckets, spec, reference)
+
+
+def _update_session(state: UserState, event: Event, cfg: FeatureSettings) -> None:
+    if state.session_closed:
+        state.session_closed = False
+        state.session_count += 1
+        state.session_start_ms = event.event_time_ms
+        state.session_events = 0
+        state.session_has_conversion = False
+        state.session_entry = event.item_id or event.page
+    state.session_events += 1
+    state.session_start_ms = min(state.session_start_ms, event.event_time_ms)
+    if event.event_type in (ADD_TO_CART, PURCHASE):
+        state.session_has_conversion = True
+
+
+def _update_interest(state: UserState, event: Event, cfg: FeatureSettings) -> None:
+    weight = INTEREST_WEIGHTS.get(event.event_type, 0.0)
+    if not event.category or weight <= 0:
+        return
+    t = event.event_time_ms
+    half_life_ms = cfg.interest_half_life_s * 1000
+    if t > state.interest_ref_ms:
+        if state.interests:
+            factor = math.pow(0.5, (t - state.interest_ref_ms) / half_life_ms)
+            for category in state.interests:
+                state.interests[category] *= factor
+        state.interest_ref_ms = t
+    else:  # a late event counts with the decay it would have had by now
+        weight *= math.pow(0.5, (state.interest_ref_ms - t) / half_life_ms)
+    state.interests[event.category] = state.interests.get(event.category, 0.0) + weight
+    if len(state.interests) > cfg.max_interest_categories:
+        weakest = min(state.interests, key=lambda c: (state.interests[c], c))
+        del state.interests[weakest]
+
+
+def _push_recent(items: list[str], item: str, limit: int) -> None:
+    if item in items:
+        items.remove(item)
+    items.insert(0, item)
+    del items[limit:]
+
+
+def _update_items(state: UserState, event: Event, cfg: FeatureSettings) -> None:
+    kind, item = event.event_type, event.item_id
+    if kind in VIEW_TYPES:
+        _push_recent(state.recent_items, item, cfg.recent_items)
+    if kind in CART_TYPES:
+        state.cart_activity_ms = max(state.cart_activity_ms, event.event_time_ms)
+        state.cart_abandon_fired = False
+    if kind == ADD_TO_CART:
+        state.cart[item] = state.cart.get(item, 0) + event.quantity
+        while len(state.cart) > cfg.max_cart_items:
+            del state.cart[next(iter(state.cart))]
+    elif kind == REMOVE_FROM_CART:
+        left = state.cart.get(item, 0) - event.quantity
+        if left > 0:
+            state.cart[item] = left
+        else:
+            state.cart.pop(item, None)
+    elif kind == PURCHASE:
+        state.cart.pop(item, None)
+        _push_recent(state.purchased_items, item, cfg.max_purchased_items)
+        state.purchase_count += 1
+        state.monetary += event.price * event.quantity
+        state.last_purchase_ms = max(state.last_purchase_ms, event.event_time_ms)
+
+
+# --- features ------------------------------------------------------------------------
+
+
+def window_counts(state: UserState) -> dict[str, int]:
+    """``{product_view_5m: n, ..., purchase_24h: n}`` as of the user's last event."""
+    out = {}
+    for kind in COUNTED_TYPES:
+        per_type = state.window_buckets.get(kind, {})
+        for spec in WINDOW_SPECS:
+            out[f"{kind}_{spec.name}"] = windows.total(
+                per_type.get(spec.name, {}), spec, state.last_seen_ms
+            )
+    return out
+
+
+def top_interests(state: UserState, limit: int | None = None) -> list[tuple[str, float]]:
+    ranked = sorted(state.interests.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ranked[:limit] if limit else ranked
+
+
+def segments(state: UserState, counts: dict[str, int], cfg: FeatureSettings) -> list[str]:
+    """Rule-based segments; cheap to compute, useful to target and to explain."""
+    out = []
+    if state.session_count <= 1 and state.purchase_count == 0:
+        out.append("new")
+    if state.purchase_count >= 1:
+        out.append("buyer")
+    if state.purchase_count >= 3:
+        out.append("loyal")
+    if state.monetary >= 500:
+        out.append("high_value")
+    if counts.get("product_view_24h", 0) >= 10 and not (
+        counts.get("add_to_cart_24h", 0) or counts.get("purchase_24h", 0)
+    ):
+        out.append("window_shopper")
+    if state.cart:
+        out.append("has_cart")
+    if state.last_device in ("mobile", "app", "ios", "android"):
+        out.append("mobile")
+    return out
+
+
+def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
+    """The ``user_profile`` feature view row (names match feature_repo/features.py)."""
+    counts = window_counts(state)
+    interests = top_interests(state)
+    row: dict[str, Any] = dict(counts)
+    row.update(
+        session_count=state.session_count,
+        session_events=state.session_events,
+        session_duration_s=max(0, (state.last_seen_ms - state.session_start_ms) // 1000),
+        interest_categories=[c for c, _ in interests],
+        interest_scores=[round(s, 6) for _, s in interests],
+        interest_ref_ms=state.interest_ref_ms,
+        recent_items=list(state.recent_items),
+        cart_items=list(state.cart),
+        purchased_items=list(state.purchased_items),
+        first_seen_ms=state.first_seen_ms,
+        last_seen_ms=state.last_seen_ms,
+        last_purchase_ms=state.last_purchase_ms,
+        frequency=state.purchase_count,
+        monetary=round(state.monetary, 4),
+        events_total=state.events_total,
+        segments=segments(state, counts, cfg),
+        last_device=state.last_device,
+        last_country=state.last_country,
+        age_band=state.demographics.get("age_band", ""),
+        gender=state.demographics.get("gender", ""),
+    )
+    return row

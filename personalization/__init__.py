@@ -1,0 +1,1 @@
+"""Shared core: settings, the event schema, Feast glue, local infrastructure, the CLI."""

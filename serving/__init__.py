@@ -1,0 +1,1 @@
+"""gRPC serving: recommendations, user profiles and event collection."""
