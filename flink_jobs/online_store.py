@@ -1,0 +1,171 @@
+"""Online-store writer: applies the job's feature updates to Feast's Redis store.
+
+Consumes ``feature_updates``, keeps the newest row per entity within a batch, writes
+through Feast's own ``RedisOnlineStore.online_write_batch`` (which skips rows not newer
+than the stored ones, so replays are harmless) and commits Kafka offsets only after
+the write succeeded. If Redis is down it retries the same batch with backoff and
+commits nothing, so no update is lost; once Redis is back it catches up.
+
+It also maintains ``{project}:item_index``, a sorted set of item ids scored by the
+time of their latest row, which serving uses to refresh its in-process catalog
+incrementally.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import redis
+from confluent_kafka import Consumer, KafkaError, Message
+from feast.infra.online_stores.redis import RedisOnlineStore
+
+from flink_jobs.feature_updates import FeatureUpdate, coalesce
+from personalization import feature_store as fs
+from personalization.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def item_index_key(project: str) -> str:
+    return f"{project}:item_index"
+
+
+@dataclass
+class WriterStats:
+    batches: int = 0
+    rows_in: int = 0
+    rows_written: int = 0
+    bad_records: int = 0
+    write_errors: int = 0
+    last_write_ms: int = 0
+    by_view: dict[str, int] = field(default_factory=dict)
+
+
+class OnlineStoreWriter:
+    """Writes coalesced feature updates through Feast's Redis online store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = fs.repo_config(settings)
+        self.store = RedisOnlineStore()
+        self.redis = redis.Redis(
+            host=settings.redis.host,
+            port=settings.redis.port,
+            db=settings.redis.db,
+            password=settings.redis.password,
+        )
+        self.project = settings.feast.project
+
+    def write(self, updates: list[FeatureUpdate]) -> int:
+        rows = coalesce(updates)
+        by_view: dict[str, list[FeatureUpdate]] = {}
+        for row in rows:
+            by_view.setdefault(row.view, []).append(row)
+        for view, view_rows in by_view.items():
+            data = [
+                (
+                    fs.entity_key(view, row.entity_id),
+                    fs.encode_row(view, row.features),
+                    datetime.fromtimestamp(row.version_us / 1_000_000, tz=timezone.utc),
+                    None,
+                )
+                for row in view_rows
+            ]
+            self.store.online_write_batch(self.config, fs.feature_view(view), data, None)
+            if view == "item_stats":
+                self.redis.zadd(
+                    item_index_key(self.project),
+                    {row.entity_id: int(row.features.get("last_event_ms", 0)) for row in view_rows},
+                )
+        return len(rows)
+
+
+def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpdate]:
+    updates = []
+    for msg in messages:
+        if msg.error():
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka error: %s", msg.error())
+            continue
+        try:
+            updates.append(FeatureUpdate.from_json(msg.value()))
+        except (ValueError, KeyError, TypeError):
+            # Only the job writes this topic; a bad record is a bug, not data to retry.
+            stats.bad_records += 1
+            log.error("undecodable feature update at offset %s", msg.offset())
+    return updates
+
+
+def run_writer(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    *,
+    batch_size: int = 2000,
+    poll_timeout_s: float = 0.02,
+    on_batch: Callable[[WriterStats], None] | None = None,
+) -> WriterStats:
+    """Consume and apply feature updates until ``stop`` is set."""
+    stop = stop or threading.Event()
+    stats = WriterStats()
+    writer = OnlineStoreWriter(settings)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": settings.kafka.writer_consumer_group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 10,
+            "session.timeout.ms": 10000,
+        }
+    )
+    consumer.subscribe([settings.kafka.feature_updates_topic])
+    backoff = 0.05
+    try:
+        while not stop.is_set():
+            messages = consumer.consume(num_messages=batch_size, timeout=poll_timeout_s)
+            if not messages:
+                continue
+            updates = decode_batch(messages, stats)
+            while not stop.is_set():
+                try:
+                    written = writer.write(updates)
+                    break
+                except (redis.RedisError, OSError) as exc:
+                    stats.write_errors += 1
+                    log.warning("online store write failed (%s); retrying in %.2fs", exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            else:
+                break  # stopping with an unwritten batch: do not commit it
+            backoff = 0.05
+            consumer.commit(asynchronous=False)
+            stats.batches += 1
+            stats.rows_in += len(updates)
+            stats.rows_written += written
+            stats.last_write_ms = int(time.time() * 1000)
+            if on_batch:
+                on_batch(stats)
+    finally:
+        consumer.close()
+    return stats
+
+
+def main() -> None:
+    from personalization.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stats = run_writer(load_settings(), stop)
+    log.info("writer stopped: %s", stats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""PyFlink functions: thin adapters between Flink's runtime and the pure logic.
+
+Kept apart from the job wiring so the pure modules stay importable without a JVM,
+and so a reader sees in one page what runs per record inside Flink.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pyflink.common import Types
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from flink_jobs import items, profile
+from flink_jobs.feature_updates import FeatureUpdate
+from personalization.events import Event, Rejection, ValidationLimits, dead_letter, parse_event
+from personalization.settings import FeatureSettings
+
+DLQ_TAG = OutputTag("dead-letters", Types.STRING())
+TRIGGER_TAG = OutputTag("triggers", Types.STRING())
+ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
+
+
+def limits_from(cfg: FeatureSettings) -> ValidationLimits:
+    return ValidationLimits(
+        max_event_bytes=cfg.max_event_bytes,
+        max_future_skew_ms=cfg.max_future_skew_s * 1000,
+        max_event_age_ms=cfg.max_event_age_s * 1000,
+    )
+
+
+class ParseEvents(ProcessFunction):
+    """Raw Kafka value -> ``Event``; refused payloads go to the DLQ side output."""
+
+    def __init__(self, cfg: FeatureSettings) -> None:
+        self.limits = limits_from(cfg)
+
+    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        now_ms = int(time.time() * 1000)
+        parsed = parse_event(value, now_ms=now_ms, limits=self.limits)
+        if isinstance(parsed, Rejection):
+            yield DLQ_TAG, dead_letter(value, parsed, source="kafka", now_ms=now_ms)
+        else:
+            yield parsed
+
+
+class EventTimeAssigner(TimestampAssigner):
+    def extract_timestamp(self, value: Event, record_timestamp: int) -> int:
+        return value.event_time_ms
+
+
+class UserFeatures(KeyedProcessFunction):
+    """Keyed by user: dedup, profile update, triggers, feature rows.
+
+    Emits the user's full feature row after every accepted event (main output),
+    trigger records (side output) and each accepted item event for the item branch
+    (side output, so items see the same deduplicated stream).
+    """
+
+    def __init__(self, cfg: FeatureSettings) -> None:
+        self.cfg = cfg
+        self.state: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
+        )
+
+    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        user = self.state.value() or profile.new_state(event.user_id)
+        outcome = profile.apply_event(user, event, self.cfg)
+        if outcome.duplicate:
+            return
+        self.state.update(user)
+        for trigger in outcome.triggers:
+            yield TRIGGER_TAG, trigger.to_json()
+        timers = ctx.timer_service()
+        for due in profile.due_timers(user, self.cfg):
+            timers.register_event_time_timer(due)
+        yield FeatureUpdate(
+            "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
+        ).to_json()
+        if event.item_id:
+            yield ITEM_EVENT_TAG, event
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        user = self.state.value()
+        if user is None:
+            return
+        fired = profile.advance_time(user, timestamp, self.cfg)
+        if fired:
+            self.state.update(user)
+            for trigger in fired:
+                yield TRIGGER_TAG, trigger.to_json()
+
+
+class ItemFeatures(KeyedProcessFunction):
+    """Keyed by item: popularity windows and trending score."""
+
+    def __init__(self, cfg: FeatureSettings) -> None:
+        self.half_life_s = cfg.trending_half_life_s
+        self.state: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
+        )
+
+    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
+        item = self.state.value() or items.ItemState(event.item_id)
+        if items.apply_item_event(item, event, self.half_life_s):
+            self.state.update(item)
+            yield FeatureUpdate(
+                "item_stats", item.item_id, item.version_us, items.item_feature_row(item)
+            ).to_json()

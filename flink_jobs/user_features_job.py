@@ -1,0 +1,227 @@
+"""The user-feature job: Kafka events -> per-user / per-item state -> feature updates.
+
+    clickstream, purchase_events, engagement_metrics (Kafka)
+      -> ParseEvents ──invalid──► events_dlq
+      -> event-time watermarks (bounded out-of-orderness, idleness)
+      -> key_by(user) UserFeatures: dedup, profile, triggers ──► triggers
+                                   │ feature rows ──► feature_updates
+                                   └ accepted item events
+      -> key_by(item) ItemFeatures: popularity, trending ──► feature_updates
+
+Feature rows go to a Kafka changelog (``feature_updates``) rather than straight to
+Redis from Python: PyFlink's Python functions have no snapshot hook, so a write
+buffer inside them could hold rows a completed checkpoint already acknowledged, and a
+crash would lose them. The Kafka sink flushes on every checkpoint, so every row of a
+checkpointed event is durable; the online-store writer (``flink_jobs/online_store.py``)
+applies them to Feast's Redis store in batches and commits its offsets only after the
+write. Rows are full and versioned, so replays are idempotent.
+
+Run locally (embedded MiniCluster):  personalize job
+Submit to a cluster:  flink run --python flink_jobs/user_features_job.py --jarfile <kafka
+connector jar> -- --settings-json '<Settings JSON>'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import site
+import sys
+from pathlib import Path
+
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from flink_jobs.checkpoints import latest_checkpoint
+from flink_jobs.operators import (
+    DLQ_TAG,
+    ITEM_EVENT_TAG,
+    TRIGGER_TAG,
+    EventTimeAssigner,
+    ItemFeatures,
+    ParseEvents,
+    UserFeatures,
+)
+from personalization.settings import Settings, load_settings, settings_from_json
+
+log = logging.getLogger(__name__)
+
+
+def worker_python_path() -> str:
+    """PYTHONPATH for the Python interpreter that thread mode embeds in the JVM.
+
+    PEMJA initializes that interpreter from the base installation and ignores a
+    virtualenv's site-packages (FLINK-38585), so the job hands them over explicitly,
+    together with the project root, ahead of anything already set.
+    """
+    project_root = str(Path(__file__).resolve().parent.parent)
+    paths = [*site.getsitepackages(), project_root]
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([*paths, *([existing] if existing else [])])
+
+
+def flink_configuration(settings: Settings, restore_from: Path | None) -> Configuration:
+    cfg = settings.flink
+    conf = Configuration()
+    conf.set_string("python.execution-mode", cfg.execution_mode)
+    # PyFlink starts Python workers by name; pin them to this interpreter (the venv).
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.fn-execution.bundle.size", str(cfg.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(cfg.bundle_time_ms))
+    conf.set_string("pipeline.jars", settings.kafka_connector_jar_path.as_uri())
+    conf.set_string("pipeline.name", cfg.job_name)
+    conf.set_string("execution.checkpointing.dir", settings.checkpoint_path.as_uri())
+    conf.set_string(
+        "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+    )
+    conf.set_string("execution.checkpointing.num-retained", "3")
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", "1000000")
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    if restore_from is not None:
+        conf.set_string("execution.state-recovery.path", restore_from.as_uri())
+    return conf
+
+
+def kafka_sink(settings: Settings, topic: str) -> KafkaSink:
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.kafka.bootstrap_servers)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
+        # At-least-once flushes the producer on every checkpoint: nothing acknowledged
+        # by a checkpoint can sit in a buffer. Consumers are idempotent (versioned rows).
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .set_property("linger.ms", "5")
+        .set_property("compression.type", "lz4")
+        .build()
+    )
+
+
+def kafka_source(settings: Settings) -> KafkaSource:
+    k = settings.kafka
+    reset = (
+        KafkaOffsetResetStrategy.LATEST
+        if settings.flink.starting_offsets == "latest"
+        else KafkaOffsetResetStrategy.EARLIEST
+    )
+    return (
+        KafkaSource.builder()
+        .set_bootstrap_servers(k.bootstrap_servers)
+        .set_topics(*k.event_topics)
+        .set_group_id(k.flink_consumer_group)
+        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(reset))
+        .set_value_only_deserializer(SimpleStringSchema())
+        .set_property("partition.discovery.interval.ms", "10000")
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .build()
+    )
+
+
+def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
+    features_cfg = settings.features
+    raw: DataStream = env.from_source(
+        kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
+    ).name("kafka: behaviour events")
+
+    parsed = raw.process(ParseEvents(features_cfg), output_type=Types.PICKLED_BYTE_ARRAY()).name(
+        "parse + validate"
+    )
+    watermarks = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(settings.flink.out_of_orderness_ms)
+        )
+        .with_timestamp_assigner(EventTimeAssigner())
+        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+    )
+    events = parsed.assign_timestamps_and_watermarks(watermarks).name("event time")
+
+    user_rows = (
+        events.key_by(lambda e: e.user_id, key_type=Types.STRING())
+        .process(UserFeatures(features_cfg), output_type=Types.STRING())
+        .name("user features + triggers")
+        .uid("user-features")
+    )
+    item_rows = (
+        user_rows.get_side_output(ITEM_EVENT_TAG)
+        .key_by(lambda e: e.item_id, key_type=Types.STRING())
+        .process(ItemFeatures(features_cfg), output_type=Types.STRING())
+        .name("item popularity")
+        .uid("item-features")
+    )
+
+    k = settings.kafka
+    user_rows.union(item_rows).sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
+        "kafka: feature_updates"
+    )
+    user_rows.get_side_output(TRIGGER_TAG).sink_to(kafka_sink(settings, k.triggers_topic)).name(
+        "kafka: triggers"
+    )
+    parsed.get_side_output(DLQ_TAG).sink_to(kafka_sink(settings, k.dlq_topic)).name(
+        "kafka: events_dlq"
+    )
+
+
+def create_environment(settings: Settings, restore_from: Path | None) -> StreamExecutionEnvironment:
+    env = StreamExecutionEnvironment.get_execution_environment(
+        flink_configuration(settings, restore_from)
+    )
+    env.set_parallelism(settings.flink.parallelism)
+    env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    return env
+
+
+def run(settings: Settings, *, restore: str = "latest", detached: bool = False) -> None:
+    """Build and execute the job; ``restore='latest'`` resumes from the newest checkpoint."""
+    restore_from = None
+    if restore == "latest":
+        restore_from = latest_checkpoint(settings.checkpoint_path)
+    elif restore not in ("", "none"):
+        restore_from = Path(restore)
+    if restore_from:
+        log.info("restoring from checkpoint %s", restore_from)
+    # Must be in the environment before the JVM starts (it inherits it).
+    os.environ["PYTHONPATH"] = worker_python_path()
+    env = create_environment(settings, restore_from)
+    build_pipeline(env, settings)
+    if detached:
+        env.execute_async(settings.flink.job_name)
+    else:
+        env.execute(settings.flink.job_name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--settings-json",
+        default="",
+        help="settings as JSON (used when submitting to a cluster); default: from env",
+    )
+    parser.add_argument(
+        "--restore",
+        default="latest",
+        help="'latest' (newest retained checkpoint), 'none', or a checkpoint path",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = settings_from_json(args.settings_json) if args.settings_json else load_settings()
+    run(settings, restore=args.restore)
+
+
+if __name__ == "__main__":
+    main()
