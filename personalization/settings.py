@@ -11,6 +11,7 @@ job submitted to a remote cluster sees exactly the configuration of the submitte
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class RedisSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
+    # KRaft controller listener of the local single-node broker (personalization.infra).
+    controller_port: int = 9093
     clickstream_topic: str = "clickstream"
     purchase_topic: str = "purchase_events"
     engagement_topic: str = "engagement_metrics"
@@ -88,6 +91,10 @@ class FlinkSettings(_Section):
     # Empty = the jar fetched by infra/pom.xml into <run_dir>/jars/flink.
     kafka_connector_jar: str = ""
     job_name: str = "pz-user-features"
+    # Local standalone cluster (personalization.infra.flink_cluster): REST API/web UI and
+    # JobManager RPC ports, both bound to 127.0.0.1.
+    rest_port: int = 8081
+    rpc_port: int = 6123
 
 
 class FeatureSettings(_Section):
@@ -126,7 +133,20 @@ class ServingSettings(_Section):
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch_events: int = 1000
     collect_ack_timeout_s: float = 5.0
+    # Producer batching delay for Collect; small, because the call waits for the acks.
+    collect_linger_ms: int = 2
     client_deadline_s: float = 1.0
+    # In-flight RPCs get this long to finish on shutdown (SIGTERM).
+    shutdown_grace_s: float = 5.0
+    # Catalog refresh re-reads index entries this far below its high-water mark, so
+    # rows written slightly out of order by the online-store writer are not missed;
+    # a full re-read every catalog_full_resync_s catches anything later than that.
+    catalog_index_overlap_s: float = 60.0
+    catalog_full_resync_s: float = 300.0
+    catalog_fetch_batch: int = 1000
+    # Ranking blend ("blend_v1"): weight of the user's category interest vs trending.
+    interest_weight: float = 1.0
+    trending_weight: float = 0.3
 
 
 class FeastSettings(_Section):
@@ -146,6 +166,9 @@ class Settings(BaseSettings):
     )
 
     run_dir: str = Field(default=str(PROJECT_ROOT / ".run"))
+    # Shared, read-only datasets (Taobao, MovieLens). Read them in place; never copy
+    # them into the repository (see <datasets_dir>/README.md for their terms).
+    datasets_dir: str = Field(default=str(PROJECT_ROOT.parent / "shared" / "datasets"))
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
     flink: FlinkSettings = FlinkSettings()
@@ -190,7 +213,15 @@ class Settings(BaseSettings):
         }
 
 
+SETTINGS_JSON_ENV = "PZ_SETTINGS_JSON"
+
+
 def load_settings() -> Settings:
+    """Settings from the environment; ``PZ_SETTINGS_JSON`` (set by ``personalize up`` for
+    the processes it starts) carries a launcher's resolved settings as a whole."""
+    payload = os.environ.get(SETTINGS_JSON_ENV)
+    if payload:
+        return settings_from_json(payload)
     return Settings()
 
 

@@ -1,0 +1,99 @@
+"""Shared pytest fixtures.
+
+Service fixtures (session-scoped, started at most once per test session):
+
+``services_settings``
+    A :class:`~personalization.settings.Settings` whose ``run_dir`` is a pytest tmp dir
+    and whose Redis, Kafka (client + KRaft controller) and Flink (REST + RPC) ports are
+    free ports picked at session start, so tests never touch a developer's running
+    stack. ``<run_dir>/jars`` links to the project's ``.run/jars`` (see ``jars``).
+``jars``
+    Fetches the Kafka broker jars and the Flink Kafka connector once (Maven, cached in
+    ``~/.m2``) and returns their paths.
+``redis_server``
+    A Redis started for the session on ``services_settings``; stopped at the end.
+``kafka_broker``
+    A single-node KRaft Kafka with every ``settings.kafka.all_topics`` topic created;
+    stopped at the end.
+
+Tests that use them are marked ``@pytest.mark.integration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from personalization.infra import kafka_broker as kafka_mod
+from personalization.infra import redis_server as redis_mod
+from personalization.infra.jars import JarPaths, ensure_jars
+from personalization.infra.processes import free_port
+from personalization.settings import (
+    PROJECT_ROOT,
+    FlinkSettings,
+    KafkaSettings,
+    RedisSettings,
+    Settings,
+)
+
+# Jars are immutable downloads: every test run dir's jars/ is a symlink to the project's
+# .run/jars, so Maven copies them once, not into every tmp dir.
+SHARED_JARS_DIR = PROJECT_ROOT / ".run" / "jars"
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+@pytest.fixture(scope="session")
+def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for a private stack: tmp run dir, free ports, shared jars."""
+    run_dir: Path = tmp_path_factory.mktemp("run")
+    SHARED_JARS_DIR.mkdir(parents=True, exist_ok=True)
+    (run_dir / "jars").symlink_to(SHARED_JARS_DIR, target_is_directory=True)
+    redis_port, kafka_port, controller_port, rest_port, rpc_port = _distinct_free_ports(5)
+    return Settings(
+        run_dir=str(run_dir),
+        redis=RedisSettings(port=redis_port),
+        kafka=KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{kafka_port}",
+            controller_port=controller_port,
+        ),
+        flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
+    )
+
+
+@pytest.fixture(scope="session")
+def jars(services_settings: Settings) -> JarPaths:
+    """Kafka broker jars + Flink Kafka connector, fetched once (see infra/pom.xml)."""
+    return ensure_jars(services_settings)
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_settings: Settings) -> Iterator[Settings]:
+    """A Redis for the whole session; yields the settings that reach it."""
+    redis_mod.start(services_settings)
+    try:
+        yield services_settings
+    finally:
+        redis_mod.stop(services_settings)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(services_settings: Settings, jars: JarPaths) -> Iterator[Settings]:
+    """A KRaft Kafka with all pipeline topics; yields the settings that reach it."""
+    kafka_mod.start(services_settings)
+    try:
+        kafka_mod.ensure_topics(services_settings)
+        yield services_settings
+    finally:
+        kafka_mod.stop(services_settings)
+
+
+# The real pipeline (Flink job, writer, gRPC server) on top of these services.
+pytest_plugins = ["tests.fixtures_pipeline"]

@@ -1,0 +1,129 @@
+"""Real Redis and Kafka started by personalization.infra on free ports in a tmp run dir."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from personalization.infra import kafka_broker as kafka_mod
+from personalization.infra import redis_server as redis_mod
+from personalization.infra.processes import read_pid, write_pid
+from personalization.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=2)
+
+
+def test_redis_ping_and_persistence_config(redis_server: Settings) -> None:
+    client = _redis(redis_server)
+    assert client.ping()
+    client.set("pz:infra:test", "1")
+    assert client.get("pz:infra:test") == b"1"
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    assert client.config_get("dir") == {"dir": str(redis_server.run_path / "redis")}
+    assert redis_mod.is_running(redis_server)
+    assert "PING ok" in redis_mod.status(redis_server)
+
+
+def test_redis_second_start_is_noop(redis_server: Settings) -> None:
+    pid = redis_mod.process(redis_server).pid()
+    assert pid is not None
+    redis_mod.ensure_running(redis_server)
+    assert redis_mod.process(redis_server).pid() == pid
+
+
+def test_kafka_topics_created(kafka_broker: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_broker.kafka.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    for name in kafka_broker.kafka.all_topics:
+        assert name in topics, name
+        assert len(topics[name].partitions) == kafka_broker.kafka.partitions
+    # Idempotent: a second call creates nothing.
+    assert kafka_mod.ensure_topics(kafka_broker) == []
+
+
+def test_kafka_produce_consume_round_trip(kafka_broker: Settings) -> None:
+    k = kafka_broker.kafka
+    marker = uuid.uuid4().hex
+    producer = Producer({"bootstrap.servers": k.bootstrap_servers, "acks": "all"})
+    for i in range(10):
+        producer.produce(k.clickstream_topic, key=f"user-{i}", value=f"{marker}:{i}")
+    assert producer.flush(15) == 0
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": k.bootstrap_servers,
+            "group.id": f"test-{marker}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([k.clickstream_topic])
+    seen: set[str] = set()
+    try:
+        for _ in range(60):
+            msg = consumer.poll(1.0)
+            if msg is None:
+                if len(seen) == 10:
+                    break
+                continue
+            assert msg.error() is None, msg.error()
+            value = (msg.value() or b"").decode()
+            if value.startswith(marker):
+                seen.add(value)
+            if len(seen) == 10:
+                break
+    finally:
+        consumer.close()
+    assert seen == {f"{marker}:{i}" for i in range(10)}
+
+
+def test_kafka_second_start_is_noop(kafka_broker: Settings) -> None:
+    pid = kafka_mod.process(kafka_broker).pid()
+    assert pid is not None
+    kafka_mod.ensure_running(kafka_broker)
+    assert kafka_mod.process(kafka_broker).pid() == pid
+    assert "metadata ok" in kafka_mod.status(kafka_broker)
+
+
+def test_stale_pidfile_is_ignored(services_settings: Settings) -> None:
+    """A pidfile naming a live process that is not ours must not be trusted or killed."""
+    proc = redis_mod.process(services_settings)
+    original = read_pid(proc.pidfile)
+    try:
+        write_pid(proc.pidfile, 1)  # pid 1 is alive but certainly not our redis
+        assert proc.pid() is None
+        assert not proc.stop()  # nothing of ours to stop; pid 1 untouched
+    finally:
+        if original is not None:
+            write_pid(proc.pidfile, original)
+
+
+def test_stop_and_restart_keeps_data(redis_server: Settings, kafka_broker: Settings) -> None:
+    """Stop both services, check they are down, start again (data survives), leave up."""
+    client = _redis(redis_server)
+    client.set("pz:infra:durable", "yes")
+    assert redis_mod.stop(redis_server)
+    assert not redis_mod.is_running(redis_server)
+    assert not redis_mod.stop(redis_server)  # second stop: nothing to do
+    redis_mod.start(redis_server)
+    assert _redis(redis_server).get("pz:infra:durable") == b"yes"
+
+    assert kafka_mod.stop(kafka_broker)
+    proc = kafka_mod.process(kafka_broker)
+    assert not proc.is_running()
+    write_pid(proc.pidfile, 1)  # stale pidfile (e.g. after a crash or reboot)
+    kafka_mod.start(kafka_broker)  # storage already formatted: must not reformat
+    assert proc.pid() not in (None, 1)
+    topics = AdminClient({"bootstrap.servers": kafka_broker.kafka.bootstrap_servers}).list_topics(
+        timeout=10
+    )
+    assert set(kafka_broker.kafka.all_topics) <= set(topics.topics)
