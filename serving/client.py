@@ -1,0 +1,114 @@
+"""Typed Python client for the Recommender and Collector services.
+
+Every call carries a deadline (``deadline_s``), so a stuck server costs the caller a
+bounded wait. Errors surface as ``grpc.RpcError`` with the server's status code.
+
+    with RecommenderClient("127.0.0.1:50051", deadline_s=0.2) as client:
+        response = client.recommend("u-7", k=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from personalization.settings import Settings
+from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.codec import wire_to_event
+
+
+class RecommenderClient:
+    def __init__(
+        self,
+        target: str,
+        deadline_s: float = 1.0,
+        *,
+        collect_deadline_s: float | None = None,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        options: list[tuple[str, Any]] = []
+        if max_message_bytes:
+            options += [
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+        self.deadline_s = deadline_s
+        # Collect waits for Kafka acks server-side, so it needs a longer deadline.
+        self.collect_deadline_s = collect_deadline_s or deadline_s
+        self._channel = grpc.insecure_channel(target, options=options)
+        self._recommender = recommender_pb2_grpc.RecommenderStub(self._channel)
+        self._collector = recommender_pb2_grpc.CollectorStub(self._channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecommenderClient:
+        cfg = settings.serving
+        return cls(
+            f"{cfg.host}:{cfg.port}",
+            deadline_s=cfg.client_deadline_s,
+            collect_deadline_s=cfg.collect_ack_timeout_s + cfg.client_deadline_s,
+            max_message_bytes=cfg.max_message_bytes,
+        )
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 0,
+        context: events_pb2.EventContext | Mapping[str, str] | None = None,
+        exclude: Iterable[str] = (),
+        *,
+        deadline_s: float | None = None,
+    ) -> recommender_pb2.RecommendResponse:
+        request = recommender_pb2.RecommendRequest(
+            user_id=user_id, k=k, exclude_item_ids=list(exclude)
+        )
+        if isinstance(context, events_pb2.EventContext):
+            request.context.CopyFrom(context)
+        elif context:
+            request.context.CopyFrom(events_pb2.EventContext(**dict(context)))
+        response: recommender_pb2.RecommendResponse = self._recommender.Recommend(
+            request, timeout=deadline_s or self.deadline_s
+        )
+        return response
+
+    def get_user_profile(
+        self, user_id: str, *, deadline_s: float | None = None
+    ) -> recommender_pb2.UserProfile:
+        profile: recommender_pb2.UserProfile = self._recommender.GetUserProfile(
+            recommender_pb2.GetUserProfileRequest(user_id=user_id),
+            timeout=deadline_s or self.deadline_s,
+        )
+        return profile
+
+    def collect(
+        self, events: Sequence[Mapping[str, Any]], *, deadline_s: float | None = None
+    ) -> recommender_pb2.CollectResponse:
+        """Send wire-form event dicts; raises ValueError naming the first one a proto
+        cannot represent (content problems come back per index in ``rejected``)."""
+        protos = []
+        for index, payload in enumerate(events):
+            try:
+                protos.append(wire_to_event(payload))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"event {index}: {exc}") from exc
+        response: recommender_pb2.CollectResponse = self._collector.Collect(
+            recommender_pb2.CollectRequest(events=protos),
+            timeout=deadline_s or self.collect_deadline_s,
+        )
+        return response
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

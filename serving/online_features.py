@@ -1,0 +1,170 @@
+"""A user's online features in one Redis round trip, without the Feast SDK.
+
+Feast keeps one Redis hash per entity key with one field per ``view:feature`` (murmur3)
+plus ``_ts:<view>``, the row's event timestamp as a ``google.protobuf.Timestamp``.
+``personalization.feature_store`` reproduces that layout, so one HMGET of every field of
+``user_profile`` returns what ``FeatureStore.get_online_features`` would, in a fraction
+of the time (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from personalization.feature_store import (
+    TS_FIELD_PREFIX,
+    decode_fields,
+    feature_kinds,
+    field_key,
+    redis_key,
+)
+from personalization.settings import Settings
+
+VIEW = "user_profile"
+COUNT_FEATURES = tuple(
+    f"{kind}_{window}"
+    for kind in ("product_view", "add_to_cart", "purchase")
+    for window in ("5m", "1h", "24h")
+)
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store (Redis) did not answer in time or refused the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserFeatures:
+    """The ``user_profile`` row of one user, decoded into Python values."""
+
+    user_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    # (category, decayed score), highest first, as of ``interest_ref_ms``.
+    interests: list[tuple[str, float]] = field(default_factory=list)
+    interest_ref_ms: int = 0
+    recent_items: list[str] = field(default_factory=list)
+    cart_items: list[str] = field(default_factory=list)
+    purchased_items: list[str] = field(default_factory=list)
+    session_count: int = 0
+    session_events: int = 0
+    session_duration_s: int = 0
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+    last_purchase_ms: int = 0  # 0 = never purchased
+    frequency: int = 0
+    monetary: float = 0.0
+    events_total: int = 0
+    segments: list[str] = field(default_factory=list)
+    device: str = ""
+    country: str = ""
+    age_band: str = ""
+    gender: str = ""
+    # Event time of the row (Feast's ``_ts`` field) and its age when it was read.
+    row_ts_ms: int = 0
+    features_age_ms: int = -1
+
+    def recency_days(self, now_ms: int) -> float:
+        """Days since the last purchase; -1 if the user never purchased."""
+        if self.last_purchase_ms <= 0:
+            return -1.0
+        return max(0.0, (now_ms - self.last_purchase_ms) / 86_400_000)
+
+
+def features_from_row(
+    user_id: str, row: dict[str, Any], ts_raw: bytes | None, now_ms: int
+) -> UserFeatures:
+    """Build :class:`UserFeatures` from a decoded feature dict and the raw ``_ts`` value."""
+    row_ts_ms = 0
+    if ts_raw:
+        ts = Timestamp()
+        ts.ParseFromString(ts_raw)
+        row_ts_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+    categories = row.get("interest_categories") or []
+    scores = row.get("interest_scores") or []
+    return UserFeatures(
+        user_id=user_id,
+        counts={name: int(row.get(name) or 0) for name in COUNT_FEATURES},
+        interests=[(str(c), float(s)) for c, s in zip(categories, scores, strict=False)],
+        interest_ref_ms=int(row.get("interest_ref_ms") or 0),
+        recent_items=list(row.get("recent_items") or []),
+        cart_items=list(row.get("cart_items") or []),
+        purchased_items=list(row.get("purchased_items") or []),
+        session_count=int(row.get("session_count") or 0),
+        session_events=int(row.get("session_events") or 0),
+        session_duration_s=int(row.get("session_duration_s") or 0),
+        first_seen_ms=int(row.get("first_seen_ms") or 0),
+        last_seen_ms=int(row.get("last_seen_ms") or 0),
+        last_purchase_ms=int(row.get("last_purchase_ms") or 0),
+        frequency=int(row.get("frequency") or 0),
+        monetary=float(row.get("monetary") or 0.0),
+        events_total=int(row.get("events_total") or 0),
+        segments=list(row.get("segments") or []),
+        device=str(row.get("last_device") or ""),
+        country=str(row.get("last_country") or ""),
+        age_band=str(row.get("age_band") or ""),
+        gender=str(row.get("gender") or ""),
+        row_ts_ms=row_ts_ms,
+        features_age_ms=max(0, now_ms - row_ts_ms) if row_ts_ms else -1,
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A pooled client whose timeouts make a dead Redis fail fast instead of hanging."""
+    cfg = settings.redis
+    return redis.Redis(
+        host=cfg.host,
+        port=cfg.port,
+        db=cfg.db,
+        password=cfg.password,
+        socket_timeout=cfg.socket_timeout_s,
+        socket_connect_timeout=cfg.connect_timeout_s,
+        # No retries: the request has a deadline and a fallback; a retry only adds latency.
+        retry_on_timeout=False,
+    )
+
+
+class UserFeatureReader:
+    """Reads one user's ``user_profile`` row with a single HMGET."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self._project = settings.feast.project
+        self._client = client if client is not None else redis_client(settings)
+        self._names = tuple(feature_kinds(VIEW))
+        self._fields = [field_key(VIEW, name) for name in self._names]
+        self._fields.append(f"{TS_FIELD_PREFIX}{VIEW}".encode())
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def read(self, user_id: str, now_ms: int | None = None) -> UserFeatures | None:
+        """The user's features, None for a user the store has no row for.
+
+        Raises :class:`StoreUnavailable` when Redis cannot be reached in time.
+        """
+        key = redis_key(self._project, VIEW, user_id)
+        try:
+            # execute_command: redis-py's typed hmget() rejects bytes keys (Feast's are bytes).
+            values: list[bytes | None] = self._client.execute_command("HMGET", key, *self._fields)
+        except redis.RedisError as exc:  # refused, timed out, LOADING, READONLY ...
+            raise StoreUnavailable(f"online store unavailable: {exc}") from exc
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        ts_raw = values[-1]
+        if ts_raw is None and all(v is None for v in values):
+            return None
+        row = decode_fields(VIEW, self._names, values[:-1])
+        return features_from_row(user_id, row, ts_raw, now_ms)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,209 @@
+"""Ranking (pure): score the whole in-process catalog for one user with numpy.
+
+Strategy ``blend_v1``::
+
+    score = w_interest * interest(category) * (1 + popularity_in_category)
+          + w_trending * trending
+
+- ``interest(category)``: the user's decayed interest in the item's category divided
+  by their strongest interest (0..1). All of a user's scores share one reference time,
+  so decaying them to ``now`` would scale them all alike and cancel here.
+- ``trending``: the item's trending score decayed to ``now_ms`` exactly as
+  ``flink_jobs.items.decayed_trending`` does, divided by the catalog's maximum (0..1).
+- ``popularity_in_category``: the decayed trending score divided by the maximum of the
+  item's category (0..1), so the best items of a liked category come first.
+
+Business rules: purchased and explicitly excluded items never appear; when the user
+has interests, at most ``ceil(k / 2)`` items per category are taken first, and only if
+the catalog cannot fill ``k`` otherwise are further items of a capped category added.
+A user without features (or without interests in any catalogued category) gets the
+trending list, flagged ``personalized=False`` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from personalization.settings import Settings
+from serving.catalog import CatalogSnapshot, decay_factors
+from serving.online_features import UserFeatures
+
+STRATEGY = "blend_v1"
+
+UNKNOWN_USER = "unknown_user"
+NO_INTERESTS = "no_interests"
+CATALOG_EMPTY = "catalog_empty"
+STORE_UNAVAILABLE = "store_unavailable"
+
+SOURCE_INTEREST = "interest"
+SOURCE_TRENDING = "trending"
+
+# Items this popular within their category (relative to its best item) are explained
+# as "popular in <category>" rather than "because you like <category>".
+POPULAR_IN_CATEGORY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RankingParams:
+    interest_weight: float = 1.0
+    trending_weight: float = 0.3
+    half_life_s: float = 6 * 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RankingParams:
+        return cls(
+            interest_weight=settings.serving.interest_weight,
+            trending_weight=settings.serving.trending_weight,
+            half_life_s=settings.features.trending_half_life_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RankedItem:
+    item_id: str
+    score: float
+    reason: str
+    category: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    items: list[RankedItem]
+    strategy: str
+    personalized: bool
+    fallback_reason: str  # "" when personalized
+
+
+def _normalised(values: np.ndarray) -> np.ndarray:
+    top = float(values.max()) if values.size else 0.0
+    if top <= 0.0:
+        return np.zeros_like(values)
+    return values / top
+
+
+def _interest_by_code(user: UserFeatures, catalog: CatalogSnapshot) -> np.ndarray:
+    by_code = np.zeros(len(catalog.categories), dtype=np.float64)
+    for category, score in user.interests:
+        code = catalog.code_of.get(category)
+        if code is not None and score > 0 and math.isfinite(score):
+            by_code[code] = max(by_code[code], score)
+    return _normalised(by_code)
+
+
+def _select(order: np.ndarray, codes: np.ndarray, k: int, per_category_cap: int) -> list[int]:
+    """Greedy top-k over ``order`` (best first) with a soft per-category cap."""
+    chosen: list[int] = []
+    skipped: list[int] = []
+    taken: dict[int, int] = {}
+    for i in order.tolist():
+        code = int(codes[i])
+        if taken.get(code, 0) >= per_category_cap:
+            skipped.append(i)
+            continue
+        taken[code] = taken.get(code, 0) + 1
+        chosen.append(i)
+        if len(chosen) == k:
+            return chosen
+    chosen.extend(skipped[: k - len(chosen)])
+    return chosen
+
+
+def _ordered_candidates(score: np.ndarray, pool: int) -> np.ndarray:
+    """Indices of the ``pool`` best finite scores, best first (ties: lower index first)."""
+    valid = np.flatnonzero(np.isfinite(score))
+    if valid.size > pool:
+        part = np.argpartition(-score[valid], pool - 1)[:pool]
+        valid = valid[part]
+    # lexsort: last key is primary; index as a tie-break keeps results deterministic.
+    return valid[np.lexsort((valid, -score[valid]))]
+
+
+def rank(
+    user: UserFeatures | None,
+    catalog: CatalogSnapshot,
+    k: int,
+    now_ms: int,
+    exclude: Iterable[str] = (),
+    params: RankingParams = RankingParams(),
+    *,
+    fallback_reason: str = "",
+) -> Ranking:
+    """Top ``k`` catalog items for ``user`` (None = unknown: trending fallback).
+
+    ``fallback_reason`` forces the non-personalized list with that reason (used when
+    the online store is down and the user's features are unknowable).
+    """
+    if fallback_reason:
+        user = None  # a forced fallback ignores whatever is known about the user
+    elif user is None:
+        fallback_reason = UNKNOWN_USER
+    n = len(catalog)
+    if n == 0 or k <= 0:
+        reason = fallback_reason or (CATALOG_EMPTY if n == 0 else "")
+        return Ranking([], STRATEGY, personalized=not reason, fallback_reason=reason)
+
+    codes = catalog.category_codes
+    trending = catalog.trending_score * decay_factors(
+        catalog.trending_ref_ms, now_ms, params.half_life_s
+    )
+    trend_part = params.trending_weight * _normalised(trending)
+
+    interest = (
+        _interest_by_code(user, catalog) if user is not None else np.zeros(len(catalog.categories))
+    )
+    personalized = bool(interest.any())
+    popularity = interest_part = np.zeros_like(trending)
+    if personalized:
+        category_max = np.maximum.reduceat(trending, catalog.category_starts[:-1])
+        item_cat_max = category_max[codes]
+        popularity = np.divide(
+            trending, item_cat_max, out=np.zeros_like(trending), where=item_cat_max > 0
+        )
+        interest_part = params.interest_weight * interest[codes] * (1.0 + popularity)
+        score = interest_part + trend_part
+    else:
+        fallback_reason = fallback_reason or NO_INTERESTS
+        score = trend_part.copy()
+
+    banned = set(exclude)
+    if user is not None:
+        banned.update(user.purchased_items)
+    banned_idx = [catalog.index_of[i] for i in banned if i in catalog.index_of]
+    if banned_idx:
+        score[banned_idx] = -np.inf
+
+    cap = math.ceil(k / 2) if personalized else k
+    # A pool a few times k is almost always enough to satisfy the cap; if not, use all.
+    order = _ordered_candidates(score, pool=max(4 * k, k + 32))
+    chosen = _select(order, codes, k, cap)
+    if len(chosen) < k and order.size < np.isfinite(score).sum():
+        chosen = _select(_ordered_candidates(score, pool=n), codes, k, cap)
+
+    items = []
+    for i in chosen:
+        category = catalog.categories[codes[i]]
+        if personalized and interest_part[i] > trend_part[i]:
+            source = SOURCE_INTEREST
+            if not category:
+                reason = "recommended for you"
+            elif popularity[i] >= POPULAR_IN_CATEGORY:
+                reason = f"popular in {category}"
+            else:
+                reason = f"because you like {category}"
+        else:
+            source, reason = SOURCE_TRENDING, "trending now"
+        items.append(
+            RankedItem(
+                item_id=catalog.item_ids[i],
+                score=float(score[i]),
+                reason=reason,
+                category=category,
+                source=source,
+            )
+        )
+    return Ranking(items, STRATEGY, personalized=personalized, fallback_reason=fallback_reason)

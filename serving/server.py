@@ -1,0 +1,322 @@
+"""gRPC wiring: Recommender and Collector services, health, reflection, shutdown.
+
+Status codes:
+
+- INVALID_ARGUMENT: empty ``user_id``, ``k`` < 0 or > ``serving.max_k``.
+- RESOURCE_EXHAUSTED: a Collect batch larger than ``serving.max_batch_events``.
+- UNAVAILABLE: Kafka did not acknowledge a Collect batch in time; GetUserProfile while
+  Redis is unreachable (a profile has no meaningful fallback).
+- Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
+  GetUserProfile with ``found=false``.
+
+Health (``grpc.health.v1``), one entry per concern:
+
+- ``""`` and ``personalization.v1.Recommender``: SERVING while the process runs. A
+  Redis outage does not make the recommender NOT_SERVING, because it still answers
+  (trending from the in-process catalog); draining every replica behind a load balancer
+  for a shared-Redis outage would turn degraded answers into no answers.
+- ``personalization.online_store``: Redis reachability, from the catalog refresh and
+  from request-path reads. Dashboards and alerts watch this one.
+- ``personalization.v1.Collector``: NOT_SERVING while librdkafka reports all brokers
+  down or the last batch was not acknowledged; SERVING again after the next ack.
+
+On SIGTERM/SIGINT every entry turns NOT_SERVING, then ``server.stop(grace)`` lets
+in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from personalization.settings import Settings, load_settings
+from personalization.v1 import (
+    events_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
+from serving.catalog import ItemCatalog
+from serving.collector import CollectUnavailable, EventCollector
+from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
+from serving.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+_SERVICES = recommender_pb2.DESCRIPTOR.services_by_name
+RECOMMENDER_SERVICE = _SERVICES["Recommender"].full_name
+COLLECTOR_SERVICE = _SERVICES["Collector"].full_name
+ONLINE_STORE_HEALTH = "personalization.online_store"
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthState:
+    """Writes to the health servicer only on change (request threads report often)."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self._servicer = servicer
+        self._lock = threading.Lock()
+        self._state: dict[str, bool] = {}
+
+    def set(self, service: str, ok: bool) -> None:
+        if self._state.get(service) is ok:
+            return
+        with self._lock:
+            if self._state.get(service) is ok:
+                return
+            self._state[service] = ok
+            self._servicer.set(service, _SERVING if ok else _NOT_SERVING)
+            log.info("health %s -> %s", service or '""', "SERVING" if ok else "NOT_SERVING")
+
+    def get(self, service: str) -> bool | None:
+        return self._state.get(service)
+
+
+def profile_message(
+    user_id: str, features: UserFeatures | None, now_ms: int
+) -> recommender_pb2.UserProfile:
+    if features is None:
+        return recommender_pb2.UserProfile(user_id=user_id, found=False, features_age_ms=-1)
+    return recommender_pb2.UserProfile(
+        user_id=user_id,
+        found=True,
+        counts=features.counts,
+        interests=[
+            recommender_pb2.CategoryInterest(category=c, score=s) for c, s in features.interests
+        ],
+        recent_items=features.recent_items,
+        cart_items=features.cart_items,
+        purchased_items=features.purchased_items,
+        session_count=features.session_count,
+        session_events=features.session_events,
+        session_duration_s=features.session_duration_s,
+        last_seen_ms=features.last_seen_ms,
+        recency_days=features.recency_days(now_ms),
+        frequency=features.frequency,
+        monetary=features.monetary,
+        segments=features.segments,
+        last_device=features.device,
+        last_country=features.country,
+        features_age_ms=features.features_age_ms,
+    )
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(self, settings: Settings, recommender: Recommender) -> None:
+        self._recommender = recommender
+        self._default_k = settings.serving.default_k
+        self._max_k = settings.serving.max_k
+
+    def Recommend(
+        self, request: recommender_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        if request.k < 0 or request.k > self._max_k:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"k must be 0..{self._max_k} (0 = default)"
+            )
+        k = request.k or self._default_k
+        rec = self._recommender.recommend(user_id, k, exclude=request.exclude_item_ids)
+        return recommender_pb2.RecommendResponse(
+            items=[
+                recommender_pb2.RecommendedItem(
+                    item_id=item.item_id,
+                    score=item.score,
+                    reason=item.reason,
+                    category=item.category,
+                    source=item.source,
+                )
+                for item in rec.items
+            ],
+            strategy=rec.strategy,
+            personalized=rec.personalized,
+            fallback_reason=rec.fallback_reason,
+            recommendation_id=rec.recommendation_id,
+            features_age_ms=rec.features_age_ms,
+        )
+
+    def GetUserProfile(
+        self, request: recommender_pb2.GetUserProfileRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.UserProfile:
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        try:
+            features = self._recommender.user_features(user_id)
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return profile_message(user_id, features, int(time.time() * 1000))
+
+
+class CollectorServicer(recommender_pb2_grpc.CollectorServicer):
+    def __init__(self, settings: Settings, collector: EventCollector) -> None:
+        self._collector = collector
+        self._max_batch = settings.serving.max_batch_events
+
+    def Collect(
+        self, request: recommender_pb2.CollectRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.CollectResponse:
+        if len(request.events) > self._max_batch:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(request.events)} events > max batch {self._max_batch}",
+            )
+        events: list[events_pb2.Event] = list(request.events)
+        try:
+            result = self._collector.collect(events)
+        except CollectUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return recommender_pb2.CollectResponse(
+            accepted=result.accepted,
+            rejected=[
+                recommender_pb2.RejectedEvent(index=index, reason=reason)
+                for index, reason in result.rejected
+            ],
+        )
+
+
+class ServingApp:
+    """The gRPC server and the components behind it; ``start`` / ``stop``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        recommender: Recommender | None = None,
+        collector: EventCollector | None = None,
+        enable_collector: bool = True,
+    ) -> None:
+        self.settings = settings
+        cfg = settings.serving
+        self.health_servicer = health.HealthServicer()
+        self.health = HealthState(self.health_servicer)
+        if recommender is None:
+            reader = UserFeatureReader(settings)
+            recommender = Recommender(
+                settings,
+                reader,
+                ItemCatalog(settings, reader.client),
+                on_store_state=lambda ok: self.health.set(ONLINE_STORE_HEALTH, ok),
+            )
+        self.recommender = recommender
+        if collector is None and enable_collector:
+            collector = EventCollector(
+                settings, on_kafka_state=lambda ok: self.health.set(COLLECTOR_SERVICE, ok)
+            )
+        self.collector = collector
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            # Fail loudly if the port is taken instead of sharing it with another server.
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
+            options=options,
+        )
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(
+            RecommenderServicer(settings, recommender), self.server
+        )
+        names = [RECOMMENDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if collector is not None:
+            recommender_pb2_grpc.add_CollectorServicer_to_server(
+                CollectorServicer(settings, collector), self.server
+            )
+            names.append(COLLECTOR_SERVICE)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port}")
+        self._stop_monitor = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def target(self) -> str:
+        return f"{self.settings.serving.host}:{self.port}"
+
+    def _watch_catalog(self) -> None:
+        # The catalog refresh touches Redis every catalog_refresh_s, so its outcome is
+        # the store's heartbeat even when no requests arrive.
+        while not self._stop_monitor.wait(self.settings.serving.catalog_refresh_s):
+            self.health.set(ONLINE_STORE_HEALTH, self.recommender.catalog.health().ok)
+
+    def start(self) -> ServingApp:
+        catalog = self.recommender.catalog
+        try:
+            catalog.refresh_once()  # first answers should not come from an empty catalog
+        except Exception as exc:
+            log.warning("initial catalog load failed (serving degraded): %s", exc)
+        catalog.start()
+        self.health.set("", True)
+        self.health.set(RECOMMENDER_SERVICE, True)
+        self.health.set(ONLINE_STORE_HEALTH, catalog.health().ok)
+        if self.collector is not None:
+            self.health.set(COLLECTOR_SERVICE, True)
+        self._monitor = threading.Thread(target=self._watch_catalog, daemon=True)
+        self._monitor.start()
+        self.server.start()
+        log.info("serving on %s", self.target)
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.serving.shutdown_grace_s if grace_s is None else grace_s
+        self.health_servicer.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self._stop_monitor.set()
+        self.recommender.catalog.stop()
+        if self.collector is not None:
+            self.collector.close(timeout_s=grace)
+        self.recommender.reader.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:
+    """Start serving; with ``block`` run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = ServingApp(settings, **kwargs).start()
+    if not block:
+        return app
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down (grace %.1fs)", settings.serving.shutdown_grace_s)
+    app.stop()
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="personalization gRPC server")
+    parser.add_argument(
+        "--no-collector", action="store_true", help="serve recommendations only (no Kafka)"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(load_settings(), block=True, enable_collector=not args.no_collector)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Serving against a real redis-server: Feast writes, serving reads the same values.
+
+Starts its own redis-server on a free port (no shared fixtures), writes rows with
+Feast's own ``RedisOnlineStore`` and checks the one-HMGET reader, the catalog refresh,
+the Redis-down fallback and a Recommend call through an in-process gRPC server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from feast.infra.online_stores.redis import RedisOnlineStore
+
+from personalization import feature_store as fs
+from personalization.settings import Settings
+from serving.catalog import ItemCatalog, item_index_key
+from serving.client import RecommenderClient
+from serving.online_features import UserFeatureReader
+from serving.recommender import Recommender
+from serving.server import ONLINE_STORE_HEALTH, ServingApp
+
+pytestmark = pytest.mark.integration
+
+REDIS_SERVER = "/usr/bin/redis-server"
+NOW_MS = int(time.time() * 1000)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _settings(tmp_path: Path, redis_port: int) -> Settings:
+    return Settings.model_validate(
+        {
+            "run_dir": str(tmp_path),
+            "redis": {"port": redis_port},
+            "serving": {"port": 0, "catalog_refresh_s": 0.2},
+        }
+    )
+
+
+@pytest.fixture
+def local_redis(tmp_path: Path) -> Iterator[Settings]:
+    if not Path(REDIS_SERVER).exists() and not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.02)
+    try:
+        yield _settings(tmp_path, port)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+USER_ROW = {
+    "product_view_5m": 3,
+    "product_view_1h": 7,
+    "product_view_24h": 12,
+    "add_to_cart_5m": 1,
+    "add_to_cart_1h": 1,
+    "add_to_cart_24h": 2,
+    "purchase_5m": 0,
+    "purchase_1h": 0,
+    "purchase_24h": 1,
+    "session_count": 4,
+    "session_events": 9,
+    "session_duration_s": 420,
+    "interest_categories": ["shoes", "books"],
+    "interest_scores": [4.5, 1.25],
+    "interest_ref_ms": NOW_MS - 5_000,
+    "recent_items": ["shoes-3", "books-1"],
+    "cart_items": ["shoes-3"],
+    "purchased_items": ["shoes-0"],
+    "first_seen_ms": NOW_MS - 86_400_000,
+    "last_seen_ms": NOW_MS - 5_000,
+    "last_purchase_ms": NOW_MS - 2 * 86_400_000,
+    "frequency": 1,
+    "monetary": 59.9,
+    "events_total": 40,
+    "segments": ["browser", "returning"],
+    "last_device": "mobile",
+    "last_country": "DE",
+    "age_band": "25-34",
+    "gender": "",
+}
+
+
+def _write_user(settings: Settings, user_id: str, row: dict, ts_ms: int) -> None:
+    RedisOnlineStore().online_write_batch(
+        fs.repo_config(settings),
+        fs.feature_view("user_profile"),
+        [
+            (
+                fs.entity_key("user_profile", user_id),
+                fs.encode_row("user_profile", row),
+                datetime.fromtimestamp(ts_ms / 1000, tz=UTC),
+                None,
+            )
+        ],
+        None,
+    )
+
+
+def _write_items(
+    settings: Settings, items: list[tuple[str, str, float]], at_ms: int = NOW_MS - 1000
+) -> None:
+    """Rows as the online-store writer writes them, plus its item index."""
+    data = []
+    for item_id, category, trending in items:
+        row = {
+            "category": category,
+            "price": 10.0,
+            "trending_score": trending,
+            "trending_ref_ms": at_ms,
+            "last_event_ms": at_ms,
+            "views_1h": 1,
+            "views_24h": 2,
+            "carts_1h": 0,
+            "carts_24h": 0,
+            "purchases_1h": 0,
+            "purchases_24h": 0,
+        }
+        data.append(
+            (
+                fs.entity_key("item_stats", item_id),
+                fs.encode_row("item_stats", row),
+                datetime.fromtimestamp(at_ms / 1000, tz=UTC),
+                None,
+            )
+        )
+    RedisOnlineStore().online_write_batch(
+        fs.repo_config(settings), fs.feature_view("item_stats"), data, None
+    )
+    client = redis.Redis(port=settings.redis.port)
+    client.zadd(item_index_key(settings.feast.project), {i: at_ms for i, _, _ in items})
+    client.close()
+
+
+ITEMS = [
+    (f"{c}-{i}", c, 50.0 / (i + 1) * (3 if c == "books" else 1))
+    for c in ("shoes", "books", "toys")
+    for i in range(8)
+]
+
+
+def test_reader_decodes_what_feast_wrote(local_redis: Settings):
+    ts_ms = NOW_MS - 5_000
+    _write_user(local_redis, "u-1", USER_ROW, ts_ms)
+    reader = UserFeatureReader(local_redis)
+    features = reader.read("u-1", now_ms=NOW_MS)
+    assert features is not None
+    assert features.counts["product_view_1h"] == 7 and features.counts["purchase_24h"] == 1
+    assert features.interests == [("shoes", 4.5), ("books", 1.25)]
+    assert features.recent_items == ["shoes-3", "books-1"]
+    assert features.cart_items == ["shoes-3"] and features.purchased_items == ["shoes-0"]
+    assert (features.session_count, features.session_events) == (4, 9)
+    assert features.monetary == pytest.approx(59.9) and features.frequency == 1
+    assert features.segments == ["browser", "returning"]
+    assert (features.device, features.country) == ("mobile", "DE")
+    assert features.last_seen_ms == NOW_MS - 5_000
+    assert features.row_ts_ms == ts_ms and features.features_age_ms == 5_000
+    assert features.recency_days(NOW_MS) == pytest.approx(2.0)
+    assert reader.read("nobody", now_ms=NOW_MS) is None
+    # Feast's own reader agrees on the row it finds.
+    _, feast_row = RedisOnlineStore().online_read(
+        fs.repo_config(local_redis),
+        fs.feature_view("user_profile"),
+        [fs.entity_key("user_profile", "u-1")],
+    )[0]
+    assert feast_row is not None
+    assert fs.decode_value(feast_row["interest_categories"]) == ["shoes", "books"]
+    reader.close()
+
+
+def test_catalog_refresh_and_personalized_recommendation(local_redis: Settings):
+    _write_items(local_redis, ITEMS)
+    _write_user(local_redis, "u-1", USER_ROW, NOW_MS - 5_000)
+    reader = UserFeatureReader(local_redis)
+    catalog = ItemCatalog(local_redis, reader.client)
+    assert catalog.refresh_once() == len(ITEMS)
+    assert len(catalog.snapshot) == len(ITEMS) and catalog.health().ok
+    # An incremental refresh picks up a new item written after the first one.
+    _write_items(local_redis, [("garden-0", "garden", 1.0)])
+    catalog.refresh_once()
+    assert "garden-0" in catalog.snapshot.index_of
+    # Members whose index score did not move are not fetched again.
+    assert catalog.refresh_once() == 0
+    # A newer row of a known item is patched into the arrays in place.
+    _write_items(local_redis, [("toys-7", "toys", 999.0)], at_ms=NOW_MS)
+    assert catalog.refresh_once() == 1
+    row = catalog.snapshot.row("toys-7")
+    assert row is not None and row.trending_score == 999.0
+    assert len(catalog.snapshot) == len(ITEMS) + 1
+    _write_items(local_redis, [("toys-7", "toys", 6.0)], at_ms=NOW_MS + 1)
+    catalog.refresh_once()
+    row = catalog.snapshot.row("toys-7")
+    assert row is not None and row.trending_score == 6.0
+
+    rec = Recommender(local_redis, reader, catalog).recommend("u-1", k=6)
+    assert rec.personalized and rec.fallback_reason == ""
+    assert rec.items[0].item_id == "shoes-1"  # shoes-0 was purchased
+    assert rec.features_age_ms >= 5_000 and len(rec.recommendation_id) == 32
+    unknown = Recommender(local_redis, reader, catalog).recommend("nobody", k=3)
+    assert unknown.fallback_reason == "unknown_user" and unknown.items[0].item_id == "books-0"
+
+
+def test_redis_down_falls_back_to_catalog_trending_fast(local_redis: Settings, tmp_path: Path):
+    _write_items(local_redis, ITEMS)
+    reader = UserFeatureReader(local_redis)
+    catalog = ItemCatalog(local_redis, reader.client)
+    catalog.refresh_once()
+    dead = _settings(tmp_path, _free_port())  # nothing listens there
+    recommender = Recommender(dead, UserFeatureReader(dead), catalog)
+    start = time.perf_counter()
+    rec = recommender.recommend("u-1", k=5)
+    elapsed = time.perf_counter() - start
+    assert not rec.personalized and rec.fallback_reason == "store_unavailable"
+    assert [i.item_id for i in rec.items][:1] == ["books-0"]
+    assert elapsed < 0.1, f"fallback took {elapsed * 1000:.1f} ms"
+
+
+def test_recommend_through_grpc(local_redis: Settings):
+    _write_items(local_redis, ITEMS)
+    _write_user(local_redis, "u-1", USER_ROW, NOW_MS - 5_000)
+    app = ServingApp(local_redis, enable_collector=False).start()
+    try:
+        with RecommenderClient(app.target, deadline_s=2.0) as client:
+            response = client.recommend("u-1", k=4, exclude=["shoes-1"])
+            assert response.personalized and response.strategy == "blend_v1"
+            assert response.items[0].item_id == "shoes-2"
+            assert all(i.reason for i in response.items)
+            profile = client.get_user_profile("u-1")
+            assert profile.found and profile.counts["product_view_5m"] == 3
+            assert [i.category for i in profile.interests] == ["shoes", "books"]
+            assert not client.get_user_profile("nobody").found
+            for k in (-1, 1000):
+                with pytest.raises(grpc.RpcError) as err:
+                    client.recommend("u-1", k=k)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as err:
+                client.recommend(" ", k=3)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert app.health.get(ONLINE_STORE_HEALTH) is True
+    finally:
+        app.stop(grace_s=0.5)
+
+
+def test_collect_without_kafka_is_unavailable_and_big_batches_are_refused(
+    local_redis: Settings,
+):
+    settings = local_redis.model_copy(
+        update={
+            "kafka": local_redis.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"}
+            ),
+            "serving": local_redis.serving.model_copy(
+                update={"collect_ack_timeout_s": 0.3, "max_batch_events": 5}
+            ),
+        }
+    )
+    app = ServingApp(settings).start()
+    event = {"user_id": "u", "event_type": "page_view", "event_time": NOW_MS}
+    try:
+        with RecommenderClient(app.target, deadline_s=3.0) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.collect([event])
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as err:
+                client.collect([event] * 6)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        app.stop(grace_s=0.5)
+
+
+def test_online_store_health_follows_redis(local_redis: Settings):
+    app = ServingApp(local_redis, enable_collector=False).start()
+    try:
+        assert app.health.get(ONLINE_STORE_HEALTH) is True
+        redis.Redis(port=local_redis.redis.port).shutdown(nosave=True)
+        with RecommenderClient(app.target, deadline_s=2.0) as client:
+            response = client.recommend("u-1", k=3)
+            assert response.fallback_reason == "store_unavailable"
+            with pytest.raises(grpc.RpcError) as err:
+                client.get_user_profile("u-1")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert app.health.get(ONLINE_STORE_HEALTH) is False
+    finally:
+        app.stop(grace_s=0.5)
