@@ -10,11 +10,7 @@ def latest_checkpoint(checkpoint_root: Path) -> Path | None:
     job id in ``checkpoint_root``, or None."""
     if not checkpoint_root.is_dir():
         return None
-    completed = [
-        chk
-        for chk in checkpoint_root.glob("*/chk-*")
-        if (chk / "_metadata").is_file()
-    ]
+    completed = [chk for chk in checkpoint_root.glob("*/chk-*") if (chk / "_metadata").is_file()]
     if not completed:
         return None
     return max(completed, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])))

@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 from confluent_kafka import Consumer, KafkaError, Message
 from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from flink_jobs.feature_updates import FeatureUpdate, coalesce
 from personalization import feature_store as fs
@@ -68,11 +70,11 @@ class OnlineStoreWriter:
         for row in rows:
             by_view.setdefault(row.view, []).append(row)
         for view, view_rows in by_view.items():
-            data = [
+            data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]] = [
                 (
                     fs.entity_key(view, row.entity_id),
                     fs.encode_row(view, row.features),
-                    datetime.fromtimestamp(row.version_us / 1_000_000, tz=timezone.utc),
+                    datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC),
                     None,
                 )
                 for row in view_rows
@@ -89,12 +91,13 @@ class OnlineStoreWriter:
 def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpdate]:
     updates = []
     for msg in messages:
-        if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka error: %s", msg.error())
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka error: %s", error)
             continue
         try:
-            updates.append(FeatureUpdate.from_json(msg.value()))
+            updates.append(FeatureUpdate.from_json(msg.value() or b""))
         except (ValueError, KeyError, TypeError):
             # Only the job writes this topic; a bad record is a bug, not data to retry.
             stats.bad_records += 1

@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from flink_jobs import sessions as sessions_mod
 from flink_jobs import windows
+from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import Trigger, TriggerRules
 from personalization.events import (
     ADD_TO_CART,
@@ -60,18 +62,17 @@ class UserState:
     events_total: int = 0
     # event type -> window name -> {bucket index: count}
     window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
-    # Sessions (gap-based, event time).
-    session_count: int = 0
-    session_start_ms: int = 0
-    session_events: int = 0
-    session_has_conversion: bool = False
-    session_entry: str = ""
-    session_closed: bool = True
+    # Sessions (gap-based, event time, independent of arrival order).
+    sessions: Sessions = field(default_factory=new_sessions)
     # Decayed interest: category -> score as of ``interest_ref_ms``.
     interests: dict[str, float] = field(default_factory=dict)
     interest_ref_ms: int = 0
     recent_items: list[str] = field(default_factory=list)  # newest first, distinct
     cart: dict[str, int] = field(default_factory=dict)  # item -> quantity
+    # item -> event time of its latest cart add / its latest removal (purchase or
+    # remove): whichever is later wins, so the cart does not depend on arrival order.
+    cart_added_ms: dict[str, int] = field(default_factory=dict)
+    cart_removed_ms: dict[str, int] = field(default_factory=dict)
     cart_activity_ms: int = 0
     cart_abandon_fired: bool = False
     purchased_items: list[str] = field(default_factory=list)  # newest first, distinct
@@ -130,12 +131,10 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
     fired: list[Trigger] = []
     t = event.event_time_ms
 
-    # A new event after the session gap closes the previous session first, exactly as
-    # the session-end timer would have (whichever comes first, the result is the same).
-    if not state.session_closed and t > state.last_seen_ms + cfg.session_gap_s * 1000:
-        fired.extend(_close_session(state, rules, cfg))
-    # Likewise a cart that went idle before this event was abandoned at its due time.
-    fired.extend(rules.on_time(state, t))
+    # Whatever was due before this event (sessions that ended, a cart that went idle)
+    # is decided first, exactly as the timers would have: whichever comes first, the
+    # outcome and its event time are the same.
+    fired.extend(advance_time(state, t, cfg))
 
     if state.events_total == 0:
         state.first_seen_ms = t
@@ -166,8 +165,8 @@ def advance_time(state: UserState, now_ms: int, cfg: FeatureSettings) -> list[Tr
     """Called when event time (the watermark) reaches ``now_ms``: timers land here."""
     rules = TriggerRules(cfg)
     fired: list[Trigger] = []
-    if not state.session_closed and now_ms >= state.last_seen_ms + cfg.session_gap_s * 1000:
-        fired.extend(_close_session(state, rules, cfg))
+    for session in sessions_mod.ended_sessions(state.sessions, now_ms, cfg.session_gap_s * 1000):
+        fired.extend(rules.on_session_end(state, session))
     fired.extend(rules.on_time(state, now_ms))
     return fired
 
@@ -175,16 +174,12 @@ def advance_time(state: UserState, now_ms: int, cfg: FeatureSettings) -> list[Tr
 def due_timers(state: UserState, cfg: FeatureSettings) -> list[int]:
     """Event times at which ``advance_time`` has something to decide."""
     due = []
-    if not state.session_closed:
-        due.append(state.last_seen_ms + cfg.session_gap_s * 1000)
+    session_end = sessions_mod.next_end(state.sessions, cfg.session_gap_s * 1000)
+    if session_end is not None:
+        due.append(session_end)
     if state.cart and not state.cart_abandon_fired:
         due.append(state.cart_activity_ms + cfg.cart_abandon_idle_s * 1000)
     return due
-
-
-def _close_session(state: UserState, rules: TriggerRules, cfg: FeatureSettings) -> list[Trigger]:
-    state.session_closed = True
-    return rules.on_session_end(state)
 
 
 def _count_windows(state: UserState, event: Event, reference: int) -> None:
@@ -201,17 +196,13 @@ def _count_windows(state: UserState, event: Event, reference: int) -> None:
 
 
 def _update_session(state: UserState, event: Event, cfg: FeatureSettings) -> None:
-    if state.session_closed:
-        state.session_closed = False
-        state.session_count += 1
-        state.session_start_ms = event.event_time_ms
-        state.session_events = 0
-        state.session_has_conversion = False
-        state.session_entry = event.item_id or event.page
-    state.session_events += 1
-    state.session_start_ms = min(state.session_start_ms, event.event_time_ms)
-    if event.event_type in (ADD_TO_CART, PURCHASE):
-        state.session_has_conversion = True
+    sessions_mod.add_event(
+        state.sessions,
+        event.event_time_ms,
+        cfg.session_gap_s * 1000,
+        converted=event.event_type in (ADD_TO_CART, PURCHASE),
+        entry=event.item_id or event.page,
+    )
 
 
 def _update_interest(state: UserState, event: Event, cfg: FeatureSettings) -> None:
@@ -241,6 +232,14 @@ def _push_recent(items: list[str], item: str, limit: int) -> None:
     del items[limit:]
 
 
+def _drop_from_cart(state: UserState, item: str, t: int) -> None:
+    state.cart.pop(item, None)
+    state.cart_added_ms.pop(item, None)
+    state.cart_removed_ms[item] = max(t, state.cart_removed_ms.get(item, t))
+    if len(state.cart_removed_ms) > 50:  # only recent removals can meet a late add
+        del state.cart_removed_ms[min(state.cart_removed_ms, key=state.cart_removed_ms.__getitem__)]
+
+
 def _update_items(state: UserState, event: Event, cfg: FeatureSettings) -> None:
     kind, item = event.event_type, event.item_id
     if kind in VIEW_TYPES:
@@ -248,18 +247,24 @@ def _update_items(state: UserState, event: Event, cfg: FeatureSettings) -> None:
     if kind in CART_TYPES:
         state.cart_activity_ms = max(state.cart_activity_ms, event.event_time_ms)
         state.cart_abandon_fired = False
+    t = event.event_time_ms
     if kind == ADD_TO_CART:
-        state.cart[item] = state.cart.get(item, 0) + event.quantity
-        while len(state.cart) > cfg.max_cart_items:
-            del state.cart[next(iter(state.cart))]
+        if t >= state.cart_removed_ms.get(item, -1):
+            state.cart[item] = state.cart.get(item, 0) + event.quantity
+            state.cart_added_ms[item] = max(t, state.cart_added_ms.get(item, t))
+            if len(state.cart) > cfg.max_cart_items:
+                oldest = min(state.cart_added_ms, key=state.cart_added_ms.__getitem__)
+                _drop_from_cart(state, oldest, t)
     elif kind == REMOVE_FROM_CART:
-        left = state.cart.get(item, 0) - event.quantity
-        if left > 0:
-            state.cart[item] = left
-        else:
-            state.cart.pop(item, None)
+        if t >= state.cart_added_ms.get(item, -1):
+            left = state.cart.get(item, 0) - event.quantity
+            if left > 0:
+                state.cart[item] = left
+            else:
+                _drop_from_cart(state, item, t)
     elif kind == PURCHASE:
-        state.cart.pop(item, None)
+        if t >= state.cart_added_ms.get(item, -1):
+            _drop_from_cart(state, item, t)
         _push_recent(state.purchased_items, item, cfg.max_purchased_items)
         state.purchase_count += 1
         state.monetary += event.price * event.quantity
@@ -289,7 +294,7 @@ def top_interests(state: UserState, limit: int | None = None) -> list[tuple[str,
 def segments(state: UserState, counts: dict[str, int], cfg: FeatureSettings) -> list[str]:
     """Rule-based segments; cheap to compute, useful to target and to explain."""
     out = []
-    if state.session_count <= 1 and state.purchase_count == 0:
+    if state.sessions.count <= 1 and state.purchase_count == 0:
         out.append("new")
     if state.purchase_count >= 1:
         out.append("buyer")
@@ -312,11 +317,12 @@ def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
     """The ``user_profile`` feature view row (names match feature_repo/features.py)."""
     counts = window_counts(state)
     interests = top_interests(state)
+    current = state.sessions.current
     row: dict[str, Any] = dict(counts)
     row.update(
-        session_count=state.session_count,
-        session_events=state.session_events,
-        session_duration_s=max(0, (state.last_seen_ms - state.session_start_ms) // 1000),
+        session_count=state.sessions.count,
+        session_events=current.events if current else 0,
+        session_duration_s=current.duration_ms // 1000 if current else 0,
         interest_categories=[c for c, _ in interests],
         interest_scores=[round(s, 6) for _, s in interests],
         interest_ref_ms=state.interest_ref_ms,

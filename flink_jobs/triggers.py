@@ -24,6 +24,7 @@ from personalization.settings import FeatureSettings
 
 if TYPE_CHECKING:
     from flink_jobs.profile import UserState
+    from flink_jobs.sessions import Session
 
 BROWSE_INTENT = "browse_intent"
 CART_ABANDONED = "cart_abandoned"
@@ -63,23 +64,22 @@ class TriggerRules:
     def on_time(self, state: UserState, now_ms: int) -> list[Trigger]:
         return self._cart_abandoned(state, now_ms)
 
-    def on_session_end(self, state: UserState) -> list[Trigger]:
-        duration_ms = state.last_seen_ms - state.session_start_ms
+    def on_session_end(self, state: UserState, session: Session) -> list[Trigger]:
         if (
-            state.session_events <= 2
-            and duration_ms <= self.cfg.quick_exit_max_s * 1000
-            and not state.session_has_conversion
+            session.events <= 2
+            and session.duration_ms <= self.cfg.quick_exit_max_s * 1000
+            and not session.converted
         ):
             return [
                 Trigger(
                     state.user_id,
                     QUICK_EXIT,
-                    state.last_seen_ms + self.cfg.session_gap_s * 1000,
+                    session.end_ms + self.cfg.session_gap_s * 1000,
                     {
-                        "session_events": state.session_events,
-                        "session_duration_s": duration_ms // 1000,
-                        "entry": state.session_entry,
-                        "session_start": state.session_start_ms,
+                        "session_events": session.events,
+                        "session_duration_s": session.duration_ms // 1000,
+                        "entry": session.entry,
+                        "session_start": session.start_ms,
                     },
                 )
             ]

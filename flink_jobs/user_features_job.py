@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import site
 import sys
 from pathlib import Path
 
@@ -52,22 +51,10 @@ from flink_jobs.operators import (
     ParseEvents,
     UserFeatures,
 )
+from personalization.infra.flink_cluster import embedded_python_path
 from personalization.settings import Settings, load_settings, settings_from_json
 
 log = logging.getLogger(__name__)
-
-
-def worker_python_path() -> str:
-    """PYTHONPATH for the Python interpreter that thread mode embeds in the JVM.
-
-    PEMJA initializes that interpreter from the base installation and ignores a
-    virtualenv's site-packages (FLINK-38585), so the job hands them over explicitly,
-    together with the project root, ahead of anything already set.
-    """
-    project_root = str(Path(__file__).resolve().parent.parent)
-    paths = [*site.getsitepackages(), project_root]
-    existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([*paths, *([existing] if existing else [])])
 
 
 def flink_configuration(settings: Settings, restore_from: Path | None) -> Configuration:
@@ -196,7 +183,7 @@ def run(settings: Settings, *, restore: str = "latest", detached: bool = False) 
     if restore_from:
         log.info("restoring from checkpoint %s", restore_from)
     # Must be in the environment before the JVM starts (it inherits it).
-    os.environ["PYTHONPATH"] = worker_python_path()
+    os.environ["PYTHONPATH"] = embedded_python_path()
     env = create_environment(settings, restore_from)
     build_pipeline(env, settings)
     if detached:

@@ -37,8 +37,9 @@ def window_specs(names: tuple[str, ...] = ("5m", "1h", "24h")) -> tuple[WindowSp
     return tuple(WindowSpec(name, *WINDOWS[name]) for name in names)
 
 
-def add(buckets: dict[int, int], spec: WindowSpec, event_ms: int, reference_ms: int,
-        amount: int = 1) -> None:
+def add(
+    buckets: dict[int, int], spec: WindowSpec, event_ms: int, reference_ms: int, amount: int = 1
+) -> None:
     """Count one event and drop buckets that fell out of the window."""
     bucket = event_ms // spec.bucket_ms
     oldest = spec.oldest_bucket(reference_ms)

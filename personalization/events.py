@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # Canonical event types and the topic family each belongs to.
@@ -185,7 +185,7 @@ def parse_event_time_ms(raw: Any) -> int:
                 "invalid_event_time", f"event_time {text[:64]!r} is not ISO-8601 or epoch"
             ) from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     raise EventRejected("invalid_event_time", f"event_time has type {type(raw).__name__}")
 

@@ -18,8 +18,15 @@ MIN = 60_000
 def ev(kind: str, t: int, item: str = "i1", category: str = "shoes", **kw) -> Event:
     n = kw.pop("n", None)
     eid = kw.pop("event_id", f"{kind}-{item}-{t}-{n}")
-    return Event(event_id=eid, user_id="u1", event_type=kind, event_time_ms=t, item_id=item,
-                 category=category, **kw)
+    return Event(
+        event_id=eid,
+        user_id="u1",
+        event_type=kind,
+        event_time_ms=t,
+        item_id=item,
+        category=category,
+        **kw,
+    )
 
 
 def run(events: list[Event], cfg: FeatureSettings = CFG):
@@ -47,8 +54,12 @@ def test_window_counts_match_independent_count():
 def test_out_of_order_events_give_the_same_counts_and_interest():
     rng = random.Random(3)
     events = [
-        ev(rng.choice(["product_view", "add_to_cart"]), T0 + rng.randrange(0, 3600_000),
-           category=rng.choice("abc"), n=i)
+        ev(
+            rng.choice(["product_view", "add_to_cart"]),
+            T0 + rng.randrange(0, 3600_000),
+            category=rng.choice("abc"),
+            n=i,
+        )
         for i in range(200)
     ]
     ordered, _ = run(sorted(events, key=lambda e: e.event_time_ms))
@@ -109,10 +120,15 @@ def test_recent_items_newest_first_distinct():
 
 def test_sessions_split_on_gap():
     gap = CFG.session_gap_s * 1000
-    state, _ = run([ev("page_view", T0, n=1), ev("page_view", T0 + 1000, n=2),
-                    ev("page_view", T0 + 1000 + gap + 1, n=3)])
-    assert state.session_count == 2
-    assert state.session_events == 1
+    state, _ = run(
+        [
+            ev("page_view", T0, n=1),
+            ev("page_view", T0 + 1000, n=2),
+            ev("page_view", T0 + 1000 + gap + 1, n=3),
+        ]
+    )
+    assert state.sessions.count == 2
+    assert state.sessions.current.events == 1
 
 
 def test_browse_intent_fires_once_per_window():
@@ -159,7 +175,7 @@ def test_no_abandonment_after_purchase():
 
 def test_quick_exit_on_single_view_session():
     state, _ = run([ev("page_view", T0)])
-    fired = profile.advance_time(state, T0 + CFG.session_gap_s * 1000, CFG)
+    fired = profile.advance_time(state, T0 + CFG.session_gap_s * 1000 + 1, CFG)
     assert [t.trigger for t in fired] == [QUICK_EXIT]
     assert profile.advance_time(state, T0 + 2 * CFG.session_gap_s * 1000, CFG) == []
 
@@ -183,3 +199,32 @@ def test_state_pickles_small():
     blob = pickle.dumps(state)
     assert pickle.loads(blob) == state
     assert len(blob) < 8192
+
+
+def test_late_event_joins_the_session_a_timer_closed():
+    state, _ = run([ev("page_view", T0, n=1), ev("page_view", T0 + 60_000, n=2)])
+    profile.advance_time(state, T0 + 60_000 + CFG.session_gap_s * 1000 + 1, CFG)
+    assert state.sessions.current.ended
+    profile.apply_event(state, ev("page_view", T0 + 30_000, n=3), CFG)
+    assert state.sessions.count == 1
+    assert state.sessions.current.events == 3
+
+
+def test_sessions_do_not_depend_on_arrival_order():
+    gap = CFG.session_gap_s * 1000
+    times = [T0, T0 + 60_000, T0 + gap + 120_001, T0 + 3 * gap, T0 + 3 * gap + 5]
+    events = [ev("page_view", t, n=i) for i, t in enumerate(times)]
+    for order in (events, events[::-1], [events[2], events[0], events[4], events[1], events[3]]):
+        state, _ = run(order)
+        assert state.sessions.count == 3
+        assert state.sessions.current.events == 2
+
+
+def test_cart_is_last_writer_wins_by_event_time():
+    # The purchase (another topic) arrives before the add-to-cart it follows.
+    state, _ = run([ev("purchase", T0 + MIN, item="a"), ev("add_to_cart", T0, item="a")])
+    assert state.cart == {}
+    state, _ = run([ev("add_to_cart", T0, item="a"), ev("purchase", T0 + MIN, item="a")])
+    assert state.cart == {}
+    state, _ = run([ev("purchase", T0, item="a"), ev("add_to_cart", T0 + MIN, item="a")])
+    assert state.cart == {"a": 1}

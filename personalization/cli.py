@@ -1,0 +1,342 @@
+"""``personalize``: one command line for the whole platform.
+
+    personalize up [--rate 200] [--duration 120] [--file PATH]   whole stack + live traffic
+    personalize down                                              stop everything `up` started
+    personalize status
+    personalize infra up|down                                     Redis + Kafka only
+    personalize feast-apply                                       register feature definitions
+    personalize job | writer | serve                              one component, foreground
+    personalize send [--file PATH] [--rate R] [--count N]         traffic into Kafka
+    personalize recommend USER [-k 10] | profile USER             ask the gRPC server
+    personalize deploy [--cluster-up]                             submit the job to a Flink cluster
+
+Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from personalization.settings import Settings, load_settings
+
+
+def _say(message: str) -> None:
+    print(f"[personalize] {message}", flush=True)
+
+
+# --- traffic ---------------------------------------------------------------------------
+
+
+def traffic_source(settings: Settings, file: str | None, rate: float, seed: int) -> Iterable[dict]:
+    """Events to send: a dataset file replayed, or the built-in shopping simulation."""
+    if file:
+        from personalization.traffic.replay import iter_events
+
+        return iter_events(file, sort_by_time=True)
+    from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
+
+    # Real-time sessions: enough simulated users that their natural activity (about
+    # nine events per session, a session every two hours) adds up to the target rate.
+    users = max(1_000, int((rate or 200) * 7_200 / 9))
+    config = GeneratorConfig(
+        seed=seed, n_users=users, live=True, pace=True, id_prefix=f"live{int(time.time())}"
+    )
+    return TrafficGenerator(config).events()
+
+
+class LastUser:
+    """Remembers the most recent user a traffic stream mentioned (for sample recs)."""
+
+    def __init__(self) -> None:
+        self.user_id = ""
+
+    def watch(self, events: Iterable[dict]) -> Iterator[dict]:
+        for event in events:
+            user = event.get("user_id")
+            if user:
+                self.user_id = str(user)
+            yield event
+
+
+class ProgressReporter:
+    """Prints events/s, feature freshness and a sample recommendation while sending."""
+
+    def __init__(self, settings: Settings, last_user: LastUser, every_s: float = 5.0) -> None:
+        from confluent_kafka import Producer
+
+        from serving.client import RecommenderClient
+        from serving.online_features import UserFeatureReader
+
+        self.settings = settings
+        self.last_user = last_user
+        self.every_s = every_s
+        self.freshness: list[float] = []
+        self._reader = UserFeatureReader(settings)
+        self._producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+        target = f"{settings.serving.host}:{settings.serving.port}"
+        self._client = RecommenderClient(target, deadline_s=settings.serving.client_deadline_s)
+        self._next = 0.0
+
+    def __call__(self, progress: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        from personalization.stack import probe_freshness
+
+        fresh = probe_freshness(self.settings, self._producer, self._reader, timeout_s=5.0)
+        if fresh is not None:
+            self.freshness.append(fresh)
+        fresh_text = f"{fresh * 1000:.0f} ms" if fresh is not None else "> 5 s"
+        line = (
+            f"sent {progress.sent:>8}  {progress.interval_rate:7.0f} ev/s"
+            f"  errors {progress.errors}  freshness {fresh_text}"
+        )
+        user = self.last_user.user_id
+        if user:
+            try:
+                response = self._client.recommend(user, k=3)
+                picks = ", ".join(f"{i.item_id} ({i.reason})" for i in response.items)
+                line += f"\n    recs for {user}: {picks or '-'}"
+            except Exception as exc:  # keep sending even if serving hiccups
+                line += f"\n    recs for {user}: error {exc}"
+        print(line, flush=True)
+
+
+def send_traffic(
+    settings: Settings,
+    *,
+    file: str | None,
+    rate: float,
+    duration: float | None,
+    count: int | None,
+    seed: int = 7,
+    report: bool = True,
+) -> Any:
+    from personalization.traffic.sender import TrafficSender
+
+    last_user = LastUser()
+    events = last_user.watch(traffic_source(settings, file, rate, seed))
+    reporter = ProgressReporter(settings, last_user) if report else None
+    sender = TrafficSender(
+        settings,
+        rate=rate,
+        rewrite_time_to_now=bool(file),
+        speed=math.inf,
+        max_events=count,
+        max_duration_s=duration,
+        progress=reporter,
+        event_id_suffix=f"-{int(time.time())}" if file else "",
+    )
+    stats = sender.send(events)
+    _say(
+        f"sent {stats.sent} events in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s), "
+        f"delivered {stats.delivered}, errors {stats.errors}"
+    )
+    if reporter and reporter.freshness:
+        ordered = sorted(reporter.freshness)
+        _say(
+            f"feature freshness over {len(ordered)} probes: "
+            f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+        )
+    return stats
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import stack
+
+    started = time.monotonic()
+    stack.start_all(settings, _say)
+    _say(
+        f"stack is up in {time.monotonic() - started:.0f}s; gRPC on "
+        f"{settings.serving.host}:{settings.serving.port}"
+    )
+    if args.no_traffic:
+        return 0
+    source = args.file or "built-in shopping simulation"
+    _say(
+        f"sending live traffic from {source} at {args.rate:g} ev/s "
+        f"for {args.duration:g}s (Ctrl-C stops the traffic, `personalize down` the stack)"
+    )
+    try:
+        send_traffic(
+            settings, file=args.file, rate=args.rate, duration=args.duration, count=args.count
+        )
+    except KeyboardInterrupt:
+        _say("traffic stopped")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import stack
+
+    stack.stop_all(settings, _say)
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import stack
+
+    for name, state in stack.status(settings).items():
+        print(f"{name:22} {state}")
+    return 0
+
+
+def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import stack
+    from personalization.infra import kafka_broker, redis_server
+
+    if args.action == "up":
+        stack.start_infra(settings, _say)
+    else:
+        kafka_broker.stop(settings)
+        redis_server.stop(settings)
+    return 0
+
+
+def cmd_feast_apply(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import stack
+
+    print(stack.feast_apply(settings))
+    return 0
+
+
+def cmd_job(settings: Settings, args: argparse.Namespace) -> int:
+    from flink_jobs import user_features_job
+
+    user_features_job.run(settings, restore=args.restore)
+    return 0
+
+
+def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
+    from flink_jobs import online_store
+
+    online_store.main()
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving import server
+
+    server.serve(settings, block=True)
+    return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    stats = send_traffic(
+        settings,
+        file=args.file,
+        rate=args.rate,
+        duration=args.duration,
+        count=args.count,
+        report=not args.quiet,
+    )
+    return 0 if stats.errors == 0 else 1
+
+
+def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.client import RecommenderClient
+
+    target = f"{settings.serving.host}:{settings.serving.port}"
+    with RecommenderClient(target, deadline_s=settings.serving.client_deadline_s) as client:
+        response = client.recommend(args.user, k=args.k)
+    print(
+        f"strategy={response.strategy} personalized={response.personalized} "
+        f"fallback={response.fallback_reason or '-'} id={response.recommendation_id}"
+    )
+    for rank, item in enumerate(response.items, 1):
+        print(f"{rank:3}. {item.item_id:20} {item.score:8.4f}  {item.category:12} {item.reason}")
+    return 0
+
+
+def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToJson
+
+    from serving.client import RecommenderClient
+
+    target = f"{settings.serving.host}:{settings.serving.port}"
+    with RecommenderClient(target, deadline_s=settings.serving.client_deadline_s) as client:
+        print(MessageToJson(client.get_user_profile(args.user)))
+    return 0
+
+
+def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization.infra import flink_cluster
+
+    if args.cluster_up:
+        flink_cluster.start(settings)
+    job_id = flink_cluster.submit_python_job(
+        settings,
+        "flink_jobs.user_features_job",
+        ["--settings-json", settings.model_dump_json(), "--restore", args.restore],
+    )
+    _say(f"submitted job {job_id} to http://127.0.0.1:{settings.flink.rest_port}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def traffic_args(p: argparse.ArgumentParser, rate: float, duration: float | None) -> None:
+        p.add_argument("--file", help="replay a Taobao CSV, MovieLens u.data or JSON lines")
+        p.add_argument("--rate", type=float, default=rate, help="events/s (0 = unlimited)")
+        p.add_argument("--duration", type=float, default=duration, help="seconds of traffic")
+        p.add_argument("--count", type=int, default=None, help="stop after N events")
+
+    up = sub.add_parser("up", help="start the whole stack and send live traffic")
+    traffic_args(up, 200.0, 120.0)
+    up.add_argument("--no-traffic", action="store_true", help="only start the stack")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="what is running").set_defaults(func=cmd_status)
+    infra = sub.add_parser("infra", help="start/stop Redis and Kafka only")
+    infra.add_argument("action", choices=["up", "down"])
+    infra.set_defaults(func=cmd_infra)
+    sub.add_parser("feast-apply", help="feast apply with these settings").set_defaults(
+        func=cmd_feast_apply
+    )
+    job = sub.add_parser("job", help="run the Flink job in the foreground (MiniCluster)")
+    job.add_argument("--restore", default="latest", help="latest | none | checkpoint path")
+    job.set_defaults(func=cmd_job)
+    sub.add_parser("writer", help="run the online-store writer").set_defaults(func=cmd_writer)
+    sub.add_parser("serve", help="run the gRPC server").set_defaults(func=cmd_serve)
+    send = sub.add_parser("send", help="send traffic to Kafka")
+    traffic_args(send, 200.0, None)
+    send.add_argument("--quiet", action="store_true", help="no progress probes")
+    send.set_defaults(func=cmd_send)
+    rec = sub.add_parser("recommend", help="ask for recommendations")
+    rec.add_argument("user")
+    rec.add_argument("-k", type=int, default=10)
+    rec.set_defaults(func=cmd_recommend)
+    prof = sub.add_parser("profile", help="show a user's online features")
+    prof.add_argument("user")
+    prof.set_defaults(func=cmd_profile)
+    deploy = sub.add_parser("deploy", help="submit the job to a standalone Flink cluster")
+    deploy.add_argument("--cluster-up", action="store_true", help="start a local cluster first")
+    deploy.add_argument("--restore", default="none", help="latest | none | checkpoint path")
+    deploy.set_defaults(func=cmd_deploy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(load_settings(), args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

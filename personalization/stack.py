@@ -1,0 +1,237 @@
+"""The local stack: Redis, Kafka, the Feast registry, the Flink job, the online-store
+writer and the gRPC server, started and stopped as one.
+
+Every process gets the launcher's resolved settings through ``PZ_SETTINGS_JSON``, so a
+stack started with overrides (ports, topics, run dir) is consistent end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from confluent_kafka import Producer
+
+from personalization.infra import jars, kafka_broker, redis_server
+from personalization.infra.processes import ManagedProcess, wait_until
+from personalization.settings import PROJECT_ROOT, SETTINGS_JSON_ENV, Settings
+
+log = logging.getLogger(__name__)
+
+PROBE_USER = "__pz_probe__"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    def process(self, settings: Settings) -> ManagedProcess:
+        return ManagedProcess(self.name, settings.run_path, markers=(self.module,))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+FLINK_JOB = Component("flink-job", "flink_jobs.user_features_job", ("--restore", "latest"))
+WRITER = Component("online-store-writer", "flink_jobs.online_store")
+SERVER = Component("grpc-server", "serving.server")
+APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    return {SETTINGS_JSON_ENV: settings.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+
+
+def ensure_offline_placeholders(settings: Settings) -> None:
+    """Feast validates that batch sources exist; give it empty typed parquet files."""
+    from feature_repo.features import FEATURE_VIEWS
+
+    data_dir = settings.feature_repo_path / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, view in FEATURE_VIEWS.items():
+        path = data_dir / f"{name}.parquet"
+        if path.exists():
+            continue
+        join_key = "user_id" if name == "user_profile" else "item_id"
+        schema = pa.schema(
+            [
+                pa.field(join_key, pa.string()),
+                pa.field("event_timestamp", pa.timestamp("us", "UTC")),
+            ]
+            + [pa.field(f.name, pa.string()) for f in view.features]
+        )
+        pq.write_table(schema.empty_table(), path)
+
+
+def feast_apply(settings: Settings) -> str:
+    """``feast apply`` on the feature repo with settings-derived configuration."""
+    ensure_offline_placeholders(settings)
+    settings.registry_file.parent.mkdir(parents=True, exist_ok=True)
+    feast_cli = PROJECT_ROOT / ".venv" / "bin" / "feast"
+    cmd = [str(feast_cli)] if feast_cli.exists() else [sys.executable, "-m", "feast.cli.cli"]
+    env = {**_os_environ(), **settings.feast_env()}
+    done = subprocess.run(
+        [*cmd, "-c", str(settings.feature_repo_path), "apply"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"feast apply failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def _os_environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def start_infra(settings: Settings, say: Callable[[str], None] = print) -> None:
+    say("jars: checking the Kafka broker and Flink connector jars")
+    jars.ensure_jars(settings)
+    say(f"redis: {settings.redis.host}:{settings.redis.port}")
+    redis_server.ensure_running(settings)
+    say(f"kafka: {settings.kafka.bootstrap_servers}")
+    kafka_broker.ensure_running(settings)
+    kafka_broker.ensure_topics(settings)
+
+
+def start_component(settings: Settings, component: Component) -> int:
+    return component.process(settings).start(
+        component.command(), env=child_env(settings), cwd=PROJECT_ROOT
+    )
+
+
+def start_all(settings: Settings, say: Callable[[str], None] = print) -> None:
+    start_infra(settings, say)
+    say("feast apply")
+    feast_apply(settings)
+    for component in APP_COMPONENTS:
+        pid = start_component(settings, component)
+        say(f"{component.name}: pid {pid} (log {component.process(settings).logfile})")
+    say("waiting for the gRPC server and the pipeline to answer")
+    wait_server_ready(settings)
+    wait_pipeline_ready(settings)
+
+
+def stop_all(settings: Settings, say: Callable[[str], None] = print) -> None:
+    for component in reversed(APP_COMPONENTS):
+        if component.process(settings).stop():
+            say(f"{component.name}: stopped")
+    if kafka_broker.stop(settings):
+        say("kafka: stopped")
+    if redis_server.stop(settings):
+        say("redis: stopped")
+
+
+def status(settings: Settings) -> dict[str, str]:
+    out = {
+        "redis": redis_server.status(settings),
+        "kafka": kafka_broker.status(settings),
+    }
+    for component in APP_COMPONENTS:
+        pid = component.process(settings).pid()
+        out[component.name] = f"running (pid {pid})" if pid else "stopped"
+    return out
+
+
+def wait_server_ready(settings: Settings, timeout_s: float = 60.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = f"{settings.serving.host}:{settings.serving.port}"
+
+    def serving() -> bool:
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                )
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    _wait_or_explain(serving, timeout_s, "the gRPC server to serve", settings, SERVER)
+
+
+def probe_event(now_ms: int) -> dict[str, object]:
+    return {
+        "event_id": f"probe-{uuid.uuid4().hex}",
+        "user_id": PROBE_USER,
+        "event_type": "page_view",
+        "event_time": now_ms,
+        "context": {"page": "/__probe"},
+    }
+
+
+def probe_freshness(
+    settings: Settings, producer: Producer, reader: Any, timeout_s: float = 10.0
+) -> float | None:
+    """Produce one probe event; seconds until its features are readable, None if not
+    within ``timeout_s``. Measures the whole write path: Kafka, Flink, writer, Redis."""
+    sent_at = time.time()
+    event = probe_event(int(sent_at * 1000))
+    producer.produce(
+        settings.kafka.clickstream_topic, json.dumps(event).encode(), PROBE_USER.encode()
+    )
+    producer.flush(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        features = _read_quietly(reader, PROBE_USER)
+        if features is not None and features.last_seen_ms >= event["event_time"]:
+            return time.time() - sent_at
+        time.sleep(0.005)
+    return None
+
+
+def wait_pipeline_ready(settings: Settings, timeout_s: float = 180.0) -> float:
+    """Send probe events until one's features are readable; return its latency (s).
+
+    The honest readiness check of the whole write path, used before traffic starts.
+    """
+    from serving.online_features import UserFeatureReader
+
+    reader = UserFeatureReader(settings)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        latency = probe_freshness(settings, producer, reader, timeout_s=10.0)
+        if latency is not None:
+            return latency
+    tails = "\n".join(
+        f"--- {c.name} ---\n{c.process(settings).log_tail(15)}" for c in APP_COMPONENTS
+    )
+    raise TimeoutError(f"pipeline did not deliver a probe in {timeout_s:.0f}s\n{tails}")
+
+
+def _read_quietly(reader: Any, user_id: str) -> Any:
+    try:
+        return reader.read(user_id)
+    except Exception:  # the store may still be starting or briefly unavailable
+        return None
+
+
+def _wait_or_explain(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    settings: Settings,
+    component: Component,
+) -> None:
+    try:
+        wait_until(predicate, timeout_s, what=what)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{component.process(settings).log_tail(30)}") from None
