@@ -34,10 +34,6 @@ from personalization.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def item_index_key(project: str) -> str:
-    return f"{project}:item_index"
-
-
 @dataclass
 class WriterStats:
     batches: int = 0
@@ -82,7 +78,7 @@ class OnlineStoreWriter:
             self.store.online_write_batch(self.config, fs.feature_view(view), data, None)
             if view == "item_stats":
                 self.redis.zadd(
-                    item_index_key(self.project),
+                    fs.item_index_key(self.project),
                     {row.entity_id: int(row.features.get("last_event_ms", 0)) for row in view_rows},
                 )
         return len(rows)

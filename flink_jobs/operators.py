@@ -25,19 +25,11 @@ TRIGGER_TAG = OutputTag("triggers", Types.STRING())
 ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 
 
-def limits_from(cfg: FeatureSettings) -> ValidationLimits:
-    return ValidationLimits(
-        max_event_bytes=cfg.max_event_bytes,
-        max_future_skew_ms=cfg.max_future_skew_s * 1000,
-        max_event_age_ms=cfg.max_event_age_s * 1000,
-    )
-
-
 class ParseEvents(ProcessFunction):
     """Raw Kafka value -> ``Event``; refused payloads go to the DLQ side output."""
 
     def __init__(self, cfg: FeatureSettings) -> None:
-        self.limits = limits_from(cfg)
+        self.limits = ValidationLimits.from_settings(cfg)
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
         now_ms = int(time.time() * 1000)

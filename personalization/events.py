@@ -25,7 +25,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from personalization.settings import FeatureSettings
 
 # Canonical event types and the topic family each belongs to.
 PAGE_VIEW = "page_view"
@@ -144,6 +147,14 @@ class ValidationLimits:
     max_event_bytes: int = 64 * 1024
     max_future_skew_ms: int = 24 * 3600 * 1000
     max_event_age_ms: int = 100 * 365 * 24 * 3600 * 1000
+
+    @staticmethod
+    def from_settings(cfg: FeatureSettings) -> ValidationLimits:
+        return ValidationLimits(
+            max_event_bytes=cfg.max_event_bytes,
+            max_future_skew_ms=cfg.max_future_skew_s * 1000,
+            max_event_age_ms=cfg.max_event_age_s * 1000,
+        )
 
 
 def topic_family(event_type: str) -> str:

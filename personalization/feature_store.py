@@ -29,6 +29,14 @@ ENTITY_KEY_SERIALIZATION_VERSION = 3
 TS_FIELD_PREFIX = "_ts:"
 
 
+def item_index_key(project: str) -> str:
+    """Sorted set of item ids scored by the time of their latest ``item_stats`` row.
+
+    The online-store writer maintains it; serving refreshes its catalog from it.
+    """
+    return f"{project}:item_index"
+
+
 def repo_config(settings: Settings) -> RepoConfig:
     settings.registry_file.parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(

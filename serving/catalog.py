@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from personalization.feature_store import decode_fields, feature_kinds, field_key, redis_key
+from personalization.feature_store import (
+    decode_fields,
+    feature_kinds,
+    field_key,
+    item_index_key,
+    redis_key,
+)
 from personalization.settings import Settings
 from serving.online_features import redis_client
 
@@ -29,11 +35,6 @@ log = logging.getLogger(__name__)
 
 VIEW = "item_stats"
 COUNT_FEATURES = ("views_1h", "views_24h", "carts_1h", "carts_24h", "purchases_1h", "purchases_24h")
-
-
-def item_index_key(project: str) -> str:
-    """Same name as ``flink_jobs/online_store.py:item_index_key`` (the writer's side)."""
-    return f"{project}:item_index"
 
 
 def decay_factors(ref_ms: np.ndarray, now_ms: int, half_life_s: float) -> np.ndarray:

@@ -59,15 +59,6 @@ class Triage:
     invalid: list[tuple[int, Rejection, str]]  # (index, why, raw JSON)
 
 
-def validation_limits(settings: Settings) -> ValidationLimits:
-    f = settings.features
-    return ValidationLimits(
-        max_event_bytes=f.max_event_bytes,
-        max_future_skew_ms=f.max_future_skew_s * 1000,
-        max_event_age_ms=f.max_event_age_s * 1000,
-    )
-
-
 def triage(events: Sequence[events_pb2.Event], now_ms: int, limits: ValidationLimits) -> Triage:
     """Split a batch into valid, normalized events and rejections (pure)."""
     valid: list[tuple[int, Event]] = []
@@ -134,7 +125,7 @@ class EventCollector:
         }
         self._dlq_topic = kafka.dlq_topic
         self._ack_timeout_s = settings.serving.collect_ack_timeout_s
-        self._limits = validation_limits(settings)
+        self._limits = ValidationLimits.from_settings(settings.features)
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_kafka_state = on_kafka_state
         if producer is None:

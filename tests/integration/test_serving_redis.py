@@ -21,8 +21,9 @@ import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
 
 from personalization import feature_store as fs
+from personalization.feature_store import item_index_key
 from personalization.settings import Settings
-from serving.catalog import ItemCatalog, item_index_key
+from serving.catalog import ItemCatalog
 from serving.client import RecommenderClient
 from serving.online_features import UserFeatureReader
 from serving.recommender import Recommender
