@@ -91,6 +91,9 @@ class FlinkSettings(_Section):
     # Empty = the jar fetched by infra/pom.xml into <run_dir>/jars/flink.
     kafka_connector_jar: str = ""
     job_name: str = "pz-user-features"
+    # Kafka transactions of the exactly-once sinks (triggers, DLQ); must exceed the
+    # checkpoint interval plus any downtime and stay below the broker's maximum (15 min).
+    transaction_timeout_ms: int = 600_000
     # Local standalone cluster (personalization.infra.flink_cluster): REST API/web UI and
     # JobManager RPC ports, both bound to 127.0.0.1.
     rest_port: int = 8081
