@@ -11,7 +11,9 @@ here from settings:
   fraction (the jobs keep heap state; thread mode runs Python inside the TM JVM), so
   the cluster fits beside Kafka (512 MB heap) and Redis on 2 cores;
 * ``python.executable`` / ``python.client.executable`` = this interpreter (the venv),
-  ``python.execution-mode`` = ``settings.flink.execution_mode`` (thread).
+  ``python.execution-mode`` = ``settings.flink.execution_mode`` (thread);
+* ``FLINK_LIB_DIR`` = ``<run_dir>/flink/lib``: the wheel's ``lib/`` plus ``opt/flink-python``
+  (see :func:`ensure_lib_dir`).
 
 Jobs go through ``pyflink/bin/flink run --detached --python <file> --jarfile <connector>``
 (:func:`submit_python_job`); status and cancel use the REST API.
@@ -27,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import site
 import subprocess
 import sys
@@ -92,6 +95,10 @@ def pid_dir(settings: Settings) -> Path:
     return flink_dir(settings) / "pids"
 
 
+def lib_dir(settings: Settings) -> Path:
+    return flink_dir(settings) / "lib"
+
+
 def rest_url(settings: Settings, path: str = "") -> str:
     return f"http://{HOST}:{settings.flink.rest_port}{path}"
 
@@ -154,6 +161,30 @@ def write_conf(settings: Settings) -> Path:
     return cdir
 
 
+def ensure_lib_dir(settings: Settings) -> Path:
+    """``FLINK_LIB_DIR`` of this cluster: the wheel's ``lib/`` jars plus ``opt/flink-python``.
+
+    ``flink run --python`` ships flink-python only as a user jar through
+    ``pipeline.jars``; a job that sets ``pipeline.jars`` itself (ours does, for the Kafka
+    connector) replaces that list, and the JobManager then fails to deserialize the
+    job's Python operators (``ClassNotFoundException: ...EmbeddedPythonProcessOperator``).
+    With flink-python on the cluster's own classpath -- the usual layout of a PyFlink
+    cluster image -- that cannot happen. Symlinks, so nothing is copied.
+    """
+    ldir = lib_dir(settings)
+    ldir.mkdir(parents=True, exist_ok=True)
+    home = pyflink_home()
+    wanted = {p.name: p for p in (home / "lib").glob("*.jar")}
+    wanted.update({p.name: p for p in (home / "opt").glob("flink-python*.jar")})
+    for link in ldir.iterdir():
+        if link.name not in wanted or link.resolve() != wanted[link.name].resolve():
+            link.unlink()
+    for name, target in wanted.items():
+        if not (ldir / name).exists():
+            (ldir / name).symlink_to(target)
+    return ldir
+
+
 def flink_env(settings: Settings) -> dict[str, str]:
     """Environment for the wheel's scripts: JAVA_HOME, conf/log dirs, the venv first."""
     env = dict(os.environ)
@@ -162,6 +193,7 @@ def flink_env(settings: Settings) -> dict[str, str]:
     env["PATH"] = f"{venv_bin}{os.pathsep}{env['PATH']}"
     env["FLINK_HOME"] = str(pyflink_home())
     env["FLINK_CONF_DIR"] = str(conf_dir(settings))
+    env["FLINK_LIB_DIR"] = str(ensure_lib_dir(settings))
     env["FLINK_LOG_DIR"] = str(log_dir(settings))
     env["FLINK_PID_DIR"] = str(pid_dir(settings))
     env["PYFLINK_PYTHON"] = sys.executable
@@ -368,22 +400,33 @@ def submit_python_job(
         cmd += ["--classpath", Path(jar).resolve().as_uri()]
     if parallelism is not None:
         cmd += ["--parallelism", str(parallelism)]
-    cmd += list(args)
+    # "--" ends Flink's option parsing. Without it a job argument that is a prefix of a
+    # Flink option is taken by Flink and silently dropped: `flink run --python job.py
+    # --restore latest` hands the job no arguments at all (--restore matches --restoreMode).
+    if args:
+        cmd += ["--", *args]
     log.info("submitting: %s", " ".join(cmd))
-    result = subprocess.run(
+    # Own process group: the CLI JVM starts a Python driver process, and a timeout must
+    # not leave either of them behind (subprocess.run would kill only the JVM).
+    proc = subprocess.Popen(
         cmd,
         env=flink_env(settings),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout_s,
         stdin=subprocess.DEVNULL,
         cwd=str(entry.parent),
-        check=False,
+        start_new_session=True,
     )
-    out = result.stdout + result.stderr
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise RuntimeError(f"flink run timed out after {timeout_s:.0f}s:\n{out[-6000:]}") from None
     match = _JOB_ID_RE.search(out)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"flink run failed ({result.returncode}):\n{out[-6000:]}")
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"flink run failed ({proc.returncode}):\n{out[-6000:]}")
     return match.group(1)
 
 
