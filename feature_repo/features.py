@@ -85,6 +85,7 @@ user_profile = FeatureView(
         Field(name="last_country", dtype=String),
         Field(name="age_band", dtype=String),
         Field(name="gender", dtype=String),
+        Field(name="consent", dtype=String, description="granted | denied | erased"),
     ],
     source=user_profile_push,
     online=True,

@@ -5,6 +5,10 @@ version time that grows strictly per entity. Applying records in any order, any 
 of times, leaves the store with the newest row: Feast's Redis store skips a write whose
 timestamp is not newer than the stored one. That is what makes at-least-once delivery
 (replays after a restore from checkpoint) safe.
+
+An erasure is a record too (``erase=True``, no features): the writer removes the entity's
+data and leaves a timestamped tombstone so an older row replayed later cannot bring it
+back.
 """
 
 from __future__ import annotations
@@ -20,17 +24,25 @@ class FeatureUpdate:
     entity_id: str
     version_us: int
     features: dict[str, Any]
+    erase: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"v": self.view, "id": self.entity_id, "ts": self.version_us, "f": self.features},
-            separators=(",", ":"),
-        )
+        record: dict[str, Any] = {
+            "v": self.view,
+            "id": self.entity_id,
+            "ts": self.version_us,
+            "f": self.features,
+        }
+        if self.erase:
+            record["op"] = "erase"
+        return json.dumps(record, separators=(",", ":"))
 
     @staticmethod
     def from_json(raw: bytes | str) -> FeatureUpdate:
         data = json.loads(raw)
-        return FeatureUpdate(data["v"], data["id"], int(data["ts"]), data["f"])
+        return FeatureUpdate(
+            data["v"], data["id"], int(data["ts"]), data["f"], data.get("op") == "erase"
+        )
 
 
 def coalesce(updates: list[FeatureUpdate]) -> list[FeatureUpdate]:

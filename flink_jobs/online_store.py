@@ -62,9 +62,13 @@ class OnlineStoreWriter:
 
     def write(self, updates: list[FeatureUpdate]) -> int:
         rows = coalesce(updates)
+        erasures = [row for row in rows if row.erase]
+        if erasures:
+            self.erase(erasures)
         by_view: dict[str, list[FeatureUpdate]] = {}
         for row in rows:
-            by_view.setdefault(row.view, []).append(row)
+            if not row.erase:
+                by_view.setdefault(row.view, []).append(row)
         for view, view_rows in by_view.items():
             data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]] = [
                 (
@@ -82,6 +86,26 @@ class OnlineStoreWriter:
                     {row.entity_id: int(row.features.get("last_event_ms", 0)) for row in view_rows},
                 )
         return len(rows)
+
+    def erase(self, erasures: list[FeatureUpdate]) -> None:
+        """Replace each entity's data by a tombstone: only ``consent=erased`` and the
+        erasure's timestamp, so Feast skips any older row replayed later. The tombstone
+        expires after ``privacy.erasure_tombstone_ttl_s`` (longer than replays can reach)."""
+        ttl = self.settings.privacy.erasure_tombstone_ttl_s
+        for row in erasures:
+            key = fs.redis_key(self.project, row.view, row.entity_id)
+            stored = self.redis.hget(key, f"{fs.TS_FIELD_PREFIX}{row.view}")
+            if stored is not None and fs.timestamp_us(stored) >= row.version_us:
+                continue  # a newer write (or tombstone) is already there
+            self.redis.delete(key)
+            tombstone = (
+                fs.entity_key(row.view, row.entity_id),
+                fs.encode_row(row.view, {"consent": "erased"}),
+                datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC),
+                None,
+            )
+            self.store.online_write_batch(self.config, fs.feature_view(row.view), [tombstone], None)
+            self.redis.expire(key, ttl)
 
 
 def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpdate]:

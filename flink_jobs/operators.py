@@ -6,6 +6,7 @@ and so a reader sees in one page what runs per record inside Flink.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,16 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from flink_jobs import items, profile
 from flink_jobs.feature_updates import FeatureUpdate
-from personalization.events import Event, Rejection, ValidationLimits, dead_letter, parse_event
-from personalization.settings import FeatureSettings
+from personalization.events import (
+    ERASURE,
+    Event,
+    Rejection,
+    ValidationLimits,
+    dead_letter,
+    parse_event,
+)
+from personalization.privacy import pseudonymizer
+from personalization.settings import FeatureSettings, PrivacySettings
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
@@ -26,16 +35,26 @@ ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 
 
 class ParseEvents(ProcessFunction):
-    """Raw Kafka value -> ``Event``; refused payloads go to the DLQ side output."""
+    """Raw Kafka value -> ``Event``; refused payloads go to the DLQ side output.
 
-    def __init__(self, cfg: FeatureSettings) -> None:
+    User ids are pseudonymised here (when a secret is configured), before any state or
+    store sees them.
+    """
+
+    def __init__(self, cfg: FeatureSettings, privacy: PrivacySettings) -> None:
         self.limits = ValidationLimits.from_settings(cfg)
+        self.hmac_secret = privacy.hmac_secret
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.pseudonym = pseudonymizer(self.hmac_secret)
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
         now_ms = int(time.time() * 1000)
         parsed = parse_event(value, now_ms=now_ms, limits=self.limits)
         if isinstance(parsed, Rejection):
             yield DLQ_TAG, dead_letter(value, parsed, source="kafka", now_ms=now_ms)
+        elif self.hmac_secret:
+            yield dataclasses.replace(parsed, user_id=self.pseudonym(parsed.user_id))
         else:
             yield parsed
 
@@ -53,8 +72,9 @@ class UserFeatures(KeyedProcessFunction):
     (side output, so items see the same deduplicated stream).
     """
 
-    def __init__(self, cfg: FeatureSettings) -> None:
+    def __init__(self, cfg: FeatureSettings, privacy: PrivacySettings) -> None:
         self.cfg = cfg
+        self.default_consent = privacy.default_consent
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -63,9 +83,16 @@ class UserFeatures(KeyedProcessFunction):
         )
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        user = self.state.value() or profile.new_state(event.user_id)
+        previous = self.state.value()
+        if event.event_type == ERASURE:
+            # Forget everything kept about the user; the writer erases the store entry.
+            self.state.clear()
+            version = max(event.event_time_ms * 1000, (previous.version_us if previous else 0) + 1)
+            yield FeatureUpdate("user_profile", event.user_id, version, {}, erase=True).to_json()
+            return
+        user = previous or profile.new_state(event.user_id, self.default_consent)
         outcome = profile.apply_event(user, event, self.cfg)
-        if outcome.duplicate:
+        if not outcome.changed:
             return
         self.state.update(user)
         for trigger in outcome.triggers:
@@ -76,7 +103,7 @@ class UserFeatures(KeyedProcessFunction):
         yield FeatureUpdate(
             "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
         ).to_json()
-        if event.item_id:
+        if event.item_id and user.consent != "denied":
             yield ITEM_EVENT_TAG, event
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:

@@ -23,6 +23,8 @@ from flink_jobs.triggers import Trigger, TriggerRules
 from personalization.events import (
     ADD_TO_CART,
     CLICK,
+    CONSENT,
+    CONSENT_PROPERTY,
     DWELL,
     FAVORITE,
     PAGE_VIEW,
@@ -89,16 +91,35 @@ class UserState:
     seen_ids: dict[str, int] = field(default_factory=dict)
     # Monotonic row version (µs) so Feast never skips a newer row at an equal time.
     version_us: int = 0
+    # "granted" or "denied" (personalization consent, see personalization/privacy.py).
+    consent: str = "granted"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     duplicate: bool
     triggers: list[Trigger]
+    # The user has withdrawn consent: the event changed nothing and must not be used.
+    opted_out: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return not (self.duplicate or self.opted_out)
 
 
-def new_state(user_id: str) -> UserState:
-    return UserState(user_id=user_id)
+def new_state(user_id: str, consent: str = "granted") -> UserState:
+    return UserState(user_id=user_id, consent=consent)
+
+
+def _apply_consent(state: UserState, event: Event) -> None:
+    """A consent change. Withdrawing it forgets all behaviour kept so far."""
+    consent = event.properties.get(CONSENT_PROPERTY, state.consent)
+    if consent == "denied":
+        kept = new_state(state.user_id, consent="denied")
+        kept.seen_ids = state.seen_ids
+        for name in UserState.__slots__:  # type: ignore[attr-defined]
+            setattr(state, name, getattr(kept, name))
+    state.consent = consent
 
 
 # --- dedup ---------------------------------------------------------------------------
@@ -126,6 +147,14 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
     """Fold one event into the user's state; return the triggers it fired."""
     if is_duplicate(state, event, cfg):
         return Outcome(duplicate=True, triggers=[])
+    if event.event_type == CONSENT:
+        remember_id(state, event, cfg)
+        version = state.version_us
+        _apply_consent(state, event)
+        state.version_us = max(event.event_time_ms * 1000, version + 1)
+        return Outcome(duplicate=False, triggers=[])
+    if state.consent == "denied":
+        return Outcome(duplicate=False, triggers=[], opted_out=True)
     remember_id(state, event, cfg)
     rules = TriggerRules(cfg)
     fired: list[Trigger] = []
@@ -340,5 +369,6 @@ def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
         last_country=state.last_country,
         age_band=state.demographics.get("age_band", ""),
         gender=state.demographics.get("gender", ""),
+        consent=state.consent,
     )
     return row

@@ -66,7 +66,6 @@ def flink_configuration(settings: Settings, restore_from: Path | None) -> Config
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.bundle_time_ms))
-    conf.set_string("pipeline.jars", settings.kafka_connector_jar_path.as_uri())
     conf.set_string("pipeline.name", cfg.job_name)
     conf.set_string("execution.checkpointing.dir", settings.checkpoint_path.as_uri())
     conf.set_string(
@@ -140,9 +139,9 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
     ).name("kafka: behaviour events")
 
-    parsed = raw.process(ParseEvents(features_cfg), output_type=Types.PICKLED_BYTE_ARRAY()).name(
-        "parse + validate"
-    )
+    parsed = raw.process(
+        ParseEvents(features_cfg, settings.privacy), output_type=Types.PICKLED_BYTE_ARRAY()
+    ).name("parse + validate")
     watermarks = (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.flink.out_of_orderness_ms)
@@ -154,7 +153,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
     user_rows = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
-        .process(UserFeatures(features_cfg), output_type=Types.STRING())
+        .process(UserFeatures(features_cfg, settings.privacy), output_type=Types.STRING())
         .name("user features + triggers")
         .uid("user-features")
     )
@@ -182,6 +181,8 @@ def create_environment(settings: Settings, restore_from: Path | None) -> StreamE
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(settings, restore_from)
     )
+    # Added, not set: `flink run --python` already lists the flink-python jar there.
+    env.add_jars(settings.kafka_connector_jar_path.as_uri())
     env.set_parallelism(settings.flink.parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env

@@ -48,6 +48,14 @@ CLICKSTREAM_TYPES = frozenset(
 PURCHASE_TYPES = frozenset({PURCHASE})
 ENGAGEMENT_TYPES = frozenset({FAVORITE, RATING, DWELL})
 EVENT_TYPES = CLICKSTREAM_TYPES | PURCHASE_TYPES | ENGAGEMENT_TYPES
+# Control events travel with the user's clickstream (same topic, same key, so they are
+# ordered with the behaviour they govern): consent changes and erasure requests.
+CONSENT = "consent"
+ERASURE = "erasure"
+CONTROL_TYPES = frozenset({CONSENT, ERASURE})
+CONSENT_PROPERTY = "personalization"
+CONSENT_VALUES = frozenset({"granted", "denied"})
+ACCEPTED_TYPES = EVENT_TYPES | CONTROL_TYPES
 # Types that are about one item and so must name it.
 ITEM_EVENT_TYPES = frozenset(
     {PRODUCT_VIEW, ADD_TO_CART, REMOVE_FROM_CART, PURCHASE, FAVORITE, RATING, CLICK}
@@ -171,7 +179,7 @@ def normalize_event_type(raw: Any) -> str:
         raise EventRejected("missing_event_type", "event_type must be a non-empty string")
     name = raw.strip().lower().replace(" ", "_")
     name = _ALIASES.get(name, name)
-    if name not in EVENT_TYPES:
+    if name not in ACCEPTED_TYPES:
         raise EventRejected("unknown_event_type", f"unknown event_type {raw[:64]!r}")
     return name
 
@@ -311,6 +319,12 @@ def validate_event(
     if not event_id:
         event_id = content_event_id(payload)
     context = _context(payload.get("context"))
+    properties = _properties(payload.get("properties"))
+    if event_type == CONSENT and properties.get(CONSENT_PROPERTY) not in CONSENT_VALUES:
+        raise EventRejected(
+            "invalid_consent",
+            f"consent events need properties.{CONSENT_PROPERTY} = granted | denied",
+        )
     return Event(
         event_id=event_id,
         user_id=user_id,
@@ -320,7 +334,7 @@ def validate_event(
         category=_text(payload.get("category"), "category").lower(),
         price=_price(payload.get("price")),
         quantity=_quantity(payload.get("quantity")),
-        properties=_properties(payload.get("properties")),
+        properties=properties,
         **context,
     )
 

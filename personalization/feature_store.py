@@ -21,6 +21,7 @@ from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import Array, Float64, Int64, String
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_repo.features import ENTITY_OF_VIEW, FEATURE_VIEWS
 from personalization.settings import Settings
@@ -120,6 +121,13 @@ def encode_row(view: str, row: Mapping[str, Any]) -> dict[str, ValueProto]:
     """A feature row as Feast protos; features missing from ``row`` are left out."""
     kinds = feature_kinds(view)
     return {name: encode_value(kinds[name], row[name]) for name in kinds if name in row}
+
+
+def timestamp_us(raw: bytes) -> int:
+    """Microseconds of a stored ``_ts:<view>`` field (a protobuf Timestamp)."""
+    ts = Timestamp()
+    ts.ParseFromString(raw)
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def decode_value(proto: ValueProto) -> Any:

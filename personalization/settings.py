@@ -55,6 +55,8 @@ class KafkaSettings(_Section):
     # Changelog of computed feature rows: the Flink job appends, the online-store
     # writer applies them to Feast's Redis store (see flink_jobs/online_store.py).
     feature_updates_topic: str = "feature_updates"
+    # Privacy audit trail: one record per erasure / consent override.
+    audit_topic: str = "privacy_audit"
     partitions: int = 2
     flink_consumer_group: str = "pz-user-features"
     writer_consumer_group: str = "pz-online-store-writer"
@@ -70,6 +72,7 @@ class KafkaSettings(_Section):
             self.dlq_topic,
             self.triggers_topic,
             self.feature_updates_topic,
+            self.audit_topic,
         )
 
 
@@ -152,6 +155,18 @@ class ServingSettings(_Section):
     trending_weight: float = 0.3
 
 
+class PrivacySettings(_Section):
+    # Empty = user ids are stored as given; set it to store HMAC pseudonyms instead.
+    hmac_secret: str = ""
+    # Consent of a user never seen to state it (opt-out model by default).
+    default_consent: str = "granted"
+    # An erased user's store entry keeps only a tombstone (so replayed older rows cannot
+    # resurrect it) for this long; longer than the feature_updates topic retention.
+    erasure_tombstone_ttl_s: int = 14 * 24 * 3600
+    # Bearer token for admin RPCs (forget, consent override); empty disables them.
+    admin_token: str = ""
+
+
 class FeastSettings(_Section):
     project: str = "personalization"
     # Empty = <project root>/feature_repo.
@@ -178,6 +193,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     serving: ServingSettings = ServingSettings()
     feast: FeastSettings = FeastSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     # --- derived paths -------------------------------------------------------------
 
