@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import redis
 from confluent_kafka import Consumer, KafkaError, Message
@@ -94,7 +95,10 @@ class OnlineStoreWriter:
         ttl = self.settings.privacy.erasure_tombstone_ttl_s
         for row in erasures:
             key = fs.redis_key(self.project, row.view, row.entity_id)
-            stored = self.redis.hget(key, f"{fs.TS_FIELD_PREFIX}{row.view}")
+            stored = cast(
+                "bytes | None",
+                self.redis.hget(key, f"{fs.TS_FIELD_PREFIX}{row.view}"),  # type: ignore[arg-type]
+            )
             if stored is not None and fs.timestamp_us(stored) >= row.version_us:
                 continue  # a newer write (or tombstone) is already there
             self.redis.delete(key)

@@ -142,6 +142,9 @@ class ServingSettings(_Section):
     # Producer batching delay for Collect; small, because the call waits for the acks.
     collect_linger_ms: int = 2
     client_deadline_s: float = 1.0
+    # TLS: PEM files of the server certificate chain and key; empty = plaintext.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # In-flight RPCs get this long to finish on shutdown (SIGTERM).
     shutdown_grace_s: float = 5.0
     # Catalog refresh re-reads index entries this far below its high-water mark, so
@@ -165,6 +168,70 @@ class PrivacySettings(_Section):
     erasure_tombstone_ttl_s: int = 14 * 24 * 3600
     # Bearer token for admin RPCs (forget, consent override); empty disables them.
     admin_token: str = ""
+
+
+class LearningSettings(_Section):
+    """Online collaborative filtering and co-visitation (flink_jobs/learning.py,
+    flink_jobs/covisitation.py). Defaults are the ones tuned on the MovieLens replay
+    (``python -m bench.evaluate``)."""
+
+    factors: int = 32
+    learning_rate: float = 0.1
+    l2: float = 0.01
+    negatives: int = 4
+    # "uniform" over known items, or "popularity" (recent positives).
+    negative_sampling: str = "uniform"
+    popularity_buffer: int = 10_000
+    # "squared" (FunkMF-style, targets 1 / 0) or "bpr" (pairwise).
+    loss: str = "squared"
+    # Positive weight = min(weight, max_weight) ** weight_power (0 = all alike).
+    weight_power: float = 0.0
+    max_weight: float = 5.0
+    init_std: float = 0.1
+    seed: int = 42
+    # Co-visitation: previous items linked per interaction, neighbours kept per item,
+    # decay of the link weights, weight of the k-th previous item (decay**k), and the
+    # largest gap in event time between linked interactions (0 = no limit).
+    covisit_history: int = 5
+    covisit_neighbors: int = 50
+    covisit_half_life_s: float = 30 * 24 * 3600.0
+    covisit_position_decay: float = 0.7
+    covisit_max_gap_s: float = 0.0
+
+
+def _default_strategies() -> dict[str, dict[str, float]]:
+    # blend_v1 takes its weights from ServingSettings.interest_weight / trending_weight.
+    return {
+        "hybrid_v1": {
+            "cf": 0.3,
+            "covisitation": 1.0,
+            "interest": 0.1,
+            "trending": 0.1,
+            "content": 0.05,
+        },
+    }
+
+
+class RankingSettings(_Section):
+    """Which ranking strategy serves, its blend weights per source, and the rules."""
+
+    # "blend_v1" (interest x popularity + trending) or a key of ``strategies``.
+    strategy: str = "blend_v1"
+    # strategy -> candidate source (cf, covisitation, interest, trending, content) ->
+    # weight of that source's normalised (0..1) score in the blend.
+    strategies: dict[str, dict[str, float]] = Field(default_factory=_default_strategies)
+    # The user's last N recent items are not recommended again ("just seen").
+    exclude_recent: int = 3
+    # At most ceil(k * share) items per category (soft: relaxed if k cannot be filled).
+    category_cap_share: float = 0.5
+    # Share of the k slots given to exploration picks (deterministic per request seed).
+    exploration_share: float = 0.1
+    # Exploration draws from the candidates ranked k .. k * exploration_pool_factor.
+    exploration_pool_factor: int = 5
+    # Weight of the user's k-th most recent item for co-visitation/content (decay**k).
+    recency_decay: float = 0.7
+    # How many recent items seed co-visitation and content candidates.
+    anchor_items: int = 5
 
 
 class FeastSettings(_Section):
@@ -193,6 +260,8 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     serving: ServingSettings = ServingSettings()
     feast: FeastSettings = FeastSettings()
+    learning: LearningSettings = LearningSettings()
+    ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
 
     # --- derived paths -------------------------------------------------------------

@@ -28,6 +28,8 @@ class RecommenderClient:
         *,
         collect_deadline_s: float | None = None,
         max_message_bytes: int | None = None,
+        admin_token: str = "",
+        tls_root_cert: bytes | None = None,
     ) -> None:
         options: list[tuple[str, Any]] = []
         if max_message_bytes:
@@ -38,9 +40,15 @@ class RecommenderClient:
         self.deadline_s = deadline_s
         # Collect waits for Kafka acks server-side, so it needs a longer deadline.
         self.collect_deadline_s = collect_deadline_s or deadline_s
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._admin_token = admin_token
+        if tls_root_cert is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._recommender = recommender_pb2_grpc.RecommenderStub(self._channel)
         self._collector = recommender_pb2_grpc.CollectorStub(self._channel)
+        self._admin = recommender_pb2_grpc.AdminStub(self._channel)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecommenderClient:
@@ -50,6 +58,7 @@ class RecommenderClient:
             deadline_s=cfg.client_deadline_s,
             collect_deadline_s=cfg.collect_ack_timeout_s + cfg.client_deadline_s,
             max_message_bytes=cfg.max_message_bytes,
+            admin_token=settings.privacy.admin_token,
         )
 
     def recommend(
@@ -98,6 +107,37 @@ class RecommenderClient:
             timeout=deadline_s or self.collect_deadline_s,
         )
         return response
+
+    def _admin_metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._admin_token}")] if self._admin_token else []
+
+    def forget_user(
+        self, user_id: str, reason: str = "", *, deadline_s: float | None = None
+    ) -> recommender_pb2.AdminReply:
+        """Erase a user everywhere (admin token required); returns the audit id."""
+        reply: recommender_pb2.AdminReply = self._admin.ForgetUser(
+            recommender_pb2.ForgetUserRequest(user_id=user_id, reason=reason),
+            timeout=deadline_s or self.collect_deadline_s,
+            metadata=self._admin_metadata(),
+        )
+        return reply
+
+    def set_consent(
+        self,
+        user_id: str,
+        personalization: bool,
+        reason: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> recommender_pb2.AdminReply:
+        reply: recommender_pb2.AdminReply = self._admin.SetConsent(
+            recommender_pb2.SetConsentRequest(
+                user_id=user_id, personalization=personalization, reason=reason
+            ),
+            timeout=deadline_s or self.collect_deadline_s,
+            metadata=self._admin_metadata(),
+        )
+        return reply
 
     def close(self) -> None:
         self._channel.close()

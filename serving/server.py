@@ -32,18 +32,21 @@ import signal
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, load_settings
 from personalization.v1 import (
     events_pb2,
     recommender_pb2,
     recommender_pb2_grpc,
 )
+from serving.admin import AdminServicer
 from serving.catalog import ItemCatalog
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 _SERVICES = recommender_pb2.DESCRIPTOR.services_by_name
 RECOMMENDER_SERVICE = _SERVICES["Recommender"].full_name
 COLLECTOR_SERVICE = _SERVICES["Collector"].full_name
+ADMIN_SERVICE = _SERVICES["Admin"].full_name
 ONLINE_STORE_HEALTH = "personalization.online_store"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -114,6 +118,8 @@ def profile_message(
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     def __init__(self, settings: Settings, recommender: Recommender) -> None:
         self._recommender = recommender
+        # Features are stored under the pseudonym the job derived (privacy.hmac_secret).
+        self._stored_id = pseudonymizer(settings.privacy.hmac_secret)
         self._default_k = settings.serving.default_k
         self._max_k = settings.serving.max_k
 
@@ -128,7 +134,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"k must be 0..{self._max_k} (0 = default)"
             )
         k = request.k or self._default_k
-        rec = self._recommender.recommend(user_id, k, exclude=request.exclude_item_ids)
+        rec = self._recommender.recommend(
+            self._stored_id(user_id), k, exclude=request.exclude_item_ids
+        )
         return recommender_pb2.RecommendResponse(
             items=[
                 recommender_pb2.RecommendedItem(
@@ -154,7 +162,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         if not user_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
         try:
-            features = self._recommender.user_features(user_id)
+            features = self._recommender.user_features(self._stored_id(user_id))
         except StoreUnavailable as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return profile_message(user_id, features, int(time.time() * 1000))
@@ -230,14 +238,25 @@ class ServingApp:
             RecommenderServicer(settings, recommender), self.server
         )
         names = [RECOMMENDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.admin: AdminServicer | None = None
         if collector is not None:
             recommender_pb2_grpc.add_CollectorServicer_to_server(
                 CollectorServicer(settings, collector), self.server
             )
             names.append(COLLECTOR_SERVICE)
+            self.admin = AdminServicer(settings, collector)
+            recommender_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
+            names.append(ADMIN_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert_file:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port}")
         self._stop_monitor = threading.Event()
@@ -281,6 +300,8 @@ class ServingApp:
         self.server.stop(grace).wait()
         self._stop_monitor.set()
         self.recommender.catalog.stop()
+        if self.admin is not None:
+            self.admin.close()
         if self.collector is not None:
             self.collector.close(timeout_s=grace)
         self.recommender.reader.close()

@@ -34,6 +34,7 @@ from personalization.settings import (
     PROJECT_ROOT,
     FlinkSettings,
     KafkaSettings,
+    PrivacySettings,
     RedisSettings,
     Settings,
 )
@@ -41,6 +42,8 @@ from personalization.settings import (
 # Jars are immutable downloads: every test run dir's jars/ is a symlink to the project's
 # .run/jars, so Maven copies them once, not into every tmp dir.
 SHARED_JARS_DIR = PROJECT_ROOT / ".run" / "jars"
+# Admin RPCs (forget, consent) are enabled in test stacks with this token.
+ADMIN_TOKEN = "test-admin-token"
 
 
 def _distinct_free_ports(n: int) -> list[int]:
@@ -65,6 +68,7 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             controller_port=controller_port,
         ),
         flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
+        privacy=PrivacySettings(admin_token=ADMIN_TOKEN),
     )
 
 

@@ -130,3 +130,29 @@ class CollectResponse(_message.Message):
     accepted: int
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetConsentRequest(_message.Message):
+    __slots__ = ("user_id", "personalization", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSONALIZATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    personalization: bool
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., personalization: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AdminReply(_message.Message):
+    __slots__ = ("audit_id", "subject")
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    audit_id: str
+    subject: str
+    def __init__(self, audit_id: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...

@@ -225,3 +225,127 @@ class Collector(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub(object):
+    """Privacy administration. Every call needs `authorization: Bearer <admin token>`
+    metadata (settings privacy.admin_token); the service is disabled without a token.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ForgetUser = channel.unary_unary(
+                '/personalization.v1.Admin/ForgetUser',
+                request_serializer=personalization_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+                _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/personalization.v1.Admin/SetConsent',
+                request_serializer=personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+                _registered_method=True)
+
+
+class AdminServicer(object):
+    """Privacy administration. Every call needs `authorization: Bearer <admin token>`
+    metadata (settings privacy.admin_token); the service is disabled without a token.
+    """
+
+    def ForgetUser(self, request, context):
+        """Erases everything kept about a user: online features now, keyed state in the
+        Flink job through an erasure event, and writes an audit record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConsent(self, request, context):
+        """Records a consent decision on the user's behalf (e.g. from a support ticket).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=personalization_dot_v1_dot_recommender__pb2.ForgetUserRequest.FromString,
+                    response_serializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.FromString,
+                    response_serializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'personalization.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('personalization.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin(object):
+    """Privacy administration. Every call needs `authorization: Bearer <admin token>`
+    metadata (settings privacy.admin_token); the service is disabled without a token.
+    """
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.v1.Admin/ForgetUser',
+            personalization_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+            personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.v1.Admin/SetConsent',
+            personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
+            personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

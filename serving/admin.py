@@ -1,0 +1,135 @@
+"""Privacy administration over gRPC: forget a user, override consent.
+
+Every call must carry ``authorization: Bearer <privacy.admin_token>``; without a token
+configured the service answers FAILED_PRECONDITION ("disabled"), a wrong or missing
+token UNAUTHENTICATED. Each action writes an audit record to the audit topic before it
+returns, so nothing is erased or changed without a trace.
+
+ForgetUser acts twice: at once on the online store (a tombstone replaces the user's row,
+see ``flink_jobs/online_store.py``), and through the stream (an ``erasure`` event clears
+the user's keyed state in the Flink job, ordered after the user's earlier events).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import grpc
+from confluent_kafka import Producer
+
+from flink_jobs.feature_updates import FeatureUpdate
+from flink_jobs.online_store import OnlineStoreWriter
+from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
+from personalization.privacy import audit_record, pseudonymizer
+from personalization.settings import Settings
+from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.collector import CollectUnavailable, EventCollector
+
+
+def bearer_token(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return ""
+
+
+class AdminServicer(recommender_pb2_grpc.AdminServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        collector: EventCollector,
+        *,
+        store_writer: OnlineStoreWriter | None = None,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._settings = settings
+        self._token = settings.privacy.admin_token
+        self._collector = collector
+        self._writer = store_writer or OnlineStoreWriter(settings)
+        self._pseudonym = pseudonymizer(settings.privacy.hmac_secret)
+        self._audit = Producer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "acks": "all",
+                "enable.idempotence": True,
+                "client.id": "pz-admin-audit",
+            }
+        )
+        self._now_ms = now_ms
+
+    def _authorize(self, context: grpc.ServicerContext) -> str:
+        if not self._token:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "admin API disabled (no token)")
+        if not hmac.compare_digest(bearer_token(context), self._token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token required")
+        return "admin-token"
+
+    def _write_audit(self, record: str, context: grpc.ServicerContext) -> None:
+        self._audit.produce(self._settings.kafka.audit_topic, value=record.encode())
+        if self._audit.flush(self._settings.serving.collect_ack_timeout_s) != 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "audit record not acknowledged")
+
+    def _send_control(self, event: events_pb2.Event, context: grpc.ServicerContext) -> None:
+        try:
+            result = self._collector.collect([event])
+        except CollectUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if result.rejected:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.rejected[0][1])
+
+    def ForgetUser(
+        self, request: recommender_pb2.ForgetUserRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.AdminReply:
+        actor = self._authorize(context)
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        subject = self._pseudonym(user_id)
+        now = self._now_ms()
+        record = audit_record("forget", subject, actor=actor, detail=request.reason)
+        self._write_audit(record, context)
+        self._writer.erase([FeatureUpdate("user_profile", subject, now * 1000, {}, erase=True)])
+        self._send_control(
+            events_pb2.Event(
+                event_id=f"erase-{uuid.uuid4().hex}",
+                user_id=user_id,
+                event_type=ERASURE,
+                event_time_ms=now,
+            ),
+            context,
+        )
+        return recommender_pb2.AdminReply(audit_id=_audit_id(record), subject=subject)
+
+    def SetConsent(
+        self, request: recommender_pb2.SetConsentRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.AdminReply:
+        actor = self._authorize(context)
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        subject = self._pseudonym(user_id)
+        value = "granted" if request.personalization else "denied"
+        record = audit_record(f"consent:{value}", subject, actor=actor, detail=request.reason)
+        self._write_audit(record, context)
+        self._send_control(
+            events_pb2.Event(
+                event_id=f"consent-{uuid.uuid4().hex}",
+                user_id=user_id,
+                event_type=CONSENT,
+                event_time_ms=self._now_ms(),
+                properties={CONSENT_PROPERTY: value},
+            ),
+            context,
+        )
+        return recommender_pb2.AdminReply(audit_id=_audit_id(record), subject=subject)
+
+    def close(self) -> None:
+        self._audit.flush(5)
+
+
+def _audit_id(record: str) -> str:
+    return str(json.loads(record)["audit_id"])

@@ -1,0 +1,120 @@
+"""Privacy end to end: ForgetUser and consent through gRPC on the real pipeline."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from confluent_kafka import Consumer
+
+from personalization.settings import Settings
+from serving.client import RecommenderClient
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
+
+
+@pytest.fixture(scope="module")
+def client(grpc_server: Settings):
+    with RecommenderClient.from_settings(grpc_server) as c:
+        yield c
+
+
+def views(user: str, n: int, start: int, t0: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"{user}-{start + i}",
+            "user_id": user,
+            "event_type": "product_view",
+            "item_id": f"book-{i}",
+            "category": "books",
+            "event_time": t0 + i,
+        }
+        for i in range(n)
+    ]
+
+
+def events_total(client: RecommenderClient, user: str) -> int:
+    profile = client.get_user_profile(user)
+    return profile.counts.get("product_view_24h", 0) if profile.found else -1
+
+
+def audit_records(settings: Settings, subject: str) -> list[dict]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"audit-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([settings.kafka.audit_topic])
+    found: list[dict] = []
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and not found:
+            for msg in consumer.consume(num_messages=500, timeout=0.5):
+                if msg.error() is None:
+                    record = json.loads(msg.value())
+                    if record["subject"] == subject:
+                        found.append(record)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_forget_user_erases_store_state_and_audits(client: RecommenderClient, grpc_server):
+    user = f"forget-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    assert client.collect(views(user, 3, 0, now)).accepted == 3
+    wait_for(lambda: events_total(client, user) == 3, 60, "3 views in the profile")
+
+    reply = client.forget_user(user, reason="ticket-42")
+    assert reply.audit_id and reply.subject == user
+    # The store forgets at once ...
+    assert events_total(client, user) in (-1, 0)
+    audit = audit_records(grpc_server, user)
+    assert [r["action"] for r in audit] == ["forget"] and audit[0]["detail"] == "ticket-42"
+
+    # ... and the job's keyed state too: the next event starts a brand-new profile.
+    later = now + 60_000
+    assert client.collect(views(user, 1, 100, later)).accepted == 1
+    wait_for(lambda: events_total(client, user) == 1, 60, "a fresh profile with 1 view")
+
+
+def test_withdrawn_consent_stops_profile_updates(client: RecommenderClient):
+    user = f"consent-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    assert client.collect(views(user, 2, 0, now)).accepted == 2
+    wait_for(lambda: events_total(client, user) == 2, 60, "2 views in the profile")
+
+    client.set_consent(user, personalization=False, reason="user request")
+    wait_for(lambda: events_total(client, user) == 0, 60, "the profile to be emptied")
+    assert client.collect(views(user, 4, 10, now + 1000)).accepted == 4
+    time.sleep(3)  # give the job time to (not) count them
+    assert events_total(client, user) == 0
+    response = client.recommend(user, k=5)
+    assert not response.personalized
+
+
+def test_admin_calls_need_the_token(grpc_server: Settings):
+    with RecommenderClient(
+        f"{grpc_server.serving.host}:{grpc_server.serving.port}", admin_token="wrong"
+    ) as intruder:
+        with pytest.raises(grpc.RpcError) as err:
+            intruder.forget_user("anyone")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
