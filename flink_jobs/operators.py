@@ -13,10 +13,16 @@ from typing import Any
 
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import (
+    KeyedCoProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeContext,
+)
 from pyflink.datastream.state import ValueStateDescriptor
 
-from flink_jobs import items, profile
+from flink_jobs import attribution, items, profile
 from flink_jobs.feature_updates import FeatureUpdate
 from personalization.events import (
     ERASURE,
@@ -32,6 +38,8 @@ from personalization.settings import FeatureSettings, PrivacySettings
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
 ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
+# Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
+OUTCOME_TAG = OutputTag("rec-outcomes", Types.PICKLED_BYTE_ARRAY())
 
 
 class ParseEvents(ProcessFunction):
@@ -105,6 +113,8 @@ class UserFeatures(KeyedProcessFunction):
         ).to_json()
         if event.item_id and user.consent != "denied":
             yield ITEM_EVENT_TAG, event
+            if attribution.outcome_of(event) is not None:
+                yield OUTCOME_TAG, event
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         user = self.state.value()
@@ -136,3 +146,68 @@ class ItemFeatures(KeyedProcessFunction):
             yield FeatureUpdate(
                 "item_stats", item.item_id, item.version_us, items.item_feature_row(item)
             ).to_json()
+
+
+class AttributionJoin(KeyedCoProcessFunction):
+    """Keyed by recommendation id: exposures (input 1) joined with outcomes (input 2).
+
+    One attribution record per exposure once its window has passed in event time.
+    """
+
+    def __init__(self, cfg: FeatureSettings) -> None:
+        self.window_ms = cfg.attribution_window_s * 1000
+        self.wait_ms = cfg.attribution_wait_for_exposure_s * 1000
+        self.state: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("attribution", Types.PICKLED_BYTE_ARRAY())
+        )
+
+    def _update(self, ctx: Any, state: attribution.Attribution) -> None:
+        self.state.update(state)
+        due = attribution.close_time(state, self.window_ms, self.wait_ms)
+        if due is not None:
+            ctx.timer_service().register_event_time_timer(due)
+
+    def process_element1(self, exposure: attribution.Exposure, ctx: Any) -> Iterator[str]:
+        state = self.state.value() or attribution.Attribution(exposure.rec_id)
+        attribution.add_exposure(state, exposure, self.window_ms)
+        self._update(ctx, state)
+        return iter(())
+
+    def process_element2(self, event: Event, ctx: Any) -> Iterator[str]:
+        rec_id = event.properties.get(attribution.REC_ID_PROPERTY, "")
+        state = self.state.value() or attribution.Attribution(rec_id)
+        attribution.add_outcome(state, event, self.window_ms)
+        self._update(ctx, state)
+        return iter(())
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[str]:
+        state = self.state.value()
+        if state is None:
+            return
+        due = attribution.close_time(state, self.window_ms, self.wait_ms)
+        if due is None or timestamp < due:
+            return  # an earlier timer; the record is not final yet
+        self.state.clear()
+        if state.exposure is not None:
+            yield state.to_json()
+
+
+class ParseExposures(ProcessFunction):
+    """Exposure records from serving; malformed ones go to the DLQ like bad events."""
+
+    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        exposure = attribution.parse_exposure(value)
+        if exposure is None:
+            now_ms = int(time.time() * 1000)
+            rejection = Rejection("invalid_exposure", "not an exposure record")
+            yield DLQ_TAG, dead_letter(value, rejection, source="exposures", now_ms=now_ms)
+        else:
+            yield exposure
+
+
+class ExposureTime(TimestampAssigner):
+    def extract_timestamp(self, value: attribution.Exposure, record_timestamp: int) -> int:
+        return value.time_ms

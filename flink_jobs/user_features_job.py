@@ -45,10 +45,14 @@ from flink_jobs.checkpoints import latest_checkpoint
 from flink_jobs.operators import (
     DLQ_TAG,
     ITEM_EVENT_TAG,
+    OUTCOME_TAG,
     TRIGGER_TAG,
+    AttributionJoin,
     EventTimeAssigner,
+    ExposureTime,
     ItemFeatures,
     ParseEvents,
+    ParseExposures,
     UserFeatures,
 )
 from personalization.infra.flink_cluster import embedded_python_path
@@ -113,7 +117,9 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
     return builder.build()
 
 
-def kafka_source(settings: Settings) -> KafkaSource:
+def kafka_source(
+    settings: Settings, topics: tuple[str, ...] | None = None, group_suffix: str = ""
+) -> KafkaSource:
     k = settings.kafka
     reset = (
         KafkaOffsetResetStrategy.LATEST
@@ -123,8 +129,8 @@ def kafka_source(settings: Settings) -> KafkaSource:
     return (
         KafkaSource.builder()
         .set_bootstrap_servers(k.bootstrap_servers)
-        .set_topics(*k.event_topics)
-        .set_group_id(k.flink_consumer_group)
+        .set_topics(*(topics or k.event_topics))
+        .set_group_id(k.flink_consumer_group + group_suffix)
         .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(reset))
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("partition.discovery.interval.ms", "10000")
@@ -172,9 +178,39 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     user_rows.get_side_output(TRIGGER_TAG).sink_to(
         kafka_sink(settings, k.triggers_topic, exactly_once=True)
     ).name("kafka: triggers")
-    parsed.get_side_output(DLQ_TAG).sink_to(
-        kafka_sink(settings, k.dlq_topic, exactly_once=True)
-    ).name("kafka: events_dlq")
+    dead_letters = parsed.get_side_output(DLQ_TAG)
+
+    # A/B attribution: exposures from serving joined with the outcomes that follow.
+    exposures_raw = env.from_source(
+        kafka_source(settings, (k.exposures_topic,), "-exposures"),
+        WatermarkStrategy.no_watermarks(),
+        "exposures",
+    ).name("kafka: exposures")
+    exposures = exposures_raw.process(ParseExposures(), output_type=Types.PICKLED_BYTE_ARRAY())
+    exposures = exposures.name("parse exposures")
+    dead_letters = dead_letters.union(exposures.get_side_output(DLQ_TAG))
+    exposure_watermarks = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(settings.flink.out_of_orderness_ms)
+        )
+        .with_timestamp_assigner(ExposureTime())
+        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+    )
+    outcomes = user_rows.get_side_output(OUTCOME_TAG)
+    (
+        exposures.assign_timestamps_and_watermarks(exposure_watermarks)
+        .key_by(lambda x: x.rec_id, key_type=Types.STRING())
+        .connect(outcomes.key_by(lambda e: e.properties.get("rec_id", ""), key_type=Types.STRING()))
+        .process(AttributionJoin(features_cfg), output_type=Types.STRING())
+        .name("A/B attribution join")
+        .uid("ab-attribution")
+        .sink_to(kafka_sink(settings, k.ab_outcomes_topic, exactly_once=True))
+        .name("kafka: ab_outcomes")
+    )
+
+    dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
+        "kafka: events_dlq"
+    )
 
 
 def create_environment(settings: Settings, restore_from: Path | None) -> StreamExecutionEnvironment:

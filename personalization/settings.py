@@ -57,6 +57,9 @@ class KafkaSettings(_Section):
     feature_updates_topic: str = "feature_updates"
     # Privacy audit trail: one record per erasure / consent override.
     audit_topic: str = "privacy_audit"
+    # A/B testing: one record per Recommend answer, and the job's joined outcomes.
+    exposures_topic: str = "exposures"
+    ab_outcomes_topic: str = "ab_outcomes"
     partitions: int = 2
     flink_consumer_group: str = "pz-user-features"
     writer_consumer_group: str = "pz-online-store-writer"
@@ -73,6 +76,8 @@ class KafkaSettings(_Section):
             self.triggers_topic,
             self.feature_updates_topic,
             self.audit_topic,
+            self.exposures_topic,
+            self.ab_outcomes_topic,
         )
 
 
@@ -126,6 +131,10 @@ class FeatureSettings(_Section):
     quick_exit_max_s: int = 10
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
+    # A/B attribution: outcomes count within this long after the exposure; outcomes
+    # whose exposure never arrives are dropped this long after the last of them.
+    attribution_window_s: int = 30 * 60
+    attribution_wait_for_exposure_s: int = 5 * 60
 
 
 class ServingSettings(_Section):
@@ -142,6 +151,8 @@ class ServingSettings(_Section):
     # Producer batching delay for Collect; small, because the call waits for the acks.
     collect_linger_ms: int = 2
     client_deadline_s: float = 1.0
+    # A/B experiments (YAML, see personalization/experiments.py); missing file = none.
+    experiments_file: str = ""
     # TLS: PEM files of the server certificate chain and key; empty = plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -234,6 +245,27 @@ class RankingSettings(_Section):
     anchor_items: int = 5
 
 
+class MetricsSettings(_Section):
+    """Prometheus endpoints of the job, the writer and serving, and the live dashboard.
+
+    Each process serves ``http://<host>:<port>/metrics``; a port of 0 turns that
+    endpoint off (the dashboard then shows it as absent).
+    """
+
+    host: str = "127.0.0.1"
+    job_port: int = 9464
+    writer_port: int = 9465
+    serving_port: int = 9466
+    dashboard_port: int = 8050
+    # The dashboard scrapes every endpoint this often and keeps this much history.
+    scrape_interval_s: float = 1.0
+    history_s: float = 600.0
+    # Percentiles are computed over histogram increments of this window; rates over
+    # ``rate_window_s``.
+    quantile_window_s: float = 10.0
+    rate_window_s: float = 5.0
+
+
 class FeastSettings(_Section):
     project: str = "personalization"
     # Empty = <project root>/feature_repo.
@@ -263,6 +295,7 @@ class Settings(BaseSettings):
     learning: LearningSettings = LearningSettings()
     ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     # --- derived paths -------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""Exposure/outcome join and the A/B report aggregation (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from flink_jobs import attribution as at
+from personalization import ab_report
+from personalization.events import Event
+
+T0 = 1_700_000_000_000
+WINDOW = 30 * 60_000
+
+
+def exposure(rec: str = "r1", items=("a", "b"), t: int = T0) -> at.Exposure:
+    return at.Exposure(rec, "u1", "exp", "hybrid", "hybrid_v1", tuple(items), t)
+
+
+def outcome(kind: str, item: str, t: int, rec: str = "r1", price: float = 0.0) -> Event:
+    return Event(
+        f"{kind}-{item}-{t}", "u1", kind, t, item_id=item, price=price, properties={"rec_id": rec}
+    )
+
+
+def test_exposure_round_trip():
+    e = exposure()
+    assert at.parse_exposure(e.to_json()) == e
+    assert at.parse_exposure("{}") is None and at.parse_exposure("nope") is None
+
+
+def test_outcomes_count_only_shown_items_inside_the_window():
+    state = at.Attribution("r1")
+    at.add_exposure(state, exposure(), WINDOW)
+    at.add_outcome(state, outcome("click", "a", T0 + 1000), WINDOW)
+    at.add_outcome(state, outcome("click", "zzz", T0 + 1000), WINDOW)  # not shown
+    at.add_outcome(state, outcome("purchase", "b", T0 + 2000, price=9.5), WINDOW)
+    at.add_outcome(state, outcome("purchase", "a", T0 + WINDOW + 1, price=100), WINDOW)  # late
+    record = json.loads(state.to_json())
+    assert record["clicked"] and record["purchased"] and not record["carted"]
+    assert record["revenue"] == 9.5
+    assert at.close_time(state, WINDOW, 60_000) == T0 + WINDOW + 1
+
+
+def test_outcome_before_exposure_waits_for_it():
+    state = at.Attribution("r1")
+    at.add_outcome(state, outcome("add_to_cart", "a", T0 + 500), WINDOW)
+    assert at.close_time(state, WINDOW, 60_000) == T0 + 500 + 60_000
+    at.add_exposure(state, exposure(), WINDOW)
+    assert json.loads(state.to_json())["carted"]
+
+
+def test_events_without_rec_id_are_not_outcomes():
+    plain = Event("e", "u1", "click", T0, item_id="a")
+    assert at.outcome_of(plain) is None
+
+
+def test_report_totals_and_control():
+    records = [
+        {
+            "experiment": "x",
+            "variant": "control",
+            "user_id": "u1",
+            "clicked": True,
+            "purchased": False,
+            "revenue": 0.0,
+        },
+        {
+            "experiment": "x",
+            "variant": "control",
+            "user_id": "u1",
+            "clicked": False,
+            "purchased": True,
+            "revenue": 10.0,
+        },
+        {
+            "experiment": "x",
+            "variant": "hybrid",
+            "user_id": "u2",
+            "clicked": True,
+            "purchased": True,
+            "revenue": 5.0,
+        },
+        {"experiment": "", "variant": "", "user_id": "u3"},
+    ]
+    totals = ab_report.totals_by_variant(records)
+    control = totals["x"]["control"]
+    assert (control.users, control.impressions, control.clicks, control.conversions) == (1, 2, 1, 1)
+    assert control.revenue == 10.0 and control.revenue_sq == 100.0
+    reports = ab_report.report(totals["x"])
+    assert reports["control"].comparisons == []
+    assert [c.metric for c in reports["hybrid"].comparisons] == ["ctr", "conversion"]
+    text = ab_report.format_report("x", reports)
+    assert "hybrid vs control" in text
