@@ -1,0 +1,299 @@
+"""Benchmarks of the personalization platform on a private local stack.
+
+    python -m bench freshness [--rate 1000] [--duration 60]
+    python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500]
+    python -m bench all
+
+Every run starts its own stack (temporary run dir, free 127.0.0.1 ports: Redis, Kafka,
+the Flink job on a MiniCluster, the online-store writer, the gRPC server), stops it in
+``finally``, prints tables and writes ``bench/results/<name>-<timestamp>.json`` with the
+machine facts, the exact parameters and every figure.
+
+On a small machine the load generators share the cores with what they measure; the
+tables show the CPU each process used in each phase so the limits are visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+from bench.env import (
+    BenchStack,
+    CpuMeter,
+    format_table,
+    machine_info,
+    say,
+    venv_on_path,
+    write_results,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("general")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--name", help="results file name prefix (default: the scenario)")
+    g.add_argument("--keep-run-dir", action="store_true", help="keep the tmp run dir (logs)")
+    g.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine: first wait up to this long for CPU busy < --quiet-pct",
+    )
+    g.add_argument("--quiet-pct", type=float, default=40.0, help="%% of all cores")
+
+    f = common.add_argument_group("freshness")
+    f.add_argument("--rate", type=float, default=1000.0, help="background events/s")
+    f.add_argument("--duration", type=float, default=60.0, help="probing seconds")
+    f.add_argument("--freshness-warmup", type=float, default=5.0, help="load before probing")
+    f.add_argument("--probe-interval", type=float, default=0.1)
+    f.add_argument("--probe-timeout", type=float, default=10.0)
+    f.add_argument("--poll-interval", type=float, default=0.002, help="Redis poll period")
+    f.add_argument("--gen-users", type=int, default=10_000, help="generator users")
+
+    s = common.add_argument_group("serving")
+    s.add_argument("--users", type=int, default=100_000, help="seeded users")
+    s.add_argument("--items", type=int, default=10_000, help="catalog items")
+    s.add_argument("--template-users", type=int, default=2_000, help="simulated users")
+    s.add_argument("--rps", type=float, nargs="+", default=[200.0, 500.0], help="open loop")
+    s.add_argument("--phase-duration", type=float, default=15.0)
+    s.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds per phase")
+    s.add_argument("--concurrency", type=int, default=32, help="closed-loop workers")
+    s.add_argument("--ghz-concurrency", type=int, default=50, help="ghz open-loop workers")
+    s.add_argument("--channels", type=int, default=4, help="gRPC connections")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--deadline", type=float, default=1.0)
+    s.add_argument("--feast-iterations", type=int, default=1000)
+    s.add_argument("--no-ghz", action="store_true")
+    s.add_argument(
+        "--keep-pipeline",
+        action="store_true",
+        help="all: leave Flink job, writer and Kafka running (idle) during serving",
+    )
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="scenario", required=True)
+    sub.add_parser("freshness", parents=[common], help="event-to-feature freshness under load")
+    sub.add_parser("serving", parents=[common], help="Recommend latency/throughput + Feast")
+    sub.add_parser("all", parents=[common], help="freshness, then serving")
+    return parser
+
+
+def wait_quiet(timeout_s: float, threshold_pct: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meter = CpuMeter({}).start()
+        time.sleep(3.0)
+        busy = meter.stop()["machine (all cores)"]
+        if busy < threshold_pct:
+            say(f"machine quiet enough: {busy:.0f}% busy")
+            return
+        if time.monotonic() >= deadline:
+            say(f"machine still {busy:.0f}% busy after {timeout_s:.0f}s: running anyway")
+            return
+        say(f"machine {busy:.0f}% busy (other tenants); waiting")
+        time.sleep(7.0)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through ``finally``: the stack is stopped
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def machine_table(info: dict[str, Any]) -> str:
+    rows = [
+        ("nproc (usable)", f"{info['nproc']} ({info['cpus_usable']})"),
+        ("cpu", info["cpu_model"]),
+        ("memory GB", info["mem_total_gb"]),
+        ("load average at start (1/5/15 min)", " / ".join(map(str, info["loadavg_at_start"]))),
+        (
+            f"cpu busy in 2 s before start (% of {info['nproc']}00)",
+            info["cpu_busy_before_start_pct_of_all_cores"],
+        ),
+        ("python / grpcio / feast", f"{info['python']} / {info['grpcio']} / {info['feast']}"),
+        ("git", f"{info['git_commit']}{' (dirty)' if info['git_dirty'] else ''}"),
+    ]
+    return format_table(["machine", ""], rows)
+
+
+def freshness_table(r: dict[str, Any]) -> str:
+    f = r["freshness"]
+    p = r["parameters"]
+    pipe = r.get("pipeline", {})
+    cpu = r.get("cpu_pct", {})
+    rows: list[tuple[str, Any]] = [
+        ("background load target (ev/s)", p["rate_ev_s"]),
+        ("sender achieved (ev/s)", r["sender"]["achieved_rate"]),
+        ("events into Kafka (ev/s, offsets)", pipe.get("events_into_kafka_per_s")),
+        ("Flink consumed (ev/s, committed on checkpoint)", pipe.get("flink_consumed_per_s")),
+        ("feature rows emitted by the job (/s)", pipe.get("feature_updates_emitted_per_s")),
+        ("feature rows applied by the writer (/s)", pipe.get("writer_applied_per_s")),
+        ("writer lag msgs (mean / max)", _lag(pipe.get("writer_lag_msgs"))),
+        ("Flink lag msgs (mean / max)", _lag(pipe.get("flink_lag_msgs_committed_on_checkpoint"))),
+        (f"probes sent / seen / lost ({p['duration_s']:g}s)", _probes(r)),
+        ("freshness p50 (ms)", f.get("p50_ms")),
+        ("freshness p90 (ms)", f.get("p90_ms")),
+        ("freshness p99 (ms)", f.get("p99_ms")),
+        ("freshness max (ms)", f.get("max_ms")),
+    ]
+    rows += [(f"cpu % of a core: {name}", value) for name, value in cpu.items()]
+    return format_table(["freshness (produce -> row readable in Redis)", "value"], rows)
+
+
+def _lag(d: dict[str, Any] | None) -> str:
+    return f"{d['mean']} / {d['max']}" if d else "-"
+
+
+def _probes(r: dict[str, Any]) -> str:
+    return f"{r['probes_sent']} / {r['probes_seen']} / {r['probes_lost']}"
+
+
+def serving_tables(r: dict[str, Any]) -> str:
+    rows = []
+    for phase in [*r["python_load"], *r["ghz"]]:
+        if phase.get("failed"):
+            rows.append((phase["tool"], phase["phase"], *(["-"] * 11)))
+            continue
+        lat = phase["latency"]
+        cpu = phase.get("cpu_pct", {})
+        gen = phase.get("self_cpu_pct", cpu.get("ghz"))
+        rows.append(
+            (
+                phase["tool"],
+                phase["phase"],
+                phase["achieved_rps"],
+                lat.get("p50_ms"),
+                lat.get("p90_ms"),
+                lat.get("p99_ms"),
+                lat.get("p999_ms"),
+                lat.get("max_ms"),
+                phase["error_count"],
+                cpu.get("grpc server"),
+                gen,
+                cpu.get("others"),
+                cpu.get("machine (all cores)"),
+            )
+        )
+    load = format_table(
+        [
+            "Recommend k=10 (gRPC)",
+            "phase",
+            "ok rps",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "errors",
+            "server cpu%",
+            "loadgen cpu%",
+            "others cpu%",
+            "machine cpu%",
+        ],
+        rows,
+    )
+    feast_rows = [
+        (name, s["count"], s["p50_ms"], s["p99_ms"], s["p999_ms"])
+        for name, s in r["feast_in_process"].items()
+    ]
+    feast = format_table(
+        ["in process, same Redis", "n", "p50 ms", "p99 ms", "p99.9 ms"], feast_rows
+    )
+    seed = r["seed"]
+    p = r["parameters"]
+    seed_line = (
+        f"seeded {seed['users_written']:,} users ({seed['template_users']:,} distinct rows from "
+        f"{seed['events_folded']:,} simulated events) at {seed['users_rows_per_s']:,} rows/s; "
+        f"{seed['items']:,} items; k={p['k']}, deadline {p['deadline_s']}s, "
+        f"{p['channels']} connections, closed loop c={p['closed_loop_concurrency']}, "
+        f"{p['phase_duration_s']:g}s per phase after {p['warmup_s']:g}s warm-up"
+    )
+    return f"{load}\n\n{feast}\n\n{seed_line}"
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    venv_on_path()
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet, args.quiet_pct)
+    info = machine_info()
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "scenario": args.scenario,
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": info,
+    }
+    print(machine_table(info), flush=True)
+    bench = BenchStack.create(keep_run_dir=args.keep_run_dir)
+    say(f"private stack in {bench.run_path}")
+    failed: BaseException | None = None
+    try:
+        if args.scenario in ("freshness", "all"):
+            results["freshness"] = _guard("freshness", bench, args)
+        if args.scenario == "all" and not args.keep_pipeline:
+            from personalization import stack
+
+            say("stopping the write path (Flink job, writer, Kafka) before the serving runs")
+            bench.stop_component(stack.FLINK_JOB)
+            bench.stop_component(stack.WRITER)
+            from personalization.infra import kafka_broker
+
+            if "kafka" in bench.started:
+                kafka_broker.stop(bench.settings)
+                bench.started.remove("kafka")
+        if args.scenario in ("serving", "all"):
+            results["serving"] = _guard("serving", bench, args)
+    except BaseException as exc:
+        failed = exc
+        results["error"] = repr(exc)
+    finally:
+        say("stopping the private stack")
+        bench.stop()
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    path = write_results(args.name or args.scenario, results)
+
+    print()
+    print(machine_table(info))
+    if isinstance(results.get("freshness"), dict) and "freshness" in results["freshness"]:
+        print()
+        print(freshness_table(results["freshness"]))
+    if isinstance(results.get("serving"), dict) and "python_load" in results["serving"]:
+        print()
+        print(serving_tables(results["serving"]))
+    print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
+    if failed is not None:
+        print(f"FAILED: {failed!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.freshness import run_freshness
+    from bench.serving import run_serving
+
+    fn = run_freshness if name == "freshness" else run_serving
+    try:
+        return fn(bench, args)
+    except Exception as exc:
+        from bench.env import BENCH_SERVER
+        from personalization import stack
+
+        for comp in (stack.FLINK_JOB, stack.WRITER, BENCH_SERVER):
+            if comp.name in bench.started:
+                print(f"--- {comp.name} log tail ---\n{bench.log_tail(comp)}", file=sys.stderr)
+        raise RuntimeError(f"{name} failed: {exc}") from exc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,362 @@
+"""Scenario ``freshness``: event-to-feature latency of the write path under load.
+
+With Kafka, the Flink job (MiniCluster, thread mode) and the online-store writer running,
+a background process sends the built-in generator's shopping sessions at ``rate``
+events/s through :class:`~personalization.traffic.TrafficSender` (event times stamped
+at send). Meanwhile the driver produces a probe event for a dedicated probe user every
+``probe_interval_s`` and polls that user's row through
+:class:`~serving.online_features.UserFeatureReader` (one HMGET, as serving reads it):
+a probe's freshness is the wall time from its ``produce`` call until a row whose
+``last_seen_ms`` covers the probe's event time is readable. That is the whole write
+path: producer, broker, Flink source, parse, keyed state, Kafka sink, writer, Redis.
+
+Probes overlap (one every 100 ms, each may take longer), so completion is detected by
+polling every ``poll_interval_s``; the figures carry that resolution (~2 ms).
+A sampler reads the Flink job's and the writer's committed Kafka offsets every second:
+consumer lag in messages and the rates each stage achieved.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import multiprocessing as mp
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from bench.env import BenchStack, CpuMeter, latency_summary, say
+from personalization import stack
+from personalization.settings import Settings, settings_from_json
+
+# --- background load (its own process) -------------------------------------------------
+
+
+def _send_background(
+    settings_json: str,
+    rate: float,
+    duration_s: float,
+    n_users: int,
+    seed: int,
+    id_prefix: str,
+    out: Any,
+) -> None:
+    os.setsid()  # own session: CPU accounting by session id
+    from personalization.traffic import GeneratorConfig, TrafficGenerator, TrafficSender
+
+    settings = settings_from_json(settings_json)
+    generator = TrafficGenerator(GeneratorConfig(seed=seed, n_users=n_users, id_prefix=id_prefix))
+    sender = TrafficSender(
+        settings,
+        rate=rate,
+        rewrite_time_to_now=True,
+        speed=math.inf,  # every event stamped with its send time
+        max_duration_s=duration_s,
+    )
+    stats = sender.send(generator.events())
+    out.put(
+        {
+            "sent": stats.sent,
+            "delivered": stats.delivered,
+            "errors": stats.errors,
+            "undelivered": stats.undelivered,
+            "elapsed_s": round(stats.elapsed_s, 2),
+            "achieved_rate": round(stats.rate, 1),
+            "first_error": stats.first_error,
+            "per_topic": dict(stats.per_topic),
+        }
+    )
+
+
+# --- Kafka offsets ---------------------------------------------------------------------
+
+
+class OffsetSampler(threading.Thread):
+    """Samples committed offsets of the Flink job and the writer once a second."""
+
+    def __init__(self, settings: Settings, interval_s: float = 1.0) -> None:
+        super().__init__(daemon=True, name="offset-sampler")
+        from confluent_kafka import Consumer, TopicPartition
+
+        k = settings.kafka
+        self.interval_s = interval_s
+        self.samples: list[dict[str, Any]] = []
+        self.error = ""
+        self._stop_event = threading.Event()
+
+        def consumer(group: str) -> Any:
+            return Consumer(
+                {
+                    "bootstrap.servers": k.bootstrap_servers,
+                    "group.id": group,  # never subscribes: reads the group's commits only
+                    "enable.auto.commit": False,
+                }
+            )
+
+        self._writer = consumer(k.writer_consumer_group)
+        self._flink = consumer(k.flink_consumer_group)
+        meta = self._writer.list_topics(timeout=10)
+
+        def partitions(topic: str) -> list[Any]:
+            return [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
+
+        self._updates_tps = partitions(k.feature_updates_topic)
+        self._event_tps = [tp for t in k.event_topics for tp in partitions(t)]
+
+    def _totals(self, consumer: Any, tps: list[Any]) -> tuple[int, int]:
+        """(sum of high watermarks, sum of committed offsets) over ``tps``."""
+        high = committed = 0
+        for tp in consumer.committed(tps, timeout=5):
+            _low, hi = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            high += hi
+            committed += max(tp.offset, 0)
+        return high, committed
+
+    def sample(self) -> dict[str, Any]:
+        t = time.monotonic()
+        fu_high, writer_committed = self._totals(self._writer, self._updates_tps)
+        ev_high, flink_committed = self._totals(self._flink, self._event_tps)
+        return {
+            "t": t,
+            "feature_updates_high": fu_high,
+            "writer_committed": writer_committed,
+            "writer_lag": fu_high - writer_committed,
+            "events_high": ev_high,
+            "flink_committed": flink_committed,
+            "flink_lag": ev_high - flink_committed,
+        }
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self.samples.append(self.sample())
+            except Exception as exc:  # a sample may time out; keep going
+                self.error = repr(exc)
+            self._stop_event.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=15)
+        self._writer.close()
+        self._flink.close()
+
+
+def _rates(samples: list[dict[str, Any]], t_from: float, t_to: float) -> dict[str, Any]:
+    window = [s for s in samples if t_from <= s["t"] <= t_to]
+    if len(window) < 2:
+        return {}
+    a, b = window[0], window[-1]
+    dt = b["t"] - a["t"]
+    writer_lags = [s["writer_lag"] for s in window]
+    flink_lags = [s["flink_lag"] for s in window]
+    return {
+        "window_s": round(dt, 1),
+        "events_into_kafka_per_s": round((b["events_high"] - a["events_high"]) / dt, 1),
+        "flink_consumed_per_s": round((b["flink_committed"] - a["flink_committed"]) / dt, 1),
+        "feature_updates_emitted_per_s": round(
+            (b["feature_updates_high"] - a["feature_updates_high"]) / dt, 1
+        ),
+        "writer_applied_per_s": round((b["writer_committed"] - a["writer_committed"]) / dt, 1),
+        "writer_lag_msgs": {
+            "mean": round(sum(writer_lags) / len(writer_lags), 1),
+            "max": max(writer_lags),
+            "last": writer_lags[-1],
+        },
+        "flink_lag_msgs_committed_on_checkpoint": {
+            "mean": round(sum(flink_lags) / len(flink_lags), 1),
+            "max": max(flink_lags),
+            "last": flink_lags[-1],
+        },
+        "samples": len(window),
+    }
+
+
+# --- probes ----------------------------------------------------------------------------
+
+
+def probe_loop(
+    settings: Settings,
+    duration_s: float,
+    interval_s: float,
+    timeout_s: float,
+    poll_interval_s: float,
+) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    from serving.online_features import UserFeatureReader
+
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 0, "acks": "all"}
+    )
+    reader = UserFeatureReader(settings)
+    topic = settings.kafka.clickstream_topic
+    key = stack.PROBE_USER.encode()
+    outstanding: deque[tuple[int, float]] = deque()  # (event_time_ms, produced at)
+    latencies: list[float] = []
+    lost = 0
+    read_errors = 0
+    sent = 0
+    last_event_ms = 0
+    start = time.monotonic()
+    end = start + duration_s
+    next_probe = start
+    while True:
+        now = time.monotonic()
+        if now >= end and (not outstanding or now >= end + timeout_s):
+            break
+        if now >= next_probe and now < end:
+            event_ms = max(int(time.time() * 1000), last_event_ms + 1)
+            last_event_ms = event_ms
+            payload = json.dumps(stack.probe_event(event_ms)).encode()
+            produced_at = time.monotonic()
+            producer.produce(topic, payload, key)
+            producer.poll(0)
+            outstanding.append((event_ms, produced_at))
+            sent += 1
+            next_probe += interval_s
+            if next_probe < now:  # never burst to catch up after a stall
+                next_probe = now + interval_s
+        try:
+            features = reader.read(stack.PROBE_USER)
+        except Exception:
+            features = None
+            read_errors += 1
+        seen_at = time.monotonic()
+        if features is not None:
+            while outstanding and outstanding[0][0] <= features.last_seen_ms:
+                latencies.append(seen_at - outstanding.popleft()[1])
+        while outstanding and seen_at - outstanding[0][1] > timeout_s:
+            outstanding.popleft()
+            lost += 1
+        producer.poll(0)
+        time.sleep(poll_interval_s)
+    lost += len(outstanding)
+    producer.flush(5)
+    del producer
+    reader.close()
+    summary = latency_summary(latencies)
+    return {
+        "probes_sent": sent,
+        "probes_seen": len(latencies),
+        "probes_lost": lost,
+        "read_errors": read_errors,
+        "freshness": summary,
+        # In probe order: shows whether slow probes cluster (e.g. around checkpoints).
+        "latencies_ms": [round(x * 1000, 1) for x in latencies],
+    }
+
+
+# --- scenario --------------------------------------------------------------------------
+
+
+def start_pipeline(bench: BenchStack) -> float:
+    bench.start_redis()
+    bench.start_kafka()
+    bench.feast_apply()
+    t0 = time.monotonic()
+    bench.start_component(stack.FLINK_JOB)
+    bench.start_component(stack.WRITER)
+    say("waiting for the pipeline to deliver a probe (Flink job start ~10-60 s)")
+    first = stack.wait_pipeline_ready(bench.settings, timeout_s=240)
+    ready_s = time.monotonic() - t0
+    say(f"pipeline ready after {ready_s:.1f}s (first probe {first * 1000:.0f} ms)")
+    return ready_s
+
+
+def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
+    settings = bench.settings
+    ready_s = start_pipeline(bench)
+    sampler = OffsetSampler(settings)
+    sampler.start()
+
+    ctx = mp.get_context("spawn")
+    out: Any = ctx.Queue()
+    send_duration = args.freshness_warmup + args.duration
+    sender = ctx.Process(
+        target=_send_background,
+        args=(
+            settings.model_dump_json(),
+            args.rate,
+            send_duration,
+            args.gen_users,
+            args.seed,
+            f"bench-{uuid.uuid4().hex[:8]}",
+            out,
+        ),
+        daemon=True,
+    )
+    sender.start()
+    say(
+        f"background load: {args.rate:g} ev/s for {send_duration:g}s "
+        f"(generator, {args.gen_users:,} users); probes start after "
+        f"{args.freshness_warmup:g}s warm-up"
+    )
+    try:
+        time.sleep(args.freshness_warmup)
+        sessions = {
+            "flink-job (+JVM)": bench.component_pid(stack.FLINK_JOB) or 0,
+            "online-store-writer": bench.component_pid(stack.WRITER) or 0,
+            "kafka": _pid_of(bench, "kafka"),
+            "redis": _pid_of(bench, "redis"),
+            "traffic sender": sender.pid or 0,
+        }
+        meter = CpuMeter(sessions).start()
+        t_from = time.monotonic()
+        probes = probe_loop(
+            settings,
+            args.duration,
+            args.probe_interval,
+            args.probe_timeout,
+            args.poll_interval,
+        )
+        t_to = time.monotonic()
+        cpu = meter.stop()
+        send_stats = out.get(timeout=send_duration + 60)
+        sender.join(timeout=30)
+    finally:
+        if sender.is_alive():
+            sender.terminate()
+        sampler.stop()
+    gc.collect()  # drop idle Kafka clients before the broker goes away (quiet logs)
+    pipeline = _rates(sampler.samples, t_from, min(t_to, t_from + args.duration))
+    if sampler.error:
+        pipeline["sampler_error"] = sampler.error
+    f = probes["freshness"]
+    if f.get("count"):
+        say(
+            f"freshness: {f['count']} probes, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, "
+            f"max {f['max_ms']:.1f} ms, lost {probes['probes_lost']}"
+        )
+    say(f"sender: {send_stats}")
+    say(f"pipeline: {pipeline}")
+    say(f"cpu % of one core: {cpu}")
+    return {
+        "parameters": {
+            "rate_ev_s": args.rate,
+            "duration_s": args.duration,
+            "warmup_s": args.freshness_warmup,
+            "probe_interval_s": args.probe_interval,
+            "probe_timeout_s": args.probe_timeout,
+            "poll_interval_s": args.poll_interval,
+            "generator_users": args.gen_users,
+            "flink": settings.flink.model_dump(),
+            "kafka_partitions": settings.kafka.partitions,
+        },
+        "pipeline_ready_s": round(ready_s, 1),
+        **probes,
+        "sender": send_stats,
+        "pipeline": pipeline,
+        "cpu_pct": cpu,
+    }
+
+
+def _pid_of(bench: BenchStack, name: str) -> int:
+    from personalization.infra import kafka_broker, redis_server
+
+    if name == "kafka":
+        return kafka_broker.process(bench.settings).pid() or 0
+    return redis_server.process(bench.settings).pid() or 0

@@ -1,0 +1,222 @@
+"""gRPC load generator for Recommend, run as its own process (``python -m bench.loadgen``).
+
+Kept out of the driver process so the load it generates does not share a GIL with
+anything else the benchmark does; it still shares the machine's cores with the server,
+which the report states next to the figures.
+
+Modes (grpc.aio, one event loop, ``--channels`` separate HTTP/2 connections):
+
+* ``open``: requests are issued on a fixed schedule (``--rate`` per second) whatever
+  the server does, so a slow server meets a growing queue rather than a slowing client.
+  Latency is measured from each request's *scheduled* start (no coordinated omission);
+  the time from the actual send is reported as ``service``.
+* ``closed``: ``--concurrency`` workers, each sending its next request when the previous
+  one has answered: the saturation throughput.
+
+The first ``--warmup`` seconds are sent but not counted. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+import numpy as np
+
+from personalization.v1 import recommender_pb2, recommender_pb2_grpc
+
+
+class Recorder:
+    def __init__(self, count_from: float, count_until: float) -> None:
+        self.count_from = count_from
+        self.count_until = count_until
+        self.latency: list[float] = []
+        self.service: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.empty = 0
+        self.personalized = 0
+        self.ok = 0
+        self.sent_counted = 0
+
+    def counts(self, scheduled: float) -> bool:
+        return self.count_from <= scheduled < self.count_until
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64) * 1000.0
+    if arr.size == 0:
+        return {"count": 0}
+    pct = np.percentile(arr, [50, 90, 99, 99.9], method="inverted_cdf")
+    return {
+        "count": int(arr.size),
+        "p50_ms": round(float(pct[0]), 3),
+        "p90_ms": round(float(pct[1]), 3),
+        "p99_ms": round(float(pct[2]), 3),
+        "p999_ms": round(float(pct[3]), 3),
+        "max_ms": round(float(arr.max()), 3),
+        "mean_ms": round(float(arr.mean()), 3),
+    }
+
+
+async def _call(
+    stub: recommender_pb2_grpc.RecommenderStub,
+    request: recommender_pb2.RecommendRequest,
+    deadline_s: float,
+    scheduled: float,
+    rec: Recorder,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    sent = loop.time()
+    counted = rec.counts(scheduled)
+    try:
+        reply = await stub.Recommend(request, timeout=deadline_s)
+    except grpc.aio.AioRpcError as exc:
+        if counted:
+            rec.errors[exc.code().name] += 1
+        return
+    done = loop.time()
+    if not counted:
+        return
+    rec.ok += 1
+    rec.latency.append(done - scheduled)
+    rec.service.append(done - sent)
+    if not reply.items:
+        rec.empty += 1
+    if reply.personalized:
+        rec.personalized += 1
+
+
+def _request(rng: random.Random, n_users: int, prefix: str, k: int) -> Any:
+    return recommender_pb2.RecommendRequest(user_id=f"{prefix}{rng.randrange(n_users)}", k=k)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(args.seed)
+    channels = [
+        grpc.aio.insecure_channel(
+            args.target,
+            # Separate subchannel pools: each channel is its own TCP/HTTP2 connection.
+            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)],
+        )
+        for i in range(args.channels)
+    ]
+    for channel in channels:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+    stubs = [recommender_pb2_grpc.RecommenderStub(ch) for ch in channels]
+    start = loop.time() + 0.05
+    count_from = start + args.warmup
+    end = count_from + args.duration
+    rec = Recorder(count_from, end)
+    tasks: set[asyncio.Task[None]] = set()
+    cpu_window: list[float] = []
+
+    async def cpu_probe() -> None:
+        # This process's CPU over the counted window only (no start-up, no warm-up).
+        await asyncio.sleep(max(0.0, count_from - loop.time()))
+        cpu_window.append(time.process_time())
+        await asyncio.sleep(max(0.0, end - loop.time()))
+        cpu_window.append(time.process_time())
+
+    probe = loop.create_task(cpu_probe())
+
+    if args.mode == "open":
+        interval = 1.0 / args.rate
+        i = 0
+        while True:
+            now = loop.time()
+            # Send everything due by now (catches up after a late wake-up).
+            while True:
+                scheduled = start + i * interval
+                if scheduled > now or scheduled >= end:
+                    break
+                req = _request(rng, args.users, args.user_prefix, args.k)
+                task = loop.create_task(
+                    _call(stubs[i % len(stubs)], req, args.deadline, scheduled, rec, loop)
+                )
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if rec.counts(scheduled):
+                    rec.sent_counted += 1
+                i += 1
+            if start + i * interval >= end:
+                break
+            await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
+        if tasks:
+            await asyncio.wait(tasks, timeout=args.deadline + 1.0)
+    else:
+
+        async def worker(w: int) -> None:
+            stub = stubs[w % len(stubs)]
+            wrng = random.Random(args.seed * 1000 + w)
+            while True:
+                now = loop.time()
+                if now >= end:
+                    return
+                req = _request(wrng, args.users, args.user_prefix, args.k)
+                if rec.counts(now):
+                    rec.sent_counted += 1
+                await _call(stub, req, args.deadline, now, rec, loop)
+
+        delay = start - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+
+    await probe
+    for channel in channels:
+        await channel.close()
+    cpu_pct = 100.0 * (cpu_window[1] - cpu_window[0]) / args.duration
+    completed = rec.ok + sum(rec.errors.values())
+    return {
+        "tool": "python-grpc-aio",
+        "mode": args.mode,
+        "target_rps": args.rate if args.mode == "open" else None,
+        "concurrency": args.concurrency if args.mode == "closed" else None,
+        "channels": args.channels,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "sent": rec.sent_counted,
+        "ok": rec.ok,
+        "errors": dict(rec.errors),
+        "error_count": sum(rec.errors.values()),
+        "empty_responses": rec.empty,
+        "personalized": rec.personalized,
+        "achieved_rps": round(rec.ok / args.duration, 1),
+        "completed_rps": round(completed / args.duration, 1),
+        # Open loop: from the scheduled send time; closed loop: same as service.
+        "latency": _summary(rec.latency),
+        "service": _summary(rec.service),
+        "self_cpu_pct": round(cpu_pct, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--mode", choices=("open", "closed"), required=True)
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--user-prefix", default="bu-")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--deadline", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    t0 = time.monotonic()
+    result = asyncio.run(run(args))
+    result["wall_s"] = round(time.monotonic() - t0, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

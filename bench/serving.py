@@ -1,0 +1,539 @@
+"""Scenario ``serving``: Recommend latency and throughput over gRPC, plus Feast for scale.
+
+1. Seed Redis: ``n_users`` user rows and a catalog of ``n_items`` items.
+   Rows are real: a simulated shop (``personalization.traffic.generator``) runs a few
+   hours of sessions for ``template_users`` users and the job's own pure state
+   functions (``flink_jobs.profile`` / ``flink_jobs.items``) fold them into rows.
+   The ``n_users`` benchmark users (ids ``bu-0`` .. ``bu-{n-1}``) reuse those rows
+   round-robin, written with Feast's ``RedisOnlineStore.online_write_batch`` in
+   batches; items go through ``OnlineStoreWriter.write`` (rows + the item index).
+2. Start the gRPC server process and wait until its catalog answers.
+3. Drive load from a separate process (``bench.loadgen``; and ``ghz`` when found):
+   open loop at fixed rates, then closed loop to saturation.
+4. In process, time Feast's ``FeatureStore.get_online_features`` for the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.env import BENCH_SERVER, BenchStack, CpuMeter, latency_summary, say
+from personalization import feature_store as fs
+from personalization.settings import PROJECT_ROOT, Settings
+
+USER_PREFIX = "bu-"
+ITEM_PREFIX = "bsku-"
+UNKNOWN_USER = "__bench_unknown_user__"
+
+
+# --- seeding -------------------------------------------------------------------------
+
+
+def build_rows(
+    settings: Settings, template_users: int, n_items: int, seed: int, hours: float = 3.0
+) -> tuple[list[tuple[dict[str, Any], int]], list[Any], dict[str, Any]]:
+    """(user rows with version_us, item FeatureUpdates, stats) from simulated traffic."""
+    from flink_jobs import items as items_mod
+    from flink_jobs import profile
+    from flink_jobs.feature_updates import FeatureUpdate
+    from personalization.events import EventRejected, validate_event
+    from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
+
+    t0 = time.monotonic()
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - int(hours * 3600 * 1000)
+    cfg = GeneratorConfig(
+        seed=seed,
+        n_users=template_users,
+        n_items=n_items,
+        start_ms=start_ms,
+        id_prefix=f"bench{seed}",
+    )
+    gen = TrafficGenerator(cfg)
+    fcfg = settings.features
+    users: dict[str, Any] = {}
+    item_states: dict[str, Any] = {}
+    n_events = 0
+    for payload in gen.events():
+        if payload["event_time"] > now_ms:
+            break
+        if payload.get("item_id"):
+            payload["item_id"] = ITEM_PREFIX + str(payload["item_id"])
+        try:
+            event = validate_event(payload, now_ms=now_ms)
+        except EventRejected:
+            continue
+        n_events += 1
+        state = users.get(event.user_id)
+        if state is None:
+            state = users[event.user_id] = profile.new_state(event.user_id)
+        profile.apply_event(state, event, fcfg)
+        if event.item_id:
+            item = item_states.get(event.item_id)
+            if item is None:
+                item = item_states[event.item_id] = items_mod.ItemState(event.item_id)
+            items_mod.apply_item_event(item, event, fcfg.trending_half_life_s)
+    user_rows = [(profile.user_feature_row(s, fcfg), s.version_us) for s in users.values()]
+    # Items nobody touched in those hours are still in the catalog (category, price).
+    for cat_item in gen.catalog.items:
+        item_id = ITEM_PREFIX + cat_item.item_id
+        if item_id not in item_states:
+            item_states[item_id] = items_mod.ItemState(
+                item_id,
+                category=cat_item.category,
+                price=cat_item.price,
+                last_event_ms=start_ms,
+                trending_ref_ms=start_ms,
+                version_us=start_ms * 1000,
+            )
+    item_updates = [
+        FeatureUpdate("item_stats", s.item_id, s.version_us, items_mod.item_feature_row(s))
+        for s in item_states.values()
+    ]
+    stats = {
+        "simulated_hours": hours,
+        "events_folded": n_events,
+        "template_users": len(user_rows),
+        "items": len(item_updates),
+        "items_with_events": sum(1 for s in item_states.values() if s.trending > 0),
+        "build_s": round(time.monotonic() - t0, 2),
+    }
+    return user_rows, item_updates, stats
+
+
+def seed_store(
+    settings: Settings,
+    n_users: int,
+    n_items: int,
+    template_users: int,
+    seed: int,
+    hours: float = 3.0,
+    batch: int = 5000,
+) -> dict[str, Any]:
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    from flink_jobs.online_store import OnlineStoreWriter
+
+    user_rows, item_updates, stats = build_rows(settings, template_users, n_items, seed, hours)
+    say(
+        f"seed: {stats['events_folded']:,} simulated events -> {len(user_rows):,} user rows, "
+        f"{len(item_updates):,} items ({stats['build_s']}s)"
+    )
+    # Items through the writer: Feast rows + {project}:item_index, as the pipeline does.
+    t0 = time.monotonic()
+    writer = OnlineStoreWriter(settings)
+    for i in range(0, len(item_updates), batch):
+        writer.write(item_updates[i : i + batch])
+    items_s = time.monotonic() - t0
+
+    # Users: templates encoded once, written with online_write_batch in batches.
+    config = fs.repo_config(settings)
+    view = fs.feature_view("user_profile")
+    store = RedisOnlineStore()
+    templates = [
+        (fs.encode_row("user_profile", row), datetime.fromtimestamp(v / 1_000_000, tz=UTC))
+        for row, v in user_rows
+    ]
+    t0 = time.monotonic()
+    for lo in range(0, n_users, batch):
+        data: list[Any] = []
+        for i in range(lo, min(n_users, lo + batch)):
+            values, ts = templates[i % len(templates)]
+            data.append((fs.entity_key("user_profile", f"{USER_PREFIX}{i}"), values, ts, None))
+        store.online_write_batch(config, view, data, None)
+    users_s = time.monotonic() - t0
+    stats.update(
+        users_written=n_users,
+        users_write_s=round(users_s, 2),
+        users_rows_per_s=round(n_users / users_s) if users_s else None,
+        items_write_s=round(items_s, 2),
+    )
+    say(
+        f"seed: {n_users:,} users in {users_s:.1f}s ({n_users / users_s:,.0f} rows/s), "
+        f"{len(item_updates):,} items in {items_s:.1f}s"
+    )
+    writer.redis.close()
+    return stats
+
+
+# --- server --------------------------------------------------------------------------
+
+
+def target(settings: Settings) -> str:
+    return f"{settings.serving.host}:{settings.serving.port}"
+
+
+def wait_catalog(settings: Settings, timeout_s: float = 60.0) -> float:
+    """Poll Recommend for an unknown user until items come back; seconds waited."""
+    import grpc
+
+    from serving.client import RecommenderClient
+
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    with RecommenderClient(target(settings), deadline_s=1.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.recommend(UNKNOWN_USER, k=10).items:
+                    return time.monotonic() - t0
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"the server's catalog was still empty after {timeout_s:.0f}s")
+
+
+# --- load ----------------------------------------------------------------------------
+
+
+def run_loadgen(settings: Settings, opts: dict[str, Any], sessions: dict[str, int]) -> dict:
+    cmd = [sys.executable, "-m", "bench.loadgen", "--target", target(settings)]
+    for key, value in opts.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    meter = CpuMeter(sessions, child_label="load generator").start()
+    timeout = float(opts["duration"]) + float(opts["warmup"]) + 60
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    cpu = meter.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}):\n{err[-3000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["cpu_pct"] = cpu
+    result["command"] = " ".join(cmd[1:])
+    return result
+
+
+def find_ghz() -> str | None:
+    found = shutil.which("ghz")
+    if found:
+        return found
+    gopath = os.environ.get("GOPATH") or str(Path.home() / "go")
+    candidate = Path(gopath) / "bin" / "ghz"
+    return str(candidate) if candidate.exists() else None
+
+
+def run_ghz(
+    ghz: str,
+    settings: Settings,
+    *,
+    mode: str,
+    rate: float,
+    concurrency: int,
+    connections: int,
+    duration: float,
+    warmup: float,
+    n_users: int,
+    k: int,
+    deadline: float,
+    sessions: dict[str, int],
+) -> dict[str, Any]:
+    """One ghz run; percentiles recomputed from its per-request details (for p99.9)."""
+    proto_dir = PROJECT_ROOT / "protos"
+    data = json.dumps({"user_id": f"{USER_PREFIX}{{{{randomInt 0 {n_users}}}}}", "k": k})
+    cmd = [
+        ghz,
+        "--insecure",
+        "--proto",
+        str(proto_dir / "personalization" / "v1" / "recommender.proto"),
+        "--import-paths",
+        str(proto_dir),
+        "--call",
+        "personalization.v1.Recommender/Recommend",
+        "-d",
+        data,
+        "-z",
+        f"{duration + warmup:g}s",
+        "--duration-stop",
+        "wait",
+        "-t",
+        f"{deadline:g}s",
+        "--connections",
+        str(connections),
+        "-O",
+        "json",
+    ]
+    if mode == "open":
+        # --async: a request is sent on schedule whether or not earlier ones answered.
+        cmd += ["--rps", f"{rate:g}", "--async", "-c", str(concurrency)]
+        cmd += ["--skipFirst", str(int(rate * warmup))]
+    else:
+        cmd += ["-c", str(concurrency)]
+    cmd.append(target(settings))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    meter = CpuMeter(sessions, child_label="ghz").start()
+    try:
+        out, err = proc.communicate(timeout=duration + warmup + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    cpu = meter.stop()
+    if proc.returncode != 0 and not out.strip():
+        raise RuntimeError(f"ghz failed ({proc.returncode}): {err[-2000:]}")
+    report = json.loads(out)
+    details = report.get("details") or []
+    start_ns: int | None = None
+    if details and mode == "closed":
+        # Drop the warm-up seconds by timestamp (ghz's skipFirst needs a count).
+        first = min(_ts_ns(d["timestamp"]) for d in details)
+        start_ns = first + int(warmup * 1e9)
+        details = [d for d in details if _ts_ns(d["timestamp"]) >= start_ns]
+    ok = [d["latency"] / 1e9 for d in details if d.get("status") == "OK"]
+    errors: dict[str, int] = {}
+    for d in details:
+        if d.get("status") != "OK":
+            errors[d.get("status", "?")] = errors.get(d.get("status", "?"), 0) + 1
+    if details:
+        span_ns = max(_ts_ns(d["timestamp"]) for d in details) - min(
+            _ts_ns(d["timestamp"]) for d in details
+        )
+        measured_s = max(1e-9, span_ns / 1e9)
+    else:
+        measured_s = duration
+    return {
+        "tool": "ghz",
+        "mode": mode,
+        "target_rps": rate if mode == "open" else None,
+        "concurrency": concurrency,
+        "channels": connections,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "ok": len(ok),
+        "errors": errors,
+        "error_count": sum(errors.values()),
+        "achieved_rps": round(len(ok) / measured_s, 1),
+        "ghz_reported_rps": round(float(report.get("rps", 0.0)), 1),
+        "latency": latency_summary(ok),
+        "ghz_latency_distribution": report.get("latencyDistribution"),
+        "cpu_pct": cpu,
+        "command": " ".join(cmd[1:]),
+    }
+
+
+def _ts_ns(stamp: str) -> int:
+    # RFC 3339 with nanoseconds, e.g. 2025-01-01T12:00:00.123456789Z or +02:00.
+    main, _, frac_tz = stamp.partition(".")
+    tz = ""
+    frac = frac_tz
+    for sep in ("Z", "+", "-"):
+        if sep in frac_tz:
+            frac, _, rest = frac_tz.partition(sep)
+            tz = sep + rest
+            break
+    base = datetime.fromisoformat(main + (tz if tz != "Z" else "+00:00"))
+    return int(base.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+
+
+# --- Feast in process -----------------------------------------------------------------
+
+
+def feast_comparison(
+    settings: Settings, n_users: int, n_items: int, iterations: int, seed: int
+) -> dict[str, Any]:
+    """In-process timings of Feast's read API (and our one-HMGET reader) on the same rows."""
+    from serving.online_features import UserFeatureReader
+
+    rng = random.Random(seed)
+    store = fs.feature_store(settings)
+    user_features = [f"user_profile:{f.name}" for f in fs.feature_view("user_profile").features]
+    item_features = [f"item_stats:{f.name}" for f in fs.feature_view("item_stats").features]
+    item_ids = [f"{ITEM_PREFIX}sku-{i:06d}" for i in range(n_items)]
+
+    def one_user() -> None:
+        rows = [{"user_id": f"{USER_PREFIX}{rng.randrange(n_users)}"}]
+        out = store.get_online_features(features=user_features, entity_rows=rows).to_dict()
+        assert out["user_id"], out
+
+    def hundred_items() -> None:
+        rows = [{"item_id": i} for i in rng.sample(item_ids, 100)]
+        store.get_online_features(features=item_features, entity_rows=rows).to_dict()
+
+    def user_and_items() -> None:
+        one_user()
+        hundred_items()
+
+    reader = UserFeatureReader(settings)
+
+    def hmget() -> None:
+        features = reader.read(f"{USER_PREFIX}{rng.randrange(n_users)}")
+        assert features is not None
+
+    cases = [
+        ("feast get_online_features: 1 user x 22 features", one_user, iterations),
+        ("feast get_online_features: 100 items x 11 features", hundred_items, iterations // 5),
+        ("feast: 1 user + 100 items (2 calls)", user_and_items, iterations // 5),
+        ("UserFeatureReader.read: 1 user (1 HMGET + decode)", hmget, iterations),
+    ]
+    results: dict[str, Any] = {}
+    for name, fn, n in cases:
+        for _ in range(max(5, n // 20)):  # warm-up
+            fn()
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        results[name] = latency_summary(samples)
+        s = results[name]
+        say(f"{name}: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms (n={n})")
+    reader.close()
+    return results
+
+
+# --- scenario --------------------------------------------------------------------------
+
+
+def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
+    settings = bench.settings
+    bench.start_redis()
+    bench.feast_apply()
+    seed_stats = seed_store(settings, args.users, args.items, args.template_users, args.seed)
+    bench.start_component(BENCH_SERVER)
+    from personalization import stack
+
+    stack.wait_server_ready(settings)
+    waited = wait_catalog(settings)
+    say(f"server catalog loaded ({waited:.1f}s after health SERVING)")
+
+    sessions = {"grpc server": bench.component_pid(BENCH_SERVER) or 0}
+    redis_pid = _redis_pid(settings)
+    if redis_pid:
+        sessions["redis"] = redis_pid
+    for name in ("flink-job", "online-store-writer"):
+        pid = _component_pid(bench, name)
+        if pid:
+            sessions[name] = pid
+
+    common = {
+        "users": args.users,
+        "k": args.k,
+        "deadline": args.deadline,
+        "duration": args.phase_duration,
+        "warmup": args.warmup,
+        "channels": args.channels,
+    }
+    phases: list[dict[str, Any]] = []
+    plan: list[tuple[str, float]] = [("open", r) for r in args.rps]
+    plan.append(("closed", 0.0))
+    for mode, rate in plan:
+        opts = dict(common, mode=mode)
+        if mode == "open":
+            opts["rate"] = rate
+        else:
+            opts["concurrency"] = args.concurrency
+        label = f"open {rate:g} rps" if mode == "open" else f"closed c={args.concurrency}"
+        say(f"python load: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
+        result = run_loadgen(settings, opts, sessions)
+        result["phase"] = label
+        phases.append(result)
+        _say_phase(result)
+
+    ghz_path = None if args.no_ghz else find_ghz()
+    ghz_phases: list[dict[str, Any]] = []
+    if ghz_path:
+        for mode, rate in plan:
+            label = f"open {rate:g} rps" if mode == "open" else f"closed c={args.concurrency}"
+            say(f"ghz: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
+            try:
+                result = run_ghz(
+                    ghz_path,
+                    settings,
+                    mode=mode,
+                    rate=rate,
+                    concurrency=args.ghz_concurrency if mode == "open" else args.concurrency,
+                    connections=args.channels,
+                    duration=args.phase_duration,
+                    warmup=args.warmup,
+                    n_users=args.users,
+                    k=args.k,
+                    deadline=args.deadline,
+                    sessions=sessions,
+                )
+            except Exception as exc:
+                say(f"ghz {label} failed: {exc!r}")
+                ghz_phases.append({"phase": label, "tool": "ghz", "failed": repr(exc)})
+                continue
+            result["phase"] = label
+            ghz_phases.append(result)
+            _say_phase(result)
+    else:
+        say("ghz not found (PATH, $GOPATH/bin): python load generator numbers only")
+
+    say("feast comparison (in process, server idle)")
+    feast = feast_comparison(settings, args.users, args.items, args.feast_iterations, args.seed)
+    return {
+        "parameters": {
+            "users": args.users,
+            "items": args.items,
+            "template_users": args.template_users,
+            "k": args.k,
+            "deadline_s": args.deadline,
+            "open_loop_rps": args.rps,
+            "closed_loop_concurrency": args.concurrency,
+            "ghz_open_loop_concurrency": args.ghz_concurrency,
+            "channels": args.channels,
+            "phase_duration_s": args.phase_duration,
+            "warmup_s": args.warmup,
+            "server": f"serving.server --no-collector, max_workers={settings.serving.max_workers}",
+            "target": target(settings),
+        },
+        "seed": seed_stats,
+        "catalog_wait_s": round(waited, 2),
+        "python_load": phases,
+        "ghz": ghz_phases,
+        "ghz_path": ghz_path,
+        "feast_in_process": feast,
+    }
+
+
+def _component_pid(bench: BenchStack, name: str) -> int | None:
+    from personalization import stack
+
+    for comp in (stack.FLINK_JOB, stack.WRITER):
+        if comp.name == name and name in bench.started:
+            return bench.component_pid(comp)
+    return None
+
+
+def _redis_pid(settings: Settings) -> int | None:
+    from personalization.infra import redis_server
+
+    return redis_server.process(settings).pid()
+
+
+def _say_phase(r: dict[str, Any]) -> None:
+    lat = r.get("latency", {})
+    if not lat.get("count"):
+        say(f"  {r['tool']} {r.get('phase')}: no successful requests; errors {r.get('errors')}")
+        return
+    say(
+        f"  {r['tool']} {r.get('phase')}: {r['achieved_rps']:,.0f} rps ok, "
+        f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, "
+        f"p99.9 {lat['p999_ms']:.2f} ms, errors {r['error_count']}; cpu {r.get('cpu_pct')}"
+    )
