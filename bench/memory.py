@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -51,6 +51,11 @@ def simulate(users: int, events_per_user: float, seed: int) -> dict[str, profile
     return states
 
 
+def used_memory(client: redis.Redis) -> int:
+    info = cast(dict[str, Any], client.info("memory"))
+    return int(info["used_memory"])
+
+
 def run(users: int, events_per_user: float, seed: int) -> dict[str, Any]:
     started = time.monotonic()
     say(f"simulating {users:,} users × ~{events_per_user:g} events through the job's state code")
@@ -64,7 +69,7 @@ def run(users: int, events_per_user: float, seed: int) -> dict[str, Any]:
         redis_server.start(settings)
         try:
             client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
-            before = int(client.info("memory")["used_memory"])
+            before = used_memory(client)
             writer = OnlineStoreWriter(settings)
             batch: list[FeatureUpdate] = []
             for state in states.values():
@@ -74,8 +79,8 @@ def run(users: int, events_per_user: float, seed: int) -> dict[str, Any]:
                     writer.write(batch)
                     batch.clear()
             writer.write(batch)
-            after = int(client.info("memory")["used_memory"])
-            keys = int(client.dbsize())
+            after = used_memory(client)
+            keys = int(cast(int, client.dbsize()))
         finally:
             redis_server.stop(settings)
     redis_per_user = (after - before) / max(1, keys)

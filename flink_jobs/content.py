@@ -14,13 +14,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ContentIndex", "jaccard"]
+__all__ = ["ContentIndex", "jaccard", "jaccard_rows"]
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     sa, sb = set(a), set(b)
     union = len(sa | sb)
     return len(sa & sb) / union if union else 0.0
+
+
+def jaccard_rows(
+    matrix: np.ndarray,
+    rows: Sequence[int],
+    columns: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Jaccard similarity of ``matrix[rows]`` to every row of a 0/1 incidence matrix.
+
+    ``columns`` (``matrix.T`` in C order) and ``sizes`` (row sums) may be precomputed:
+    with them the cost is one ``[len(rows), tags] @ [tags, n]`` product.
+    """
+    if not len(rows) or matrix.size == 0:
+        return np.zeros((len(rows), matrix.shape[0]), dtype=np.float32)
+    if columns is None:
+        columns = np.ascontiguousarray(matrix.T)
+    if sizes is None:
+        sizes = matrix.sum(axis=1)
+    picked = list(rows)
+    inter = matrix[picked] @ columns
+    union = sizes[picked][:, None] + sizes[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,11 +53,9 @@ class ContentIndex:
     item_ids: tuple[str, ...]
     tags: tuple[str, ...]
     matrix: np.ndarray  # float32 [n_items, n_tags], 1 where the item has the tag
-    sizes: np.ndarray = field(init=False)  # float32 [n_items]: tags per item
     index_of: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sizes", self.matrix.sum(axis=1).astype(np.float32))
         object.__setattr__(self, "index_of", {item: i for i, item in enumerate(self.item_ids)})
 
     @classmethod
@@ -54,12 +75,7 @@ class ContentIndex:
 
     def similarity_rows(self, rows: Sequence[int]) -> np.ndarray:
         """Jaccard similarity of each row in ``rows`` to every item: ``[len(rows), n]``."""
-        if not rows or self.matrix.size == 0:
-            return np.zeros((len(rows), len(self.item_ids)), dtype=np.float32)
-        anchors = self.matrix[list(rows)]
-        inter = anchors @ self.matrix.T
-        union = self.sizes[list(rows)][:, None] + self.sizes[None, :] - inter
-        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        return jaccard_rows(self.matrix, rows)
 
     def similar(self, item: str, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` most similar other items (ties by id), with their similarity."""
@@ -68,5 +84,7 @@ class ContentIndex:
             return []
         sims = self.similarity_rows([row])[0]
         sims[row] = 0.0
-        order = sorted(np.flatnonzero(sims > 0).tolist(), key=lambda i: (-sims[i], self.item_ids[i]))
+        order = sorted(
+            np.flatnonzero(sims > 0).tolist(), key=lambda i: (-sims[i], self.item_ids[i])
+        )
         return [(self.item_ids[i], float(sims[i])) for i in order[:n]]

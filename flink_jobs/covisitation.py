@@ -27,6 +27,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from personalization.settings import LearningSettings
+
 __all__ = [
     "CoVisitConfig",
     "CoVisitation",
@@ -45,7 +47,7 @@ _MAX_EXPONENT = 40.0
 @dataclass(frozen=True, slots=True)
 class CoVisitConfig:
     # How many of the user's previous items each new interaction links to.
-    history: int = 3
+    history: int = 5
     # Neighbours kept per item once pruned (exported / served).
     neighbors: int = 50
     # State may grow to this many before pruning back to ``neighbors`` (0 = 2x).
@@ -57,6 +59,16 @@ class CoVisitConfig:
     position_decay: float = 0.7
     # Multiply an edge by the interaction's weight (rating, purchase 5, ...)?
     use_weight: bool = False
+
+    @classmethod
+    def from_settings(cls, cfg: LearningSettings) -> CoVisitConfig:
+        return cls(
+            history=cfg.covisit_history,
+            neighbors=cfg.covisit_neighbors,
+            half_life_s=cfg.covisit_half_life_s,
+            max_gap_s=cfg.covisit_max_gap_s,
+            position_decay=cfg.covisit_position_decay,
+        )
 
     @property
     def max_entries(self) -> int:
@@ -157,7 +169,9 @@ class CoVisitation:
         history = self.histories.get(user)
         return [item for item, _ in history.items] if history else []
 
-    def neighbors(self, item: str, n: int = 50, now_ms: int | None = None) -> list[tuple[str, float]]:
+    def neighbors(
+        self, item: str, n: int = 50, now_ms: int | None = None
+    ) -> list[tuple[str, float]]:
         state = self.items.get(item)
         if state is None:
             return []

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 VIEW = "item_stats"
 COUNT_FEATURES = ("views_1h", "views_24h", "carts_1h", "carts_24h", "purchases_1h", "purchases_24h")
+
+
+_EMPTY_MATRIX = np.zeros((0, 0), dtype=np.float32)
+_EMPTY_MASK = np.zeros(0, dtype=bool)
+_EMPTY_VECTOR = np.zeros(0, dtype=np.float32)
 
 
 def decay_factors(ref_ms: np.ndarray, now_ms: int, half_life_s: float) -> np.ndarray:
@@ -74,9 +79,80 @@ class CatalogSnapshot:
     built_ms: int = 0
     index_of: dict[str, int] = field(default_factory=dict)
     code_of: dict[str, int] = field(default_factory=dict)
+    # Optional model data, empty when absent (then the sources using it add nothing).
+    # See :meth:`with_models`. Rows follow ``item_ids``.
+    item_factors: np.ndarray = field(default_factory=lambda: _EMPTY_MATRIX)  # float32 [n, f]
+    factor_mask: np.ndarray = field(default_factory=lambda: _EMPTY_MASK)  # bool [n]
+    # item position -> (neighbour positions int64 [m], weights float64 [m]), strongest first
+    covisitation: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tag_matrix: np.ndarray = field(default_factory=lambda: _EMPTY_MATRIX)  # float32 [n, tags]
+    # Derived from tag_matrix once, so a request's Jaccard costs one small matmul.
+    tag_columns: np.ndarray = field(default_factory=lambda: _EMPTY_MATRIX)  # [tags, n], C order
+    tag_sizes: np.ndarray = field(default_factory=lambda: _EMPTY_VECTOR)  # float32 [n]
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def has_factors(self) -> bool:
+        return self.item_factors.shape[0] == len(self.item_ids) and bool(self.factor_mask.any())
+
+    def with_models(
+        self,
+        *,
+        item_factors: Mapping[str, Sequence[float]] | None = None,
+        covisitation: Mapping[str, tuple[Sequence[str], Sequence[float]]] | None = None,
+        item_tags: Mapping[str, Iterable[str]] | None = None,
+    ) -> CatalogSnapshot:
+        """A copy carrying item factors, co-visitation lists and/or tag sets.
+
+        Ids not in the catalog are ignored; ``None`` keeps what the snapshot has.
+        """
+        n = len(self.item_ids)
+        changes: dict[str, object] = {}
+        if item_factors is not None:
+            width = len(next(iter(item_factors.values()), ()))
+            matrix = np.zeros((n, width), dtype=np.float32)
+            mask = np.zeros(n, dtype=bool)
+            for item_id, vector in item_factors.items():
+                i = self.index_of.get(item_id)
+                if i is not None and len(vector) == width:
+                    matrix[i] = vector
+                    mask[i] = True
+            changes.update(item_factors=matrix, factor_mask=mask)
+        if covisitation is not None:
+            lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            for item_id, (neighbours, weights) in covisitation.items():
+                i = self.index_of.get(item_id)
+                if i is None:
+                    continue
+                pairs = [
+                    (self.index_of[nb], float(w))
+                    for nb, w in zip(neighbours, weights, strict=False)
+                    if nb in self.index_of and w > 0
+                ]
+                if pairs:
+                    lists[i] = (
+                        np.array([p for p, _ in pairs], dtype=np.int64),
+                        np.array([w for _, w in pairs], dtype=np.float64),
+                    )
+            changes["covisitation"] = lists
+        if item_tags is not None:
+            tags = sorted({t for ts in item_tags.values() for t in ts if t})
+            col = {t: c for c, t in enumerate(tags)}
+            tag_matrix = np.zeros((n, len(tags)), dtype=np.float32)
+            for item_id, ts in item_tags.items():
+                i = self.index_of.get(item_id)
+                if i is not None:
+                    for t in ts:
+                        if t:
+                            tag_matrix[i, col[t]] = 1.0
+            changes.update(
+                tag_matrix=tag_matrix,
+                tag_columns=np.ascontiguousarray(tag_matrix.T),
+                tag_sizes=tag_matrix.sum(axis=1),
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def category_indices(self, category: str) -> np.ndarray:
         """Positions of the items of one category (empty for an unknown category)."""

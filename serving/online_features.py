@@ -66,6 +66,8 @@ class UserFeatures:
     # Event time of the row (Feast's ``_ts`` field) and its age when it was read.
     row_ts_ms: int = 0
     features_age_ms: int = -1
+    # Collaborative-filtering factors of the user (empty when the model has none yet).
+    cf_vector: list[float] = field(default_factory=list)
 
     def recency_days(self, now_ms: int) -> float:
         """Days since the last purchase; -1 if the user never purchased."""
@@ -109,6 +111,7 @@ def features_from_row(
         gender=str(row.get("gender") or ""),
         row_ts_ms=row_ts_ms,
         features_age_ms=max(0, now_ms - row_ts_ms) if row_ts_ms else -1,
+        cf_vector=[float(x) for x in row.get("cf_vector") or []],
     )
 
 

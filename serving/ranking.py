@@ -18,17 +18,34 @@ has interests, at most ``ceil(k / 2)`` items per category are taken first, and o
 the catalog cannot fill ``k`` otherwise are further items of a capped category added.
 A user without features (or without interests in any catalogued category) gets the
 trending list, flagged ``personalized=False`` with the reason.
+
+Hybrid strategies (``hybrid_v1`` and any other name configured in
+``RankingSettings.strategies``)::
+
+    score = sum over sources s of  weight[s] * normalised_score_s
+
+over the candidate sources of :mod:`serving.candidates` (cf, covisitation, interest,
+trending, content), each normalised to 0..1 within itself. Rules: purchased, excluded
+and just-seen items (the user's ``exclude_recent`` most recent) never appear; at most
+``ceil(k * category_cap_share)`` items per category (soft, as above); the last
+``floor(k * exploration_share)`` slots go to items drawn, with a generator seeded by the
+request's ``seed``, from the candidates ranked just below the top ``k``. Each item is
+explained by the source contributing most to its score. A user for whom no
+personal source (cf, covisitation, interest, content) has a candidate gets trending,
+flagged ``no_interests``. ``blend_v1`` keeps exactly its rules above.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from personalization.settings import Settings
+from serving import candidates as cand
 from serving.catalog import CatalogSnapshot, decay_factors
 from serving.online_features import UserFeatures
 
@@ -39,8 +56,11 @@ NO_INTERESTS = "no_interests"
 CATALOG_EMPTY = "catalog_empty"
 STORE_UNAVAILABLE = "store_unavailable"
 
-SOURCE_INTEREST = "interest"
-SOURCE_TRENDING = "trending"
+SOURCE_INTEREST = cand.INTEREST
+SOURCE_TRENDING = cand.TRENDING
+SOURCE_EXPLORATION = "exploration"
+EXPLORATION_REASON = "something new to try"
+HYBRID_V1 = "hybrid_v1"
 
 # Items this popular within their category (relative to its best item) are explained
 # as "popular in <category>" rather than "because you like <category>".
@@ -52,13 +72,42 @@ class RankingParams:
     interest_weight: float = 1.0
     trending_weight: float = 0.3
     half_life_s: float = 6 * 3600.0
+    # Hybrid strategies (ignored by blend_v1): see the module docstring.
+    strategy: str = STRATEGY
+    weights: tuple[tuple[str, float], ...] = ()  # (source, weight)
+    exclude_recent: int = 3
+    category_cap_share: float = 0.5
+    exploration_share: float = 0.0
+    exploration_pool_factor: int = 5
+    recency_decay: float = 0.7
+    anchor_items: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RankingParams:
+        cfg = settings.ranking
+        weights: tuple[tuple[str, float], ...] = ()
+        if cfg.strategy != STRATEGY:
+            if cfg.strategy not in cfg.strategies:
+                raise ValueError(
+                    f"ranking strategy {cfg.strategy!r} is neither {STRATEGY!r} nor one of "
+                    f"{sorted(cfg.strategies)}"
+                )
+            unknown = set(cfg.strategies[cfg.strategy]) - set(cand.SOURCES)
+            if unknown:
+                raise ValueError(f"unknown candidate sources {sorted(unknown)}")
+            weights = tuple(sorted(cfg.strategies[cfg.strategy].items()))
         return cls(
             interest_weight=settings.serving.interest_weight,
             trending_weight=settings.serving.trending_weight,
             half_life_s=settings.features.trending_half_life_s,
+            strategy=cfg.strategy,
+            weights=weights,
+            exclude_recent=cfg.exclude_recent,
+            category_cap_share=cfg.category_cap_share,
+            exploration_share=cfg.exploration_share,
+            exploration_pool_factor=cfg.exploration_pool_factor,
+            recency_decay=cfg.recency_decay,
+            anchor_items=cfg.anchor_items,
         )
 
 
@@ -132,12 +181,18 @@ def rank(
     params: RankingParams = RankingParams(),
     *,
     fallback_reason: str = "",
+    seed: int = 0,
 ) -> Ranking:
     """Top ``k`` catalog items for ``user`` (None = unknown: trending fallback).
 
     ``fallback_reason`` forces the non-personalized list with that reason (used when
-    the online store is down and the user's features are unknowable).
+    the online store is down and the user's features are unknowable). ``seed`` makes
+    a hybrid strategy's exploration picks reproducible per request.
     """
+    if params.strategy != STRATEGY:
+        return rank_hybrid(
+            user, catalog, k, now_ms, exclude, params, fallback_reason=fallback_reason, seed=seed
+        )
     if fallback_reason:
         user = None  # a forced fallback ignores whatever is known about the user
     elif user is None:
@@ -207,3 +262,117 @@ def rank(
             )
         )
     return Ranking(items, STRATEGY, personalized=personalized, fallback_reason=fallback_reason)
+
+
+# --- hybrid strategies ----------------------------------------------------------------
+
+
+def _banned_positions(
+    user: UserFeatures | None, catalog: CatalogSnapshot, exclude: Iterable[str], recent: int
+) -> list[int]:
+    banned = set(exclude)
+    if user is not None:
+        banned.update(user.purchased_items)
+        if recent > 0:
+            banned.update(user.recent_items[:recent])
+    index_of = catalog.index_of
+    return [index_of[i] for i in banned if i in index_of]
+
+
+def _explore(
+    chosen: list[int], order: np.ndarray, slots: int, pool: int, seed: int
+) -> tuple[list[int], set[int]]:
+    """Replace the last ``slots`` picks with seeded draws from the next ``pool`` ranked."""
+    taken = set(chosen)
+    rest = [i for i in order[: len(chosen) + pool].tolist() if i not in taken]
+    slots = min(slots, len(rest), len(chosen))
+    if slots <= 0:
+        return chosen, set()
+    picks = random.Random(seed).sample(rest, slots)
+    return chosen[: len(chosen) - slots] + picks, set(picks)
+
+
+def rank_hybrid(
+    user: UserFeatures | None,
+    catalog: CatalogSnapshot,
+    k: int,
+    now_ms: int,
+    exclude: Iterable[str] = (),
+    params: RankingParams = RankingParams(strategy=HYBRID_V1),
+    *,
+    fallback_reason: str = "",
+    seed: int = 0,
+) -> Ranking:
+    """Blend of the candidate sources weighted by ``params.weights`` (see module doc)."""
+    strategy = params.strategy
+    if fallback_reason:
+        user = None
+    elif user is None:
+        fallback_reason = UNKNOWN_USER
+    n = len(catalog)
+    if n == 0 or k <= 0:
+        reason = fallback_reason or (CATALOG_EMPTY if n == 0 else "")
+        return Ranking([], strategy, personalized=not reason, fallback_reason=reason)
+
+    allowed = np.ones(n, dtype=bool)
+    banned = _banned_positions(user, catalog, exclude, params.exclude_recent)
+    if banned:
+        allowed[banned] = False
+    recent = user.recent_items[: params.anchor_items] if user is not None else []
+    anchors = tuple(catalog.index_of[i] for i in recent if i in catalog.index_of)
+    ctx = cand.CandidateContext(
+        user=user,
+        catalog=catalog,
+        now_ms=now_ms,
+        allowed=allowed,
+        anchors=anchors,
+        recency_decay=params.recency_decay,
+        trending_half_life_s=params.half_life_s,
+    )
+    weights = dict(params.weights) if user is not None else {}
+    sources = cand.score_sources(ctx, weights)
+    personalized = any(s.source != cand.TRENDING and s.scores.any() for s in sources)
+    if not personalized:
+        fallback_reason = fallback_reason or NO_INTERESTS
+        weights = {cand.TRENDING: 1.0}
+        sources = cand.score_sources(ctx, weights)
+    contributions = np.stack([weights[s.source] * s.scores for s in sources])
+    score = contributions.sum(axis=0)
+    score[~allowed] = -np.inf
+
+    codes = catalog.category_codes
+    cap = max(1, math.ceil(k * params.category_cap_share)) if personalized else k
+    slots = math.floor(k * params.exploration_share) if personalized else 0
+    explore_pool = k * max(1, params.exploration_pool_factor)
+    order = _ordered_candidates(score, pool=max(4 * k, k + 32, k + explore_pool))
+    chosen = _select(order, codes, k, cap)
+    if len(chosen) < k and order.size < np.isfinite(score).sum():
+        order = _ordered_candidates(score, pool=n)
+        chosen = _select(order, codes, k, cap)
+    explored: set[int] = set()
+    if slots:
+        chosen, explored = _explore(chosen, order, slots, explore_pool, seed)
+
+    picked = contributions[:, chosen]
+    dominant = picked.argmax(axis=0).tolist()
+    items = []
+    for column, i in enumerate(chosen):
+        category = catalog.categories[codes[i]]
+        best = dominant[column]
+        if i in explored:
+            source, reason = SOURCE_EXPLORATION, EXPLORATION_REASON
+        else:
+            if picked[best, column] > 0:
+                source, reason = sources[best].source, sources[best].reason(i)
+            else:
+                source, reason = SOURCE_TRENDING, "trending now"
+        items.append(
+            RankedItem(
+                item_id=catalog.item_ids[i],
+                score=float(score[i]),
+                reason=reason,
+                category=category,
+                source=source,
+            )
+        )
+    return Ranking(items, strategy, personalized=personalized, fallback_reason=fallback_reason)

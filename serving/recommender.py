@@ -72,6 +72,7 @@ class Recommender:
             self._report_store(False)
         else:
             self._report_store(True)
+        recommendation_id = uuid.uuid4().hex
         ranking = rank(
             user,
             self._catalog.snapshot,
@@ -80,13 +81,15 @@ class Recommender:
             exclude=exclude,
             params=self._params,
             fallback_reason=forced,
+            # Exploration picks are reproducible from the recommendation id.
+            seed=int(recommendation_id[:8], 16),
         )
         return Recommendation(
             items=ranking.items,
             strategy=ranking.strategy,
             personalized=ranking.personalized,
             fallback_reason=ranking.fallback_reason,
-            recommendation_id=uuid.uuid4().hex,
+            recommendation_id=recommendation_id,
             features_age_ms=user.features_age_ms if user is not None else -1,
         )
 

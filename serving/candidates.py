@@ -1,0 +1,251 @@
+"""Candidate sources (pure): each scores the whole catalog for one user, 0..1.
+
+Every source has one shape: ``source(context) -> SourceScores`` with a dense score per
+catalog position, normalised within the source (so blend weights compare like with
+like), 0 meaning "not a candidate from this source", and for the items it explains an
+anchor (the recent item or category behind the score) that becomes the reason:
+
+=============  ===========================================  ==============================
+source         score                                        reason
+=============  ===========================================  ==============================
+cf             <user factors, item factors>, above the      people like you liked this
+               user's mean score, divided by the best
+covisitation   recency-weighted neighbour weights of the    viewed together with X
+               user's recent items (each list / its best)
+interest       interest(category) x (1 + popularity in it)  because you like Y /
+               / 2 (the blend_v1 term)                      popular in Y
+trending       decayed trending / catalog maximum           trending now
+content        recency-weighted Jaccard of tags (or same    similar to X
+               category) with the user's recent items
+=============  ===========================================  ==============================
+
+Scores are only normalised over ``allowed`` items, so a user's purchases or just-seen
+items cannot set the scale for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flink_jobs.content import jaccard_rows
+from serving.catalog import CatalogSnapshot, decay_factors
+from serving.online_features import UserFeatures
+
+CF = "cf"
+COVISITATION = "covisitation"
+INTEREST = "interest"
+TRENDING = "trending"
+CONTENT = "content"
+SOURCES = (CF, COVISITATION, INTEREST, TRENDING, CONTENT)
+
+# Items this popular within their category (relative to its best item) are explained
+# as "popular in <category>" rather than "because you like <category>".
+POPULAR_IN_CATEGORY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateContext:
+    """What every source may look at for one request."""
+
+    user: UserFeatures | None
+    catalog: CatalogSnapshot
+    now_ms: int
+    allowed: np.ndarray  # bool [n]: not excluded by the rules
+    anchors: tuple[int, ...]  # catalog positions of the user's recent items, newest first
+    recency_decay: float = 0.7
+    trending_half_life_s: float = 6 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceScores:
+    source: str
+    scores: np.ndarray  # float64 [n] in 0..1
+    # catalog position -> the item id (co-visitation, content) or category behind it
+    anchor: Callable[[int], str] = field(default=lambda i: "")
+
+    def reason(self, i: int) -> str:
+        return reason_for(self.source, self.anchor(i))
+
+
+def reason_for(source: str, anchor: str) -> str:
+    if source == CF:
+        return "people like you liked this"
+    if source == COVISITATION:
+        return f"viewed together with {anchor}" if anchor else "viewed together"
+    if source == CONTENT:
+        return f"similar to {anchor}" if anchor else "similar to what you viewed"
+    if source == INTEREST:
+        return anchor or "recommended for you"  # the anchor is the full phrase
+    return "trending now"
+
+
+def _max_normalised(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    values = np.where(allowed, values, 0.0)
+    top = float(values.max()) if values.size else 0.0
+    return values / top if top > 0 else np.zeros_like(values, dtype=np.float64)
+
+
+def _empty(ctx: CandidateContext, source: str) -> SourceScores:
+    return SourceScores(source, np.zeros(len(ctx.catalog), dtype=np.float64))
+
+
+def cf_scores(ctx: CandidateContext) -> SourceScores:
+    """Dot products of the user's factors with the catalog's item factors."""
+    catalog, user = ctx.catalog, ctx.user
+    if user is None or not user.cf_vector or not catalog.has_factors:
+        return _empty(ctx, CF)
+    vector = np.asarray(user.cf_vector, dtype=np.float32)
+    if vector.shape[0] != catalog.item_factors.shape[1]:
+        return _empty(ctx, CF)  # a model with another width: ignore, do not fail
+    raw = (catalog.item_factors @ vector).astype(np.float64)
+    valid = catalog.factor_mask & ctx.allowed
+    if not valid.any():
+        return _empty(ctx, CF)
+    # Only items above the user's mean predicted score are CF candidates: raw dot
+    # products are not comparable across users, their spread within one user is.
+    floor = float(raw[valid].mean())
+    top = float(raw[valid].max())
+    if top <= floor:
+        return _empty(ctx, CF)
+    scores = np.where(valid, np.clip((raw - floor) / (top - floor), 0.0, None), 0.0)
+    return SourceScores(CF, scores)
+
+
+def covisitation_scores(ctx: CandidateContext) -> SourceScores:
+    """Neighbours of the user's recent items, newer anchors weighing more."""
+    catalog = ctx.catalog
+    n = len(catalog)
+    if not catalog.covisitation or not ctx.anchors:
+        return _empty(ctx, COVISITATION)
+    total = np.zeros(n, dtype=np.float64)
+    best = np.zeros(n, dtype=np.float64)  # strongest single anchor contribution
+    best_anchor = np.full(n, -1, dtype=np.int64)
+    for position, anchor in enumerate(ctx.anchors):
+        entry = catalog.covisitation.get(anchor)
+        if entry is None:
+            continue
+        neighbours, weights = entry
+        top = float(weights.max()) if weights.size else 0.0
+        if top <= 0:
+            continue
+        contribution = weights * (ctx.recency_decay**position / top)
+        np.add.at(total, neighbours, contribution)
+        stronger = contribution > best[neighbours]
+        best[neighbours[stronger]] = contribution[stronger]
+        best_anchor[neighbours[stronger]] = anchor
+    scores = _max_normalised(total, ctx.allowed)
+    return SourceScores(
+        COVISITATION,
+        scores,
+        anchor=lambda i: catalog.item_ids[best_anchor[i]] if best_anchor[i] >= 0 else "",
+    )
+
+
+def decayed_trending(ctx: CandidateContext) -> np.ndarray:
+    catalog = ctx.catalog
+    return catalog.trending_score * decay_factors(
+        catalog.trending_ref_ms, ctx.now_ms, ctx.trending_half_life_s
+    )
+
+
+def trending_scores(ctx: CandidateContext, trending: np.ndarray | None = None) -> SourceScores:
+    trending = decayed_trending(ctx) if trending is None else trending
+    return SourceScores(TRENDING, _max_normalised(trending, ctx.allowed))
+
+
+def interest_by_code(user: UserFeatures | None, catalog: CatalogSnapshot) -> np.ndarray:
+    """The user's interest per category code, divided by their strongest (0..1)."""
+    by_code = np.zeros(len(catalog.categories), dtype=np.float64)
+    if user is None:
+        return by_code
+    for category, score in user.interests:
+        code = catalog.code_of.get(category)
+        if code is not None and score > 0 and math.isfinite(score):
+            by_code[code] = max(by_code[code], score)
+    top = float(by_code.max()) if by_code.size else 0.0
+    return by_code / top if top > 0 else by_code
+
+
+def category_popularity(catalog: CatalogSnapshot, trending: np.ndarray) -> np.ndarray:
+    """Each item's trending score over its category's best (0..1)."""
+    if len(catalog) == 0:
+        return np.zeros(0, dtype=np.float64)
+    category_max = np.maximum.reduceat(trending, catalog.category_starts[:-1])
+    item_cat_max = category_max[catalog.category_codes]
+    return np.divide(trending, item_cat_max, out=np.zeros_like(trending), where=item_cat_max > 0)
+
+
+def interest_scores(ctx: CandidateContext, trending: np.ndarray | None = None) -> SourceScores:
+    catalog = ctx.catalog
+    interest = interest_by_code(ctx.user, catalog)
+    if not interest.any():
+        return _empty(ctx, INTEREST)
+    trending = decayed_trending(ctx) if trending is None else trending
+    popularity = category_popularity(catalog, trending)
+    codes = catalog.category_codes
+    raw = interest[codes] * (1.0 + popularity) / 2.0
+
+    def anchor(i: int) -> str:
+        category = catalog.categories[codes[i]]
+        if not category:
+            return ""
+        if popularity[i] >= POPULAR_IN_CATEGORY:
+            return f"popular in {category}"
+        return f"because you like {category}"
+
+    return SourceScores(INTEREST, np.where(ctx.allowed, raw, 0.0), anchor=anchor)
+
+
+def content_scores(ctx: CandidateContext) -> SourceScores:
+    """Items like the user's recent ones: Jaccard over tags, or the same category."""
+    catalog = ctx.catalog
+    n = len(catalog)
+    if not ctx.anchors or n == 0:
+        return _empty(ctx, CONTENT)
+    rows = list(ctx.anchors)
+    weights = np.array([ctx.recency_decay**p for p in range(len(rows))], dtype=np.float64)
+    if catalog.tag_matrix.shape[0] == n and catalog.tag_matrix.size:
+        sims = jaccard_rows(
+            catalog.tag_matrix, rows, catalog.tag_columns, catalog.tag_sizes
+        ).astype(np.float64)
+    else:
+        codes = catalog.category_codes
+        sims = (codes[None, :] == codes[rows][:, None]).astype(np.float64)
+    weighted = sims * weights[:, None]
+    scores = _max_normalised(weights @ sims, ctx.allowed)
+
+    def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
+        return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
+
+    return SourceScores(CONTENT, scores, anchor=anchor)
+
+
+SOURCE_FUNCTIONS: Mapping[str, Callable[[CandidateContext], SourceScores]] = {
+    CF: cf_scores,
+    COVISITATION: covisitation_scores,
+    INTEREST: interest_scores,
+    TRENDING: trending_scores,
+    CONTENT: content_scores,
+}
+
+
+def score_sources(ctx: CandidateContext, weights: Mapping[str, float]) -> list[SourceScores]:
+    """The sources with a positive weight, in :data:`SOURCES` order."""
+    trending = (
+        decayed_trending(ctx) if weights.get(TRENDING, 0) or weights.get(INTEREST, 0) else None
+    )
+    out = []
+    for name in SOURCES:
+        if weights.get(name, 0.0) <= 0:
+            continue
+        if name == TRENDING:
+            out.append(trending_scores(ctx, trending))
+        elif name == INTEREST:
+            out.append(interest_scores(ctx, trending))
+        else:
+            out.append(SOURCE_FUNCTIONS[name](ctx))
+    return out
