@@ -109,18 +109,62 @@ item_stats = FeatureView(
         Field(name="carts_24h", dtype=Int64),
         Field(name="purchases_1h", dtype=Int64),
         Field(name="purchases_24h", dtype=Int64),
+        Field(name="covisit_items", dtype=Array(String), description="co-visited, strongest first"),
+        Field(name="covisit_scores", dtype=Array(Float64), description="relative to the strongest"),
     ],
     source=item_stats_push,
     online=True,
     description="Per-item popularity computed by the item branch of the same job.",
 )
 
+# Collaborative-filtering factors, learned online in the job (flink_jobs/learning.py).
+# Separate views from user_profile / item_stats so each writer keeps its own row
+# version; they share the entity's Redis hash, so serving still reads a user in one
+# round trip.
+user_cf = FeatureView(
+    name="user_cf",
+    entities=[user],
+    ttl=timedelta(days=30),
+    schema=[Field(name="cf_vector", dtype=Array(Float64), description="user factors")],
+    source=PushSource(
+        name="user_cf_push",
+        batch_source=FileSource(
+            name="user_cf_batch",
+            path=str(_DATA_DIR / "user_cf.parquet"),
+            timestamp_field="event_timestamp",
+        ),
+    ),
+    online=True,
+    description="Online matrix-factorisation factors of each user.",
+)
+item_cf = FeatureView(
+    name="item_cf",
+    entities=[item],
+    ttl=timedelta(days=30),
+    schema=[Field(name="cf_vector", dtype=Array(Float64), description="item factors")],
+    source=PushSource(
+        name="item_cf_push",
+        batch_source=FileSource(
+            name="item_cf_batch",
+            path=str(_DATA_DIR / "item_cf.parquet"),
+            timestamp_field="event_timestamp",
+        ),
+    ),
+    online=True,
+    description="Online matrix-factorisation factors of each item.",
+)
+
 # What the recommender reads for a user.
 recommender_features = FeatureService(
     name="recommender",
-    features=[user_profile],
+    features=[user_profile, user_cf],
     description="Features the gRPC recommender reads on the request path.",
 )
 
-FEATURE_VIEWS = {view.name: view for view in (user_profile, item_stats)}
-ENTITY_OF_VIEW = {"user_profile": "user_id", "item_stats": "item_id"}
+FEATURE_VIEWS = {view.name: view for view in (user_profile, item_stats, user_cf, item_cf)}
+ENTITY_OF_VIEW = {
+    "user_profile": "user_id",
+    "item_stats": "item_id",
+    "user_cf": "user_id",
+    "item_cf": "item_id",
+}

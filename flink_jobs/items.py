@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flink_jobs import windows
+from flink_jobs.covisitation import CoVisitConfig, Neighbors
 from personalization.events import ADD_TO_CART, CLICK, FAVORITE, PRODUCT_VIEW, PURCHASE, Event
 
 POPULARITY_WEIGHTS = {PRODUCT_VIEW: 1.0, CLICK: 1.0, FAVORITE: 2.0, ADD_TO_CART: 3.0, PURCHASE: 5.0}
@@ -30,6 +31,8 @@ class ItemState:
     # counted kind -> window name -> buckets
     window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
     version_us: int = 0
+    # Co-visitation neighbours (items interacted with close to this one).
+    neighbors: Neighbors = field(default_factory=Neighbors)
 
 
 def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool:
@@ -63,9 +66,15 @@ def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool
     return True
 
 
-def item_feature_row(state: ItemState) -> dict[str, Any]:
+def item_feature_row(state: ItemState, covisit: CoVisitConfig | None = None) -> dict[str, Any]:
     """The ``item_stats`` feature view row (names match feature_repo/features.py)."""
+    cfg = covisit or CoVisitConfig()
+    top = state.neighbors.top(cfg.neighbors, state.last_event_ms, cfg.half_life_s)
+    peak = top[0][1] if top else 1.0
     row: dict[str, Any] = {
+        # Scores divided by the strongest, so serving needs no re-decay.
+        "covisit_items": [item for item, _ in top],
+        "covisit_scores": [round(w / peak, 6) for _, w in top],
         "category": state.category,
         "price": state.price,
         "trending_score": round(state.trending, 6),

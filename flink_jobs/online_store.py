@@ -30,6 +30,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from flink_jobs.feature_updates import FeatureUpdate, coalesce
 from personalization import feature_store as fs
+from personalization import metrics
 from personalization.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class OnlineStoreWriter:
         for row in rows:
             if not row.erase:
                 by_view.setdefault(row.view, []).append(row)
+        m = metrics.writer_metrics()
         for view, view_rows in by_view.items():
             data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]] = [
                 (
@@ -81,6 +83,11 @@ class OnlineStoreWriter:
                 for row in view_rows
             ]
             self.store.online_write_batch(self.config, fs.feature_view(view), data, None)
+            m.rows_written.labels(view).inc(len(view_rows))
+            written_s = time.time()
+            freshness = m.freshness.labels(view)
+            for row in view_rows:
+                freshness.observe(written_s - row.version_us / 1_000_000)
             if view == "item_stats":
                 self.redis.zadd(
                     fs.item_index_key(self.project),
@@ -125,6 +132,7 @@ def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpd
         except (ValueError, KeyError, TypeError):
             # Only the job writes this topic; a bad record is a bug, not data to retry.
             stats.bad_records += 1
+            metrics.writer_metrics().bad_records.inc()
             log.error("undecodable feature update at offset %s", msg.offset())
     return updates
 
@@ -152,19 +160,26 @@ def run_writer(
         }
     )
     consumer.subscribe([settings.kafka.feature_updates_topic])
+    m = metrics.writer_metrics()
+    next_lag_update = 0.0
     backoff = 0.05
     try:
         while not stop.is_set():
+            if time.monotonic() >= next_lag_update:
+                next_lag_update = time.monotonic() + 1.0
+                update_consumer_lag(consumer, m)
             messages = consumer.consume(num_messages=batch_size, timeout=poll_timeout_s)
             if not messages:
                 continue
             updates = decode_batch(messages, stats)
             while not stop.is_set():
                 try:
-                    written = writer.write(updates)
+                    with m.batch_seconds.time():
+                        written = writer.write(updates)
                     break
                 except (redis.RedisError, OSError) as exc:
                     stats.write_errors += 1
+                    m.write_errors.inc()
                     log.warning("online store write failed (%s); retrying in %.2fs", exc, backoff)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
@@ -176,11 +191,28 @@ def run_writer(
             stats.rows_in += len(updates)
             stats.rows_written += written
             stats.last_write_ms = int(time.time() * 1000)
+            m.batches.inc()
+            m.last_write.set(stats.last_write_ms / 1000)
             if on_batch:
                 on_batch(stats)
     finally:
         consumer.close()
     return stats
+
+
+def update_consumer_lag(consumer: Consumer, m: metrics.WriterMetrics) -> None:
+    """Messages behind the end of each assigned partition, from the consumer's position
+    and the high watermark librdkafka cached from the last fetch (no broker round trip)."""
+    try:
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        for tp in consumer.position(assigned):
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                m.consumer_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+    except Exception as exc:  # metrics never stop the writer
+        log.debug("consumer lag not available: %s", exc)
 
 
 def main() -> None:
@@ -190,7 +222,11 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stats = run_writer(load_settings(), stop)
+    settings = load_settings()
+    metrics.start_metrics_server(
+        settings.metrics.host, settings.metrics.writer_port, what="writer metrics"
+    )
+    stats = run_writer(settings, stop)
     log.info("writer stopped: %s", stats)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Types
@@ -20,26 +21,52 @@ from pyflink.datastream import (
     ProcessFunction,
     RuntimeContext,
 )
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from flink_jobs import attribution, items, profile
+from flink_jobs import attribution, covisitation, items, learning, profile
 from flink_jobs.feature_updates import FeatureUpdate
+from personalization import metrics
 from personalization.events import (
+    CONTROL_TYPES,
     ERASURE,
     Event,
     Rejection,
     ValidationLimits,
     dead_letter,
     parse_event,
+    topic_family,
 )
 from personalization.privacy import pseudonymizer
-from personalization.settings import FeatureSettings, PrivacySettings
+from personalization.settings import (
+    FeatureSettings,
+    LearningSettings,
+    MetricsSettings,
+    PrivacySettings,
+    load_settings,
+)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
 ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
+# Accepted item interactions, for the collaborative-filtering learner.
+INTERACTION_TAG = OutputTag("interactions", Types.PICKLED_BYTE_ARRAY())
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
 OUTCOME_TAG = OutputTag("rec-outcomes", Types.PICKLED_BYTE_ARRAY())
+
+# The user operator reads the watermark (a call into the JVM) at most this often.
+WATERMARK_SAMPLE_S = 0.5
+
+
+def _metrics_settings(given: MetricsSettings | None) -> MetricsSettings:
+    # Resolved where the operator is built (the submitter), then pickled with it.
+    return given if given is not None else load_settings().metrics
+
+
+def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
+    """The process's job metrics and its /metrics endpoint, started once per process (in
+    thread mode all Python operators of a TaskManager share one interpreter)."""
+    metrics.start_metrics_server(cfg.host, cfg.job_port, what="job metrics")
+    return metrics.job_metrics()
 
 
 class ParseEvents(ProcessFunction):
@@ -49,19 +76,38 @@ class ParseEvents(ProcessFunction):
     store sees them.
     """
 
-    def __init__(self, cfg: FeatureSettings, privacy: PrivacySettings) -> None:
+    def __init__(
+        self,
+        cfg: FeatureSettings,
+        privacy: PrivacySettings,
+        metrics_cfg: MetricsSettings | None = None,
+    ) -> None:
         self.limits = ValidationLimits.from_settings(cfg)
         self.hmac_secret = privacy.hmac_secret
+        self.metrics_cfg = _metrics_settings(metrics_cfg)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.pseudonym = pseudonymizer(self.hmac_secret)
+        self.metrics = _start_job_metrics(self.metrics_cfg)
+        self.event_counters: dict[str, Any] = {}
+
+    def _count_event(self, event_type: str) -> None:
+        counter = self.event_counters.get(event_type)
+        if counter is None:
+            family = "control" if event_type in CONTROL_TYPES else topic_family(event_type)
+            counter = self.metrics.events.labels(family, event_type)
+            self.event_counters[event_type] = counter
+        counter.inc()
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
         now_ms = int(time.time() * 1000)
         parsed = parse_event(value, now_ms=now_ms, limits=self.limits)
         if isinstance(parsed, Rejection):
+            self.metrics.dead_letters.labels(parsed.reason).inc()
             yield DLQ_TAG, dead_letter(value, parsed, source="kafka", now_ms=now_ms)
-        elif self.hmac_secret:
+            return
+        self._count_event(parsed.event_type)
+        if self.hmac_secret:
             yield dataclasses.replace(parsed, user_id=self.pseudonym(parsed.user_id))
         else:
             yield parsed
@@ -80,17 +126,34 @@ class UserFeatures(KeyedProcessFunction):
     (side output, so items see the same deduplicated stream).
     """
 
-    def __init__(self, cfg: FeatureSettings, privacy: PrivacySettings) -> None:
+    def __init__(
+        self,
+        cfg: FeatureSettings,
+        privacy: PrivacySettings,
+        metrics_cfg: MetricsSettings | None = None,
+        learning: LearningSettings | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.covisit = covisitation.CoVisitConfig.from_settings(learning or LearningSettings())
         self.default_consent = privacy.default_consent
+        self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(
             ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
         )
+        self.metrics = _start_job_metrics(self.metrics_cfg)
+        self.next_watermark_sample = 0.0
+
+    def _sample_watermark(self, ctx: Any) -> None:
+        now = time.monotonic()
+        if now >= self.next_watermark_sample:
+            self.next_watermark_sample = now + WATERMARK_SAMPLE_S
+            self.metrics.observe_watermark(ctx.timer_service().current_watermark())
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        self._sample_watermark(ctx)
         previous = self.state.value()
         if event.event_type == ERASURE:
             # Forget everything kept about the user; the writer erases the store entry.
@@ -101,9 +164,20 @@ class UserFeatures(KeyedProcessFunction):
         user = previous or profile.new_state(event.user_id, self.default_consent)
         outcome = profile.apply_event(user, event, self.cfg)
         if not outcome.changed:
+            if outcome.duplicate:
+                self.metrics.duplicates.inc()
+            else:
+                self.metrics.opted_out.inc()
             return
+        edges: list[tuple[str, str, float, int]] = []
+        if event.item_id and user.consent != "denied":
+            # Co-visitation: the item links with the user's previous items, both ways.
+            t = event.event_time_ms
+            edges = covisitation.edges_for(user.covisit, event.item_id, t, 1.0, self.covisit)
+            covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
         self.state.update(user)
         for trigger in outcome.triggers:
+            self.metrics.triggers.labels(trigger.trigger).inc()
             yield TRIGGER_TAG, trigger.to_json()
         timers = ctx.timer_service()
         for due in profile.due_timers(user, self.cfg):
@@ -113,10 +187,14 @@ class UserFeatures(KeyedProcessFunction):
         ).to_json()
         if event.item_id and user.consent != "denied":
             yield ITEM_EVENT_TAG, event
+            yield INTERACTION_TAG, event
+            for source, target, weight, t in edges:
+                yield ITEM_EVENT_TAG, CoVisitEdge(source, target, weight, t)
             if attribution.outcome_of(event) is not None:
                 yield OUTCOME_TAG, event
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        self._sample_watermark(ctx)
         user = self.state.value()
         if user is None:
             return
@@ -124,14 +202,34 @@ class UserFeatures(KeyedProcessFunction):
         if fired:
             self.state.update(user)
             for trigger in fired:
+                self.metrics.triggers.labels(trigger.trigger).inc()
                 yield TRIGGER_TAG, trigger.to_json()
 
 
-class ItemFeatures(KeyedProcessFunction):
-    """Keyed by item: popularity windows and trending score."""
+@dataclass(frozen=True, slots=True)
+class CoVisitEdge:
+    """``source`` was interacted with close to ``target`` (keyed by ``source``)."""
 
-    def __init__(self, cfg: FeatureSettings) -> None:
+    source: str
+    target: str
+    weight: float
+    time_ms: int
+
+    @property
+    def item_id(self) -> str:
+        return self.source
+
+
+class ItemFeatures(KeyedProcessFunction):
+    """Keyed by item: popularity windows, trending score, co-visitation neighbours.
+
+    Edges only update state; the item's row (with its neighbours) goes out on the
+    item's own next event, so co-visitation adds no rows to the changelog.
+    """
+
+    def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
         self.half_life_s = cfg.trending_half_life_s
+        self.covisit = covisitation.CoVisitConfig.from_settings(learning or LearningSettings())
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -139,12 +237,23 @@ class ItemFeatures(KeyedProcessFunction):
             ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
         )
 
-    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        item = self.state.value() or items.ItemState(event.item_id)
-        if items.apply_item_event(item, event, self.half_life_s):
+    def process_element(
+        self, record: Event | CoVisitEdge, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[str]:
+        item = self.state.value() or items.ItemState(record.item_id)
+        if isinstance(record, CoVisitEdge):
+            covisitation.add_edge(
+                item.neighbors, record.target, record.weight, record.time_ms, self.covisit
+            )
+            self.state.update(item)
+            return
+        if items.apply_item_event(item, record, self.half_life_s):
             self.state.update(item)
             yield FeatureUpdate(
-                "item_stats", item.item_id, item.version_us, items.item_feature_row(item)
+                "item_stats",
+                item.item_id,
+                item.version_us,
+                items.item_feature_row(item, self.covisit),
             ).to_json()
 
 
@@ -203,6 +312,7 @@ class ParseExposures(ProcessFunction):
         if exposure is None:
             now_ms = int(time.time() * 1000)
             rejection = Rejection("invalid_exposure", "not an exposure record")
+            metrics.job_metrics().dead_letters.labels(rejection.reason).inc()
             yield DLQ_TAG, dead_letter(value, rejection, source="exposures", now_ms=now_ms)
         else:
             yield exposure
@@ -211,3 +321,66 @@ class ParseExposures(ProcessFunction):
 class ExposureTime(TimestampAssigner):
     def extract_timestamp(self, value: attribution.Exposure, record_timestamp: int) -> int:
         return value.time_ms
+
+
+class CollaborativeFiltering(KeyedProcessFunction):
+    """One online matrix-factorisation model (keyed by a constant: a single learner).
+
+    Factors live exactly in keyed MapState (one entry per user / item, written for
+    every changed key), so a restore from a checkpoint resumes the model where the
+    stream position is; an in-memory ``OnlineMF`` caches them for speed and is
+    re-filled from state after a restart. Each positive interaction emits the user's
+    and the item's new factors as ``user_cf`` / ``item_cf`` rows.
+    """
+
+    def __init__(self, cfg: LearningSettings) -> None:
+        self.learner_cfg = learning.LearnerConfig.from_settings(cfg)
+        self.model: learning.OnlineMF | None = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        pickled = Types.PICKLED_BYTE_ARRAY()
+        self.users = runtime_context.get_map_state(
+            MapStateDescriptor("cf-users", Types.STRING(), pickled)
+        )
+        self.items = runtime_context.get_map_state(
+            MapStateDescriptor("cf-items", Types.STRING(), pickled)
+        )
+        self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
+        self.model = None
+
+    def _model(self) -> learning.OnlineMF:
+        if self.model is None:  # first record after a (re)start: reload the items
+            self.model = learning.OnlineMF(self.learner_cfg)
+            for item_id, factors in self.items.items():
+                self.model.import_item(item_id, factors)
+            self.model.drain_dirty()
+        return self.model
+
+    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
+        rating = event.properties.get("rating")
+        weight = learning.interaction_weight(event.event_type, float(rating) if rating else None)
+        if weight <= 0:
+            return
+        model = self._model()
+        if model.user_vector(event.user_id) is None:
+            stored = self.users.get(event.user_id)
+            if stored is not None:
+                model.import_user(event.user_id, stored)
+        if model.item_vector(event.item_id) is None:
+            stored = self.items.get(event.item_id)
+            if stored is not None:
+                model.import_item(event.item_id, stored)
+        model.learn_one(event.user_id, event.item_id, weight, event.event_time_ms)
+        dirty_users, dirty_items = model.drain_dirty()
+        for user_id in dirty_users:
+            self.users.put(user_id, model.export_user(user_id))
+        for item_id in dirty_items:
+            self.items.put(item_id, model.export_item(item_id))
+        version = max(event.event_time_ms * 1000, (self.version.value() or 0) + 1)
+        self.version.update(version)
+        yield FeatureUpdate(
+            "user_cf", event.user_id, version, {"cf_vector": model.export_user(event.user_id)}
+        ).to_json()
+        yield FeatureUpdate(
+            "item_cf", event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
+        ).to_json()

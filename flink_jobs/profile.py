@@ -18,6 +18,7 @@ from typing import Any
 
 from flink_jobs import sessions as sessions_mod
 from flink_jobs import windows
+from flink_jobs.covisitation import History
 from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import Trigger, TriggerRules
 from personalization.events import (
@@ -93,6 +94,8 @@ class UserState:
     version_us: int = 0
     # "granted" or "denied" (personalization consent, see personalization/privacy.py).
     consent: str = "granted"
+    # The user's last interacted items, for co-visitation edges (flink_jobs/covisitation.py).
+    covisit: History = field(default_factory=History)
 
 
 @dataclass(frozen=True, slots=True)

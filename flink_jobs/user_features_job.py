@@ -44,10 +44,12 @@ from pyflink.datastream.connectors.kafka import (
 from flink_jobs.checkpoints import latest_checkpoint
 from flink_jobs.operators import (
     DLQ_TAG,
+    INTERACTION_TAG,
     ITEM_EVENT_TAG,
     OUTCOME_TAG,
     TRIGGER_TAG,
     AttributionJoin,
+    CollaborativeFiltering,
     EventTimeAssigner,
     ExposureTime,
     ItemFeatures,
@@ -76,6 +78,10 @@ def flink_configuration(settings: Settings, restore_from: Path | None) -> Config
         "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
     )
     conf.set_string("execution.checkpointing.num-retained", "3")
+    conf.set_string("execution.buffer-timeout.interval", f"{cfg.buffer_timeout_ms} ms")
+    conf.set_string(
+        "execution.checkpointing.unaligned.enabled", str(cfg.unaligned_checkpoints).lower()
+    )
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", "1000000")
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
@@ -146,7 +152,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).name("kafka: behaviour events")
 
     parsed = raw.process(
-        ParseEvents(features_cfg, settings.privacy), output_type=Types.PICKLED_BYTE_ARRAY()
+        ParseEvents(features_cfg, settings.privacy, settings.metrics),
+        output_type=Types.PICKLED_BYTE_ARRAY(),
     ).name("parse + validate")
     watermarks = (
         WatermarkStrategy.for_bounded_out_of_orderness(
@@ -159,20 +166,31 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
     user_rows = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
-        .process(UserFeatures(features_cfg, settings.privacy), output_type=Types.STRING())
+        .process(
+            UserFeatures(features_cfg, settings.privacy, settings.metrics, settings.learning),
+            output_type=Types.STRING(),
+        )
         .name("user features + triggers")
         .uid("user-features")
     )
     item_rows = (
         user_rows.get_side_output(ITEM_EVENT_TAG)
         .key_by(lambda e: e.item_id, key_type=Types.STRING())
-        .process(ItemFeatures(features_cfg), output_type=Types.STRING())
+        .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
         .name("item popularity")
         .uid("item-features")
     )
 
     k = settings.kafka
-    user_rows.union(item_rows).sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
+    # One online MF model: a single learner (constant key), factors in keyed MapState.
+    cf_rows = (
+        user_rows.get_side_output(INTERACTION_TAG)
+        .key_by(lambda e: "cf", key_type=Types.STRING())
+        .process(CollaborativeFiltering(settings.learning), output_type=Types.STRING())
+        .name("collaborative filtering (online MF)")
+        .uid("cf-learner")
+    )
+    user_rows.union(item_rows, cf_rows).sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
         "kafka: feature_updates"
     )
     user_rows.get_side_output(TRIGGER_TAG).sink_to(

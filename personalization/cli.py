@@ -9,6 +9,8 @@
     personalize send [--file PATH] [--rate R] [--count N]         traffic into Kafka
     personalize recommend USER [-k 10] | profile USER             ask the gRPC server
     personalize deploy [--cluster-up]                             submit the job to a Flink cluster
+    personalize ab-results [--experiment NAME]                    A/B figures with significance
+    personalize dashboard [--port P]                              live metrics dashboard, foreground
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
 """
@@ -160,6 +162,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         f"stack is up in {time.monotonic() - started:.0f}s; gRPC on "
         f"{settings.serving.host}:{settings.serving.port}"
     )
+    _say(f"dashboard: {stack.dashboard_url(settings)}")
+    for name, url in stack.metrics_urls(settings).items():
+        _say(f"metrics of {name}: {url}")
     if args.no_traffic:
         return 0
     source = args.file or "built-in shopping simulation"
@@ -269,6 +274,21 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ab_results(settings: Settings, args: argparse.Namespace) -> int:
+    from personalization import ab_report
+
+    records = ab_report.read_outcomes(settings, idle_s=args.idle)
+    by_experiment = ab_report.totals_by_variant(records)
+    if not by_experiment:
+        _say(f"no attributed exposures on {settings.kafka.ab_outcomes_topic} yet")
+        return 1
+    for experiment, variants in sorted(by_experiment.items()):
+        if args.experiment and experiment != args.experiment:
+            continue
+        print(ab_report.format_report(experiment, ab_report.report(variants, args.control)))
+    return 0
+
+
 def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
     from personalization.infra import flink_cluster
 
@@ -280,6 +300,13 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
         ["--settings-json", settings.model_dump_json(), "--restore", args.restore],
     )
     _say(f"submitted job {job_id} to http://127.0.0.1:{settings.flink.rest_port}")
+    return 0
+
+
+def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.dashboard.app import serve
+
+    serve(settings, port=args.port, block=True)
     return 0
 
 
@@ -322,10 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="show a user's online features")
     prof.add_argument("user")
     prof.set_defaults(func=cmd_profile)
+    ab = sub.add_parser("ab-results", help="per-variant A/B figures with significance tests")
+    ab.add_argument("--experiment", default="", help="only this experiment")
+    ab.add_argument("--control", default=None, help="variant to compare with")
+    ab.add_argument("--idle", type=float, default=3.0, help="stop reading after idle seconds")
+    ab.set_defaults(func=cmd_ab_results)
     deploy = sub.add_parser("deploy", help="submit the job to a standalone Flink cluster")
     deploy.add_argument("--cluster-up", action="store_true", help="start a local cluster first")
     deploy.add_argument("--restore", default="none", help="latest | none | checkpoint path")
     deploy.set_defaults(func=cmd_deploy)
+    dash = sub.add_parser("dashboard", help="run the live metrics dashboard in the foreground")
+    dash.add_argument("--port", type=int, default=None, help="default: metrics.dashboard_port")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

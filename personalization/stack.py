@@ -1,5 +1,5 @@
 """The local stack: Redis, Kafka, the Feast registry, the Flink job, the online-store
-writer and the gRPC server, started and stopped as one.
+writer, the gRPC server and the metrics dashboard, started and stopped as one.
 
 Every process gets the launcher's resolved settings through ``PZ_SETTINGS_JSON``, so a
 stack started with overrides (ports, topics, run dir) is consistent end to end.
@@ -46,7 +46,9 @@ class Component:
 FLINK_JOB = Component("flink-job", "flink_jobs.user_features_job", ("--restore", "latest"))
 WRITER = Component("online-store-writer", "flink_jobs.online_store")
 SERVER = Component("grpc-server", "serving.server")
-APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER)
+# Scrapes the job, writer and serving /metrics endpoints (settings.metrics) and plots them.
+DASHBOARD = Component("dashboard", "serving.dashboard")
+APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER, DASHBOARD)
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -55,7 +57,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def ensure_offline_placeholders(settings: Settings) -> None:
     """Feast validates that batch sources exist; give it empty typed parquet files."""
-    from feature_repo.features import FEATURE_VIEWS
+    from feature_repo.features import ENTITY_OF_VIEW, FEATURE_VIEWS
 
     data_dir = settings.feature_repo_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,7 @@ def ensure_offline_placeholders(settings: Settings) -> None:
         path = data_dir / f"{name}.parquet"
         if path.exists():
             continue
-        join_key = "user_id" if name == "user_profile" else "item_id"
+        join_key = ENTITY_OF_VIEW[name]
         schema = pa.schema(
             [
                 pa.field(join_key, pa.string()),
@@ -125,6 +127,33 @@ def start_all(settings: Settings, say: Callable[[str], None] = print) -> None:
     say("waiting for the gRPC server and the pipeline to answer")
     wait_server_ready(settings)
     wait_pipeline_ready(settings)
+    wait_dashboard_ready(settings)
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://{settings.metrics.host}:{settings.metrics.dashboard_port}/"
+
+
+def metrics_urls(settings: Settings) -> dict[str, str]:
+    """Component name -> its Prometheus endpoint (switched-on ones only)."""
+    m = settings.metrics
+    ports = {FLINK_JOB.name: m.job_port, WRITER.name: m.writer_port, SERVER.name: m.serving_port}
+    return {name: f"http://{m.host}:{port}/metrics" for name, port in ports.items() if port > 0}
+
+
+def wait_dashboard_ready(settings: Settings, timeout_s: float = 30.0) -> None:
+    import urllib.request
+
+    url = dashboard_url(settings) + "healthz"
+
+    def answering() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    _wait_or_explain(answering, timeout_s, "the dashboard to answer", settings, DASHBOARD)
 
 
 def stop_all(settings: Settings, say: Callable[[str], None] = print) -> None:

@@ -9,8 +9,20 @@
 #   3. .venv with python3.11 and `pip install -e '.[dev]'` (again only when
 #      pyproject.toml changed since the last bootstrap);
 #   4. the Kafka broker jars and the Flink Kafka connector (Maven, infra/pom.xml).
+# With --tests (or CI=true, or PZ_BOOTSTRAP_TESTS=1) also what only the tests need:
+# Debian's chromium, which the dashboard e2e test drives headless.
 # Safe with CI=true and no stdin. Prints a summary of what it did.
 set -euo pipefail
+
+for_tests=0
+case "${CI:-}" in true | 1) for_tests=1 ;; esac
+[ "${PZ_BOOTSTRAP_TESTS:-0}" = 1 ] && for_tests=1
+for arg in "$@"; do
+  case "$arg" in
+    --tests) for_tests=1 ;;
+    *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -38,6 +50,9 @@ if ! command -v python3.11 >/dev/null 2>&1; then
 elif [ ! -x .venv/bin/python ] && ! python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3.11-venv)
 fi
+if [ "$for_tests" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   # Keep maintainer scripts from starting services (the packaged redis-server on 6379)
@@ -55,7 +70,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$made_policy" = 1 ]; then as_root rm -f "$policy"; made_policy=0; fi
   note "installed: ${missing[*]}"
 else
-  note "system packages already present (redis-server, java, mvn, python3.11)"
+  extra=""
+  [ "$for_tests" = 1 ] && extra=", chromium"
+  note "system packages already present (redis-server, java, mvn, python3.11$extra)"
 fi
 
 # --- 2. the packaged redis-server service stays off ------------------------------------

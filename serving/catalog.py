@@ -34,6 +34,7 @@ from serving.online_features import redis_client
 log = logging.getLogger(__name__)
 
 VIEW = "item_stats"
+CF_VIEW = "item_cf"
 COUNT_FEATURES = ("views_1h", "views_24h", "carts_1h", "carts_24h", "purchases_1h", "purchases_24h")
 
 
@@ -295,7 +296,12 @@ class ItemCatalog:
         self._batch = max(1, cfg.catalog_fetch_batch)
         self._half_life_s = settings.features.trending_half_life_s
         self._names = tuple(feature_kinds(VIEW))
+        # The item's CF factors live in view item_cf of the same Redis hash: one HMGET.
         self._fields = [field_key(VIEW, name) for name in self._names]
+        self._fields.append(field_key(CF_VIEW, "cf_vector"))
+        # Model data per item, attached to every snapshot (see CatalogSnapshot.with_models).
+        self._factors: dict[str, list[float]] = {}
+        self._covisit: dict[str, tuple[list[str], list[float]]] = {}
         self._now_ms = clock_ms if callable(clock_ms) else lambda: int(time.time() * 1000)
 
         self._snapshot: CatalogSnapshot = EMPTY_SNAPSHOT
@@ -390,9 +396,9 @@ class ItemCatalog:
                     if all(v is None for v in values):
                         gone.append(item_id)  # indexed but the row expired or was deleted
                         continue
-                    fresh[item_id] = row_from_features(
-                        item_id, decode_fields(VIEW, self._names, values)
-                    )
+                    features = decode_fields(VIEW, self._names, values[:-1])
+                    fresh[item_id] = row_from_features(item_id, features)
+                    self._remember_models(item_id, features, values[-1])
             if len(page) < self._batch:
                 break
         self._high_water_ms = high_water
@@ -418,6 +424,18 @@ class ItemCatalog:
         self._install(rows, now_ms, rebuild=not in_place, changed=changed)
         return len(fresh)
 
+    def _remember_models(
+        self, item_id: str, features: dict[str, object], cf_raw: bytes | None
+    ) -> None:
+        neighbours = features.get("covisit_items")
+        if isinstance(neighbours, list) and neighbours:
+            scores = features.get("covisit_scores")
+            self._covisit[item_id] = (neighbours, list(scores) if isinstance(scores, list) else [])
+        if cf_raw:
+            vector = decode_fields(CF_VIEW, ("cf_vector",), [cf_raw]).get("cf_vector")
+            if vector:
+                self._factors[item_id] = vector
+
     def _install(
         self,
         rows: dict[str, ItemRow],
@@ -438,6 +456,10 @@ class ItemCatalog:
             # Same items in the same categories: copy the columns and patch changed
             # rows, which costs far less than re-sorting the whole catalog.
             self._snapshot = self._snapshot.with_updates(changed.values(), built_ms=now_ms)
+        if self._factors or self._covisit:
+            self._snapshot = self._snapshot.with_models(
+                item_factors=self._factors or None, covisitation=self._covisit or None
+            )
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -184,6 +184,16 @@ class EventCollector:
             rejected=[(index, rejection.reason) for index, rejection, _ in split.invalid],
         )
 
+    def publish(self, topic: str, key: str, value: str) -> bool:
+        """Fire-and-forget produce (exposure records): never blocks a request; a full
+        local queue drops the record and says so."""
+        try:
+            self._producer.produce(topic, key=key.encode(), value=value.encode())
+            return True
+        except BufferError:
+            log.warning("producer queue full: dropped a record for %s", topic)
+            return False
+
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._poller.join(timeout_s)

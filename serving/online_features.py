@@ -26,6 +26,7 @@ from personalization.feature_store import (
 from personalization.settings import Settings
 
 VIEW = "user_profile"
+CF_VIEW = "user_cf"
 COUNT_FEATURES = tuple(
     f"{kind}_{window}"
     for kind in ("product_view", "add_to_cart", "purchase")
@@ -68,6 +69,12 @@ class UserFeatures:
     features_age_ms: int = -1
     # Collaborative-filtering factors of the user (empty when the model has none yet).
     cf_vector: list[float] = field(default_factory=list)
+    # "granted" (default), "denied" (opted out) or "erased" (forgotten): see privacy.py.
+    consent: str = "granted"
+
+    @property
+    def may_personalize(self) -> bool:
+        return self.consent not in ("denied", "erased")
 
     def recency_days(self, now_ms: int) -> float:
         """Days since the last purchase; -1 if the user never purchased."""
@@ -112,6 +119,7 @@ def features_from_row(
         row_ts_ms=row_ts_ms,
         features_age_ms=max(0, now_ms - row_ts_ms) if row_ts_ms else -1,
         cf_vector=[float(x) for x in row.get("cf_vector") or []],
+        consent=str(row.get("consent") or "granted"),
     )
 
 
@@ -138,6 +146,8 @@ class UserFeatureReader:
         self._client = client if client is not None else redis_client(settings)
         self._names = tuple(feature_kinds(VIEW))
         self._fields = [field_key(VIEW, name) for name in self._names]
+        # CF factors (view user_cf) share the user's Redis hash: still one HMGET.
+        self._fields.append(field_key(CF_VIEW, "cf_vector"))
         self._fields.append(f"{TS_FIELD_PREFIX}{VIEW}".encode())
 
     @property
@@ -160,7 +170,8 @@ class UserFeatureReader:
         ts_raw = values[-1]
         if ts_raw is None and all(v is None for v in values):
             return None
-        row = decode_fields(VIEW, self._names, values[:-1])
+        row = decode_fields(VIEW, self._names, values[:-2])
+        row.update(decode_fields(CF_VIEW, ("cf_vector",), values[-2:-1]))
         return features_from_row(user_id, row, ts_raw, now_ms)
 
     def ping(self) -> bool:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +55,10 @@ UNKNOWN_USER = "unknown_user"
 NO_INTERESTS = "no_interests"
 CATALOG_EMPTY = "catalog_empty"
 STORE_UNAVAILABLE = "store_unavailable"
+OPTED_OUT = "opted_out"  # the user withdrew consent or was forgotten
+# The holdout strategy of experiments: non-personalized (trending) for everyone.
+HOLDOUT = "trending"
+HOLDOUT_REASON = "holdout"
 
 SOURCE_INTEREST = cand.INTEREST
 SOURCE_TRENDING = cand.TRENDING
@@ -83,24 +87,26 @@ class RankingParams:
     anchor_items: int = 5
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RankingParams:
+    def from_settings(cls, settings: Settings, strategy: str | None = None) -> RankingParams:
+        """Parameters of ``strategy`` (default: ``ranking.strategy``)."""
         cfg = settings.ranking
+        name = strategy or cfg.strategy
         weights: tuple[tuple[str, float], ...] = ()
-        if cfg.strategy != STRATEGY:
-            if cfg.strategy not in cfg.strategies:
+        if name not in (STRATEGY, HOLDOUT):
+            if name not in cfg.strategies:
                 raise ValueError(
-                    f"ranking strategy {cfg.strategy!r} is neither {STRATEGY!r} nor one of "
-                    f"{sorted(cfg.strategies)}"
+                    f"ranking strategy {name!r} is neither {STRATEGY!r}, {HOLDOUT!r} nor one "
+                    f"of {sorted(cfg.strategies)}"
                 )
-            unknown = set(cfg.strategies[cfg.strategy]) - set(cand.SOURCES)
+            unknown = set(cfg.strategies[name]) - set(cand.SOURCES)
             if unknown:
                 raise ValueError(f"unknown candidate sources {sorted(unknown)}")
-            weights = tuple(sorted(cfg.strategies[cfg.strategy].items()))
+            weights = tuple(sorted(cfg.strategies[name].items()))
         return cls(
             interest_weight=settings.serving.interest_weight,
             trending_weight=settings.serving.trending_weight,
             half_life_s=settings.features.trending_half_life_s,
-            strategy=cfg.strategy,
+            strategy=name,
             weights=weights,
             exclude_recent=cfg.exclude_recent,
             category_cap_share=cfg.category_cap_share,
@@ -189,6 +195,18 @@ def rank(
     the online store is down and the user's features are unknowable). ``seed`` makes
     a hybrid strategy's exploration picks reproducible per request.
     """
+    if params.strategy == HOLDOUT:
+        holdout = rank(
+            user,
+            catalog,
+            k,
+            now_ms,
+            exclude,
+            replace(params, strategy=STRATEGY),
+            fallback_reason=fallback_reason or HOLDOUT_REASON,
+            seed=seed,
+        )
+        return replace(holdout, strategy=HOLDOUT)
     if params.strategy != STRATEGY:
         return rank_hybrid(
             user, catalog, k, now_ms, exclude, params, fallback_reason=fallback_reason, seed=seed

@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from personalization.experiments import Assignment, Experiment, assignment_for, load_experiments
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
-from serving.ranking import STORE_UNAVAILABLE, RankedItem, RankingParams, rank
+from serving.ranking import OPTED_OUT, STORE_UNAVAILABLE, RankedItem, RankingParams, rank
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Recommendation:
     fallback_reason: str
     recommendation_id: str
     features_age_ms: int  # -1 when no features were used
+    experiment: str = ""
+    variant: str = ""
 
 
 class Recommender:
@@ -41,10 +44,23 @@ class Recommender:
         *,
         clock_ms: Callable[[], int] | None = None,
         on_store_state: Callable[[bool], None] | None = None,
+        experiments: list[Experiment] | None = None,
+        on_exposure: Callable[[Recommendation, str, int], None] | None = None,
     ) -> None:
         self._reader = reader
         self._catalog = catalog
+        self._settings = settings
         self._params = RankingParams.from_settings(settings)
+        if experiments is None and settings.serving.experiments_file:
+            experiments = load_experiments(settings.serving.experiments_file)
+        self._experiments = experiments or []
+        # Every strategy an experiment names must exist: fail at start, not per request.
+        self._strategy_params = {
+            v.strategy: RankingParams.from_settings(settings, v.strategy)
+            for e in self._experiments
+            for v in e.variants
+        }
+        self._on_exposure = on_exposure
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_store_state = on_store_state
 
@@ -72,26 +88,38 @@ class Recommender:
             self._report_store(False)
         else:
             self._report_store(True)
+        if user is not None and not user.may_personalize and not forced:
+            forced = OPTED_OUT
         recommendation_id = uuid.uuid4().hex
+        assignment = assignment_for(self._experiments, user_id, now_ms)
+        params = self._strategy_params[assignment.strategy] if assignment else self._params
         ranking = rank(
             user,
             self._catalog.snapshot,
             k,
             now_ms,
             exclude=exclude,
-            params=self._params,
+            params=params,
             fallback_reason=forced,
             # Exploration picks are reproducible from the recommendation id.
             seed=int(recommendation_id[:8], 16),
         )
-        return Recommendation(
+        recommendation = Recommendation(
             items=ranking.items,
             strategy=ranking.strategy,
             personalized=ranking.personalized,
             fallback_reason=ranking.fallback_reason,
             recommendation_id=recommendation_id,
             features_age_ms=user.features_age_ms if user is not None else -1,
+            experiment=assignment.experiment if assignment else "",
+            variant=assignment.variant if assignment else "",
         )
+        if self._on_exposure is not None and recommendation.items:
+            self._on_exposure(recommendation, user_id, now_ms)
+        return recommendation
+
+    def assignment(self, user_id: str) -> Assignment | None:
+        return assignment_for(self._experiments, user_id, self._now_ms())
 
     def _report_store(self, ok: bool) -> None:
         if self._on_store_state is not None:

@@ -20,6 +20,10 @@ Health (``grpc.health.v1``), one entry per concern:
 - ``personalization.v1.Collector``: NOT_SERVING while librdkafka reports all brokers
   down or the last batch was not acknowledged; SERVING again after the next ack.
 
+Metrics (``serving/metrics.py``): an interceptor times every unary RPC and counts
+non-OK statuses and Recommend fallbacks; ``serve()`` exposes them with the catalog's
+size and age on ``http://<metrics.host>:<metrics.serving_port>/metrics``.
+
 On SIGTERM/SIGINT every entry turns NOT_SERVING, then ``server.stop(grace)`` lets
 in-flight calls finish.
 """
@@ -39,6 +43,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flink_jobs.attribution import Exposure
+from personalization.metrics import start_metrics_server
 from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, load_settings
 from personalization.v1 import (
@@ -46,11 +52,12 @@ from personalization.v1 import (
     recommender_pb2,
     recommender_pb2_grpc,
 )
+from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
 from serving.catalog import ItemCatalog
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
-from serving.recommender import Recommender
+from serving.recommender import Recommendation, Recommender
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,7 @@ def profile_message(
         last_device=features.device,
         last_country=features.country,
         features_age_ms=features.features_age_ms,
+        consent=features.consent,
     )
 
 
@@ -153,6 +161,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             fallback_reason=rec.fallback_reason,
             recommendation_id=rec.recommendation_id,
             features_age_ms=rec.features_age_ms,
+            experiment=rec.experiment,
+            variant=rec.variant,
         )
 
     def GetUserProfile(
@@ -210,6 +220,11 @@ class ServingApp:
         cfg = settings.serving
         self.health_servicer = health.HealthServicer()
         self.health = HealthState(self.health_servicer)
+        if collector is None and enable_collector:
+            collector = EventCollector(
+                settings, on_kafka_state=lambda ok: self.health.set(COLLECTOR_SERVICE, ok)
+            )
+        self.collector = collector
         if recommender is None:
             reader = UserFeatureReader(settings)
             recommender = Recommender(
@@ -217,13 +232,9 @@ class ServingApp:
                 reader,
                 ItemCatalog(settings, reader.client),
                 on_store_state=lambda ok: self.health.set(ONLINE_STORE_HEALTH, ok),
+                on_exposure=self._publish_exposure if collector is not None else None,
             )
         self.recommender = recommender
-        if collector is None and enable_collector:
-            collector = EventCollector(
-                settings, on_kafka_state=lambda ok: self.health.set(COLLECTOR_SERVICE, ok)
-            )
-        self.collector = collector
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -233,6 +244,7 @@ class ServingApp:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
             options=options,
+            interceptors=[serving_metrics.MetricsInterceptor()],
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(
             RecommenderServicer(settings, recommender), self.server
@@ -263,6 +275,20 @@ class ServingApp:
         self._monitor: threading.Thread | None = None
         self._stopped = threading.Event()
 
+    def _publish_exposure(self, rec: Recommendation, user_id: str, now_ms: int) -> None:
+        """One exposure record per answer, for A/B attribution in the job."""
+        assert self.collector is not None
+        exposure = Exposure(
+            rec_id=rec.recommendation_id,
+            user_id=user_id,
+            experiment=rec.experiment,
+            variant=rec.variant,
+            strategy=rec.strategy,
+            items=tuple(item.item_id for item in rec.items),
+            time_ms=now_ms,
+        )
+        self.collector.publish(self.settings.kafka.exposures_topic, user_id, exposure.to_json())
+
     @property
     def target(self) -> str:
         return f"{self.settings.serving.host}:{self.port}"
@@ -272,6 +298,7 @@ class ServingApp:
         # the store's heartbeat even when no requests arrive.
         while not self._stop_monitor.wait(self.settings.serving.catalog_refresh_s):
             self.health.set(ONLINE_STORE_HEALTH, self.recommender.catalog.health().ok)
+            serving_metrics.CATALOG.observe_refreshes()
 
     def start(self) -> ServingApp:
         catalog = self.recommender.catalog
@@ -280,6 +307,7 @@ class ServingApp:
         except Exception as exc:
             log.warning("initial catalog load failed (serving degraded): %s", exc)
         catalog.start()
+        serving_metrics.CATALOG.watch(catalog)
         self.health.set("", True)
         self.health.set(RECOMMENDER_SERVICE, True)
         self.health.set(ONLINE_STORE_HEALTH, catalog.health().ok)
@@ -299,6 +327,7 @@ class ServingApp:
         self.health_servicer.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self._stop_monitor.set()
+        serving_metrics.CATALOG.unwatch(self.recommender.catalog)
         self.recommender.catalog.stop()
         if self.admin is not None:
             self.admin.close()
@@ -313,6 +342,9 @@ class ServingApp:
 def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:
     """Start serving; with ``block`` run until SIGTERM/SIGINT, then shut down gracefully."""
     app = ServingApp(settings, **kwargs).start()
+    start_metrics_server(
+        settings.metrics.host, settings.metrics.serving_port, what="serving metrics"
+    )
     if not block:
         return app
     stop = threading.Event()

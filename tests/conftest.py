@@ -32,8 +32,10 @@ from personalization.infra.jars import JarPaths, ensure_jars
 from personalization.infra.processes import free_port
 from personalization.settings import (
     PROJECT_ROOT,
+    FeatureSettings,
     FlinkSettings,
     KafkaSettings,
+    MetricsSettings,
     PrivacySettings,
     RedisSettings,
     Settings,
@@ -59,7 +61,9 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     run_dir: Path = tmp_path_factory.mktemp("run")
     SHARED_JARS_DIR.mkdir(parents=True, exist_ok=True)
     (run_dir / "jars").symlink_to(SHARED_JARS_DIR, target_is_directory=True)
-    redis_port, kafka_port, controller_port, rest_port, rpc_port = _distinct_free_ports(5)
+    redis_port, kafka_port, controller_port, rest_port, rpc_port, *metrics_ports = (
+        _distinct_free_ports(9)
+    )
     return Settings(
         run_dir=str(run_dir),
         redis=RedisSettings(port=redis_port),
@@ -69,6 +73,14 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         ),
         flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
         privacy=PrivacySettings(admin_token=ADMIN_TOKEN),
+        # A/B attribution windows short enough for a test to wait them out.
+        features=FeatureSettings(attribution_window_s=15, attribution_wait_for_exposure_s=15),
+        metrics=MetricsSettings(
+            job_port=metrics_ports[0],
+            writer_port=metrics_ports[1],
+            serving_port=metrics_ports[2],
+            dashboard_port=metrics_ports[3],
+        ),
     )
 
 

@@ -33,20 +33,24 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., category: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "strategy", "personalized", "fallback_reason", "recommendation_id", "features_age_ms")
+    __slots__ = ("items", "strategy", "personalized", "fallback_reason", "recommendation_id", "features_age_ms", "experiment", "variant")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     strategy: str
     personalized: bool
     fallback_reason: str
     recommendation_id: str
     features_age_ms: int
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., strategy: _Optional[str] = ..., personalized: bool = ..., fallback_reason: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., features_age_ms: _Optional[int] = ...) -> None: ...
+    experiment: str
+    variant: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., strategy: _Optional[str] = ..., personalized: bool = ..., fallback_reason: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., features_age_ms: _Optional[int] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class GetUserProfileRequest(_message.Message):
     __slots__ = ("user_id",)
@@ -63,7 +67,7 @@ class CategoryInterest(_message.Message):
     def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class UserProfile(_message.Message):
-    __slots__ = ("user_id", "found", "counts", "interests", "recent_items", "cart_items", "purchased_items", "session_count", "session_events", "session_duration_s", "last_seen_ms", "recency_days", "frequency", "monetary", "segments", "last_device", "last_country", "features_age_ms")
+    __slots__ = ("user_id", "found", "counts", "interests", "recent_items", "cart_items", "purchased_items", "session_count", "session_events", "session_duration_s", "last_seen_ms", "recency_days", "frequency", "monetary", "segments", "last_device", "last_country", "features_age_ms", "consent")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +93,7 @@ class UserProfile(_message.Message):
     LAST_DEVICE_FIELD_NUMBER: _ClassVar[int]
     LAST_COUNTRY_FIELD_NUMBER: _ClassVar[int]
     FEATURES_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     found: bool
     counts: _containers.ScalarMap[str, int]
@@ -107,7 +112,8 @@ class UserProfile(_message.Message):
     last_device: str
     last_country: str
     features_age_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., found: bool = ..., counts: _Optional[_Mapping[str, int]] = ..., interests: _Optional[_Iterable[_Union[CategoryInterest, _Mapping]]] = ..., recent_items: _Optional[_Iterable[str]] = ..., cart_items: _Optional[_Iterable[str]] = ..., purchased_items: _Optional[_Iterable[str]] = ..., session_count: _Optional[int] = ..., session_events: _Optional[int] = ..., session_duration_s: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., recency_days: _Optional[float] = ..., frequency: _Optional[int] = ..., monetary: _Optional[float] = ..., segments: _Optional[_Iterable[str]] = ..., last_device: _Optional[str] = ..., last_country: _Optional[str] = ..., features_age_ms: _Optional[int] = ...) -> None: ...
+    consent: str
+    def __init__(self, user_id: _Optional[str] = ..., found: bool = ..., counts: _Optional[_Mapping[str, int]] = ..., interests: _Optional[_Iterable[_Union[CategoryInterest, _Mapping]]] = ..., recent_items: _Optional[_Iterable[str]] = ..., cart_items: _Optional[_Iterable[str]] = ..., purchased_items: _Optional[_Iterable[str]] = ..., session_count: _Optional[int] = ..., session_events: _Optional[int] = ..., session_duration_s: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., recency_days: _Optional[float] = ..., frequency: _Optional[int] = ..., monetary: _Optional[float] = ..., segments: _Optional[_Iterable[str]] = ..., last_device: _Optional[str] = ..., last_country: _Optional[str] = ..., features_age_ms: _Optional[int] = ..., consent: _Optional[str] = ...) -> None: ...
 
 class CollectRequest(_message.Message):
     __slots__ = ("events",)

@@ -342,3 +342,44 @@ def test_duplicate_event_ids_are_counted_once(pipeline: Settings):
 
     row = wait_for(settled, 60, "the duplicate user's features")
     assert row["product_view_5m"] == 2
+
+
+def test_interactions_update_cf_factors_within_seconds(pipeline: Settings):
+    """The online MF learner in the job: factors reach Feast within seconds."""
+    user = f"cf-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    store = feature_store(pipeline)
+
+    def factors() -> list[float] | None:
+        response = store.get_online_features(
+            features=["user_cf:cf_vector"], entity_rows=[{"user_id": user}]
+        ).to_dict()
+        return response["cf_vector"][0]
+
+    def interact(kind: str, items: list[str], t: int) -> None:
+        TrafficSender(pipeline, rate=0).send(
+            [
+                {
+                    "event_id": f"{user}-{kind}-{i}",
+                    "user_id": user,
+                    "event_type": kind,
+                    "item_id": item,
+                    "category": "cf-test",
+                    "event_time": t + i,
+                }
+                for i, item in enumerate(items)
+            ]
+        )
+
+    started = time.monotonic()
+    interact("product_view", ["cf-a", "cf-b", "cf-c"], now)
+    first = wait_for(factors, 60, "the user's CF factors")
+    assert len(first) == pipeline.learning.factors
+    interact("add_to_cart", ["cf-d", "cf-e"], now + 10_000)
+    second = wait_for(lambda: (f := factors()) and f != first and f, 60, "factors to change")
+    assert second != first
+    print(f"CF factors updated {time.monotonic() - started:.1f}s after the first event")
+    items = store.get_online_features(
+        features=["item_cf:cf_vector"], entity_rows=[{"item_id": "cf-e"}]
+    ).to_dict()
+    assert len(items["cf_vector"][0]) == pipeline.learning.factors

@@ -1,0 +1,3 @@
+from serving.dashboard.app import main
+
+main()
