@@ -26,7 +26,7 @@ case "$cmd" in
     venv personalize status
     ;;
   test)
-    bootstrap
+    bash scripts/bootstrap.sh --tests   # also the test-only tools (headless Chromium)
     venv ruff check .
     venv ruff format --check .
     venv mypy

@@ -33,6 +33,7 @@ from personalization.settings import (
     PROJECT_ROOT,
     FlinkSettings,
     KafkaSettings,
+    MetricsSettings,
     RedisSettings,
     ServingSettings,
     Settings,
@@ -69,9 +70,8 @@ def private_settings(run_dir: Path) -> Settings:
     jars_link = run_dir / "jars"
     if not jars_link.exists():
         jars_link.symlink_to(SHARED_JARS_DIR, target_is_directory=True)
-    redis_port, kafka_port, controller_port, rest_port, rpc_port, grpc_port = _distinct_free_ports(
-        6
-    )
+    ports = _distinct_free_ports(10)
+    redis_port, kafka_port, controller_port, rest_port, rpc_port, grpc_port = ports[:6]
     return Settings(
         run_dir=str(run_dir),
         redis=RedisSettings(host="127.0.0.1", port=redis_port),
@@ -81,6 +81,10 @@ def private_settings(run_dir: Path) -> Settings:
         ),
         flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
         serving=ServingSettings(host="127.0.0.1", port=grpc_port),
+        # Its own metrics ports, so a developer's running stack keeps its own.
+        metrics=MetricsSettings(
+            job_port=ports[6], writer_port=ports[7], serving_port=ports[8], dashboard_port=ports[9]
+        ),
     )
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 import redis
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -186,7 +186,12 @@ def run_writer(
             else:
                 break  # stopping with an unwritten batch: do not commit it
             backoff = 0.05
-            consumer.commit(asynchronous=False)
+            try:
+                consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                # E.g. the group rebalanced while the broker restarted: the batch is in
+                # Redis already and will be redelivered; rewriting it is a no-op.
+                log.warning("offset commit failed (%s); the batch may be applied twice", exc)
             stats.batches += 1
             stats.rows_in += len(updates)
             stats.rows_written += written

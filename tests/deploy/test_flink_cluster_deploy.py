@@ -64,6 +64,9 @@ def derived_settings(base: Settings, tag: str) -> Settings:
         "dlq_topic",
         "triggers_topic",
         "feature_updates_topic",
+        "audit_topic",
+        "exposures_topic",
+        "ab_outcomes_topic",
     ):
         kafka[field] = f"{kafka[field]}-deploy-{tag}"
     kafka["flink_consumer_group"] = f"pz-deploy-features-{tag}"
