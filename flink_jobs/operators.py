@@ -7,6 +7,7 @@ and so a reader sees in one page what runs per record inside Flink.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from flink_jobs import attribution, covisitation, items, learning, profile
 from flink_jobs.feature_updates import FeatureUpdate
+from flink_jobs.model_quality import PrequentialMonitor
 from personalization import metrics
 from personalization.events import (
     CONTROL_TYPES,
@@ -44,6 +46,8 @@ from personalization.settings import (
     PrivacySettings,
     load_settings,
 )
+
+log = logging.getLogger(__name__)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
@@ -272,6 +276,23 @@ class AttributionJoin(KeyedCoProcessFunction):
         self.state = runtime_context.get_state(
             ValueStateDescriptor("attribution", Types.PICKLED_BYTE_ARRAY())
         )
+        self.ab_metrics = metrics.experiment_metrics()
+
+    def _count(self, state: attribution.Attribution) -> None:
+        exposure = state.exposure
+        if exposure is None or not exposure.experiment:
+            return
+        labels = (exposure.experiment, exposure.variant)
+        self.ab_metrics.exposures.labels(*labels).inc()
+        for action, count in (
+            ("click", state.clicks),
+            ("add_to_cart", state.carts),
+            ("purchase", state.purchases),
+        ):
+            if count:
+                self.ab_metrics.actions.labels(*labels, action).inc(count)
+        if state.revenue:
+            self.ab_metrics.revenue.labels(*labels).inc(state.revenue)
 
     def _update(self, ctx: Any, state: attribution.Attribution) -> None:
         self.state.update(state)
@@ -301,6 +322,7 @@ class AttributionJoin(KeyedCoProcessFunction):
             return  # an earlier timer; the record is not final yet
         self.state.clear()
         if state.exposure is not None:
+            self._count(state)
             yield state.to_json()
 
 
@@ -323,7 +345,33 @@ class ExposureTime(TimestampAssigner):
         return value.time_ms
 
 
-class CollaborativeFiltering(KeyedProcessFunction):
+class _QualityReporting:
+    """Prequential evaluation before each update, published as model metrics."""
+
+    quality: PrequentialMonitor
+    model_metrics: Any
+    next_report: float
+
+    def _evaluate_then(self, model: learning.OnlineMF, user: str, item: str) -> None:
+        self.quality.evaluate(model, user, item)
+        if self.quality.drift_detected:
+            log.warning(
+                "cf: drift in prequential hit rate (now %.3f after %d evaluations)",
+                self.quality.hit_rate,
+                self.quality.evaluated,
+            )
+            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=True)
+        now = time.monotonic()
+        if now >= self.next_report and self.quality.evaluated:
+            self.next_report = now + 1.0
+            self.model_metrics.set_prequential(
+                "cf", "sampled_hit_rate_at_10", self.quality.hit_rate
+            )
+            self.model_metrics.set_prequential("cf", "evaluated", self.quality.evaluated)
+            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=False)
+
+
+class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
     """One online matrix-factorisation model (keyed by a constant: a single learner).
 
     Factors live exactly in keyed MapState (one entry per user / item, written for
@@ -333,8 +381,9 @@ class CollaborativeFiltering(KeyedProcessFunction):
     and the item's new factors as ``user_cf`` / ``item_cf`` rows.
     """
 
-    def __init__(self, cfg: LearningSettings) -> None:
+    def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
         self.learner_cfg = learning.LearnerConfig.from_settings(cfg)
+        self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.model: learning.OnlineMF | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -347,6 +396,10 @@ class CollaborativeFiltering(KeyedProcessFunction):
         )
         self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
         self.model = None
+        _start_job_metrics(self.metrics_cfg)
+        self.quality = PrequentialMonitor()
+        self.model_metrics = metrics.model_metrics()
+        self.next_report = 0.0
 
     def _model(self) -> learning.OnlineMF:
         if self.model is None:  # first record after a (re)start: reload the items
@@ -370,6 +423,7 @@ class CollaborativeFiltering(KeyedProcessFunction):
             stored = self.items.get(event.item_id)
             if stored is not None:
                 model.import_item(event.item_id, stored)
+        self._evaluate_then(model, event.user_id, event.item_id)
         model.learn_one(event.user_id, event.item_id, weight, event.event_time_ms)
         dirty_users, dirty_items = model.drain_dirty()
         for user_id in dirty_users:

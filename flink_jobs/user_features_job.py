@@ -186,7 +186,9 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     cf_rows = (
         user_rows.get_side_output(INTERACTION_TAG)
         .key_by(lambda e: "cf", key_type=Types.STRING())
-        .process(CollaborativeFiltering(settings.learning), output_type=Types.STRING())
+        .process(
+            CollaborativeFiltering(settings.learning, settings.metrics), output_type=Types.STRING()
+        )
         .name("collaborative filtering (online MF)")
         .uid("cf-learner")
     )

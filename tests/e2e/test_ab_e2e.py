@@ -80,7 +80,8 @@ def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):
             "event_id": f"{tag}-{row.event_id}",
             "user_id": user,
             "event_type": row.event_type,
-            "item_id": row.item_id,
+            # Items get the run's prefix too: the Taobao replay test counts real item ids.
+            "item_id": f"{tag}-{row.item_id}",
             "category": row.category_id,
             "event_time": t,
             **extra,
@@ -113,7 +114,8 @@ def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):
             for n, row in enumerate(by_user[u][len(by_user[u]) // 2 :]):
                 props = {"rec_id": response.recommendation_id}
                 outcomes.append(event(row, user, t + 1000 + n, properties=props))
-                clicked |= row.item_id in shown and row.event_type in ("product_view",)
+                viewed = f"{tag}-{row.item_id}"
+                clicked |= viewed in shown and row.event_type in ("product_view",)
             if i % 3 == 0:  # a third of the shoppers click their first recommendation
                 outcomes.append(
                     {
