@@ -314,3 +314,45 @@ def test_online_store_health_follows_redis(local_redis: Settings):
         assert app.health.get(ONLINE_STORE_HEALTH) is False
     finally:
         app.stop(grace_s=0.5)
+
+
+def test_tls_server_accepts_tls_clients_only(local_redis: Settings, tmp_path: Path):
+    """TLS option: a client trusting the certificate gets answers; plaintext does not."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not installed (needed only to make a test certificate)")
+    key, cert = tmp_path / "server.key", tmp_path / "server.crt"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    data = local_redis.model_dump()
+    data["serving"].update(tls_cert_file=str(cert), tls_key_file=str(key))
+    settings = Settings.model_validate(data)
+    _write_items(settings, ITEMS)
+    app = ServingApp(settings, enable_collector=False).start()
+    try:
+        with RecommenderClient(app.target, deadline_s=2.0, tls_root_cert=cert.read_bytes()) as c:
+            assert c.recommend("anyone", k=3).items
+        with RecommenderClient(app.target, deadline_s=1.0) as plain, pytest.raises(grpc.RpcError):
+            plain.recommend("anyone", k=3)
+    finally:
+        app.stop(grace_s=0.5)
