@@ -168,8 +168,8 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
     # outcome and its event time are the same.
     fired.extend(advance_time(state, t, cfg))
 
-    if state.events_total == 0:
-        state.first_seen_ms = t
+    # The earliest event, whatever arrives first (topics interleave).
+    state.first_seen_ms = t if state.events_total == 0 else min(state.first_seen_ms, t)
     state.events_total += 1
     reference = max(state.last_seen_ms, t)
 

@@ -87,6 +87,8 @@ def flink_configuration(settings: Settings, restore_from: Path | None) -> Config
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     if restore_from is not None:
         conf.set_string("execution.state-recovery.path", restore_from.as_uri())
+        # A new job version may drop an operator: restore the rest instead of refusing.
+        conf.set_string("execution.state-recovery.ignore-unclaimed-state", "true")
     return conf
 
 
@@ -147,22 +149,35 @@ def kafka_source(
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     features_cfg = settings.features
-    raw: DataStream = env.from_source(
-        kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
-    ).name("kafka: behaviour events")
+    raw: DataStream = (
+        env.from_source(
+            kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
+        )
+        .name("kafka: behaviour events")
+        .uid("source-events")
+    )
 
-    parsed = raw.process(
-        ParseEvents(features_cfg, settings.privacy, settings.metrics),
-        output_type=Types.PICKLED_BYTE_ARRAY(),
-    ).name("parse + validate")
+    parsed = (
+        raw.process(
+            ParseEvents(features_cfg, settings.privacy, settings.metrics),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("parse + validate")
+        .uid("parse-events")
+    )
     watermarks = (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.flink.out_of_orderness_ms)
         )
-        .with_timestamp_assigner(EventTimeAssigner())
+        # Idleness first: PyFlink's with_idleness returns a new strategy that drops a
+        # Python timestamp assigner set before it (the job then ran on Kafka record
+        # times, not event times: found by tests/faults).
         .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+        .with_timestamp_assigner(EventTimeAssigner())
     )
-    events = parsed.assign_timestamps_and_watermarks(watermarks).name("event time")
+    events = (
+        parsed.assign_timestamps_and_watermarks(watermarks).name("event time").uid("event-time")
+    )
 
     user_rows = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
@@ -194,27 +209,31 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     )
     user_rows.union(item_rows, cf_rows).sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
         "kafka: feature_updates"
-    )
+    ).uid("sink-feature-updates")
     user_rows.get_side_output(TRIGGER_TAG).sink_to(
         kafka_sink(settings, k.triggers_topic, exactly_once=True)
-    ).name("kafka: triggers")
+    ).name("kafka: triggers").uid("sink-triggers")
     dead_letters = parsed.get_side_output(DLQ_TAG)
 
     # A/B attribution: exposures from serving joined with the outcomes that follow.
-    exposures_raw = env.from_source(
-        kafka_source(settings, (k.exposures_topic,), "-exposures"),
-        WatermarkStrategy.no_watermarks(),
-        "exposures",
-    ).name("kafka: exposures")
+    exposures_raw = (
+        env.from_source(
+            kafka_source(settings, (k.exposures_topic,), "-exposures"),
+            WatermarkStrategy.no_watermarks(),
+            "exposures",
+        )
+        .name("kafka: exposures")
+        .uid("source-exposures")
+    )
     exposures = exposures_raw.process(ParseExposures(), output_type=Types.PICKLED_BYTE_ARRAY())
-    exposures = exposures.name("parse exposures")
+    exposures = exposures.name("parse exposures").uid("parse-exposures")
     dead_letters = dead_letters.union(exposures.get_side_output(DLQ_TAG))
     exposure_watermarks = (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.flink.out_of_orderness_ms)
         )
-        .with_timestamp_assigner(ExposureTime())
         .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+        .with_timestamp_assigner(ExposureTime())
     )
     outcomes = user_rows.get_side_output(OUTCOME_TAG)
     (
@@ -226,11 +245,12 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("ab-attribution")
         .sink_to(kafka_sink(settings, k.ab_outcomes_topic, exactly_once=True))
         .name("kafka: ab_outcomes")
+        .uid("sink-ab-outcomes")
     )
 
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
         "kafka: events_dlq"
-    )
+    ).uid("sink-dlq")
 
 
 def create_environment(settings: Settings, restore_from: Path | None) -> StreamExecutionEnvironment:

@@ -51,8 +51,17 @@ DASHBOARD = Component("dashboard", "serving.dashboard")
 APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER, DASHBOARD)
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    return {SETTINGS_JSON_ENV: settings.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+def child_env(settings: Settings, component: str = "") -> dict[str, str]:
+    # Importing Feast points PROMETHEUS_MULTIPROCESS_DIR at a temp dir of the importing
+    # process; a child inheriting it crashes once that process is gone. Each component
+    # gets a directory of its own under the run dir instead.
+    metrics_dir = settings.run_path / "prometheus" / (component or "default")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        SETTINGS_JSON_ENV: settings.model_dump_json(),
+        "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROCESS_DIR": str(metrics_dir),
+    }
 
 
 def ensure_offline_placeholders(settings: Settings) -> None:
@@ -113,7 +122,7 @@ def start_infra(settings: Settings, say: Callable[[str], None] = print) -> None:
 
 def start_component(settings: Settings, component: Component) -> int:
     return component.process(settings).start(
-        component.command(), env=child_env(settings), cwd=PROJECT_ROOT
+        component.command(), env=child_env(settings, component.name), cwd=PROJECT_ROOT
     )
 
 
