@@ -54,6 +54,12 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.pid() is not None
 
+    def started_process_alive(self) -> bool:
+        """Whether the process this pidfile names is alive, markers aside (for start-up
+        waits, right after we wrote the pidfile ourselves)."""
+        pid = read_pid(self.pidfile)
+        return pid is not None and pid_alive(pid)
+
     def clear_stale_pidfile(self) -> None:
         if self.pidfile.exists() and not self.is_running():
             log.info("%s: removing stale pidfile %s", self.name, self.pidfile)

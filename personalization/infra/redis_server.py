@@ -131,7 +131,9 @@ def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
     proc.start(command(settings), cwd=data_dir(settings))
 
     def exited() -> str | None:
-        if proc.is_running():
+        # Only a dead process counts: while redis rewrites its process title, its
+        # /proc cmdline can briefly match no marker (a start-up race seen in CI).
+        if proc.started_process_alive():
             return None
         return f"redis-server exited; log tail:\n{proc.log_tail()}"
 

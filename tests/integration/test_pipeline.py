@@ -298,18 +298,20 @@ def test_triggers_browse_intent_and_abandoned_cart(pipeline: Settings):
             "event_time": t0 + 4 * minute,
         }
     )
-    # Event time only moves with events: a later event (of anyone) carries the
-    # watermark past the cart's idle deadline and the session gap.
+    # Event time only moves with events, and the watermark is shared by everyone: other
+    # tests may already have moved it past these (late) events. Timers registered in
+    # the past fire with the next watermark, so one more event at the current time
+    # (and past the cart's idle deadline and the session gap) must follow.
     later = t0 + 4 * minute + cfg.cart_abandon_idle_s * 1000 + cfg.session_gap_s * 1000
-    events.append(
-        {
-            "event_id": f"{user}-clock",
-            "user_id": f"clock-{user}",
-            "event_type": "page_view",
-            "event_time": later + 60_000,
-        }
-    )
     TrafficSender(pipeline, rate=0).send(events)
+    time.sleep(1.0)  # the clock event must not overtake them (another topic/partition)
+    clock = {
+        "event_id": f"{user}-clock",
+        "user_id": f"clock-{user}",
+        "event_type": "page_view",
+        "event_time": max(later + 60_000, int(time.time() * 1000)),
+    }
+    TrafficSender(pipeline, rate=0).send([clock])
 
     found = consume_all(
         pipeline, pipeline.kafka.triggers_topic, lambda r: r["user_id"] == user, want=2
