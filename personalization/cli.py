@@ -43,12 +43,10 @@ def traffic_source(settings: Settings, file: str | None, rate: float, seed: int)
         return iter_events(file, sort_by_time=True)
     from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
 
-    # Real-time sessions: enough simulated users that their natural activity (about
-    # nine events per session, a session every two hours) adds up to the target rate.
-    users = max(1_000, int((rate or 200) * 7_200 / 9))
-    config = GeneratorConfig(
-        seed=seed, n_users=users, live=True, pace=True, id_prefix=f"live{int(time.time())}"
-    )
+    # The simulation's own timeline, sent at exactly the requested rate: the sender
+    # stamps each event with the time it is sent, so a user's sessions keep their order
+    # and their relative gaps, scaled to the rate.
+    config = GeneratorConfig(seed=seed, n_users=2_000, id_prefix=f"live{int(time.time())}")
     return TrafficGenerator(config).events()
 
 
@@ -129,7 +127,7 @@ def send_traffic(
     sender = TrafficSender(
         settings,
         rate=rate,
-        rewrite_time_to_now=bool(file),
+        rewrite_time_to_now=True,
         speed=math.inf,
         max_events=count,
         max_duration_s=duration,
