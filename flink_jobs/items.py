@@ -31,8 +31,6 @@ class ItemState:
     # counted kind -> window name -> buckets
     window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
     version_us: int = 0
-    # Co-visitation neighbours (items interacted with close to this one).
-    neighbors: Neighbors = field(default_factory=Neighbors)
 
 
 def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool:
@@ -66,10 +64,16 @@ def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool
     return True
 
 
-def item_feature_row(state: ItemState, covisit: CoVisitConfig | None = None) -> dict[str, Any]:
-    """The ``item_stats`` feature view row (names match feature_repo/features.py)."""
+def item_feature_row(
+    state: ItemState, neighbors: Neighbors | None = None, covisit: CoVisitConfig | None = None
+) -> dict[str, Any]:
+    """The ``item_stats`` feature view row (names match feature_repo/features.py).
+
+    ``neighbors`` (co-visitation) is kept in state of its own: edges update it often,
+    and pickling it alone is much cheaper than the whole item state.
+    """
     cfg = covisit or CoVisitConfig()
-    top = state.neighbors.top(cfg.neighbors, state.last_event_ms, cfg.half_life_s)
+    top = (neighbors or Neighbors()).top(cfg.neighbors, state.last_event_ms, cfg.half_life_s)
     peak = top[0][1] if top else 1.0
     row: dict[str, Any] = {
         # Scores divided by the strongest, so serving needs no re-decay.

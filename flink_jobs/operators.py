@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,10 +190,12 @@ class UserFeatures(KeyedProcessFunction):
             "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
         ).to_json()
         if event.item_id and user.consent != "denied":
-            yield ITEM_EVENT_TAG, event
+            own = tuple((tgt, w, t) for src, tgt, w, t in edges if src == event.item_id)
+            yield ITEM_EVENT_TAG, ItemEvent(event, own)
             yield INTERACTION_TAG, event
             for source, target, weight, t in edges:
-                yield ITEM_EVENT_TAG, CoVisitEdge(source, target, weight, t)
+                if source != event.item_id:
+                    yield ITEM_EVENT_TAG, CoVisitEdge(source, target, weight, t)
             if attribution.outcome_of(event) is not None:
                 yield OUTCOME_TAG, event
 
@@ -212,7 +214,7 @@ class UserFeatures(KeyedProcessFunction):
 
 @dataclass(frozen=True, slots=True)
 class CoVisitEdge:
-    """``source`` was interacted with close to ``target`` (keyed by ``source``)."""
+    """``source`` was interacted with just before ``target`` (keyed by ``source``)."""
 
     source: str
     target: str
@@ -224,11 +226,24 @@ class CoVisitEdge:
         return self.source
 
 
+@dataclass(frozen=True, slots=True)
+class ItemEvent:
+    """An accepted event for the item branch, with the item's own co-visitation links
+    (to the user's previous items) so they need no records of their own."""
+
+    event: Event
+    links: tuple[tuple[str, float, int], ...] = ()
+
+    @property
+    def item_id(self) -> str:
+        return self.event.item_id
+
+
 class ItemFeatures(KeyedProcessFunction):
     """Keyed by item: popularity windows, trending score, co-visitation neighbours.
 
-    Edges only update state; the item's row (with its neighbours) goes out on the
-    item's own next event, so co-visitation adds no rows to the changelog.
+    Edges only update the neighbours; the item's row (with them) goes out on the item's
+    own next event, so co-visitation adds no rows to the changelog.
     """
 
     def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
@@ -240,24 +255,37 @@ class ItemFeatures(KeyedProcessFunction):
         self.state = runtime_context.get_state(
             ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
         )
+        self.neighbors = runtime_context.get_state(
+            ValueStateDescriptor("item-neighbors", Types.PICKLED_BYTE_ARRAY())
+        )
+
+    def _link(self, links: Iterable[tuple[str, float, int]]) -> covisitation.Neighbors:
+        neighbors = self.neighbors.value() or covisitation.Neighbors()
+        for target, weight, t in links:
+            covisitation.add_edge(neighbors, target, weight, t, self.covisit)
+        return neighbors
 
     def process_element(
-        self, record: Event | CoVisitEdge, ctx: KeyedProcessFunction.Context
+        self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
     ) -> Iterator[str]:
-        item = self.state.value() or items.ItemState(record.item_id)
         if isinstance(record, CoVisitEdge):
-            covisitation.add_edge(
-                item.neighbors, record.target, record.weight, record.time_ms, self.covisit
-            )
-            self.state.update(item)
+            self.neighbors.update(self._link([(record.target, record.weight, record.time_ms)]))
             return
-        if items.apply_item_event(item, record, self.half_life_s):
+        event = record.event
+        neighbors = None
+        if record.links:
+            neighbors = self._link(record.links)
+            self.neighbors.update(neighbors)
+        item = self.state.value() or items.ItemState(event.item_id)
+        if items.apply_item_event(item, event, self.half_life_s):
             self.state.update(item)
+            if neighbors is None:
+                neighbors = self.neighbors.value()
             yield FeatureUpdate(
                 "item_stats",
                 item.item_id,
                 item.version_us,
-                items.item_feature_row(item, self.covisit),
+                items.item_feature_row(item, neighbors, self.covisit),
             ).to_json()
 
 
