@@ -13,7 +13,6 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,18 +23,9 @@ from personalization.feature_store import feature_store
 from personalization.infra.processes import pid_alive, wait_until
 from personalization.settings import Settings
 from personalization.traffic.sender import TrafficSender
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_cf_model_survives_a_job_crash(pipeline: Settings):

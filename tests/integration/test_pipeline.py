@@ -25,23 +25,13 @@ from personalization.feature_store import feature_store
 from personalization.settings import Settings
 from personalization.traffic.replay import TaobaoRow, dataset_path, load_taobao
 from personalization.traffic.sender import TrafficSender
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
 TAOBAO = "taobao-userbehavior-sample/UserBehavior_sample.csv.gz"
 USER_PREFIX = "tb-"
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last={last!r}")
 
 
 def consume_all(
