@@ -86,6 +86,13 @@ user_profile = FeatureView(
         Field(name="age_band", dtype=String),
         Field(name="gender", dtype=String),
         Field(name="consent", dtype=String, description="granted | denied | erased"),
+        # Impressions within features.impression_window_s (frequency capping, fatigue).
+        Field(name="impressed_items", dtype=Array(String), description="shown, newest first"),
+        Field(name="impressed_item_counts", dtype=Array(Int64), description="times shown"),
+        Field(name="impressed_item_last_ms", dtype=Array(Int64), description="last shown"),
+        Field(name="impressed_categories", dtype=Array(String), description="shown categories"),
+        Field(name="impressed_category_counts", dtype=Array(Int64)),
+        Field(name="impressed_category_last_ms", dtype=Array(Int64)),
     ],
     source=user_profile_push,
     online=True,

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flink_jobs.propensity import Example
 from personalization.events import ADD_TO_CART, CLICK, PRODUCT_VIEW, PURCHASE, Event
 
 REC_ID_PROPERTY = "rec_id"
@@ -33,9 +34,21 @@ class Exposure:
     strategy: str
     items: tuple[str, ...]
     time_ms: int
+    # The category of each shown item (parallel to ``items``; may be empty): the job
+    # counts impressions per category for fatigue (flink_jobs/impressions.py).
+    categories: tuple[str, ...] = ()
+    # The features serving ranked each shown item with (parallel to ``items``; may be
+    # empty): training data of the propensity model (flink_jobs/propensity.py).
+    features: tuple[dict[str, float], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "items": list(self.items)}, separators=(",", ":"))
+        data = {
+            **asdict(self),
+            "items": list(self.items),
+            "categories": list(self.categories),
+            "features": list(self.features),
+        }
+        return json.dumps(data, separators=(",", ":"))
 
 
 def parse_exposure(raw: str | bytes) -> Exposure | None:
@@ -50,8 +63,12 @@ def parse_exposure(raw: str | bytes) -> Exposure | None:
             strategy=str(data.get("strategy", "")),
             items=tuple(str(i) for i in data.get("items", [])),
             time_ms=int(data["time_ms"]),
+            categories=tuple(str(c) for c in data.get("categories", [])),
+            features=tuple(
+                {str(k): float(v) for k, v in f.items()} for f in data.get("features", [])
+            ),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -65,6 +82,10 @@ class Attribution:
     carts: int = 0
     purchases: int = 0
     revenue: float = 0.0
+    # Shown item -> first time it was acted on (click, view, cart, purchase) within the
+    # window: the propensity labels.
+    acted_on: dict[str, int] = field(default_factory=dict)
+    labelled: bool = False
     # Outcomes seen before the exposure: (type, item, time, revenue).
     pending: list[tuple[str, str, int, float]] = field(default_factory=list)
 
@@ -103,6 +124,7 @@ def _count(state: Attribution, outcome: tuple[str, str, int, float], window_ms: 
     kind, item, t, revenue = outcome
     if item not in exposure.items or not exposure.time_ms <= t <= exposure.time_ms + window_ms:
         return
+    state.acted_on[item] = min(t, state.acted_on.get(item, t))
     if kind in (CLICK, PRODUCT_VIEW):
         state.clicks += 1
     elif kind == ADD_TO_CART:
@@ -139,6 +161,34 @@ def close_time(state: Attribution, window_ms: int, wait_for_exposure_ms: int) ->
     if state.pending:
         return max(t for _, _, t, _ in state.pending) + wait_for_exposure_ms
     return None
+
+
+def label_time(state: Attribution, label_window_ms: int) -> int | None:
+    """Event time at which the exposure's items are labelled for the propensity model."""
+    exposure = state.exposure
+    if exposure is None or state.labelled or not exposure.features:
+        return None
+    return exposure.time_ms + label_window_ms + 1
+
+
+def labelled_examples(state: Attribution, label_window_ms: int) -> list[Example]:
+    """One example per shown item: acted on within the label window or not."""
+    exposure = state.exposure
+    assert exposure is not None
+    state.labelled = True
+    if len(exposure.features) != len(exposure.items):
+        return []
+    deadline = exposure.time_ms + label_window_ms
+    return [
+        Example(
+            exposure.rec_id,
+            item,
+            features,
+            state.acted_on.get(item, deadline + 1) <= deadline,
+            exposure.time_ms,
+        )
+        for item, features in zip(exposure.items, exposure.features, strict=True)
+    ]
 
 
 def decode_outcome(record: str | bytes) -> dict[str, Any]:

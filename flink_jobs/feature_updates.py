@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from personalization.model_registry import ModelVersion
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureUpdate:
@@ -43,6 +45,24 @@ class FeatureUpdate:
         return FeatureUpdate(
             data["v"], data["id"], int(data["ts"]), data["f"], data.get("op") == "erase"
         )
+
+
+# Model versions ride the same changelog as feature rows (checkpoint-flushed, replayed
+# idempotently); the writer sends rows of views with this prefix to the model registry.
+MODEL_VIEW_PREFIX = "model:"
+
+
+def model_version_update(version: ModelVersion) -> FeatureUpdate:
+    return FeatureUpdate(
+        f"{MODEL_VIEW_PREFIX}{version.model}",
+        version.version,
+        version.created_ms * 1000,
+        json.loads(version.to_json()),
+    )
+
+
+def is_model_version(update: FeatureUpdate) -> bool:
+    return update.view.startswith(MODEL_VIEW_PREFIX)
 
 
 def coalesce(updates: list[FeatureUpdate]) -> list[FeatureUpdate]:

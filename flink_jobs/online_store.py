@@ -8,11 +8,13 @@ commits nothing, so no update is lost; once Redis is back it catches up.
 
 It also maintains ``{project}:item_index``, a sorted set of item ids scored by the
 time of their latest row, which serving uses to refresh its in-process catalog
-incrementally.
+incrementally. Model versions on the same changelog (``model:<name>`` rows) go to the
+model registry (``personalization/model_registry.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -28,9 +30,10 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from flink_jobs.feature_updates import FeatureUpdate, coalesce
+from flink_jobs.feature_updates import FeatureUpdate, coalesce, is_model_version
 from personalization import feature_store as fs
 from personalization import metrics
+from personalization.model_registry import ModelRegistry, ModelVersion
 from personalization.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,9 +64,19 @@ class OnlineStoreWriter:
             password=settings.redis.password,
         )
         self.project = settings.feast.project
+        self.registry = ModelRegistry(
+            self.redis, self.project, keep=settings.learning.registry_keep_versions
+        )
 
     def write(self, updates: list[FeatureUpdate]) -> int:
         rows = coalesce(updates)
+        versions = [row for row in rows if is_model_version(row)]
+        if versions:
+            rows = [row for row in rows if not is_model_version(row)]
+            for row in versions:
+                version = ModelVersion.from_json(json.dumps(row.features))
+                if self.registry.publish(version):
+                    log.info("model %s: version %s is active", version.model, version.version)
         erasures = [row for row in rows if row.erase]
         if erasures:
             self.erase(erasures)

@@ -18,14 +18,23 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
     KeyedCoProcessFunction,
     KeyedProcessFunction,
+    MapFunction,
     OutputTag,
     ProcessFunction,
     RuntimeContext,
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from flink_jobs import attribution, covisitation, items, learning, profile
-from flink_jobs.feature_updates import FeatureUpdate
+from flink_jobs import (
+    attribution,
+    covisitation,
+    impressions,
+    items,
+    learning,
+    profile,
+    propensity,
+)
+from flink_jobs.feature_updates import FeatureUpdate, model_version_update
 from flink_jobs.model_quality import PrequentialMonitor
 from personalization import metrics
 from personalization.events import (
@@ -56,6 +65,8 @@ ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 INTERACTION_TAG = OutputTag("interactions", Types.PICKLED_BYTE_ARRAY())
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
 OUTCOME_TAG = OutputTag("rec-outcomes", Types.PICKLED_BYTE_ARRAY())
+# Labelled shown items from the attribution join, for the propensity trainer.
+EXAMPLE_TAG = OutputTag("propensity-examples", Types.PICKLED_BYTE_ARRAY())
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
@@ -156,9 +167,14 @@ class UserFeatures(KeyedProcessFunction):
             self.next_watermark_sample = now + WATERMARK_SAMPLE_S
             self.metrics.observe_watermark(ctx.timer_service().current_watermark())
 
-    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def process_element(
+        self, event: Event | impressions.Impression, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[Any]:
         self._sample_watermark(ctx)
         previous = self.state.value()
+        if isinstance(event, impressions.Impression):
+            yield from self._impression(previous, event)
+            return
         if event.event_type == ERASURE:
             # Forget everything kept about the user; the writer erases the store entry.
             self.state.clear()
@@ -198,6 +214,21 @@ class UserFeatures(KeyedProcessFunction):
                     yield ITEM_EVENT_TAG, CoVisitEdge(source, target, weight, t)
             if attribution.outcome_of(event) is not None:
                 yield OUTCOME_TAG, event
+
+    def _impression(
+        self, previous: profile.UserState | None, impression: impressions.Impression
+    ) -> Iterator[Any]:
+        user = previous or profile.new_state(impression.user_id, self.default_consent)
+        outcome = profile.apply_impression(user, impression, self.cfg)
+        if not outcome.changed:
+            if outcome.duplicate:
+                self.metrics.duplicates.inc()
+            return
+        self.metrics.impressions.inc()
+        self.state.update(user)
+        yield FeatureUpdate(
+            "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
+        ).to_json()
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         self._sample_watermark(ctx)
@@ -295,9 +326,11 @@ class AttributionJoin(KeyedCoProcessFunction):
     One attribution record per exposure once its window has passed in event time.
     """
 
-    def __init__(self, cfg: FeatureSettings) -> None:
+    def __init__(self, cfg: FeatureSettings, learning_cfg: LearningSettings | None = None) -> None:
         self.window_ms = cfg.attribution_window_s * 1000
         self.wait_ms = cfg.attribution_wait_for_exposure_s * 1000
+        label_s = (learning_cfg or LearningSettings()).propensity_label_window_s
+        self.label_ms = min(label_s * 1000, self.window_ms)
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -324,9 +357,12 @@ class AttributionJoin(KeyedCoProcessFunction):
 
     def _update(self, ctx: Any, state: attribution.Attribution) -> None:
         self.state.update(state)
-        due = attribution.close_time(state, self.window_ms, self.wait_ms)
-        if due is not None:
-            ctx.timer_service().register_event_time_timer(due)
+        for due in (
+            attribution.close_time(state, self.window_ms, self.wait_ms),
+            attribution.label_time(state, self.label_ms),
+        ):
+            if due is not None:
+                ctx.timer_service().register_event_time_timer(due)
 
     def process_element1(self, exposure: attribution.Exposure, ctx: Any) -> Iterator[str]:
         state = self.state.value() or attribution.Attribution(exposure.rec_id)
@@ -341,10 +377,15 @@ class AttributionJoin(KeyedCoProcessFunction):
         self._update(ctx, state)
         return iter(())
 
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[str]:
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         state = self.state.value()
         if state is None:
             return
+        label_due = attribution.label_time(state, self.label_ms)
+        if label_due is not None and timestamp >= label_due:
+            for example in attribution.labelled_examples(state, self.label_ms):
+                yield EXAMPLE_TAG, example
+            self.state.update(state)
         due = attribution.close_time(state, self.window_ms, self.wait_ms)
         if due is None or timestamp < due:
             return  # an earlier timer; the record is not final yet
@@ -366,6 +407,13 @@ class ParseExposures(ProcessFunction):
             yield DLQ_TAG, dead_letter(value, rejection, source="exposures", now_ms=now_ms)
         else:
             yield exposure
+
+
+class ToImpression(MapFunction):
+    """An exposure as the user's impression, for the user operator's counts."""
+
+    def map(self, value: attribution.Exposure) -> impressions.Impression:
+        return impressions.from_exposure(value)
 
 
 class ExposureTime(TimestampAssigner):
@@ -466,3 +514,40 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         yield FeatureUpdate(
             "item_cf", event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
         ).to_json()
+
+
+class PropensityTraining(KeyedProcessFunction):
+    """One click-propensity model (constant key): learns every labelled shown item and
+    publishes a version every ``propensity_publish_every`` examples as a
+    ``model:propensity`` record on the feature_updates changelog (the writer puts it in
+    the model registry). The River model is pickled in keyed state with its metrics."""
+
+    def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
+        self.cfg = cfg
+        self.metrics_cfg = _metrics_settings(metrics_cfg)
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("propensity", Types.PICKLED_BYTE_ARRAY())
+        )
+        _start_job_metrics(self.metrics_cfg)
+        self.model_metrics = metrics.model_metrics()
+
+    def process_element(
+        self, example: propensity.Example, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[str]:
+        trainer = self.state.value() or propensity.new_trainer(self.cfg)
+        propensity.learn(trainer, example)
+        if propensity.due(trainer, self.cfg.propensity_publish_every):
+            version = propensity.cut_version(trainer)
+            for name, value in version.metrics.items():
+                self.model_metrics.set_prequential(propensity.MODEL_NAME, name, value)
+            self.model_metrics.set_version(propensity.MODEL_NAME, version.version)
+            log.info(
+                "propensity: version %s after %d examples %s",
+                version.version,
+                version.examples,
+                version.metrics,
+            )
+            yield model_version_update(version).to_json()
+        self.state.update(trainer)

@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from flink_jobs import impressions as impressions_mod
 from flink_jobs import sessions as sessions_mod
 from flink_jobs import windows
 from flink_jobs.covisitation import History
+from flink_jobs.impressions import Impression, ImpressionLog
 from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import Trigger, TriggerRules
 from personalization.events import (
@@ -96,6 +98,8 @@ class UserState:
     consent: str = "granted"
     # The user's last interacted items, for co-visitation edges (flink_jobs/covisitation.py).
     covisit: History = field(default_factory=History)
+    # What Recommend showed the user (frequency capping and fatigue).
+    impressions: ImpressionLog = field(default_factory=ImpressionLog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +132,15 @@ def _apply_consent(state: UserState, event: Event) -> None:
 # --- dedup ---------------------------------------------------------------------------
 
 
-def is_duplicate(state: UserState, event: Event, cfg: FeatureSettings) -> bool:
+def is_duplicate(state: UserState, event: Event | Impression, cfg: FeatureSettings) -> bool:
     return event.event_id in state.seen_ids
 
 
-def remember_id(state: UserState, event: Event, cfg: FeatureSettings) -> None:
+def remember_id(state: UserState, event: Event | Impression, cfg: FeatureSettings) -> None:
     seen = state.seen_ids
-    seen[event.event_id] = event.event_time_ms
-    horizon = max(state.last_seen_ms, event.event_time_ms) - cfg.dedup_horizon_s * 1000
+    t = event.time_ms if isinstance(event, Impression) else event.event_time_ms
+    seen[event.event_id] = t
+    horizon = max(state.last_seen_ms, t) - cfg.dedup_horizon_s * 1000
     if len(seen) > cfg.dedup_max_ids or next(iter(seen.values())) < horizon:
         for stale in [k for k, t in seen.items() if t < horizon]:
             del seen[stale]
@@ -191,6 +196,24 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
 
     fired.extend(rules.on_event(state, event))
     return Outcome(duplicate=False, triggers=fired)
+
+
+def apply_impression(state: UserState, impression: Impression, cfg: FeatureSettings) -> Outcome:
+    """Count what Recommend showed the user; nothing is kept for an opted-out user."""
+    if is_duplicate(state, impression, cfg):
+        return Outcome(duplicate=True, triggers=[])
+    if state.consent == "denied":
+        return Outcome(duplicate=False, triggers=[], opted_out=True)
+    remember_id(state, impression, cfg)
+    impressions_mod.record(
+        state.impressions,
+        impression,
+        cfg.impression_window_s * 1000,
+        cfg.max_impression_items,
+        cfg.max_impression_categories,
+    )
+    state.version_us = max(impression.time_ms * 1000, state.version_us + 1)
+    return Outcome(duplicate=False, triggers=[])
 
 
 def advance_time(state: UserState, now_ms: int, cfg: FeatureSettings) -> list[Trigger]:
@@ -374,4 +397,5 @@ def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
         gender=state.demographics.get("gender", ""),
         consent=state.consent,
     )
+    row.update(impressions_mod.row_fields(state.impressions))
     return row

@@ -44,6 +44,7 @@ from pyflink.datastream.connectors.kafka import (
 from flink_jobs.checkpoints import latest_checkpoint
 from flink_jobs.operators import (
     DLQ_TAG,
+    EXAMPLE_TAG,
     INTERACTION_TAG,
     ITEM_EVENT_TAG,
     OUTCOME_TAG,
@@ -55,6 +56,8 @@ from flink_jobs.operators import (
     ItemFeatures,
     ParseEvents,
     ParseExposures,
+    PropensityTraining,
+    ToImpression,
     UserFeatures,
 )
 from personalization.infra.flink_cluster import embedded_python_path
@@ -149,6 +152,7 @@ def kafka_source(
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     features_cfg = settings.features
+    k = settings.kafka
     raw: DataStream = (
         env.from_source(
             kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
@@ -179,8 +183,37 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         parsed.assign_timestamps_and_watermarks(watermarks).name("event time").uid("event-time")
     )
 
+    # Exposures (what Recommend answered): joined with the outcomes that follow for A/B
+    # attribution, and counted per user as impressions (frequency capping, fatigue).
+    exposures_raw = (
+        env.from_source(
+            kafka_source(settings, (k.exposures_topic,), "-exposures"),
+            WatermarkStrategy.no_watermarks(),
+            "exposures",
+        )
+        .name("kafka: exposures")
+        .uid("source-exposures")
+    )
+    exposures = exposures_raw.process(ParseExposures(), output_type=Types.PICKLED_BYTE_ARRAY())
+    exposures = exposures.name("parse exposures").uid("parse-exposures")
+    exposure_watermarks = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(settings.flink.out_of_orderness_ms)
+        )
+        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+        .with_timestamp_assigner(ExposureTime())
+    )
+    timed_exposures = exposures.assign_timestamps_and_watermarks(exposure_watermarks)
+    timed_exposures = timed_exposures.name("exposure time").uid("exposure-time")
+    user_input = events
+    if features_cfg.impression_window_s > 0:
+        # The user operator's watermark becomes the minimum of both inputs; an idle
+        # exposures source (no Recommend traffic) is ignored after source_idleness_ms.
+        impressions = timed_exposures.map(ToImpression(), output_type=Types.PICKLED_BYTE_ARRAY())
+        user_input = events.union(impressions.name("exposure -> impression").uid("impressions"))
+
     user_rows = (
-        events.key_by(lambda e: e.user_id, key_type=Types.STRING())
+        user_input.key_by(lambda e: e.user_id, key_type=Types.STRING())
         .process(
             UserFeatures(features_cfg, settings.privacy, settings.metrics, settings.learning),
             output_type=Types.STRING(),
@@ -196,7 +229,6 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("item-features")
     )
 
-    k = settings.kafka
     # One online MF model: a single learner (constant key), factors in keyed MapState.
     cf_rows = (
         user_rows.get_side_output(INTERACTION_TAG)
@@ -207,47 +239,36 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("collaborative filtering (online MF)")
         .uid("cf-learner")
     )
-    user_rows.union(item_rows, cf_rows).sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
-        "kafka: feature_updates"
-    ).uid("sink-feature-updates")
     user_rows.get_side_output(TRIGGER_TAG).sink_to(
         kafka_sink(settings, k.triggers_topic, exactly_once=True)
     ).name("kafka: triggers").uid("sink-triggers")
-    dead_letters = parsed.get_side_output(DLQ_TAG)
+    dead_letters = parsed.get_side_output(DLQ_TAG).union(exposures.get_side_output(DLQ_TAG))
 
-    # A/B attribution: exposures from serving joined with the outcomes that follow.
-    exposures_raw = (
-        env.from_source(
-            kafka_source(settings, (k.exposures_topic,), "-exposures"),
-            WatermarkStrategy.no_watermarks(),
-            "exposures",
-        )
-        .name("kafka: exposures")
-        .uid("source-exposures")
-    )
-    exposures = exposures_raw.process(ParseExposures(), output_type=Types.PICKLED_BYTE_ARRAY())
-    exposures = exposures.name("parse exposures").uid("parse-exposures")
-    dead_letters = dead_letters.union(exposures.get_side_output(DLQ_TAG))
-    exposure_watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(settings.flink.out_of_orderness_ms)
-        )
-        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
-        .with_timestamp_assigner(ExposureTime())
-    )
     outcomes = user_rows.get_side_output(OUTCOME_TAG)
-    (
-        exposures.assign_timestamps_and_watermarks(exposure_watermarks)
-        .key_by(lambda x: x.rec_id, key_type=Types.STRING())
+    attributions = (
+        timed_exposures.key_by(lambda x: x.rec_id, key_type=Types.STRING())
         .connect(outcomes.key_by(lambda e: e.properties.get("rec_id", ""), key_type=Types.STRING()))
-        .process(AttributionJoin(features_cfg), output_type=Types.STRING())
+        .process(AttributionJoin(features_cfg, settings.learning), output_type=Types.STRING())
         .name("A/B attribution join")
         .uid("ab-attribution")
-        .sink_to(kafka_sink(settings, k.ab_outcomes_topic, exactly_once=True))
-        .name("kafka: ab_outcomes")
-        .uid("sink-ab-outcomes")
+    )
+    attributions.sink_to(kafka_sink(settings, k.ab_outcomes_topic, exactly_once=True)).name(
+        "kafka: ab_outcomes"
+    ).uid("sink-ab-outcomes")
+    # The click-propensity model learns from the labelled shown items (one learner).
+    model_versions = (
+        attributions.get_side_output(EXAMPLE_TAG)
+        .key_by(lambda x: "propensity", key_type=Types.STRING())
+        .process(
+            PropensityTraining(settings.learning, settings.metrics), output_type=Types.STRING()
+        )
+        .name("propensity model (River)")
+        .uid("propensity-learner")
     )
 
+    user_rows.union(item_rows, cf_rows, model_versions).sink_to(
+        kafka_sink(settings, k.feature_updates_topic)
+    ).name("kafka: feature_updates").uid("sink-feature-updates")
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
         "kafka: events_dlq"
     ).uid("sink-dlq")

@@ -308,6 +308,42 @@ def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
+    """List, roll back or promote versions of a model in the registry."""
+    import redis
+
+    from personalization.model_registry import ModelRegistry, UnknownVersion
+
+    cfg = settings.redis
+    client = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password)
+    registry = ModelRegistry(client, settings.feast.project)
+    try:
+        if args.action == "rollback":
+            moved = registry.rollback(args.model, args.version or None)
+            _say(f"{args.model}: {moved.version} is active and pinned (promote to unpin)")
+        elif args.action == "promote":
+            moved = registry.promote(args.model, args.version or None)
+            _say(f"{args.model}: {moved.version} is active; new versions are followed")
+    except UnknownVersion as exc:
+        _say(f"error: {exc.args[0]}")
+        return 2
+    pointer = registry.active(args.model)
+    versions = registry.versions(args.model)
+    if not versions:
+        _say(f"{args.model}: no versions published yet")
+        return 1 if args.action == "list" else 0
+    print(f"{'':2}{'version':<14}{'created (UTC)':<21}{'examples':>10}  metrics")
+    for v in versions:
+        mark = "*" if pointer is not None and pointer.version == v.version else " "
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created_ms / 1000))
+        figures = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
+        print(f"{mark:2}{v.version:<14}{created:<21}{v.examples:>10}  {figures}")
+    if pointer is not None:
+        state = "pinned" if pointer.pinned else "following new versions"
+        print(f"active: {pointer.version} ({state}, by {pointer.by})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -359,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="run the live metrics dashboard in the foreground")
     dash.add_argument("--port", type=int, default=None, help="default: metrics.dashboard_port")
     dash.set_defaults(func=cmd_dashboard)
+    model = sub.add_parser("model", help="model versions: list, rollback, promote")
+    model.add_argument("action", choices=("list", "rollback", "promote"))
+    model.add_argument("--model", default="propensity", help="model name (default propensity)")
+    model.add_argument(
+        "--version", default="", help="rollback: default the previous; promote: the newest"
+    )
+    model.set_defaults(func=cmd_model)
     return parser
 
 

@@ -95,6 +95,8 @@ def feature_kinds(view: str) -> dict[str, str]:
             kinds[fld.name] = "string_list"
         elif dtype == Array(Float64):
             kinds[fld.name] = "double_list"
+        elif dtype == Array(Int64):
+            kinds[fld.name] = "int64_list"
         else:  # pragma: no cover - a new dtype in features.py needs a codec here
             raise TypeError(f"{view}.{fld.name}: unsupported dtype {dtype}")
     return kinds
@@ -112,6 +114,8 @@ def encode_value(kind: str, value: Any) -> ValueProto:
         proto.string_list_val.val.extend(str(v) for v in value)
     elif kind == "double_list":
         proto.double_list_val.val.extend(float(v) for v in value)
+    elif kind == "int64_list":
+        proto.int64_list_val.val.extend(int(v) for v in value)
     else:
         raise TypeError(f"unknown feature kind {kind}")
     return proto

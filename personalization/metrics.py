@@ -151,6 +151,7 @@ class JobMetrics:
     triggers: Counter
     duplicates: Counter
     opted_out: Counter
+    impressions: Counter
     watermark: _Watermark
 
     def observe_watermark(self, watermark_ms: int) -> None:
@@ -192,6 +193,10 @@ def job_metrics() -> JobMetrics:
                     "pz_job_duplicates_dropped", "Redelivered events dropped by the dedup"
                 ),
                 opted_out=Counter("pz_job_opted_out_ignored", "Events of opted-out users, ignored"),
+                impressions=Counter(
+                    "pz_job_impressions",
+                    "Recommend answers counted in user state (frequency capping, fatigue)",
+                ),
                 watermark=watermark,
             )
         return _job

@@ -141,6 +141,12 @@ class FeatureSettings(_Section):
     # whose exposure never arrives are dropped this long after the last of them.
     attribution_window_s: int = 30 * 60
     attribution_wait_for_exposure_s: int = 5 * 60
+    # Impressions (items shown by Recommend) counted per user over this window, for
+    # frequency capping and fatigue (flink_jobs/impressions.py); items / categories
+    # tracked per user, most recently shown kept.
+    impression_window_s: int = 24 * 3600
+    max_impression_items: int = 200
+    max_impression_categories: int = 50
 
 
 class ServingSettings(_Section):
@@ -162,6 +168,8 @@ class ServingSettings(_Section):
     # TLS: PEM files of the server certificate chain and key; empty = plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # How often serving checks the model registry for a new active version.
+    model_refresh_s: float = 1.0
     # In-flight RPCs get this long to finish on shutdown (SIGTERM).
     shutdown_grace_s: float = 5.0
     # Catalog refresh re-reads index entries this far below its high-water mark, so
@@ -214,6 +222,15 @@ class LearningSettings(_Section):
     covisit_half_life_s: float = 30 * 24 * 3600.0
     covisit_position_decay: float = 0.7
     covisit_max_gap_s: float = 0.0
+    # Click propensity (flink_jobs/propensity.py): River logistic regression on the
+    # features serving logged for each shown item, labelled this long (event time)
+    # after the exposure; a version is published every N examples.
+    propensity_learning_rate: float = 0.05
+    propensity_l2: float = 0.0
+    propensity_label_window_s: int = 5 * 60
+    propensity_publish_every: int = 500
+    # Versions kept per model in the registry (personalization/model_registry.py).
+    registry_keep_versions: int = 50
 
 
 def _default_strategies() -> dict[str, dict[str, float]]:
@@ -249,6 +266,15 @@ class RankingSettings(_Section):
     recency_decay: float = 0.7
     # How many recent items seed co-visitation and content candidates.
     anchor_items: int = 5
+    # Frequency cap: an item shown this many times to the user within
+    # features.impression_window_s is not recommended again (0 = no cap; soft: capped
+    # items only fill a list that cannot be filled otherwise).
+    max_item_impressions: int = 3
+    # Fatigue: an item's score is multiplied by item_fatigue ** (times shown), and by
+    # category_fatigue ** (times its category was shown beyond category_fatigue_free).
+    item_fatigue: float = 0.8
+    category_fatigue: float = 0.95
+    category_fatigue_free: int = 10
 
 
 class MetricsSettings(_Section):

@@ -41,6 +41,10 @@ INTEREST = "interest"
 TRENDING = "trending"
 CONTENT = "content"
 SOURCES = (CF, COVISITATION, INTEREST, TRENDING, CONTENT)
+# Not a source of its own: the learned click propensity over the sources' scores
+# (serving/propensity.py), blended like one when a strategy gives it a weight.
+PROPENSITY = "propensity"
+BLEND_TERMS = (*SOURCES, PROPENSITY)
 
 # Items this popular within their category (relative to its best item) are explained
 # as "popular in <category>" rather than "because you like <category>".
@@ -80,6 +84,8 @@ def reason_for(source: str, anchor: str) -> str:
         return f"similar to {anchor}" if anchor else "similar to what you viewed"
     if source == INTEREST:
         return anchor or "recommended for you"  # the anchor is the full phrase
+    if source == PROPENSITY:
+        return "you often pick items like this"
     return "trending now"
 
 

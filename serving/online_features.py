@@ -71,6 +71,10 @@ class UserFeatures:
     cf_vector: list[float] = field(default_factory=list)
     # "granted" (default), "denied" (opted out) or "erased" (forgotten): see privacy.py.
     consent: str = "granted"
+    # What Recommend showed the user within features.impression_window_s:
+    # item / category -> (times shown, last shown ms). See flink_jobs/impressions.py.
+    item_impressions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    category_impressions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def may_personalize(self) -> bool:
@@ -120,7 +124,18 @@ def features_from_row(
         features_age_ms=max(0, now_ms - row_ts_ms) if row_ts_ms else -1,
         cf_vector=[float(x) for x in row.get("cf_vector") or []],
         consent=str(row.get("consent") or "granted"),
+        item_impressions=_impressions(row, "impressed_items", "impressed_item"),
+        category_impressions=_impressions(row, "impressed_categories", "impressed_category"),
     )
+
+
+def _impressions(row: dict[str, Any], keys_name: str, prefix: str) -> dict[str, tuple[int, int]]:
+    keys = row.get(keys_name) or []
+    counts = row.get(f"{prefix}_counts") or []
+    last = row.get(f"{prefix}_last_ms") or []
+    return {
+        str(key): (int(n), int(t)) for key, n, t in zip(keys, counts, last, strict=False) if n > 0
+    }
 
 
 def redis_client(settings: Settings) -> redis.Redis:

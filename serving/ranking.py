@@ -17,7 +17,9 @@ Business rules: purchased and explicitly excluded items never appear; when the u
 has interests, at most ``ceil(k / 2)`` items per category are taken first, and only if
 the catalog cannot fill ``k`` otherwise are further items of a capped category added.
 A user without features (or without interests in any catalogued category) gets the
-trending list, flagged ``personalized=False`` with the reason.
+trending list, flagged ``personalized=False`` with the reason. Both kinds of strategy
+apply frequency capping and fatigue from the user's impression counts
+(:mod:`serving.fatigue`) to whatever list they serve a known user.
 
 Hybrid strategies (``hybrid_v1`` and any other name configured in
 ``RankingSettings.strategies``)::
@@ -40,12 +42,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from personalization.settings import Settings
 from serving import candidates as cand
+from serving import fatigue as fatigue_mod
+from serving import propensity as propensity_mod
 from serving.catalog import CatalogSnapshot, decay_factors
 from serving.online_features import UserFeatures
 
@@ -85,6 +89,7 @@ class RankingParams:
     exploration_pool_factor: int = 5
     recency_decay: float = 0.7
     anchor_items: int = 5
+    fatigue: fatigue_mod.FatigueRules = field(default_factory=fatigue_mod.FatigueRules)
 
     @classmethod
     def from_settings(cls, settings: Settings, strategy: str | None = None) -> RankingParams:
@@ -98,7 +103,7 @@ class RankingParams:
                     f"ranking strategy {name!r} is neither {STRATEGY!r}, {HOLDOUT!r} nor one "
                     f"of {sorted(cfg.strategies)}"
                 )
-            unknown = set(cfg.strategies[name]) - set(cand.SOURCES)
+            unknown = set(cfg.strategies[name]) - set(cand.BLEND_TERMS)
             if unknown:
                 raise ValueError(f"unknown candidate sources {sorted(unknown)}")
             weights = tuple(sorted(cfg.strategies[name].items()))
@@ -114,6 +119,13 @@ class RankingParams:
             exploration_pool_factor=cfg.exploration_pool_factor,
             recency_decay=cfg.recency_decay,
             anchor_items=cfg.anchor_items,
+            fatigue=fatigue_mod.FatigueRules(
+                window_ms=settings.features.impression_window_s * 1000,
+                max_item_impressions=cfg.max_item_impressions,
+                item_fatigue=cfg.item_fatigue,
+                category_fatigue=cfg.category_fatigue,
+                category_fatigue_free=cfg.category_fatigue_free,
+            ),
         )
 
 
@@ -132,6 +144,9 @@ class Ranking:
     strategy: str
     personalized: bool
     fallback_reason: str  # "" when personalized
+    # Per item, the features it was ranked with (hybrid strategies; logged with the
+    # exposure as training data of the propensity model).
+    logged_features: list[dict[str, float]] = field(default_factory=list)
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:
@@ -178,6 +193,18 @@ def _ordered_candidates(score: np.ndarray, pool: int) -> np.ndarray:
     return valid[np.lexsort((valid, -score[valid]))]
 
 
+def _refill_capped(
+    chosen: list[int], score: np.ndarray, uncapped: np.ndarray, fatigue: fatigue_mod.Fatigue, k: int
+) -> list[int]:
+    """The frequency cap is soft: capped items fill a list nothing else can fill, and
+    keep their score before the cap (``score`` is updated in place for them)."""
+    filled = fatigue_mod.refill(chosen, uncapped, fatigue.capped, k)
+    extra = filled[len(chosen) :]
+    if extra:
+        score[extra] = uncapped[extra]
+    return filled
+
+
 def rank(
     user: UserFeatures | None,
     catalog: CatalogSnapshot,
@@ -188,6 +215,7 @@ def rank(
     *,
     fallback_reason: str = "",
     seed: int = 0,
+    propensity: propensity_mod.PropensityModel | None = None,
 ) -> Ranking:
     """Top ``k`` catalog items for ``user`` (None = unknown: trending fallback).
 
@@ -209,7 +237,15 @@ def rank(
         return replace(holdout, strategy=HOLDOUT)
     if params.strategy != STRATEGY:
         return rank_hybrid(
-            user, catalog, k, now_ms, exclude, params, fallback_reason=fallback_reason, seed=seed
+            user,
+            catalog,
+            k,
+            now_ms,
+            exclude,
+            params,
+            fallback_reason=fallback_reason,
+            seed=seed,
+            propensity=propensity,
         )
     if fallback_reason:
         user = None  # a forced fallback ignores whatever is known about the user
@@ -249,6 +285,9 @@ def rank(
     banned_idx = [catalog.index_of[i] for i in banned if i in catalog.index_of]
     if banned_idx:
         score[banned_idx] = -np.inf
+    fatigue = fatigue_mod.fatigue_for(user, catalog, now_ms, params.fatigue)
+    uncapped = score
+    score = fatigue_mod.apply(score, fatigue)
 
     cap = math.ceil(k / 2) if personalized else k
     # A pool a few times k is almost always enough to satisfy the cap; if not, use all.
@@ -256,6 +295,7 @@ def rank(
     chosen = _select(order, codes, k, cap)
     if len(chosen) < k and order.size < np.isfinite(score).sum():
         chosen = _select(_ordered_candidates(score, pool=n), codes, k, cap)
+    chosen = _refill_capped(chosen, score, uncapped, fatigue, k)
 
     items = []
     for i in chosen:
@@ -320,6 +360,7 @@ def rank_hybrid(
     *,
     fallback_reason: str = "",
     seed: int = 0,
+    propensity: propensity_mod.PropensityModel | None = None,
 ) -> Ranking:
     """Blend of the candidate sources weighted by ``params.weights`` (see module doc)."""
     strategy = params.strategy
@@ -354,9 +395,18 @@ def rank_hybrid(
         fallback_reason = fallback_reason or NO_INTERESTS
         weights = {cand.TRENDING: 1.0}
         sources = cand.score_sources(ctx, weights)
+    columns = propensity_mod.feature_columns(
+        sources, catalog, user, params.fatigue.max_item_impressions
+    )
+    if weights.get(cand.PROPENSITY, 0.0) > 0 and propensity is not None:
+        p_click = np.where(allowed, propensity.score(columns), 0.0)
+        sources = [*sources, cand.SourceScores(cand.PROPENSITY, p_click)]
     contributions = np.stack([weights[s.source] * s.scores for s in sources])
     score = contributions.sum(axis=0)
     score[~allowed] = -np.inf
+    fatigue = fatigue_mod.fatigue_for(user, catalog, now_ms, params.fatigue)
+    uncapped = score
+    score = fatigue_mod.apply(score, fatigue)
 
     codes = catalog.category_codes
     cap = max(1, math.ceil(k * params.category_cap_share)) if personalized else k
@@ -370,6 +420,7 @@ def rank_hybrid(
     explored: set[int] = set()
     if slots:
         chosen, explored = _explore(chosen, order, slots, explore_pool, seed)
+    chosen = _refill_capped(chosen, score, uncapped, fatigue, k)
 
     picked = contributions[:, chosen]
     dominant = picked.argmax(axis=0).tolist()
@@ -393,4 +444,10 @@ def rank_hybrid(
                 source=source,
             )
         )
-    return Ranking(items, strategy, personalized=personalized, fallback_reason=fallback_reason)
+    return Ranking(
+        items,
+        strategy,
+        personalized=personalized,
+        fallback_reason=fallback_reason,
+        logged_features=columns.rows(chosen),
+    )

@@ -18,6 +18,7 @@ from personalization.experiments import Assignment, Experiment, assignment_for, 
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
+from serving.propensity import ModelWatcher
 from serving.ranking import OPTED_OUT, STORE_UNAVAILABLE, RankedItem, RankingParams, rank
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class Recommendation:
     features_age_ms: int  # -1 when no features were used
     experiment: str = ""
     variant: str = ""
+    # Per item, the features it was ranked with (see serving/propensity.py).
+    logged_features: tuple[dict[str, float], ...] = ()
 
 
 class Recommender:
@@ -46,6 +49,7 @@ class Recommender:
         on_store_state: Callable[[bool], None] | None = None,
         experiments: list[Experiment] | None = None,
         on_exposure: Callable[[Recommendation, str, int], None] | None = None,
+        models: ModelWatcher | None = None,
     ) -> None:
         self._reader = reader
         self._catalog = catalog
@@ -63,6 +67,7 @@ class Recommender:
         self._on_exposure = on_exposure
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_store_state = on_store_state
+        self._models = models
 
     @property
     def reader(self) -> UserFeatureReader:
@@ -71,6 +76,10 @@ class Recommender:
     @property
     def catalog(self) -> ItemCatalog:
         return self._catalog
+
+    @property
+    def models(self) -> ModelWatcher | None:
+        return self._models
 
     def user_features(self, user_id: str) -> UserFeatures | None:
         """The user's features; raises StoreUnavailable (profile reads have no fallback)."""
@@ -103,6 +112,8 @@ class Recommender:
             fallback_reason=forced,
             # Exploration picks are reproducible from the recommendation id.
             seed=int(recommendation_id[:8], 16),
+            # Read once: a swap by the model watcher lands between requests.
+            propensity=self._models.current if self._models is not None else None,
         )
         recommendation = Recommendation(
             items=ranking.items,
@@ -113,6 +124,7 @@ class Recommender:
             features_age_ms=user.features_age_ms if user is not None else -1,
             experiment=assignment.experiment if assignment else "",
             variant=assignment.variant if assignment else "",
+            logged_features=tuple(ranking.logged_features),
         )
         if self._on_exposure is not None and recommendation.items:
             self._on_exposure(recommendation, user_id, now_ms)

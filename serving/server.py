@@ -2,8 +2,12 @@
 
 Status codes:
 
-- INVALID_ARGUMENT: empty ``user_id``, ``k`` < 0 or > ``serving.max_k``.
-- RESOURCE_EXHAUSTED: a Collect batch larger than ``serving.max_batch_events``.
+- INVALID_ARGUMENT: empty ``user_id``, ``k`` < 0 or > ``serving.max_k``; a request whose
+  bytes do not decode as the method's message (garbage, invalid UTF-8 in a string).
+- RESOURCE_EXHAUSTED: a Collect batch larger than ``serving.max_batch_events``; any
+  request larger than ``serving.max_message_bytes`` (refused by gRPC itself).
+- Collect answers OK for a batch with invalid events: they are reported per index in
+  ``rejected`` and dead-lettered (see ``serving/collector.py``).
 - UNAVAILABLE: Kafka did not acknowledge a Collect batch in time; GetUserProfile while
   Redis is unreachable (a profile has no meaningful fallback).
 - Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
@@ -35,16 +39,19 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flink_jobs.attribution import Exposure
 from personalization.metrics import start_metrics_server
+from personalization.model_registry import ModelRegistry
 from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, load_settings
 from personalization.v1 import (
@@ -57,6 +64,7 @@ from serving.admin import AdminServicer
 from serving.catalog import ItemCatalog
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
+from serving.propensity import ModelWatcher
 from serving.recommender import Recommendation, Recommender
 
 log = logging.getLogger(__name__)
@@ -121,6 +129,53 @@ def profile_message(
         features_age_ms=features.features_age_ms,
         consent=features.consent,
     )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the method's message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class UndecodableRequests(grpc.ServerInterceptor):
+    """Answers INVALID_ARGUMENT for a request that does not decode.
+
+    grpcio answers a request its deserializer refuses with INTERNAL ("Exception
+    deserializing request!"), which reads as a server fault; it is the caller's.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        behavior = handler.unary_unary
+
+        def lenient_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except DecodeError as exc:
+                return _Undecodable(str(exc))
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {request.error}"
+                )
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=lenient_decode,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -227,12 +282,14 @@ class ServingApp:
         self.collector = collector
         if recommender is None:
             reader = UserFeatureReader(settings)
+            registry = ModelRegistry(reader.client, settings.feast.project)
             recommender = Recommender(
                 settings,
                 reader,
                 ItemCatalog(settings, reader.client),
                 on_store_state=lambda ok: self.health.set(ONLINE_STORE_HEALTH, ok),
                 on_exposure=self._publish_exposure if collector is not None else None,
+                models=ModelWatcher(registry, cfg.model_refresh_s),
             )
         self.recommender = recommender
         options: list[tuple[str, Any]] = [
@@ -244,7 +301,7 @@ class ServingApp:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
             options=options,
-            interceptors=[serving_metrics.MetricsInterceptor()],
+            interceptors=[serving_metrics.MetricsInterceptor(), UndecodableRequests()],
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(
             RecommenderServicer(settings, recommender), self.server
@@ -286,6 +343,8 @@ class ServingApp:
             strategy=rec.strategy,
             items=tuple(item.item_id for item in rec.items),
             time_ms=now_ms,
+            categories=tuple(item.category for item in rec.items),
+            features=rec.logged_features,
         )
         self.collector.publish(self.settings.kafka.exposures_topic, user_id, exposure.to_json())
 
@@ -307,6 +366,8 @@ class ServingApp:
         except Exception as exc:
             log.warning("initial catalog load failed (serving degraded): %s", exc)
         catalog.start()
+        if self.recommender.models is not None:
+            self.recommender.models.start()
         serving_metrics.CATALOG.watch(catalog)
         self.health.set("", True)
         self.health.set(RECOMMENDER_SERVICE, True)
@@ -329,6 +390,8 @@ class ServingApp:
         self._stop_monitor.set()
         serving_metrics.CATALOG.unwatch(self.recommender.catalog)
         self.recommender.catalog.stop()
+        if self.recommender.models is not None:
+            self.recommender.models.stop()
         if self.admin is not None:
             self.admin.close()
         if self.collector is not None:

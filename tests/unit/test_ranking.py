@@ -371,3 +371,65 @@ def test_hybrid_latency_on_a_10k_catalog():
     # CPU time, not wall time: other processes on a shared 2-core machine must not
     # fail this. A regression guard, not the target (~1.3 ms p99 measured).
     assert p99 < 10
+
+
+# --- frequency capping and fatigue ---------------------------------------------------
+
+
+def shown(base: UserFeatures, items=None, categories=None) -> UserFeatures:
+    return dataclasses.replace(
+        base, item_impressions=dict(items or {}), category_impressions=dict(categories or {})
+    )
+
+
+@pytest.mark.parametrize("strategy", [STRATEGY, HYBRID_V1])
+def test_item_shown_up_to_the_cap_is_held_back(strategy):
+    params = RankingParams.from_settings(Settings(), strategy)
+    fresh = rank(user(), catalog(), k=4, now_ms=NOW, params=params)
+    top = fresh.items[0].item_id
+    capped = shown(user(), items={top: (params.fatigue.max_item_impressions, NOW - HOUR_MS)})
+    after = rank(capped, catalog(), k=4, now_ms=NOW, params=params)
+    assert top not in [i.item_id for i in after.items]
+    assert len(after.items) == 4
+    # Below the cap the item stays eligible but loses score to fatigue.
+    once = shown(user(), items={top: (1, NOW - HOUR_MS)})
+    tired = {i.item_id: i.score for i in rank(once, catalog(), 4, NOW, params=params).items}
+    if top in tired:
+        assert tired[top] < fresh.items[0].score
+
+
+def test_cap_expires_with_the_window():
+    params = RankingParams.from_settings(Settings())
+    top = rank(user(), catalog(), k=4, now_ms=NOW, params=params).items[0].item_id
+    long_ago = NOW - params.fatigue.window_ms - 1
+    stale = shown(user(), items={top: (5, long_ago)})
+    assert rank(stale, catalog(), k=4, now_ms=NOW, params=params).items[0].item_id == top
+
+
+def test_capped_items_fill_a_list_nothing_else_can_fill():
+    params = RankingParams.from_settings(Settings())
+    small = catalog(per_category=2, categories=("shoes",))
+    everything = shown(user(), items={"shoes-0": (9, NOW), "shoes-1": (9, NOW)})
+    ranking = rank(everything, small, k=2, now_ms=NOW, params=params)
+    assert [i.item_id for i in ranking.items] == ["shoes-0", "shoes-1"]
+    assert all(math.isfinite(i.score) and i.score > 0 for i in ranking.items)
+
+
+def test_category_fatigue_rotates_the_list():
+    params = RankingParams.from_settings(Settings())
+    base = user(interests=[("shoes", 5.0), ("toys", 4.5)])
+    before = [i.category for i in rank(base, catalog(), k=4, now_ms=NOW, params=params).items]
+    assert before[0] == "shoes"
+    free = params.fatigue.category_fatigue_free
+    tired = shown(base, categories={"shoes": (free + 40, NOW - HOUR_MS)})
+    after = [i.category for i in rank(tired, catalog(), k=4, now_ms=NOW, params=params).items]
+    assert after[0] != "shoes" and after.count("shoes") < before.count("shoes")
+
+
+def test_no_fatigue_without_impressions_or_for_unknown_users():
+    params = RankingParams.from_settings(Settings())
+    plain = rank(user(), catalog(), k=5, now_ms=NOW, params=params)
+    empty = rank(shown(user()), catalog(), k=5, now_ms=NOW, params=params)
+    assert plain == empty
+    unknown = rank(None, catalog(), k=5, now_ms=NOW, params=params)
+    assert unknown.fallback_reason == UNKNOWN_USER and len(unknown.items) == 5

@@ -1,0 +1,127 @@
+"""Impressions per user (pure): what the user was shown, for frequency capping and fatigue.
+
+Serving writes one exposure per Recommend answer (``flink_jobs/attribution.py``); the job
+turns each into an :class:`Impression` keyed by user, so the user's keyed state counts,
+over a sliding event-time window, how often each item and each category was shown.
+Serving's ranking rules read those counts from the ``user_profile`` row: an item shown
+``ranking.max_item_impressions`` times within the window is not shown again (frequency
+cap), and items / categories shown often but not acted on lose score (fatigue).
+
+Why in the user's keyed state: the counts must survive restarts and be erased with the
+user, exactly like the rest of the profile; a Redis counter beside the profile would
+need its own erasure, TTLs and replay rules.
+
+Counting is by event time and independent of arrival order: each item and category
+keeps the times it was shown inside the window (bounded), and counts are taken as of the
+newest impression. The row carries, per item and per category, the count and the time
+of the last impression, so serving can ignore counts whose window has already passed.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from flink_jobs.attribution import Exposure
+
+# Times kept per item / per category: enough for any sensible cap or fatigue level.
+MAX_TIMES_PER_ITEM = 16
+MAX_TIMES_PER_CATEGORY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """One Recommend answer shown to a user: the items and their categories."""
+
+    rec_id: str
+    user_id: str
+    items: tuple[str, ...]
+    categories: tuple[str, ...]  # parallel to items; "" where unknown
+    time_ms: int
+
+    @property
+    def event_id(self) -> str:
+        # Exposures may be redelivered; the user's dedup set sees them by this id.
+        return f"impression:{self.rec_id}"
+
+
+def from_exposure(exposure: Exposure) -> Impression:
+    categories = exposure.categories
+    if len(categories) != len(exposure.items):
+        categories = ("",) * len(exposure.items)
+    return Impression(
+        rec_id=exposure.rec_id,
+        user_id=exposure.user_id,
+        items=exposure.items,
+        categories=categories,
+        time_ms=exposure.time_ms,
+    )
+
+
+@dataclass(slots=True)
+class ImpressionLog:
+    """Impression times (ascending, within the window) per item and per category."""
+
+    items: dict[str, list[int]] = field(default_factory=dict)
+    categories: dict[str, list[int]] = field(default_factory=dict)
+    ref_ms: int = 0  # newest impression time seen
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.categories)
+
+
+def _add_time(times: list[int], t: int, limit: int) -> None:
+    bisect.insort(times, t)
+    if len(times) > limit:
+        del times[0]  # the oldest: counts saturate at ``limit``
+
+
+def _most_recent_first(table: dict[str, list[int]]) -> list[str]:
+    return sorted(table, key=lambda k: (-table[k][-1], k))
+
+
+def _expire(table: dict[str, list[int]], horizon: int, max_keys: int) -> None:
+    for key in [k for k, times in table.items() if times[-1] < horizon]:
+        del table[key]
+    for times in table.values():
+        if times[0] < horizon:
+            del times[: bisect.bisect_left(times, horizon)]
+    if len(table) > max_keys:
+        # Keep the most recently shown; ties broken by key so replays agree.
+        for key in _most_recent_first(table)[max_keys:]:
+            del table[key]
+
+
+def record(
+    log: ImpressionLog,
+    impression: Impression,
+    window_ms: int,
+    max_items: int,
+    max_categories: int,
+) -> None:
+    """Count one impression; expire what left the window."""
+    t = impression.time_ms
+    log.ref_ms = max(log.ref_ms, t)
+    horizon = log.ref_ms - window_ms
+    if t >= horizon:
+        for item, category in zip(impression.items, impression.categories, strict=True):
+            _add_time(log.items.setdefault(item, []), t, MAX_TIMES_PER_ITEM)
+            if category:
+                _add_time(log.categories.setdefault(category, []), t, MAX_TIMES_PER_CATEGORY)
+    _expire(log.items, horizon, max_items)
+    _expire(log.categories, horizon, max_categories)
+
+
+def row_fields(log: ImpressionLog) -> dict[str, Any]:
+    """The impression features of the ``user_profile`` row (most recently shown first)."""
+    items = _most_recent_first(log.items)
+    categories = _most_recent_first(log.categories)
+    return {
+        "impressed_items": items,
+        "impressed_item_counts": [len(log.items[i]) for i in items],
+        "impressed_item_last_ms": [log.items[i][-1] for i in items],
+        "impressed_categories": categories,
+        "impressed_category_counts": [len(log.categories[c]) for c in categories],
+        "impressed_category_last_ms": [log.categories[c][-1] for c in categories],
+    }

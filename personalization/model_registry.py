@@ -1,0 +1,186 @@
+"""Model versions in Redis: published by the job, followed by serving, rolled back by ops.
+
+Layout per model name (``<project>`` is the Feast project, so stacks never mix)::
+
+    pz:<project>:model:<name>:versions  HASH  version id -> version record (JSON)
+    pz:<project>:model:<name>:order     ZSET  version id scored by its creation time
+    pz:<project>:model:<name>:active    STRING {"version", "pinned", "by", "at_ms"}
+
+The job publishes versions (through the ``feature_updates`` changelog and the
+online-store writer, so a version is only published once its training examples are
+checkpointed); a new version becomes active unless the active one is *pinned*. Rolling
+back pins an earlier version; ``promote`` activates a version (default: the newest) and
+unpins, so new versions are followed again. Serving polls the active pointer
+(:class:`serving.propensity.ModelWatcher`) and swaps models between requests.
+
+Publishing the same version id twice (a replay after a job restore) rewrites the same
+record: harmless. Old versions beyond ``keep`` are pruned, never the active one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+# Atomic "publish and follow unless pinned": a rollback in between cannot be overridden.
+_PUBLISH = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local active = redis.call('GET', KEYS[3])
+local follow = true
+if active then
+  local pointer = cjson.decode(active)
+  if pointer['pinned'] then follow = false end
+  local current = redis.call('ZSCORE', KEYS[2], pointer['version'])
+  if current and tonumber(current) > tonumber(ARGV[3]) then follow = false end
+end
+if follow then redis.call('SET', KEYS[3], ARGV[4]) end
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if excess > 0 then
+  local keep_active = nil
+  local now_active = redis.call('GET', KEYS[3])
+  if now_active then keep_active = cjson.decode(now_active)['version'] end
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
+    if old ~= keep_active then
+      redis.call('ZREM', KEYS[2], old)
+      redis.call('HDEL', KEYS[1], old)
+    end
+  end
+end
+if follow then return 1 else return 0 end
+"""
+
+
+class UnknownVersion(KeyError):
+    """No such model version in the registry."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One published version: parameters plus what the trainer measured when it was cut."""
+
+    model: str
+    version: str
+    created_ms: int
+    examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @staticmethod
+    def from_json(raw: str | bytes) -> ModelVersion:
+        data = json.loads(raw)
+        return ModelVersion(
+            model=str(data["model"]),
+            version=str(data["version"]),
+            created_ms=int(data["created_ms"]),
+            examples=int(data.get("examples", 0)),
+            metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
+            params=dict(data.get("params") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePointer:
+    version: str
+    pinned: bool
+    by: str  # "publish" | "rollback" | "promote"
+    at_ms: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+class ModelRegistry:
+    def __init__(self, client: redis.Redis, project: str, keep: int = 50) -> None:
+        self._redis = client
+        self._prefix = f"pz:{project}:model:"
+        self._keep = keep
+        self._publish = client.register_script(_PUBLISH)
+
+    def _keys(self, model: str) -> tuple[str, str, str]:
+        base = self._prefix + model
+        return f"{base}:versions", f"{base}:order", f"{base}:active"
+
+    def publish(self, version: ModelVersion) -> bool:
+        """Store ``version``; True when it became the active one (nothing pinned)."""
+        versions, order, active = self._keys(version.model)
+        pointer = ActivePointer(version.version, False, "publish", int(time.time() * 1000))
+        followed = self._publish(
+            keys=[versions, order, active],
+            args=[
+                version.version,
+                version.to_json(),
+                version.created_ms,
+                pointer.to_json(),
+                self._keep,
+            ],
+        )
+        return bool(followed)
+
+    def active(self, model: str) -> ActivePointer | None:
+        raw = self._redis.get(self._keys(model)[2])
+        if raw is None:
+            return None
+        data = json.loads(raw)  # type: ignore[arg-type]
+        return ActivePointer(
+            str(data["version"]), bool(data["pinned"]), str(data["by"]), int(data["at_ms"])
+        )
+
+    def get(self, model: str, version: str) -> ModelVersion:
+        raw = self._redis.hget(self._keys(model)[0], version)
+        if raw is None:
+            raise UnknownVersion(f"{model} has no version {version!r}")
+        return ModelVersion.from_json(raw)  # type: ignore[arg-type]
+
+    def active_version(self, model: str) -> ModelVersion | None:
+        pointer = self.active(model)
+        if pointer is None:
+            return None
+        try:
+            return self.get(model, pointer.version)
+        except UnknownVersion:
+            return None
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        """All kept versions, oldest first."""
+        versions, order, _ = self._keys(model)
+        ids = [v.decode() for v in self._redis.zrange(order, 0, -1)]  # type: ignore[union-attr]
+        if not ids:
+            return []
+        raws = self._redis.hmget(versions, ids)
+        return [ModelVersion.from_json(raw) for raw in raws if raw is not None]  # type: ignore[union-attr]
+
+    def _set_active(self, model: str, version: str, *, pinned: bool, by: str) -> ActivePointer:
+        self.get(model, version)  # raises UnknownVersion
+        pointer = ActivePointer(version, pinned, by, int(time.time() * 1000))
+        self._redis.set(self._keys(model)[2], pointer.to_json())
+        return pointer
+
+    def rollback(self, model: str, version: str | None = None) -> ActivePointer:
+        """Activate and pin ``version`` (default: the one before the active version)."""
+        if version is None:
+            ids = [v.version for v in self.versions(model)]
+            pointer = self.active(model)
+            if pointer is None or pointer.version not in ids:
+                raise UnknownVersion(f"{model} has no active version to roll back from")
+            position = ids.index(pointer.version)
+            if position == 0:
+                raise UnknownVersion(f"{model}: {pointer.version} is the oldest kept version")
+            version = ids[position - 1]
+        return self._set_active(model, version, pinned=True, by="rollback")
+
+    def promote(self, model: str, version: str | None = None) -> ActivePointer:
+        """Activate ``version`` (default: the newest) and follow new versions again."""
+        if version is None:
+            kept = self.versions(model)
+            if not kept:
+                raise UnknownVersion(f"{model} has no versions")
+            version = kept[-1].version
+        return self._set_active(model, version, pinned=False, by="promote")
