@@ -3,10 +3,17 @@
     clickstream, purchase_events, engagement_metrics (Kafka)
       -> ParseEvents ──invalid──► events_dlq
       -> event-time watermarks (bounded out-of-orderness, idleness)
-      -> key_by(user) UserFeatures: dedup, profile, triggers ──► triggers
+      -> key_by(user) UserFeatures: dedup, profile, impressions, triggers ──► triggers
                                    │ feature rows ──► feature_updates
-                                   └ accepted item events
-      -> key_by(item) ItemFeatures: popularity, trending ──► feature_updates
+                                   ├ accepted item events
+                                   ├ interactions ─► CollaborativeFiltering ─► feature_updates
+                                   └ outcomes (events with a rec_id)
+      -> key_by(item) ItemFeatures: popularity, trending, co-visitation ──► feature_updates
+    exposures (Kafka, from serving)
+      -> impressions ─► UserFeatures (frequency capping, fatigue)
+      -> key_by(rec_id) AttributionJoin(+ outcomes) ──► ab_outcomes
+                        └ labelled shown items ─► PropensityTraining ─► model versions
+                                                  (on feature_updates, to the registry)
 
 Feature rows go to a Kafka changelog (``feature_updates``) rather than straight to
 Redis from Python: PyFlink's Python functions have no snapshot hook, so a write

@@ -243,6 +243,16 @@ def _default_strategies() -> dict[str, dict[str, float]]:
             "trending": 0.1,
             "content": 0.05,
         },
+        # hybrid_v1 plus the learned click propensity (serving/propensity.py); without
+        # a published model it ranks exactly like hybrid_v1.
+        "hybrid_v2": {
+            "cf": 0.3,
+            "covisitation": 1.0,
+            "interest": 0.1,
+            "trending": 0.1,
+            "content": 0.05,
+            "propensity": 0.3,
+        },
     }
 
 

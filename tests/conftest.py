@@ -35,6 +35,7 @@ from personalization.settings import (
     FeatureSettings,
     FlinkSettings,
     KafkaSettings,
+    LearningSettings,
     MetricsSettings,
     PrivacySettings,
     RedisSettings,
@@ -75,6 +76,8 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         privacy=PrivacySettings(admin_token=ADMIN_TOKEN),
         # A/B attribution windows short enough for a test to wait them out.
         features=FeatureSettings(attribution_window_s=15, attribution_wait_for_exposure_s=15),
+        # Propensity labels and versions soon enough for a test to see several.
+        learning=LearningSettings(propensity_label_window_s=2, propensity_publish_every=20),
         metrics=MetricsSettings(
             job_port=metrics_ports[0],
             writer_port=metrics_ports[1],

@@ -1,0 +1,198 @@
+"""Model lifecycle end to end: the job learns click propensity from the system's own
+recommendations, publishes versions, and serving swaps and rolls back without failing
+a request.
+
+A gRPC server (same pipeline) ranks with ``hybrid_v2`` (hybrid_v1 + learned
+propensity). Shoppers view items, ask for recommendations (exposures with logged
+features go to Kafka) and click some of the items shown, echoing the recommendation
+id. The job labels every shown item after ``propensity_label_window_s``, a River
+logistic regression learns them and publishes versions into the Redis registry; the
+server picks the active version up by itself. Then, while a client keeps calling
+``Recommend``, ``personalize model rollback`` and ``promote`` move the active version:
+every call must succeed and the server must report the version in use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import redis
+
+from personalization import stack
+from personalization.infra.processes import free_port
+from personalization.model_registry import ModelRegistry
+from personalization.settings import SETTINGS_JSON_ENV, Settings
+from serving.client import RecommenderClient
+from serving.propensity import MODEL_NAME
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def v2_server(grpc_server: Settings) -> Iterator[Settings]:
+    data = grpc_server.model_dump()
+    data["serving"]["port"] = free_port()
+    data["serving"]["model_refresh_s"] = 0.2
+    data["ranking"]["strategy"] = "hybrid_v2"
+    data["metrics"]["serving_port"] = free_port()
+    settings = Settings.model_validate(data)
+    component = stack.Component("grpc-server-v2", "serving.server")
+    stack.start_component(settings, component)
+    try:
+        stack.wait_server_ready(settings)
+        yield settings
+    finally:
+        component.process(settings).stop()
+
+
+def version_in_use(settings: Settings) -> str | None:
+    url = f"http://127.0.0.1:{settings.metrics.serving_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=2).read().decode()
+    match = re.search(rf'pz_model_version\{{model="{MODEL_NAME}",version="([^"]+)"\}} 1\.0', text)
+    return match.group(1) if match else None
+
+
+def event(user: str, kind: str, item: str, category: str, t: int, n: int, **props) -> dict:
+    return {
+        "event_id": f"{user}-{kind}-{n}",
+        "user_id": user,
+        "event_type": kind,
+        "item_id": item,
+        "category": category,
+        "price": 10.0 + n % 7,
+        "event_time": t,
+        "properties": props,
+    }
+
+
+def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Settings):
+    settings = v2_server
+    tag = uuid.uuid4().hex[:8]
+    category = f"prop-{tag}"
+    items = [f"prop-{tag}-{i}" for i in range(16)]
+    now = int(time.time() * 1000)
+    crowd = [
+        event(f"crowd-{tag}-{i % 8}", "product_view", items[i % 16], category, now + i, i)
+        for i in range(128)
+    ]
+    shoppers = [f"shopper-{tag}-{u}" for u in range(24)]
+    own = [
+        event(u, "product_view", items[(3 * n + k) % 16], category, now + 200 + k, k)
+        for n, u in enumerate(shoppers)
+        for k in range(2)
+    ]
+    client = RecommenderClient.from_settings(settings)
+    r = redis.Redis(port=settings.redis.port)
+    registry = ModelRegistry(r, settings.feast.project)
+    try:
+        assert client.collect(crowd + own).accepted == len(crowd) + len(own)
+        wait_for(
+            lambda: client.recommend(shoppers[-1], k=5).personalized,
+            60,
+            "personalized answers",
+        )
+        clicks = []
+        for n, user in enumerate(shoppers):
+            answer = client.recommend(user, k=5)
+            assert answer.strategy == "hybrid_v2" and len(answer.items) == 5
+            if n % 2 == 0:  # half of the shoppers click the first item shown
+                item = answer.items[0]
+                t = int(time.time() * 1000)
+                clicks.append(
+                    event(
+                        user,
+                        "click",
+                        item.item_id,
+                        item.category,
+                        t,
+                        100 + n,
+                        rec_id=answer.recommendation_id,
+                    )
+                )
+        assert client.collect(clicks).accepted == len(clicks)
+
+        # 24 answers x 5 items = 120 labelled examples; a version every 20.
+        tick = 0
+
+        def published():
+            nonlocal tick
+            # Event time moves with the events: current-time events carry the
+            # watermark past the label window (the exposures source goes idle).
+            tick += 1
+            ticker = f"ticker-{tag}"
+            now_ms = int(time.time() * 1000)
+            client.collect([event(ticker, "product_view", items[0], category, now_ms, tick)])
+            versions = registry.versions(MODEL_NAME)
+            return versions if len(versions) >= 3 and versions[-1].examples >= 100 else None
+
+        versions = wait_for(published, 120, "propensity versions in the registry", every_s=1.0)
+        newest = versions[-1]
+        assert newest.metrics["positive_rate"] > 0
+        assert 0.0 <= newest.metrics["roc_auc"] <= 1.0
+        assert set(newest.params["weights"]) >= {"src_covisitation", "shown_before"}
+        wait_for(
+            lambda: version_in_use(settings) == registry.active(MODEL_NAME).version,
+            30,
+            "the server to use the active version",
+        )
+
+        # Swap under load: rollback and promote while Recommend keeps being called.
+        failures: list[str] = []
+        calls = 0
+        stop = threading.Event()
+
+        def load() -> None:
+            nonlocal calls
+            with RecommenderClient.from_settings(settings) as loader:
+                while not stop.is_set():
+                    try:
+                        answer = loader.recommend(shoppers[calls % len(shoppers)], k=5)
+                        if len(answer.items) != 5:
+                            failures.append(f"{len(answer.items)} items")
+                    except grpc.RpcError as exc:
+                        failures.append(f"{exc.code()}: {exc.details()}")
+                    calls += 1
+
+        env = {**os.environ, SETTINGS_JSON_ENV: settings.model_dump_json()}
+
+        def cli(*args: str) -> None:
+            done = subprocess.run(
+                [sys.executable, "-m", "personalization.cli", "model", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            active = registry.active(MODEL_NAME).version
+            cli("rollback")
+            rolled = registry.active(MODEL_NAME)
+            assert rolled.pinned and rolled.version != active
+            wait_for(lambda: version_in_use(settings) == rolled.version, 30, "the rollback")
+            cli("promote")
+            latest = registry.versions(MODEL_NAME)[-1].version
+            wait_for(lambda: version_in_use(settings) == latest, 30, "the promotion")
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+        assert calls > 50
+        assert not failures, failures[:5]
+    finally:
+        client.close()
+        r.close()

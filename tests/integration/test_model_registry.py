@@ -1,0 +1,131 @@
+"""The model registry, the serving-side watcher and the `personalize model` CLI on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+import redis
+
+from personalization.model_registry import ModelRegistry, ModelVersion, UnknownVersion
+from personalization.settings import SETTINGS_JSON_ENV, Settings
+from serving.propensity import MODEL_NAME, ModelWatcher
+
+pytestmark = pytest.mark.integration
+
+
+def version(n: int, weight: float = 1.0) -> ModelVersion:
+    return ModelVersion(
+        model=MODEL_NAME,
+        version=f"v{n:09d}",
+        created_ms=1_700_000_000_000 + n,
+        examples=n,
+        metrics={"roc_auc": 0.5 + n / 1000},
+        params={"weights": {"src_cf": weight}, "intercept": -1.0},
+    )
+
+
+@pytest.fixture()
+def registry(redis_server: Settings):
+    client = redis.Redis(host="127.0.0.1", port=redis_server.redis.port)
+    # A project of its own per test: nothing leaks between tests.
+    yield ModelRegistry(client, f"test-{uuid.uuid4().hex[:8]}", keep=4), client
+    client.close()
+
+
+def test_new_versions_are_followed_until_a_rollback_pins(registry):
+    reg, _ = registry
+    assert reg.active(MODEL_NAME) is None
+    assert reg.publish(version(10)) and reg.publish(version(20))
+    assert reg.active(MODEL_NAME).version == "v000000020"
+    pointer = reg.rollback(MODEL_NAME)
+    assert pointer.version == "v000000010" and pointer.pinned
+    # A newer version is stored but not followed while pinned.
+    assert not reg.publish(version(30))
+    assert reg.active(MODEL_NAME).version == "v000000010"
+    assert [v.version for v in reg.versions(MODEL_NAME)][-1] == "v000000030"
+    promoted = reg.promote(MODEL_NAME)
+    assert promoted.version == "v000000030" and not promoted.pinned
+    assert reg.publish(version(40)) and reg.active(MODEL_NAME).version == "v000000040"
+
+
+def test_replayed_and_older_versions_never_move_the_pointer_back(registry):
+    reg, _ = registry
+    reg.publish(version(20))
+    assert not reg.publish(version(10))  # an older version replayed after a restore
+    assert reg.publish(version(20))  # the same version again: idempotent
+    assert reg.active(MODEL_NAME).version == "v000000020"
+    assert reg.get(MODEL_NAME, "v000000020") == version(20)
+
+
+def test_old_versions_are_pruned_but_never_the_active_one(registry):
+    reg, _ = registry
+    reg.publish(version(1))
+    reg.rollback(MODEL_NAME, "v000000001")
+    for n in range(2, 9):
+        reg.publish(version(n))
+    kept = [v.version for v in reg.versions(MODEL_NAME)]
+    assert "v000000001" in kept and len(kept) <= 5
+    assert kept[-1] == "v000000008"
+    with pytest.raises(UnknownVersion):
+        reg.get(MODEL_NAME, "v000000002")
+    with pytest.raises(UnknownVersion):
+        reg.rollback(MODEL_NAME, "v000000002")
+
+
+def test_watcher_swaps_between_requests_and_survives_bad_records(registry):
+    reg, client = registry
+    watcher = ModelWatcher(reg, refresh_s=3600)
+    assert not watcher.refresh() and watcher.current is None
+    reg.publish(version(1, weight=2.0))
+    assert watcher.refresh()
+    model = watcher.current
+    assert model is not None and model.version == "v000000001"
+    assert model.weights == {"src_cf": 2.0}
+    # A corrupt version record is skipped; the model in use stays.
+    versions_key = f"pz:{reg._prefix.split(':')[1]}:model:{MODEL_NAME}:versions"
+    reg.publish(version(2))
+    client.hset(versions_key, "v000000002", b"not json")
+    assert not watcher.refresh()
+    assert watcher.current is model
+    reg.rollback(MODEL_NAME, "v000000001")
+    assert not watcher.refresh()  # already in use
+
+
+def test_cli_lists_rolls_back_and_promotes(redis_server: Settings):
+    project = f"cli-{uuid.uuid4().hex[:8]}"
+    data = redis_server.model_dump()
+    data["feast"]["project"] = project
+    settings = Settings.model_validate(data)
+    reg = ModelRegistry(redis.Redis(port=settings.redis.port), project)
+    for n in (5, 6, 7):
+        reg.publish(version(n))
+    env = {**os.environ, SETTINGS_JSON_ENV: settings.model_dump_json()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "personalization.cli", "model", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert "* v000000007" in listed.stdout and "roc_auc=0.5070" in listed.stdout
+    back = cli("rollback")
+    assert back.returncode == 0 and reg.active(MODEL_NAME).version == "v000000006"
+    assert reg.active(MODEL_NAME).pinned
+    to = cli("rollback", "--version", "v000000005")
+    assert to.returncode == 0 and reg.active(MODEL_NAME).version == "v000000005"
+    missing = cli("rollback", "--version", "v404")
+    assert missing.returncode == 2 and "no version" in (missing.stdout + missing.stderr)
+    assert cli("promote").returncode == 0
+    assert reg.active(MODEL_NAME).version == "v000000007"
+    assert not reg.active(MODEL_NAME).pinned
+    assert json.loads(reg.active(MODEL_NAME).to_json())["by"] == "promote"
