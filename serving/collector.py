@@ -3,7 +3,8 @@
 Valid events go to their topic family's topic (clickstream / purchase / engagement),
 keyed by user id so one user's events stay in order on one partition; invalid ones go
 to the DLQ with the reason, exactly as the Flink job would dead-letter them (both use
-``personalization.events``). A call returns only after Kafka acknowledged every record
+``personalization.events``); the DLQ keeps the first ``features.max_event_bytes`` of an
+oversized event's JSON. A call returns only after Kafka acknowledged every record
 of its batch (acks=all, idempotent producer).
 
 Delivery is tracked per batch rather than with ``Producer.flush()``: ``flush`` waits for
@@ -163,9 +164,13 @@ class EventCollector:
                     on_delivery=batch.on_delivery,
                 )
             for _, rejection, raw in split.invalid:
+                # An event over the size limit keeps only its first max_event_bytes in
+                # the DLQ (the detail gives the full size): whole, a request-sized event
+                # would exceed Kafka's record limit and fail the batch.
+                kept = raw[: self._limits.max_event_bytes]
                 self._producer.produce(
                     self._dlq_topic,
-                    value=dead_letter(raw, rejection, source=DLQ_SOURCE, now_ms=now_ms).encode(),
+                    value=dead_letter(kept, rejection, source=DLQ_SOURCE, now_ms=now_ms).encode(),
                     on_delivery=batch.on_delivery,
                 )
         except BufferError as exc:
