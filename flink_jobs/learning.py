@@ -53,6 +53,7 @@ from personalization.events import (
     PRODUCT_VIEW,
     PURCHASE,
     RATING,
+    Event,
 )
 from personalization.settings import LearningSettings
 
@@ -64,6 +65,7 @@ __all__ = [
     "init_vector",
     "interaction_weight",
     "prequential",
+    "rating_of",
     "score_items",
     "sgd_update",
 ]
@@ -75,6 +77,17 @@ SQUARED = "squared"
 BPR = "bpr"
 POPULARITY = "popularity"
 UNIFORM = "uniform"
+
+
+def rating_of(event: Event) -> float | None:
+    """The event's ``properties.rating`` as a number; None when absent or unreadable
+    (the parser already rejects unreadable ratings; this never raises regardless)."""
+    raw = event.properties.get("rating")
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def interaction_weight(event_type: str, rating: float | None = None) -> float:

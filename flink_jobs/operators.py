@@ -486,8 +486,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         return self.model
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        rating = event.properties.get("rating")
-        weight = learning.interaction_weight(event.event_type, float(rating) if rating else None)
+        weight = learning.interaction_weight(event.event_type, learning.rating_of(event))
         if weight <= 0:
             return
         model = self._model()

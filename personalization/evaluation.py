@@ -26,7 +26,7 @@ import numpy as np
 
 from flink_jobs import profile
 from flink_jobs.covisitation import CoVisitation, CoVisitConfig
-from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight
+from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight, rating_of
 from personalization.events import Event, EventRejected, validate_event
 from personalization.settings import FeatureSettings
 from personalization.traffic.replay import _movielens_genres, iter_events
@@ -265,11 +265,3 @@ def evaluate(
     result.cf_updates = mf.updates
     result.seconds = time.perf_counter() - started
     return result
-
-
-def rating_of(event: Event) -> float | None:
-    raw = event.properties.get("rating")
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None

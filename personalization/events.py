@@ -38,6 +38,8 @@ REMOVE_FROM_CART = "remove_from_cart"
 PURCHASE = "purchase"
 FAVORITE = "favorite"
 RATING = "rating"
+# properties.rating: the value of a rating event (a finite number, e.g. 1..5 stars).
+RATING_PROPERTY = "rating"
 CLICK = "click"
 SEARCH = "search"
 DWELL = "dwell"
@@ -320,6 +322,10 @@ def validate_event(
         event_id = content_event_id(payload)
     context = _context(payload.get("context"))
     properties = _properties(payload.get("properties"))
+    rating = properties.get(RATING_PROPERTY)
+    if rating is not None and not _is_finite_number(rating):
+        # The job learns from ratings; a value it cannot read would stop it, not just it.
+        raise EventRejected("invalid_rating", f"properties.{RATING_PROPERTY} must be a number")
     if event_type == CONSENT and properties.get(CONSENT_PROPERTY) not in CONSENT_VALUES:
         raise EventRejected(
             "invalid_consent",
@@ -337,6 +343,13 @@ def validate_event(
         properties=properties,
         **context,
     )
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def parse_event(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flink_jobs.content import jaccard_rows
-from serving.catalog import CatalogSnapshot, decay_factors
+from serving.catalog import CatalogSnapshot
 from serving.online_features import UserFeatures
 
 CF = "cf"
@@ -152,10 +152,9 @@ def covisitation_scores(ctx: CandidateContext) -> SourceScores:
 
 
 def decayed_trending(ctx: CandidateContext) -> np.ndarray:
-    catalog = ctx.catalog
-    return catalog.trending_score * decay_factors(
-        catalog.trending_ref_ms, ctx.now_ms, ctx.trending_half_life_s
-    )
+    """Trending scores up to one common factor (cached per snapshot): every use here
+    normalises them, which divides the decay to ``now`` out again."""
+    return ctx.catalog.trending_relative(ctx.trending_half_life_s)
 
 
 def trending_scores(ctx: CandidateContext, trending: np.ndarray | None = None) -> SourceScores:
@@ -176,22 +175,12 @@ def interest_by_code(user: UserFeatures | None, catalog: CatalogSnapshot) -> np.
     return by_code / top if top > 0 else by_code
 
 
-def category_popularity(catalog: CatalogSnapshot, trending: np.ndarray) -> np.ndarray:
-    """Each item's trending score over its category's best (0..1)."""
-    if len(catalog) == 0:
-        return np.zeros(0, dtype=np.float64)
-    category_max = np.maximum.reduceat(trending, catalog.category_starts[:-1])
-    item_cat_max = category_max[catalog.category_codes]
-    return np.divide(trending, item_cat_max, out=np.zeros_like(trending), where=item_cat_max > 0)
-
-
-def interest_scores(ctx: CandidateContext, trending: np.ndarray | None = None) -> SourceScores:
+def interest_scores(ctx: CandidateContext) -> SourceScores:
     catalog = ctx.catalog
     interest = interest_by_code(ctx.user, catalog)
     if not interest.any():
         return _empty(ctx, INTEREST)
-    trending = decayed_trending(ctx) if trending is None else trending
-    popularity = category_popularity(catalog, trending)
+    popularity = catalog.category_popularity(ctx.trending_half_life_s)
     codes = catalog.category_codes
     raw = interest[codes] * (1.0 + popularity) / 2.0
 
@@ -241,17 +230,9 @@ SOURCE_FUNCTIONS: Mapping[str, Callable[[CandidateContext], SourceScores]] = {
 
 def score_sources(ctx: CandidateContext, weights: Mapping[str, float]) -> list[SourceScores]:
     """The sources with a positive weight, in :data:`SOURCES` order."""
-    trending = (
-        decayed_trending(ctx) if weights.get(TRENDING, 0) or weights.get(INTEREST, 0) else None
-    )
     out = []
     for name in SOURCES:
         if weights.get(name, 0.0) <= 0:
             continue
-        if name == TRENDING:
-            out.append(trending_scores(ctx, trending))
-        elif name == INTEREST:
-            out.append(interest_scores(ctx, trending))
-        else:
-            out.append(SOURCE_FUNCTIONS[name](ctx))
+        out.append(SOURCE_FUNCTIONS[name](ctx))
     return out

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +90,10 @@ class CatalogSnapshot:
     # Derived from tag_matrix once, so a request's Jaccard costs one small matmul.
     tag_columns: np.ndarray = field(default_factory=lambda: _EMPTY_MATRIX)  # [tags, n], C order
     tag_sizes: np.ndarray = field(default_factory=lambda: _EMPTY_VECTOR)  # float32 [n]
+    # Per-snapshot derived columns (see :meth:`trending_relative`); not copied by replace.
+    _derived: dict[tuple[str, float], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -154,6 +158,47 @@ class CatalogSnapshot:
                 tag_sizes=tag_matrix.sum(axis=1),
             )
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def trending_relative(self, half_life_s: float) -> np.ndarray:
+        """Trending scores decayed to one common time (the newest reference in the
+        snapshot), computed once per snapshot.
+
+        Decaying every score further to "now" multiplies them all by the same factor,
+        which every use in ranking divides out again (scores are normalised by a
+        maximum), so requests need no per-item exponentials.
+        """
+        key = ("trending", half_life_s)
+        cached = self._derived.get(key)
+        if cached is None:
+            ref = int(self.trending_ref_ms.max()) if len(self.item_ids) else 0
+            cached = self.trending_score * decay_factors(self.trending_ref_ms, ref, half_life_s)
+            self._derived[key] = cached
+        return cached
+
+    def category_popularity(self, half_life_s: float) -> np.ndarray:
+        """Each item's relative trending score over its category's best (0..1), cached."""
+        key = ("category_popularity", half_life_s)
+        cached = self._derived.get(key)
+        if cached is None:
+            trending = self.trending_relative(half_life_s)
+            if len(self.item_ids) == 0:
+                cached = np.zeros(0, dtype=np.float64)
+            else:
+                category_max = np.maximum.reduceat(trending, self.category_starts[:-1])
+                item_max = category_max[self.category_codes]
+                cached = np.divide(
+                    trending, item_max, out=np.zeros_like(trending), where=item_max > 0
+                )
+            self._derived[key] = cached
+        return cached
+
+    def column(self, name: str, compute: Callable[[CatalogSnapshot], np.ndarray]) -> np.ndarray:
+        """A derived per-item column, computed once per snapshot."""
+        key = (name, 0.0)
+        cached = self._derived.get(key)
+        if cached is None:
+            cached = self._derived[key] = compute(self)
+        return cached
 
     def category_indices(self, category: str) -> np.ndarray:
         """Positions of the items of one category (empty for an unknown category)."""

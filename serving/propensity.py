@@ -54,12 +54,12 @@ class FeatureColumns:
 
     def rows(self, positions: Sequence[int]) -> list[dict[str, float]]:
         """The logged features of the items at ``positions`` (rounded, compact)."""
-        out = []
-        for i in positions:
-            row = {name: round(float(col[i]), 4) for name, col in self.items.items()}
-            row.update(self.user)
-            out.append(row)
-        return out
+        picked = list(positions)
+        if not picked:
+            return []
+        names = list(self.items)
+        values = np.round(np.stack([self.items[name][picked] for name in names], axis=1), 4)
+        return [{**dict(zip(names, row, strict=True)), **self.user} for row in values.tolist()]
 
 
 def feature_columns(
@@ -72,7 +72,7 @@ def feature_columns(
     zeros = np.zeros(n, dtype=np.float64)
     by_source = {s.source: s.scores for s in sources}
     items = {f"src_{name}": by_source.get(name, zeros) for name in cand.SOURCES}
-    items["price"] = np.minimum(np.log1p(np.maximum(catalog.price, 0.0)) / PRICE_SCALE, 1.0)
+    items["price"] = catalog.column("propensity_price", _price_feature)
     shown = zeros.copy()
     if user is not None and user.item_impressions:
         scale = float(max(cap, 1))
@@ -88,6 +88,10 @@ def feature_columns(
         "user_mobile": float("mobile" in segments),
     }
     return FeatureColumns(items, user_flags)
+
+
+def _price_feature(catalog: CatalogSnapshot) -> np.ndarray:
+    return np.minimum(np.log1p(np.maximum(catalog.price, 0.0)) / PRICE_SCALE, 1.0)
 
 
 @dataclass(frozen=True, slots=True)

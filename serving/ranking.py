@@ -50,7 +50,7 @@ from personalization.settings import Settings
 from serving import candidates as cand
 from serving import fatigue as fatigue_mod
 from serving import propensity as propensity_mod
-from serving.catalog import CatalogSnapshot, decay_factors
+from serving.catalog import CatalogSnapshot
 from serving.online_features import UserFeatures
 
 STRATEGY = "blend_v1"
@@ -257,9 +257,8 @@ def rank(
         return Ranking([], STRATEGY, personalized=not reason, fallback_reason=reason)
 
     codes = catalog.category_codes
-    trending = catalog.trending_score * decay_factors(
-        catalog.trending_ref_ms, now_ms, params.half_life_s
-    )
+    # Decay to now would scale every score alike; normalising divides it out again.
+    trending = catalog.trending_relative(params.half_life_s)
     trend_part = params.trending_weight * _normalised(trending)
 
     interest = (
@@ -268,11 +267,7 @@ def rank(
     personalized = bool(interest.any())
     popularity = interest_part = np.zeros_like(trending)
     if personalized:
-        category_max = np.maximum.reduceat(trending, catalog.category_starts[:-1])
-        item_cat_max = category_max[codes]
-        popularity = np.divide(
-            trending, item_cat_max, out=np.zeros_like(trending), where=item_cat_max > 0
-        )
+        popularity = catalog.category_popularity(params.half_life_s)
         interest_part = params.interest_weight * interest[codes] * (1.0 + popularity)
         score = interest_part + trend_part
     else:

@@ -187,3 +187,21 @@ def test_parser_never_raises_on_wrong_types(payload):
     assert isinstance(parsed, Event | Rejection)
     if isinstance(parsed, Rejection):
         assert parsed.reason and parsed.detail
+
+
+@pytest.mark.parametrize("value", ["five", "nan", "inf", "", "1e999"])
+def test_unreadable_ratings_are_rejected_before_the_job_learns_them(value):
+    base = {"user_id": "u", "event_type": "rating", "item_id": "i", "event_time": NOW}
+    rejection = rejected(json.dumps({**base, "properties": {"rating": value}}))
+    assert rejection.reason == "invalid_rating"
+    assert ok({**base, "properties": {"rating": "4.5"}}).properties["rating"] == "4.5"
+    assert ok({**base, "properties": {"rating": 3}}).properties["rating"] == "3"
+
+
+def test_learning_reads_ratings_without_ever_raising():
+    from flink_jobs.learning import interaction_weight, rating_of
+
+    event = ok({"user_id": "u", "event_type": "rating", "item_id": "i", "event_time": NOW})
+    assert rating_of(event) is None and interaction_weight("rating", rating_of(event)) == 0.0
+    odd = Event("e", "u", "rating", NOW, item_id="i", properties={"rating": "five"})
+    assert rating_of(odd) is None  # even if one got past the parser
