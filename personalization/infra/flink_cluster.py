@@ -35,7 +35,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,8 @@ def _default_java_opts() -> str:
     return str(opts)
 
 
-def flink_config(settings: Settings) -> dict[str, Any]:
+def flink_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The cluster's ``config.yaml`` entries; ``extra`` entries are added or override."""
     f = settings.flink
     fd = flink_dir(settings)
     return {
@@ -140,10 +141,11 @@ def flink_config(settings: Settings) -> dict[str, Any]:
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "python.execution-mode": f.execution_mode,
+        **(extra or {}),
     }
 
 
-def write_conf(settings: Settings) -> Path:
+def write_conf(settings: Settings, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``config.yaml``, masters, workers and the wheel's log4j files; return dir."""
     cdir = conf_dir(settings)
     cdir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ def write_conf(settings: Settings) -> Path:
         if src.name.startswith(("log4j", "logback")):
             shutil.copyfile(src, cdir / src.name)
     header = "# Written by personalization.infra.flink_cluster; regenerated on every start.\n"
-    body = yaml.safe_dump(flink_config(settings), sort_keys=False, width=1000)
+    body = yaml.safe_dump(flink_config(settings, extra), sort_keys=False, width=1000)
     (cdir / "config.yaml").write_text(header + body)
     (cdir / "masters").write_text(f"{HOST}:{settings.flink.rest_port}\n")
     (cdir / "workers").write_text("localhost\n")
@@ -284,8 +286,17 @@ def _has_taskmanager(settings: Settings) -> bool:
     return ov is not None and int(ov.get("taskmanagers", 0)) >= 1
 
 
-def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
-    """Start JobManager + TaskManager unless this cluster is up; return ``/overview``."""
+def start(
+    settings: Settings,
+    timeout_s: float = START_TIMEOUT_S,
+    *,
+    extra_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Start JobManager + TaskManager unless this cluster is up; return ``/overview``.
+
+    ``extra_config``: further ``config.yaml`` entries for a fresh start (e.g. the
+    TaskManager-kill test shortens ``heartbeat.interval``); ignored if already up.
+    """
     if _jobmanager_pid(settings) is not None:
         wait_until(lambda: overview(settings) is not None, timeout_s, what="flink REST /overview")
         try:
@@ -304,7 +315,7 @@ def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> dict[str, A
         # Stale pid files would make the daemon script count phantom instances.
         for pidfile in pid_dir(settings).glob("flink-*.pid"):
             pidfile.unlink()
-        write_conf(settings)
+        write_conf(settings, extra_config)
         _run_script(settings, "start-cluster.sh")
 
     def jm_died() -> str | None:
