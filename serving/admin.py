@@ -1,4 +1,4 @@
-"""Privacy administration over gRPC: forget a user, override consent.
+"""Administration over gRPC: forget a user, override consent, move a model's version.
 
 Every call must carry ``authorization: Bearer <privacy.admin_token>``; without a token
 configured the service answers FAILED_PRECONDITION ("disabled"), a wrong or missing
@@ -19,11 +19,13 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+import redis
 from confluent_kafka import Producer
 
 from flink_jobs.feature_updates import FeatureUpdate
 from flink_jobs.online_store import OnlineStoreWriter
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
+from personalization.model_registry import ModelRegistry, UnknownVersion
 from personalization.privacy import audit_record, pseudonymizer
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -51,6 +53,11 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         self._collector = collector
         self._writer = store_writer or OnlineStoreWriter(settings)
         self._pseudonym = pseudonymizer(settings.privacy.hmac_secret)
+        self._registry = ModelRegistry(
+            self._writer.redis,
+            settings.feast.project,
+            keep=settings.learning.registry_keep_versions,
+        )
         self._audit = Producer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -126,6 +133,43 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
             context,
         )
         return recommender_pb2.AdminReply(audit_id=_audit_id(record), subject=subject)
+
+    def SetModelVersion(
+        self, request: recommender_pb2.SetModelVersionRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.AdminReply:
+        actor = self._authorize(context)
+        model = request.model.strip()
+        if not model or request.action not in ("rollback", "promote"):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "model and action (rollback | promote) required"
+            )
+        version = request.version.strip() or None
+        # Check first, then audit, then act: the audit names the version that will be set.
+        try:
+            if version is not None:
+                self._registry.get(model, version)
+            elif not self._registry.versions(model):
+                raise UnknownVersion(f"{model} has no versions")
+        except UnknownVersion as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except redis.RedisError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"model registry unavailable: {exc}")
+        subject = f"model:{model}"
+        detail = f"{request.action} {version or '(default)'}: {request.reason}".strip()
+        record = audit_record(f"model:{request.action}", subject, actor=actor, detail=detail)
+        self._write_audit(record, context)
+        try:
+            move = (
+                self._registry.rollback if request.action == "rollback" else self._registry.promote
+            )
+            pointer = move(model, version)
+        except UnknownVersion as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc.args[0]))
+        except redis.RedisError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"model registry unavailable: {exc}")
+        return recommender_pb2.AdminReply(
+            audit_id=_audit_id(record), subject=f"{subject}@{pointer.version}"
+        )
 
     def close(self) -> None:
         self._audit.flush(5)

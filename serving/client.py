@@ -122,6 +122,25 @@ class RecommenderClient:
         )
         return reply
 
+    def set_model_version(
+        self,
+        model: str,
+        action: str,
+        version: str = "",
+        reason: str = "",
+        *,
+        deadline_s: float | None = None,
+    ) -> recommender_pb2.AdminReply:
+        """Roll a model back or promote a version (admin token required)."""
+        reply: recommender_pb2.AdminReply = self._admin.SetModelVersion(
+            recommender_pb2.SetModelVersionRequest(
+                model=model, action=action, version=version, reason=reason
+            ),
+            timeout=deadline_s or self.collect_deadline_s,
+            metadata=self._admin_metadata(),
+        )
+        return reply
+
     def set_consent(
         self,
         user_id: str,

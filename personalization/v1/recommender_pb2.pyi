@@ -137,6 +137,18 @@ class CollectResponse(_message.Message):
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ...) -> None: ...
 
+class SetModelVersionRequest(_message.Message):
+    __slots__ = ("model", "action", "version", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: str
+    version: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ForgetUserRequest(_message.Message):
     __slots__ = ("user_id", "reason")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -248,6 +248,11 @@ class AdminStub(object):
                 request_serializer=personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
                 response_deserializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
                 _registered_method=True)
+        self.SetModelVersion = channel.unary_unary(
+                '/personalization.v1.Admin/SetModelVersion',
+                request_serializer=personalization_dot_v1_dot_recommender__pb2.SetModelVersionRequest.SerializeToString,
+                response_deserializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -270,6 +275,16 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelVersion(self, request, context):
+        """Moves a model's active version in the registry: "rollback" activates and pins an
+        earlier version (default: the one before the active), "promote" activates a version
+        (default: the newest) and follows new ones again. Serving swaps within
+        serving.model_refresh_s, without a restart. NOT_FOUND for an unknown version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +296,11 @@ def add_AdminServicer_to_server(servicer, server):
             'SetConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.SetConsent,
                     request_deserializer=personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.FromString,
+                    response_serializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.SerializeToString,
+            ),
+            'SetModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelVersion,
+                    request_deserializer=personalization_dot_v1_dot_recommender__pb2.SetModelVersionRequest.FromString,
                     response_serializer=personalization_dot_v1_dot_recommender__pb2.AdminReply.SerializeToString,
             ),
     }
@@ -339,6 +359,33 @@ class Admin(object):
             target,
             '/personalization.v1.Admin/SetConsent',
             personalization_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
+            personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.v1.Admin/SetModelVersion',
+            personalization_dot_v1_dot_recommender__pb2.SetModelVersionRequest.SerializeToString,
             personalization_dot_v1_dot_recommender__pb2.AdminReply.FromString,
             options,
             channel_credentials,

@@ -8,8 +8,9 @@ features go to Kafka) and click some of the items shown, echoing the recommendat
 id. The job labels every shown item after ``propensity_label_window_s``, a River
 logistic regression learns them and publishes versions into the Redis registry; the
 server picks the active version up by itself. Then, while a client keeps calling
-``Recommend``, ``personalize model rollback`` and ``promote`` move the active version:
-every call must succeed and the server must report the version in use.
+``Recommend``, ``Admin.SetModelVersion`` rolls back and ``personalize model promote``
+moves forward again: every call must succeed and the server must report the version
+in use.
 """
 
 from __future__ import annotations
@@ -180,9 +181,11 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
         worker.start()
         try:
             active = registry.active(MODEL_NAME).version
-            cli("rollback")
+            # Rollback through the Admin RPC (token, audit record), promote with the CLI.
+            reply = client.set_model_version(MODEL_NAME, "rollback", reason="e2e")
             rolled = registry.active(MODEL_NAME)
             assert rolled.pinned and rolled.version != active
+            assert reply.audit_id and reply.subject == f"model:{MODEL_NAME}@{rolled.version}"
             wait_for(lambda: version_in_use(settings) == rolled.version, 30, "the rollback")
             cli("promote")
             latest = registry.versions(MODEL_NAME)[-1].version
@@ -193,6 +196,16 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
             worker.join(timeout=30)
         assert calls > 50
         assert not failures, failures[:5]
+
+        # Without the token, or for a version that does not exist: refused, nothing moves.
+        intruder = RecommenderClient(f"127.0.0.1:{settings.serving.port}")
+        with intruder, pytest.raises(grpc.RpcError) as denied:
+            intruder.set_model_version(MODEL_NAME, "rollback")
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as missing:
+            client.set_model_version(MODEL_NAME, "rollback", version="v404")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert registry.active(MODEL_NAME).version == latest
     finally:
         client.close()
         r.close()
