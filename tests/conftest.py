@@ -41,6 +41,7 @@ from personalization.settings import (
     RedisSettings,
     Settings,
 )
+from tests.identity import TEST_HMAC_SECRET
 
 # Jars are immutable downloads: every test run dir's jars/ is a symlink to the project's
 # .run/jars, so Maven copies them once, not into every tmp dir.
@@ -73,7 +74,8 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             controller_port=controller_port,
         ),
         flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
-        privacy=PrivacySettings(admin_token=ADMIN_TOKEN),
+        # User ids are pseudonymised end to end in every test stack (tests/identity.py).
+        privacy=PrivacySettings(admin_token=ADMIN_TOKEN, hmac_secret=TEST_HMAC_SECRET),
         # A/B attribution windows short enough for a test to wait them out.
         features=FeatureSettings(attribution_window_s=15, attribution_wait_for_exposure_s=15),
         # Propensity labels and versions soon enough for a test to see several.

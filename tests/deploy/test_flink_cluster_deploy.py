@@ -30,6 +30,7 @@ from personalization.infra import kafka_broker as kafka_mod
 from personalization.settings import PROJECT_ROOT, Settings
 from personalization.traffic.sender import TrafficSender
 from serving.online_features import UserFeatureReader
+from tests.identity import stored_id
 
 pytestmark = [pytest.mark.deploy, pytest.mark.integration]
 
@@ -212,7 +213,7 @@ def test_events_become_features_through_the_cluster(deployment: Deployment) -> N
     sent = time.monotonic()
 
     def complete() -> Any:
-        row = reader.read(user)
+        row = reader.read(stored_id(settings, user))
         return row if row is not None and row.events_total >= 4 else None
 
     try:

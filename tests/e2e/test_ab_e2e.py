@@ -28,6 +28,7 @@ from personalization.settings import SETTINGS_JSON_ENV, Settings
 from personalization.traffic.replay import dataset_path, load_taobao
 from personalization.traffic.sender import TrafficSender
 from serving.client import RecommenderClient
+from tests.identity import stored_id
 
 pytestmark = pytest.mark.e2e
 
@@ -146,11 +147,14 @@ def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):
         ]
     )
 
+    # Exposures carry the id the store uses: the pseudonym (tests/identity.py).
+    ours = {stored_id(ab_server, f"{tag}-{u}") for u in shoppers}
+
     def mine():
         records = [
             r
             for r in ab_report.read_outcomes(ab_server, idle_s=2, max_s=30)
-            if str(r.get("user_id", "")).startswith(tag)
+            if r.get("user_id") in ours
         ]
         return records if len(records) >= len(shoppers) else None
 

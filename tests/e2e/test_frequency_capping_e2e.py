@@ -15,6 +15,7 @@ import pytest
 from personalization.settings import Settings
 from serving.client import RecommenderClient
 from serving.online_features import UserFeatureReader
+from tests.identity import stored_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -46,13 +47,14 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
     user = f"capped-user-{tag}"
     own = [view(user, f"cap-{tag}-{i}", category, now + 500 + i, i) for i in range(2)]
     reader = UserFeatureReader(grpc_server)
+    stored = stored_id(grpc_server, user)  # the store keys users by their pseudonym
     with RecommenderClient.from_settings(grpc_server) as client:
         result = client.collect(crowd + own)
         assert result.accepted == len(crowd) + len(own)
 
         def personalized_list():
             # Peeking with k=0 would still be an exposure; ask only once the items exist.
-            features = reader.read(user)
+            features = reader.read(stored)
             if features is None or not features.interests:
                 return None
             r = client.recommend(user, k=4)
@@ -68,14 +70,14 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
         assert always, answers
 
         def counted():
-            features = reader.read(user)
+            features = reader.read(stored)
             impressions = features.item_impressions if features else {}
             return all(impressions.get(i, (0, 0))[0] >= cap for i in always) or None
 
         started = time.monotonic()
         wait_for(counted, 60, f"the job to count {cap} impressions of {sorted(always)}")
         took_s = time.monotonic() - started
-        features = reader.read(user)
+        features = reader.read(stored)
         assert features is not None
         assert features.category_impressions[category][0] >= cap
 

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer
 
 from personalization.settings import Settings
 from serving.client import RecommenderClient
+from tests.identity import stored_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -73,10 +74,10 @@ def test_forget_user_erases_store_state_and_audits(client: RecommenderClient, gr
     wait_for(lambda: events_total(client, user) == 3, 60, "3 views in the profile")
 
     reply = client.forget_user(user, reason="ticket-42")
-    assert reply.audit_id and reply.subject == user
+    assert reply.audit_id and reply.subject == stored_id(grpc_server, user)
     # The store forgets at once ...
     assert events_total(client, user) in (-1, 0)
-    audit = audit_records(grpc_server, user)
+    audit = audit_records(grpc_server, stored_id(grpc_server, user))
     assert [r["action"] for r in audit] == ["forget"] and audit[0]["detail"] == "ticket-42"
 
     # ... and the job's keyed state too: the next event starts a brand-new profile.
@@ -107,3 +108,28 @@ def test_admin_calls_need_the_token(grpc_server: Settings):
         with pytest.raises(grpc.RpcError) as err:
             intruder.forget_user("anyone")
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_user_ids_are_stored_only_as_keyed_pseudonyms(client: RecommenderClient, grpc_server):
+    """With privacy.hmac_secret set (as in every test stack), the raw id never reaches
+    the store: the job keys the user by HMAC(secret, id); serving translates on read."""
+    import redis
+
+    from personalization.feature_store import redis_key
+
+    assert grpc_server.privacy.hmac_secret
+    user = f"hmac-{uuid.uuid4().hex[:8]}"
+    pseudonym = stored_id(grpc_server, user)
+    assert pseudonym != user and user not in pseudonym
+    now = int(time.time() * 1000)
+    assert client.collect(views(user, 2, 0, now)).accepted == 2
+    wait_for(lambda: events_total(client, user) == 2, 60, "2 views via the raw id")
+    store = redis.Redis(port=grpc_server.redis.port)
+    project = grpc_server.feast.project
+    try:
+        assert store.exists(redis_key(project, "user_profile", pseudonym))
+        assert not store.exists(redis_key(project, "user_profile", user))
+        # Nothing else in the store names the raw id either (keys are entity-key bytes).
+        assert not [k for k in store.scan_iter(count=1000) if user.encode() in k]
+    finally:
+        store.close()

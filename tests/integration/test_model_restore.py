@@ -23,6 +23,7 @@ from personalization.feature_store import feature_store
 from personalization.infra.processes import pid_alive, wait_until
 from personalization.settings import Settings
 from personalization.traffic.sender import TrafficSender
+from tests.identity import stored_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_cf_model_survives_a_job_crash(pipeline: Settings):
 
     def vector() -> np.ndarray | None:
         got = store.get_online_features(
-            features=["user_cf:cf_vector"], entity_rows=[{"user_id": user}]
+            features=["user_cf:cf_vector"], entity_rows=[{"user_id": stored_id(pipeline, user)}]
         ).to_dict()["cf_vector"][0]
         return np.asarray(got, dtype=np.float32) if got else None
 
@@ -56,7 +57,8 @@ def test_cf_model_survives_a_job_crash(pipeline: Settings):
 
     send(20, 0, now)
     learned = wait_for(lambda: _settled(vector), 60, "factors")
-    initial = init_vector(user, "u", LearnerConfig.from_settings(pipeline.learning))
+    config = LearnerConfig.from_settings(pipeline.learning)
+    initial = init_vector(stored_id(pipeline, user), "u", config)
     assert np.linalg.norm(learned - initial) > 0.05, "20 updates should move the factors"
 
     # Let at least one checkpoint complete after the updates, then crash the job.

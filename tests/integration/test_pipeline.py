@@ -25,6 +25,7 @@ from personalization.feature_store import feature_store
 from personalization.settings import Settings
 from personalization.traffic.replay import TaobaoRow, dataset_path, load_taobao
 from personalization.traffic.sender import TrafficSender
+from tests.identity import stored_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -150,7 +151,7 @@ def online(settings: Settings, users: list[str], names: list[str]) -> list[dict[
         feature_store(settings)
         .get_online_features(
             features=[f"user_profile:{n}" for n in names],
-            entity_rows=[{"user_id": u} for u in users],
+            entity_rows=[{"user_id": stored_id(settings, u)} for u in users],
         )
         .to_dict()
     )
@@ -304,7 +305,10 @@ def test_triggers_browse_intent_and_abandoned_cart(pipeline: Settings):
     TrafficSender(pipeline, rate=0).send([clock])
 
     found = consume_all(
-        pipeline, pipeline.kafka.triggers_topic, lambda r: r["user_id"] == user, want=2
+        pipeline,
+        pipeline.kafka.triggers_topic,
+        lambda r: r["user_id"] == stored_id(pipeline, user),
+        want=2,
     )
     by_name = {r["trigger"]: r for r in found}
     assert by_name["browse_intent"]["time"] == t0 + 2 * minute
@@ -344,7 +348,7 @@ def test_interactions_update_cf_factors_within_seconds(pipeline: Settings):
 
     def factors() -> list[float] | None:
         response = store.get_online_features(
-            features=["user_cf:cf_vector"], entity_rows=[{"user_id": user}]
+            features=["user_cf:cf_vector"], entity_rows=[{"user_id": stored_id(pipeline, user)}]
         ).to_dict()
         return response["cf_vector"][0]
 
