@@ -3,6 +3,7 @@
     python -m bench freshness [--rate 1000] [--duration 60]
     python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500]
     python -m bench all
+    python -m bench soak      [--minutes 10] [--rate 150] [--rps 80]
 
 Every run starts its own stack (temporary run dir, free 127.0.0.1 ports: Redis, Kafka,
 the Flink job on a MiniCluster, the online-store writer, the gRPC server), stops it in
@@ -33,8 +34,8 @@ from bench.env import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("general")
+    general = argparse.ArgumentParser(add_help=False)
+    g = general.add_argument_group("general")
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--name", help="results file name prefix (default: the scenario)")
     g.add_argument("--keep-run-dir", action="store_true", help="keep the tmp run dir (logs)")
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a shared machine: first wait up to this long for CPU busy < --quiet-pct",
     )
     g.add_argument("--quiet-pct", type=float, default=40.0, help="%% of all cores")
+
+    common = argparse.ArgumentParser(add_help=False, parents=[general])
 
     f = common.add_argument_group("freshness")
     f.add_argument("--rate", type=float, default=1000.0, help="background events/s")
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("freshness", parents=[common], help="event-to-feature freshness under load")
     sub.add_parser("serving", parents=[common], help="Recommend latency/throughput + Feast")
     sub.add_parser("all", parents=[common], help="freshness, then serving")
+    from bench.soak import add_arguments as add_soak_arguments
+
+    add_soak_arguments(
+        sub.add_parser(
+            "soak", parents=[general], help="ingest + serving load for minutes: errors, memory"
+        )
+    )
     return parser
 
 
@@ -254,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.started.remove("kafka")
         if args.scenario in ("serving", "all"):
             results["serving"] = _guard("serving", bench, args)
+        if args.scenario == "soak":
+            results["soak"] = _guard("soak", bench, args)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -271,18 +283,27 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(results.get("serving"), dict) and "python_load" in results["serving"]:
         print()
         print(serving_tables(results["serving"]))
+    soak = results.get("soak")
+    if isinstance(soak, dict) and "verdict" in soak:
+        from bench.soak import report
+
+        print()
+        print(report(soak))
     print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
     if failed is not None:
         print(f"FAILED: {failed!r}", file=sys.stderr)
         return 1
+    if isinstance(soak, dict) and not soak["verdict"]["pass"]:
+        return 1  # errors, or memory that is not flat
     return 0
 
 
 def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
     from bench.freshness import run_freshness
     from bench.serving import run_serving
+    from bench.soak import run_soak
 
-    fn = run_freshness if name == "freshness" else run_serving
+    fn = {"freshness": run_freshness, "serving": run_serving, "soak": run_soak}[name]
     try:
         return fn(bench, args)
     except Exception as exc:
