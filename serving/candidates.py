@@ -207,14 +207,24 @@ def content_scores(ctx: CandidateContext) -> SourceScores:
         sims = jaccard_rows(
             catalog.tag_matrix, rows, catalog.tag_columns, catalog.tag_sizes
         ).astype(np.float64)
-    else:
-        codes = catalog.category_codes
-        sims = (codes[None, :] == codes[rows][:, None]).astype(np.float64)
-    weighted = sims * weights[:, None]
-    scores = _max_normalised(weights @ sims, ctx.allowed)
+        weighted = sims * weights[:, None]
+        scores = _max_normalised(weights @ sims, ctx.allowed)
 
-    def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
-        return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
+        def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
+            return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
+
+    else:
+        # Same category: a weight per category code, gathered per item (no anchors x n).
+        codes = catalog.category_codes
+        by_code = np.zeros(len(catalog.categories), dtype=np.float64)
+        np.add.at(by_code, codes[rows], weights)
+        scores = _max_normalised(by_code[codes], ctx.allowed)
+
+        def anchor(i: int) -> str:  # the newest recent item of the same category
+            return next(
+                (catalog.item_ids[r] for r in rows if codes[r] == codes[i]),
+                catalog.item_ids[rows[0]],
+            )
 
     return SourceScores(CONTENT, scores, anchor=anchor)
 

@@ -185,12 +185,13 @@ def _select(order: np.ndarray, codes: np.ndarray, k: int, per_category_cap: int)
 
 def _ordered_candidates(score: np.ndarray, pool: int) -> np.ndarray:
     """Indices of the ``pool`` best finite scores, best first (ties: lower index first)."""
-    valid = np.flatnonzero(np.isfinite(score))
-    if valid.size > pool:
-        part = np.argpartition(-score[valid], pool - 1)[:pool]
-        valid = valid[part]
+    n = score.shape[0]
+    # Banned items are -inf: they sink below any pool without a separate filter pass
+    # over the whole catalog (what remains of them is dropped from the small pool).
+    top = np.argpartition(score, n - pool)[n - pool :] if pool < n else np.arange(n)
+    top = top[np.isfinite(score[top])]
     # lexsort: last key is primary; index as a tie-break keeps results deterministic.
-    return valid[np.lexsort((valid, -score[valid]))]
+    return top[np.lexsort((top, -score[top]))]
 
 
 def _refill_capped(
