@@ -4,6 +4,7 @@
     python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500]
     python -m bench all
     python -m bench soak      [--minutes 10] [--rate 150] [--rps 80]
+    python -m bench ingest    [--events 50000] [--dataset movielens|taobao|PATH]
 
 Every run starts its own stack (temporary run dir, free 127.0.0.1 ports: Redis, Kafka,
 the Flink job on a MiniCluster, the online-store writer, the gRPC server), stops it in
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_soak_arguments(
         sub.add_parser(
             "soak", parents=[general], help="ingest + serving load for minutes: errors, memory"
+        )
+    )
+    from bench.ingest import add_arguments as add_ingest_arguments
+
+    add_ingest_arguments(
+        sub.add_parser(
+            "ingest", parents=[general], help="sustained events/s and CF updates/s of the job"
         )
     )
     return parser
@@ -266,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             results["serving"] = _guard("serving", bench, args)
         if args.scenario == "soak":
             results["soak"] = _guard("soak", bench, args)
+        if args.scenario == "ingest":
+            results["ingest"] = _guard("ingest", bench, args)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -289,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(report(soak))
+    ingest = results.get("ingest")
+    if isinstance(ingest, dict) and "dataset" in ingest:
+        from bench.ingest import report as ingest_report
+
+        print()
+        print(ingest_report(ingest))
     print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
     if failed is not None:
         print(f"FAILED: {failed!r}", file=sys.stderr)
@@ -300,10 +316,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
     from bench.freshness import run_freshness
+    from bench.ingest import run_ingest
     from bench.serving import run_serving
     from bench.soak import run_soak
 
-    fn = {"freshness": run_freshness, "serving": run_serving, "soak": run_soak}[name]
+    fn = {
+        "freshness": run_freshness,
+        "serving": run_serving,
+        "soak": run_soak,
+        "ingest": run_ingest,
+    }[name]
     try:
         return fn(bench, args)
     except Exception as exc:

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.env import BenchStack, CpuMeter, latency_summary, say
 from personalization import stack
+from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, settings_from_json
 
 # --- background load (its own process) -------------------------------------------------
@@ -195,6 +196,8 @@ def probe_loop(
     reader = UserFeatureReader(settings)
     topic = settings.kafka.clickstream_topic
     key = stack.PROBE_USER.encode()
+    # Stored under its pseudonym when a secret is configured (privacy.hmac_secret).
+    probe_id = pseudonymizer(settings.privacy.hmac_secret)(stack.PROBE_USER)
     outstanding: deque[tuple[int, float]] = deque()  # (event_time_ms, produced at)
     latencies: list[float] = []
     lost = 0
@@ -221,7 +224,7 @@ def probe_loop(
             if next_probe < now:  # never burst to catch up after a stall
                 next_probe = now + interval_s
         try:
-            features = reader.read(stack.PROBE_USER)
+            features = reader.read(probe_id)
         except Exception:
             features = None
             read_errors += 1

@@ -475,6 +475,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         _start_job_metrics(self.metrics_cfg)
         self.quality = PrequentialMonitor()
         self.model_metrics = metrics.model_metrics()
+        self.updates = self.model_metrics.updates.labels("cf")
         self.next_report = 0.0
 
     def _model(self) -> learning.OnlineMF:
@@ -500,6 +501,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
                 model.import_item(event.item_id, stored)
         self._evaluate_then(model, event.user_id, event.item_id)
         model.learn_one(event.user_id, event.item_id, weight, event.event_time_ms)
+        self.updates.inc()
         dirty_users, dirty_items = model.drain_dirty()
         for user_id in dirty_users:
             self.users.put(user_id, model.export_user(user_id))

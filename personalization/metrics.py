@@ -36,6 +36,8 @@ Names (all prefixed ``pz_``)::
             pz_model_drift{model,detector}              hook: drift statistic / alarm state
             pz_model_drift_alarms_total{model,detector} hook: drift alarms raised
             pz_model_version{model,version}             hook: 1 for the version in use
+            pz_model_updates_total{model}               learning updates (cf: one per
+                                                        learned interaction)
     A/B     pz_experiment_exposures_total{experiment,variant}
             pz_experiment_actions_total{experiment,variant,action}   click|add_to_cart|purchase
             pz_experiment_revenue_total{experiment,variant}
@@ -264,6 +266,7 @@ class ModelMetrics:
     drift: Gauge
     drift_alarms: Counter
     version: Gauge
+    updates: Counter
 
     def set_prequential(self, model: str, metric: str, value: float) -> None:
         """A prequential (test-then-train) metric, e.g. ``metric="recall@10"``."""
@@ -307,6 +310,9 @@ def model_metrics() -> ModelMetrics:
                 ),
                 version=Gauge(
                     "pz_model_version", "1 for the model version in use", ["model", "version"]
+                ),
+                updates=Counter(
+                    "pz_model_updates", "Learning updates applied by an online model", ["model"]
                 ),
             )
         return _model

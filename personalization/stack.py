@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 
 from personalization.infra import jars, kafka_broker, redis_server
 from personalization.infra.processes import ManagedProcess, wait_until
+from personalization.privacy import pseudonymizer
 from personalization.settings import PROJECT_ROOT, SETTINGS_JSON_ENV, Settings
 
 log = logging.getLogger(__name__)
@@ -226,9 +227,11 @@ def probe_freshness(
         settings.kafka.clickstream_topic, json.dumps(event).encode(), PROBE_USER.encode()
     )
     producer.flush(timeout_s)
+    # The job stores the probe, like every user, under its pseudonym (privacy.hmac_secret).
+    stored = pseudonymizer(settings.privacy.hmac_secret)(PROBE_USER)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        features = _read_quietly(reader, PROBE_USER)
+        features = _read_quietly(reader, stored)
         if features is not None and features.last_seen_ms >= event["event_time"]:
             return time.time() - sent_at
         time.sleep(0.005)
