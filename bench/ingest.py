@@ -514,6 +514,10 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
         user = str(e["user_id"])
         expected_count[user] += 1
         expected_last[user] = max(expected_last.get(user, 0), int(e["event_time"]))
+    from personalization.privacy import pseudonymizer
+
+    # The job stores pseudonyms when a secret is set (identity otherwise).
+    pseudonym = pseudonymizer(settings.privacy.hmac_secret)
     reader = UserFeatureReader(settings)
     rows = matched = events_total = cf_vectors = 0
     try:
@@ -521,7 +525,7 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
             features = None
             for attempt in range(5):
                 try:
-                    features = reader.read(user)
+                    features = reader.read(pseudonym(user))
                     break
                 except StoreUnavailable:
                     time.sleep(0.05 * (attempt + 1))
