@@ -6,6 +6,11 @@ Before the learner sees an interaction, the model ranks the interacted item agai
 well the model would have recommended that very interaction. River's ADWIN watches the
 hit stream: its window mean is the reported rate, and a detected change in it is a
 drift alarm (logged and counted in ``pz_model_drift_alarms_total``).
+
+Only every ``every``-th interaction is evaluated (deterministically, by count): the
+estimate needs a sample, not every event, and evaluating costs more than learning.
+Candidates are drawn with replacement: drawing without replacement permutes the whole
+item range per call, which grows with the catalog.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class PrequentialMonitor:
     k: int = 10
     candidates: int = 100
     seed: int = 7
+    every: int = 1
+    seen: int = 0
     evaluated: int = 0
     hits: int = 0
     alarms: int = 0
@@ -35,12 +42,15 @@ class PrequentialMonitor:
     def evaluate(self, model: OnlineMF, user: str, item: str) -> bool | None:
         """Score one interaction before learning it; None if the model cannot yet
         (a new user or item, or too few known items)."""
+        self.seen += 1
+        if self.every > 1 and self.seen % self.every:
+            return None
         user_vector = model.user_vector(user)
         row = model.item_index.get(item)
         n = len(model.item_ids)
         if user_vector is None or row is None or n <= self.candidates:
             return None
-        others = self.rng.choice(n, size=self.candidates, replace=False)
+        others = self.rng.integers(0, n, size=self.candidates)
         others = others[others != row]
         matrix = model.item_matrix
         target = float(matrix[row] @ user_vector)

@@ -459,6 +459,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
 
     def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
         self.learner_cfg = learning.LearnerConfig.from_settings(cfg)
+        self.prequential_every = cfg.prequential_every
         self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.model: learning.OnlineMF | None = None
 
@@ -473,7 +474,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
         self.model = None
         _start_job_metrics(self.metrics_cfg)
-        self.quality = PrequentialMonitor()
+        self.quality = PrequentialMonitor(every=self.prequential_every)
         self.model_metrics = metrics.model_metrics()
         self.updates = self.model_metrics.updates.labels("cf")
         self.next_report = 0.0

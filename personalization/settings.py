@@ -222,6 +222,10 @@ class LearningSettings(_Section):
     covisit_half_life_s: float = 30 * 24 * 3600.0
     covisit_position_decay: float = 0.7
     covisit_max_gap_s: float = 0.0
+    # Prequential quality of the CF model (flink_jobs/model_quality.py): every Nth
+    # interaction is evaluated before it is learned (1 = all; evaluating costs more
+    # than learning, see README "Figures").
+    prequential_every: int = 4
     # Click propensity (flink_jobs/propensity.py): River logistic regression on the
     # features serving logged for each shown item, labelled this long (event time)
     # after the exposure; a version is published every N examples.
