@@ -106,7 +106,8 @@ def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):
             user = f"{tag}-{u}"
             response = client.recommend(user, k=10)
             assert response.experiment == "ranking-ab"
-            assert response.variant == assign(experiment, user).name  # sticky, by hash
+            # Sticky, by hash of the id serving works with: the pseudonym.
+            assert response.variant == assign(experiment, stored_id(ab_server, user)).name
             assert response.items, user
             exposures[response.variant] += 1
             t = int(time.time() * 1000)
