@@ -535,13 +535,15 @@ class TopicCounter:
 
 def events_in_features(settings: Settings, users: list[str]) -> tuple[int, int]:
     """(sum of ``events_total`` over ``users``, users with a row) from the online store."""
+    from personalization.privacy import pseudonymizer
     from serving.online_features import UserFeatureReader
 
+    stored = pseudonymizer(settings.privacy.hmac_secret)  # the job's key for a user
     reader = UserFeatureReader(settings)
     try:
         total_events = rows = 0
         for user in users:
-            features = reader.read(user)
+            features = reader.read(stored(user))
             if features is not None:
                 rows += 1
                 total_events += features.events_total
@@ -809,6 +811,11 @@ def run_soak(bench: BenchStack, args: Any) -> dict[str, Any]:
         # timeout (50 ms), so the server answered with trending (by design).
         "store_unavailable_fallbacks": int(end_counts.get("store_unavailable_fallbacks", 0)),
         "fallbacks_all_reasons": int(end_counts.get("server_fallbacks", 0)),
+        "fallbacks_by_reason": {
+            key.partition(":")[2]: int(value)
+            for key, value in end_counts.items()
+            if key.startswith("fallbacks:")
+        },
         "not_personalized_pct": round(
             100.0 * (1 - serve_done.get("personalized", 0) / ok_answers), 2
         ),
@@ -909,8 +916,9 @@ def _sample(
     jstat: bool,
     probe_seconds: float,
 ) -> dict[str, Any]:
+    import redis
+
     from bench.freshness import probe_loop
-    from serving.online_features import redis_client
 
     sample: dict[str, Any] = {"memory": memory_sample(sessions)}
     if jstat:
@@ -931,7 +939,14 @@ def _sample(
         sample["dlq_error"] = repr(exc)
     sample["counters"] = _counters(urls, server_url)
     try:
-        client = redis_client(settings)
+        # Not serving's 50 ms timeout: a slow answer here is a sample, not a failure.
+        client = redis.Redis(
+            host=settings.redis.host,
+            port=settings.redis.port,
+            db=settings.redis.db,
+            password=settings.redis.password,
+            socket_timeout=10.0,
+        )
         info = cast(dict[str, Any], client.info("memory"))
         sample["redis"] = {"keys": client.dbsize(), "used_mb": round(info["used_memory"] / MB, 1)}
         client.close()
@@ -986,6 +1001,10 @@ def _counters(urls: dict[str, str], server_url: str) -> dict[str, float]:
             server, "pz_serving_fallbacks_total", reason="store_unavailable"
         )
         out["server_fallbacks"] = total(server, "pz_serving_fallbacks_total")
+        for key, value in server.items():
+            base, _, labels = key.partition("{")
+            if base == "pz_serving_fallbacks_total" and labels.startswith("reason="):
+                out[f"fallbacks:{labels[len('reason=') : -1]}"] = value
     return out
 
 
@@ -993,6 +1012,7 @@ def _wait_features(
     settings: Settings, users: list[str], sent: int, timeout_s: float
 ) -> dict[str, Any]:
     """Poll the users' ``events_total`` until it covers every event sent."""
+    from personalization.privacy import pseudonymizer
     from serving.online_features import UserFeatureReader
 
     t0 = time.monotonic()
@@ -1005,7 +1025,7 @@ def _wait_features(
     waited = time.monotonic() - t0
     reader = UserFeatureReader(settings)
     try:
-        probe = reader.read(stack.PROBE_USER)
+        probe = reader.read(pseudonymizer(settings.privacy.hmac_secret)(stack.PROBE_USER))
     finally:
         reader.close()
     say(
@@ -1197,6 +1217,13 @@ def report(r: dict[str, Any]) -> str:
             (
                 "  not personalized: Redis slower than 50 ms",
                 r["degraded"]["store_unavailable_fallbacks"],
+            ),
+            (
+                "  fallbacks by reason",
+                ", ".join(
+                    f"{k} {v:,}" for k, v in r["degraded"].get("fallbacks_by_reason", {}).items()
+                )
+                or None,
             ),
             ("Recommend users asked for (pool at end)", sv.get("users_asked_for_at_end")),
             (
