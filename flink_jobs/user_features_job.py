@@ -303,6 +303,10 @@ def run(settings: Settings, *, restore: str = "latest", detached: bool = False) 
         log.info("restoring from checkpoint %s", restore_from)
     # Must be in the environment before the JVM starts (it inherits it).
     os.environ["PYTHONPATH"] = embedded_python_path()
+    heap_mb = settings.flink.local_jvm_heap_mb
+    if heap_mb > 0 and "JVM_ARGS" not in os.environ:
+        # PyFlink's local gateway passes JVM_ARGS to the java command it starts.
+        os.environ["JVM_ARGS"] = f"-Xms{heap_mb}m -Xmx{heap_mb}m"
     env = create_environment(settings, restore_from)
     build_pipeline(env, settings)
     if detached:
