@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feast-iterations", type=int, default=1000)
     s.add_argument("--no-ghz", action="store_true")
     s.add_argument(
+        "--strategy", default="", help="ranking strategy to serve (default: the settings')"
+    )
+    s.add_argument(
         "--keep-pipeline",
         action="store_true",
         help="all: leave Flink job, writer and Kafka running (idle) during serving",

@@ -414,6 +414,9 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
     bench.start_redis()
     bench.feast_apply()
     seed_stats = seed_store(settings, args.users, args.items, args.template_users, args.seed)
+    if getattr(args, "strategy", ""):
+        settings.ranking.strategy = args.strategy
+    say(f"ranking strategy: {settings.ranking.strategy}")
     bench.start_component(BENCH_SERVER)
     from personalization import stack
 
@@ -501,6 +504,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
             "phase_duration_s": args.phase_duration,
             "warmup_s": args.warmup,
             "server": f"serving.server --no-collector, max_workers={settings.serving.max_workers}",
+            "strategy": settings.ranking.strategy,
             "target": target(settings),
         },
         "seed": seed_stats,
