@@ -415,7 +415,8 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
     bench.feast_apply()
     seed_stats = seed_store(settings, args.users, args.items, args.template_users, args.seed)
     if getattr(args, "strategy", ""):
-        settings.ranking.strategy = args.strategy
+        ranking = settings.ranking.model_copy(update={"strategy": args.strategy})
+        bench.settings = settings = settings.model_copy(update={"ranking": ranking})
     say(f"ranking strategy: {settings.ranking.strategy}")
     bench.start_component(BENCH_SERVER)
     from personalization import stack
