@@ -397,9 +397,13 @@ def rank_hybrid(
     if weights.get(cand.PROPENSITY, 0.0) > 0 and propensity is not None:
         p_click = np.where(allowed, propensity.score(columns), 0.0)
         sources = [*sources, cand.SourceScores(cand.PROPENSITY, p_click)]
-    contributions = np.stack([weights[s.source] * s.scores for s in sources])
-    score = contributions.sum(axis=0)
-    score[~allowed] = -np.inf
+    # Summed in place (no [sources x n] matrix per request); contributions are only
+    # needed for the k items picked, to explain them.
+    score = np.zeros(n, dtype=np.float64)
+    for s in sources:
+        score += weights[s.source] * s.scores
+    if banned:
+        score[banned] = -np.inf
     fatigue = fatigue_mod.fatigue_for(user, catalog, now_ms, params.fatigue)
     uncapped = score
     score = fatigue_mod.apply(score, fatigue)
@@ -418,7 +422,7 @@ def rank_hybrid(
         chosen, explored = _explore(chosen, order, slots, explore_pool, seed)
     chosen = _refill_capped(chosen, score, uncapped, fatigue, k)
 
-    picked = contributions[:, chosen]
+    picked = np.array([weights[s.source] * s.scores[chosen] for s in sources])
     dominant = picked.argmax(axis=0).tolist()
     items = []
     for column, i in enumerate(chosen):
