@@ -50,13 +50,12 @@ import pickle
 import pstats
 import sys
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchStack, CpuMeter, format_table, say
+from bench.env import BenchStack, CpuMeter, format_table, say, scrape
 from personalization import stack
 from personalization.settings import PROJECT_ROOT, Settings
 
@@ -167,20 +166,6 @@ def preload(settings: Settings, events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --- sampling --------------------------------------------------------------------------
-
-
-def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
-    """Prometheus text -> ``name{k=v,...}`` -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = float(sample.value)
-    return out
 
 
 def metric_sum(metrics: dict[str, float], name: str, **match: str) -> float:

@@ -57,7 +57,6 @@ import random
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from bench.env import BENCH_SERVER, BenchStack, CpuMeter, format_table, latency_summary, say
+from bench.env import BENCH_SERVER, BenchStack, CpuMeter, format_table, latency_summary, say, scrape
 from personalization import stack
 from personalization.settings import Settings, settings_from_json
 from personalization.traffic.generator import GeneratorConfig
@@ -480,20 +479,6 @@ def memory_verdict(
 
 
 # --- counters ----------------------------------------------------------------------------
-
-
-def scrape(url: str, timeout_s: float = 3.0) -> dict[str, float]:
-    """Prometheus text -> sample name (labels joined in braces) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
-    return out
 
 
 def total(metrics: dict[str, float], name: str, **match: str) -> float:

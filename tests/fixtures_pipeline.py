@@ -13,10 +13,13 @@ Tests must use their own user ids: all tests of a session share one pipeline.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from personalization import stack
+from personalization.infra.processes import free_port
 from personalization.settings import Settings
 
 
@@ -44,3 +47,22 @@ def grpc_server(pipeline: Settings) -> Iterator[Settings]:
         yield pipeline
     finally:
         stack.SERVER.process(pipeline).stop()
+
+
+@contextmanager
+def extra_server(base: Settings, name: str, **sections: dict[str, Any]) -> Iterator[Settings]:
+    """Another gRPC server process on the same pipeline, on free ports, with some
+    settings changed (``ranking={"strategy": "hybrid_v2"}``, ...); yields its settings."""
+    data = base.model_dump()
+    for section, changes in sections.items():
+        data[section].update(changes)
+    data["serving"]["port"] = free_port()
+    data["metrics"]["serving_port"] = free_port()
+    settings = Settings.model_validate(data)
+    component = stack.Component(name, "serving.server")
+    stack.start_component(settings, component)
+    try:
+        stack.wait_server_ready(settings)
+        yield settings
+    finally:
+        component.process(settings).stop()

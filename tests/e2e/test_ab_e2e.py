@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from personalization import ab_report, stack
+from personalization import ab_report
 from personalization.experiments import assign, load_experiments
-from personalization.infra.processes import free_port
 from personalization.settings import SETTINGS_JSON_ENV, Settings
 from personalization.traffic.replay import dataset_path, load_taobao
 from personalization.traffic.sender import TrafficSender
 from serving.client import RecommenderClient
+from tests.fixtures_pipeline import extra_server
 from tests.identity import stored_id
 
 pytestmark = pytest.mark.e2e
@@ -48,18 +48,9 @@ def ab_server(
 ) -> Iterator[Settings]:
     folder: Path = tmp_path_factory.mktemp("ab")
     (folder / "experiments.yaml").write_text(EXPERIMENTS)
-    data = grpc_server.model_dump()
-    data["serving"]["port"] = free_port()
-    data["serving"]["experiments_file"] = str(folder / "experiments.yaml")
-    data["metrics"]["serving_port"] = free_port()
-    settings = Settings.model_validate(data)
-    component = stack.Component("grpc-server-ab", "serving.server")
-    stack.start_component(settings, component)
-    try:
-        stack.wait_server_ready(settings)
+    experiments = {"experiments_file": str(folder / "experiments.yaml")}
+    with extra_server(grpc_server, "grpc-server-ab", serving=experiments) as settings:
         yield settings
-    finally:
-        component.process(settings).stop()
 
 
 def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):

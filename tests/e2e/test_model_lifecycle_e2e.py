@@ -29,12 +29,11 @@ import grpc
 import pytest
 import redis
 
-from personalization import stack
-from personalization.infra.processes import free_port
 from personalization.model_registry import ModelRegistry
 from personalization.settings import SETTINGS_JSON_ENV, Settings
 from serving.client import RecommenderClient
 from serving.propensity import MODEL_NAME
+from tests.fixtures_pipeline import extra_server
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,19 +41,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def v2_server(grpc_server: Settings) -> Iterator[Settings]:
-    data = grpc_server.model_dump()
-    data["serving"]["port"] = free_port()
-    data["serving"]["model_refresh_s"] = 0.2
-    data["ranking"]["strategy"] = "hybrid_v2"
-    data["metrics"]["serving_port"] = free_port()
-    settings = Settings.model_validate(data)
-    component = stack.Component("grpc-server-v2", "serving.server")
-    stack.start_component(settings, component)
-    try:
-        stack.wait_server_ready(settings)
+    with extra_server(
+        grpc_server,
+        "grpc-server-v2",
+        serving={"model_refresh_s": 0.2},
+        ranking={"strategy": "hybrid_v2"},
+    ) as settings:
         yield settings
-    finally:
-        component.process(settings).stop()
 
 
 def version_in_use(settings: Settings) -> str | None:
