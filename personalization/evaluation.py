@@ -255,6 +255,7 @@ def evaluate(
         decay = math.pow(0.5, (t - ref) / half_life_ms) if t > ref else 1.0
         catalog.trending_score[position] = catalog.trending_score[position] * decay + 1.0
         catalog.trending_ref_ms[position] = max(t, ref)
+        catalog.columns_changed()  # columns mutated in place: drop the derived ones
         _, dirty = mf.drain_dirty()
         for changed in dirty:
             i = catalog.index_of.get(changed)

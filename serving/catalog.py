@@ -192,6 +192,11 @@ class CatalogSnapshot:
             self._derived[key] = cached
         return cached
 
+    def columns_changed(self) -> None:
+        """Forget the derived columns. Serving never mutates a snapshot (refreshes build a
+        new one); an offline replay that updates columns in place must call this."""
+        self._derived.clear()
+
     def column(self, name: str, compute: Callable[[CatalogSnapshot], np.ndarray]) -> np.ndarray:
         """A derived per-item column, computed once per snapshot."""
         key = (name, 0.0)

@@ -106,3 +106,13 @@ def test_hybrid_runs_through_the_same_ranker():
     result = evaluate(events, {"hybrid": hybrid}, k=3)
     assert result.methods["hybrid"].events == 30
     assert 0.0 <= result.methods["hybrid"].hit_rate <= 1.0
+
+
+def test_popularity_follows_counts_as_the_replay_mutates_the_catalog():
+    # The replay updates trending columns in place; ranking caches derived columns per
+    # snapshot, so the replay must invalidate them (a stale cache froze popularity).
+    events = [rating(0, "u0", "a"), *(rating(i, f"u{i}", "b") for i in range(1, 5))]
+    m = evaluate(events, {"popularity": POPULARITY}, k=1).methods["popularity"]
+    #   e0 a: all 0 -> [a] hit; e1 b: a1 -> miss; e2 b: a1 b1 -> [a] miss;
+    #   e3 b: a1 b2 -> [b] hit; e4 b: a1 b3 -> [b] hit
+    assert m.hits == 3
