@@ -25,9 +25,12 @@ from typing import Any
 
 from flink_jobs.attribution import Exposure
 
-# Times kept per item / per category: enough for any sensible cap or fatigue level.
-MAX_TIMES_PER_ITEM = 16
-MAX_TIMES_PER_CATEGORY = 64
+# Times kept per item / per category: counts saturate there, which is past any useful
+# cap (an item shown this often is held back anyway) or fatigue level. Together with
+# features.max_impression_items / _categories this bounds a heavy user's impression
+# state (100 x 8 + 30 x 32 times); a typical user keeps a few dozen.
+MAX_TIMES_PER_ITEM = 8
+MAX_TIMES_PER_CATEGORY = 32
 
 
 @dataclass(frozen=True, slots=True)

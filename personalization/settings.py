@@ -149,8 +149,8 @@ class FeatureSettings(_Section):
     # frequency capping and fatigue (flink_jobs/impressions.py); items / categories
     # tracked per user, most recently shown kept.
     impression_window_s: int = 24 * 3600
-    max_impression_items: int = 200
-    max_impression_categories: int = 50
+    max_impression_items: int = 100
+    max_impression_categories: int = 30
 
 
 class ServingSettings(_Section):
