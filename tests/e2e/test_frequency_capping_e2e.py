@@ -15,7 +15,7 @@ import pytest
 
 from personalization.settings import Settings
 from serving.client import RecommenderClient
-from serving.online_features import UserFeatureReader
+from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
 from tests.identity import stored_id
 from tests.waiting import wait_for
 
@@ -63,9 +63,17 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
             shown.update(items)
             return items
 
+        def read() -> UserFeatures | None:
+            # The reader gives Redis 50 ms (serving's budget); a loaded machine can miss
+            # it, which serving answers with a fallback and a test simply retries.
+            try:
+                return reader.read(stored)
+            except StoreUnavailable:
+                return None
+
         def personalized_list():
             # Ask only once the user's interests exist (each answer counts).
-            features = reader.read(stored)
+            features = read()
             if features is None or not features.interests:
                 return None
             items = ask()
@@ -78,15 +86,14 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
         assert capped, shown
 
         def counted():
-            features = reader.read(stored)
+            features = read()
             impressions = features.item_impressions if features else {}
             return all(impressions.get(i, (0, 0))[0] >= cap for i in capped) or None
 
         started = time.monotonic()
         wait_for(counted, 60, f"the job to count {cap} impressions of {sorted(capped)}")
         took_s = time.monotonic() - started
-        features = reader.read(stored)
-        assert features is not None
+        features = wait_for(read, 30, "the user's features")
         assert features.category_impressions[category][0] >= cap
 
         after = client.recommend(user, k=4)
