@@ -167,6 +167,10 @@ class ServingSettings(_Section):
     # Producer batching delay for Collect; small, because the call waits for the acks.
     collect_linger_ms: int = 2
     client_deadline_s: float = 1.0
+    # Request-path Redis reads: after this many failures in a row, stop reading (serve
+    # fallbacks at once) for store_breaker_open_s, then let one read probe Redis.
+    store_breaker_failures: int = 3
+    store_breaker_open_s: float = 0.5
     # A/B experiments (YAML, see personalization/experiments.py); missing file = none.
     experiments_file: str = ""
     # TLS: PEM files of the server certificate chain and key; empty = plaintext.

@@ -9,8 +9,9 @@
     pz_serving_catalog_age_seconds                    wall clock - last successful refresh
     pz_serving_catalog_consecutive_failures
 
-Latency and errors come from a server interceptor (:class:`MetricsInterceptor`), the
-catalog figures from ``ItemCatalog.health()`` when scraped. ``serve()`` exposes them on
+Latency and errors are recorded around every unary call by ``serving/async_handlers.py``
+(``RPC_DURATION``, :func:`count_error`, :func:`count_response`), the catalog figures
+from ``ItemCatalog.health()`` when scraped. ``serve()`` exposes them on
 ``settings.metrics.serving_port``.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -81,59 +82,15 @@ CATALOG_REFRESHES = Counter(
 )
 
 
-def split_method(full_method: str) -> tuple[str, str]:
-    """``/personalization.v1.Recommender/Recommend`` -> (service, method)."""
-    service, _, method = full_method.lstrip("/").rpartition("/")
-    return service or "unknown", method or full_method
+def count_error(service: str, method: str, code: grpc.StatusCode) -> None:
+    """One RPC that ended with a non-OK status."""
+    RPC_ERRORS.labels(service, method, code.name).inc()
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Times unary-unary RPCs and counts non-OK statuses and Recommend fallbacks."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming (health Watch, reflection): not measured
-        service, method = split_method(handler_call_details.method)
-        duration = RPC_DURATION.labels(service, method)
-        behavior = handler.unary_unary
-
-        def measured(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                response = behavior(request, context)
-            except BaseException:
-                code = _code_of(context) or grpc.StatusCode.UNKNOWN
-                RPC_ERRORS.labels(service, method, code.name).inc()
-                raise
-            finally:
-                duration.observe(time.perf_counter() - started)
-            code = _code_of(context)
-            if code is not None and code != grpc.StatusCode.OK:
-                RPC_ERRORS.labels(service, method, code.name).inc()
-            if isinstance(response, recommender_pb2.RecommendResponse) and (
-                response.fallback_reason
-            ):
-                FALLBACKS.labels(response.fallback_reason).inc()
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
-    try:
-        code = context.code()  # type: ignore[attr-defined]
-    except AttributeError:
-        return None
-    return code if isinstance(code, grpc.StatusCode) else None
+def count_response(response: Any) -> None:
+    """Counts a Recommend answer served by a fallback, by reason."""
+    if isinstance(response, recommender_pb2.RecommendResponse) and response.fallback_reason:
+        FALLBACKS.labels(response.fallback_reason).inc()
 
 
 class CatalogCollector(Collector):

@@ -24,6 +24,7 @@ from personalization.feature_store import (
     redis_key,
 )
 from personalization.settings import Settings
+from serving.circuit_breaker import CircuitBreaker
 
 VIEW = "user_profile"
 CF_VIEW = "user_cf"
@@ -158,6 +159,9 @@ class UserFeatureReader:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self._project = settings.feast.project
+        self._breaker = CircuitBreaker(
+            settings.serving.store_breaker_failures, settings.serving.store_breaker_open_s
+        )
         self._client = client if client is not None else redis_client(settings)
         self._names = tuple(feature_kinds(VIEW))
         self._fields = [field_key(VIEW, name) for name in self._names]
@@ -174,12 +178,18 @@ class UserFeatureReader:
 
         Raises :class:`StoreUnavailable` when Redis cannot be reached in time.
         """
+        if not self._breaker.allow():
+            raise StoreUnavailable(
+                f"online store unavailable (not retried yet): {self._breaker.last_error}"
+            )
         key = redis_key(self._project, VIEW, user_id)
         try:
             # execute_command: redis-py's typed hmget() rejects bytes keys (Feast's are bytes).
             values: list[bytes | None] = self._client.execute_command("HMGET", key, *self._fields)
         except redis.RedisError as exc:  # refused, timed out, LOADING, READONLY ...
+            self._breaker.failed(str(exc))
             raise StoreUnavailable(f"online store unavailable: {exc}") from exc
+        self._breaker.succeeded()
         if now_ms is None:
             now_ms = int(time.time() * 1000)
         ts_raw = values[-1]

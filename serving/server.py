@@ -24,7 +24,7 @@ Health (``grpc.health.v1``), one entry per concern:
 - ``personalization.v1.Collector``: NOT_SERVING while librdkafka reports all brokers
   down or the last batch was not acknowledged; SERVING again after the next ack.
 
-Metrics (``serving/metrics.py``): an interceptor times every unary RPC and counts
+Metrics (``serving/metrics.py``): ``serving/async_handlers.py`` times every unary RPC and counts
 non-OK statuses and Recommend fallbacks; ``serve()`` exposes them with the catalog's
 size and age on ``http://<metrics.host>:<metrics.serving_port>/metrics``.
 
@@ -35,17 +35,17 @@ in-flight calls finish.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -61,6 +61,7 @@ from personalization.v1 import (
 )
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
+from serving.async_handlers import add_servicer
 from serving.catalog import ItemCatalog
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
@@ -75,17 +76,32 @@ COLLECTOR_SERVICE = _SERVICES["Collector"].full_name
 ADMIN_SERVICE = _SERVICES["Admin"].full_name
 ONLINE_STORE_HEALTH = "personalization.online_store"
 
+_T = TypeVar("_T")
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthState:
-    """Writes to the health servicer only on change (request threads report often)."""
+    """Health entries of the asyncio health servicer, settable from any thread.
 
-    def __init__(self, servicer: health.HealthServicer) -> None:
+    Writes reach the servicer only on change (every Recommend reports the store's
+    state) and always on the server's event loop, where the servicer lives.
+    """
+
+    def __init__(self, servicer: health.aio.HealthServicer) -> None:
         self._servicer = servicer
         self._lock = threading.Lock()
         self._state: dict[str, bool] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Entries set before the loop runs are written once it does."""
+        with self._lock:
+            self._loop = loop
+            pending = dict(self._state)
+        for service, ok in pending.items():
+            self._write(service, ok)
 
     def set(self, service: str, ok: bool) -> None:
         if self._state.get(service) is ok:
@@ -94,8 +110,23 @@ class HealthState:
             if self._state.get(service) is ok:
                 return
             self._state[service] = ok
-            self._servicer.set(service, _SERVING if ok else _NOT_SERVING)
-            log.info("health %s -> %s", service or '""', "SERVING" if ok else "NOT_SERVING")
+        self._write(service, ok)
+        log.info("health %s -> %s", service or '""', "SERVING" if ok else "NOT_SERVING")
+
+    def _write(self, service: str, ok: bool) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        status = _SERVING if ok else _NOT_SERVING
+        coroutine = self._servicer.set(service, status)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(coroutine)
+        else:
+            asyncio.run_coroutine_threadsafe(coroutine, loop)
 
     def get(self, service: str) -> bool | None:
         return self._state.get(service)
@@ -129,53 +160,6 @@ def profile_message(
         features_age_ms=features.features_age_ms,
         consent=features.consent,
     )
-
-
-class _Undecodable:
-    """Stands in for a request whose bytes are not the method's message."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-class UndecodableRequests(grpc.ServerInterceptor):
-    """Answers INVALID_ARGUMENT for a request that does not decode.
-
-    grpcio answers a request its deserializer refuses with INTERNAL ("Exception
-    deserializing request!"), which reads as a server fault; it is the caller's.
-    """
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler
-        decode = handler.request_deserializer
-        behavior = handler.unary_unary
-
-        def lenient_decode(data: bytes) -> Any:
-            try:
-                return decode(data)
-            except DecodeError as exc:
-                return _Undecodable(str(exc))
-
-        def checked(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"undecodable request: {request.error}"
-                )
-            return behavior(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            checked,
-            request_deserializer=lenient_decode,
-            response_serializer=handler.response_serializer,
-        )
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
@@ -261,7 +245,12 @@ class CollectorServicer(recommender_pb2_grpc.CollectorServicer):
 
 
 class ServingApp:
-    """The gRPC server and the components behind it; ``start`` / ``stop``."""
+    """The asyncio gRPC server and the components behind it; ``start`` / ``stop``.
+
+    The server runs on its own event loop in a background thread, so callers (the CLI,
+    tests, benchmarks) keep a synchronous API. Recommend and GetUserProfile run on that
+    loop; Collect and the Admin methods in a thread pool (see ``async_handlers``).
+    """
 
     def __init__(
         self,
@@ -273,7 +262,7 @@ class ServingApp:
     ) -> None:
         self.settings = settings
         cfg = settings.serving
-        self.health_servicer = health.HealthServicer()
+        self.health_servicer = health.aio.HealthServicer()
         self.health = HealthState(self.health_servicer)
         if collector is None and enable_collector:
             collector = EventCollector(
@@ -292,45 +281,85 @@ class ServingApp:
                 models=ModelWatcher(registry, cfg.model_refresh_s),
             )
         self.recommender = recommender
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            # Fail loudly if the port is taken instead of sharing it with another server.
-            ("grpc.so_reuseport", 0),
-        ]
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
-            options=options,
-            interceptors=[serving_metrics.MetricsInterceptor(), UndecodableRequests()],
-        )
-        recommender_pb2_grpc.add_RecommenderServicer_to_server(
-            RecommenderServicer(settings, recommender), self.server
-        )
-        names = [RECOMMENDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         self.admin: AdminServicer | None = None
         if collector is not None:
-            recommender_pb2_grpc.add_CollectorServicer_to_server(
-                CollectorServicer(settings, collector), self.server
-            )
-            names.append(COLLECTOR_SERVICE)
             self.admin = AdminServicer(settings, collector)
-            recommender_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
-            names.append(ADMIN_SERVICE)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self.server)
-        reflection.enable_server_reflection(names, self.server)
-        address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert_file:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind {cfg.host}:{cfg.port}")
+        # Blocking methods (Kafka acks, audit writes) run here, off the event loop.
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=cfg.max_workers, thread_name_prefix="grpc"
+        )
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-loop", daemon=True
+        )
+        self._loop_thread.start()
+        self.health.bind(self._loop)
+        try:
+            self.server, self.port = self._on_loop(self._build_server())
+        except BaseException:
+            self._close_loop()
+            raise
         self._stop_monitor = threading.Event()
         self._monitor: threading.Thread | None = None
         self._stopped = threading.Event()
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _build_server(self) -> tuple[grpc.aio.Server, int]:
+        cfg = self.settings.serving
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                # Fail loudly if the port is taken instead of sharing it with another server.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        names = add_servicer(
+            server,
+            recommender_pb2_grpc.add_RecommenderServicer_to_server,
+            RecommenderServicer(self.settings, self.recommender),
+            executor=self._executor,
+            inline=("Recommend", "GetUserProfile"),
+        )
+        if self.collector is not None:
+            names += add_servicer(
+                server,
+                recommender_pb2_grpc.add_CollectorServicer_to_server,
+                CollectorServicer(self.settings, self.collector),
+                executor=self._executor,
+            )
+            assert self.admin is not None
+            names += add_servicer(
+                server,
+                recommender_pb2_grpc.add_AdminServicer_to_server,
+                self.admin,
+                executor=self._executor,
+            )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME], server)
+        address = f"{cfg.host}:{cfg.port}"
+        try:
+            if cfg.tls_cert_file:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())]
+                )
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot bind {address}: {exc}") from exc
+        if port == 0:
+            raise RuntimeError(f"cannot bind {address}")
+        return server, port
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=10)
+        if not self._loop_thread.is_alive():
+            self._loop.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _publish_exposure(self, rec: Recommendation, user_id: str, now_ms: int) -> None:
         """One exposure record per answer, for A/B attribution in the job."""
@@ -376,7 +405,7 @@ class ServingApp:
             self.health.set(COLLECTOR_SERVICE, True)
         self._monitor = threading.Thread(target=self._watch_catalog, daemon=True)
         self._monitor.start()
-        self.server.start()
+        self._on_loop(self.server.start())
         log.info("serving on %s", self.target)
         return self
 
@@ -385,8 +414,9 @@ class ServingApp:
             return
         self._stopped.set()
         grace = self.settings.serving.shutdown_grace_s if grace_s is None else grace_s
-        self.health_servicer.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self._on_loop(self.health_servicer.enter_graceful_shutdown())
+        self._on_loop(self.server.stop(grace))
+        self._close_loop()
         self._stop_monitor.set()
         serving_metrics.CATALOG.unwatch(self.recommender.catalog)
         self.recommender.catalog.stop()
@@ -399,7 +429,8 @@ class ServingApp:
         self.recommender.reader.close()
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Block until :meth:`stop` has run."""
+        self._stopped.wait()
 
 
 def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:

@@ -9,15 +9,12 @@ import math
 import socket
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from personalization import metrics
 from personalization.settings import Settings
-from personalization.v1 import recommender_pb2
 from serving import metrics as serving_metrics
 from serving.dashboard import series
 from serving.dashboard.app import Dashboard
@@ -225,54 +222,6 @@ def test_model_version_hook_keeps_one_version_per_model():
     text = generate_latest().decode()
     assert 'pz_model_version{model="unit-test-model",version="v2"} 1.0' in text
     assert 'version="v1"' not in text
-
-
-class FakeContext:
-    def __init__(self, code: grpc.StatusCode | None = None) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-
-class Details:
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata: tuple[Any, ...] = ()
-
-
-def _value(name: str, **labels: str) -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def test_interceptor_times_rpcs_counts_errors_and_fallbacks():
-    method = "/personalization.v1.Recommender/Recommend"
-
-    def answer(request: Any, context: Any) -> recommender_pb2.RecommendResponse:
-        return recommender_pb2.RecommendResponse(fallback_reason="unit_test_reason")
-
-    def fail(request: Any, context: Any) -> Any:
-        raise RuntimeError("aborted")
-
-    labels = {"service": "personalization.v1.Recommender", "method": "Recommend"}
-    before = _value("pz_serving_rpc_duration_seconds_count", **labels)
-    interceptor = serving_metrics.MetricsInterceptor()
-    ok = interceptor.intercept_service(
-        lambda d: grpc.unary_unary_rpc_method_handler(answer), Details(method)
-    )
-    assert ok is not None
-    ok.unary_unary(None, FakeContext())
-    assert _value("pz_serving_fallbacks_total", reason="unit_test_reason") == 1.0
-    bad = interceptor.intercept_service(
-        lambda d: grpc.unary_unary_rpc_method_handler(fail), Details(method)
-    )
-    assert bad is not None
-    with pytest.raises(RuntimeError):
-        bad.unary_unary(None, FakeContext(grpc.StatusCode.INVALID_ARGUMENT))
-    assert _value("pz_serving_rpc_duration_seconds_count", **labels) == before + 2
-    assert _value("pz_serving_rpc_errors_total", code="INVALID_ARGUMENT", **labels) >= 1.0
 
 
 # --- the dashboard process with a fake scrape ------------------------------------------
