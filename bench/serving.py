@@ -504,7 +504,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
             "channels": args.channels,
             "phase_duration_s": args.phase_duration,
             "warmup_s": args.warmup,
-            "server": f"serving.server --no-collector, max_workers={settings.serving.max_workers}",
+            "server": "serving.server --no-collector (grpc.aio, Recommend on the event loop)",
             "strategy": settings.ranking.strategy,
             "target": target(settings),
         },

@@ -87,10 +87,18 @@ def count_error(service: str, method: str, code: grpc.StatusCode) -> None:
     RPC_ERRORS.labels(service, method, code.name).inc()
 
 
+_FALLBACK_CHILDREN: dict[str, Any] = {}
+
+
 def count_response(response: Any) -> None:
     """Counts a Recommend answer served by a fallback, by reason."""
     if isinstance(response, recommender_pb2.RecommendResponse) and response.fallback_reason:
-        FALLBACKS.labels(response.fallback_reason).inc()
+        reason = response.fallback_reason
+        # labels() takes a lock and builds a key per call; reasons are a handful.
+        child = _FALLBACK_CHILDREN.get(reason)
+        if child is None:
+            child = _FALLBACK_CHILDREN[reason] = FALLBACKS.labels(reason)
+        child.inc()
 
 
 class CatalogCollector(Collector):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -184,17 +185,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         rec = self._recommender.recommend(
             self._stored_id(user_id), k, exclude=request.exclude_item_ids
         )
-        return recommender_pb2.RecommendResponse(
-            items=[
-                recommender_pb2.RecommendedItem(
-                    item_id=item.item_id,
-                    score=item.score,
-                    reason=item.reason,
-                    category=item.category,
-                    source=item.source,
-                )
-                for item in rec.items
-            ],
+        response = recommender_pb2.RecommendResponse(
             strategy=rec.strategy,
             personalized=rec.personalized,
             fallback_reason=rec.fallback_reason,
@@ -203,6 +194,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             experiment=rec.experiment,
             variant=rec.variant,
         )
+        add = response.items.add  # in place: cheaper than building and copying messages
+        for item in rec.items:
+            add(
+                item_id=item.item_id,
+                score=item.score,
+                reason=item.reason,
+                category=item.category,
+                source=item.source,
+            )
+        return response
 
     def GetUserProfile(
         self, request: recommender_pb2.GetUserProfileRequest, context: grpc.ServicerContext
@@ -436,6 +437,11 @@ class ServingApp:
 def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:
     """Start serving; with ``block`` run until SIGTERM/SIGINT, then shut down gracefully."""
     app = ServingApp(settings, **kwargs).start()
+    # Everything loaded so far (modules, the first catalog) lives as long as the
+    # process: keep it out of the cyclic GC's full collections, which otherwise walk it
+    # while requests wait.
+    gc.collect()
+    gc.freeze()
     start_metrics_server(
         settings.metrics.host, settings.metrics.serving_port, what="serving metrics"
     )
