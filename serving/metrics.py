@@ -3,6 +3,8 @@
     pz_serving_rpc_duration_seconds{service,method}   latency of unary RPCs (server side)
     pz_serving_rpc_errors_total{service,method,code}  RPCs that ended with a non-OK status
     pz_serving_fallbacks_total{reason}                Recommend answers with a fallback_reason
+    pz_serving_store_reads_skipped_total              user reads not sent to a Redis that kept
+                                                      failing (circuit breaker open)
     pz_serving_catalog_refreshes_total{outcome}       catalog refreshes seen by the health
                                                       monitor (ok | error)
     pz_serving_catalog_items                          items in the in-process catalog
@@ -74,6 +76,10 @@ RPC_ERRORS = Counter(
 )
 FALLBACKS = Counter(
     "pz_serving_fallbacks", "Recommend answers served by a fallback, by reason", ["reason"]
+)
+STORE_READS_SKIPPED = Counter(
+    "pz_serving_store_reads_skipped",
+    "Request-path Redis reads not attempted while the circuit breaker was open",
 )
 CATALOG_REFRESHES = Counter(
     "pz_serving_catalog_refreshes",

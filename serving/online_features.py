@@ -24,6 +24,7 @@ from personalization.feature_store import (
     redis_key,
 )
 from personalization.settings import Settings
+from serving import metrics as serving_metrics
 from serving.circuit_breaker import CircuitBreaker
 
 VIEW = "user_profile"
@@ -179,6 +180,7 @@ class UserFeatureReader:
         Raises :class:`StoreUnavailable` when Redis cannot be reached in time.
         """
         if not self._breaker.allow():
+            serving_metrics.STORE_READS_SKIPPED.inc()
             raise StoreUnavailable(
                 f"online store unavailable (not retried yet): {self._breaker.last_error}"
             )

@@ -7,7 +7,9 @@ the Redis-down fallback and a Recommend call through an in-process gRPC server.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -356,3 +358,37 @@ def test_tls_server_accepts_tls_clients_only(local_redis: Settings, tmp_path: Pa
             plain.recommend("anyone", k=3)
     finally:
         app.stop(grace_s=0.5)
+
+
+def test_stalled_redis_opens_the_breaker_and_recovery_closes_it(local_redis: Settings):
+    """A Redis that stops answering (SIGSTOP) costs the request path a few timeouts, not
+    one per request: the breaker opens, reads are skipped, answers fall back; once Redis
+    answers again the next probe closes it and answers are personalized again."""
+    from prometheus_client import REGISTRY
+
+    _write_items(local_redis, ITEMS)
+    _write_user(local_redis, "u-1", USER_ROW, NOW_MS - 5_000)
+    reader = UserFeatureReader(local_redis)
+    catalog = ItemCatalog(local_redis, reader.client)
+    catalog.refresh_once()
+    recommender = Recommender(local_redis, reader, catalog)
+    assert recommender.recommend("u-1", k=3).personalized
+
+    def skipped() -> float:
+        return REGISTRY.get_sample_value("pz_serving_store_reads_skipped_total") or 0.0
+
+    redis_pid = int(redis.Redis(port=local_redis.redis.port).info("server")["process_id"])
+    before = skipped()
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        answers = [recommender.recommend("u-1", k=3) for _ in range(20)]
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    assert all(a.fallback_reason == "store_unavailable" and a.items for a in answers)
+    threshold = local_redis.serving.store_breaker_failures
+    # At most the failures that open it plus a probe per open period reached Redis.
+    assert skipped() - before >= 20 - threshold - 2
+    deadline = time.monotonic() + 10
+    while not recommender.recommend("u-1", k=3).personalized:
+        assert time.monotonic() < deadline, "answers did not become personalized again"
+        time.sleep(0.1)
