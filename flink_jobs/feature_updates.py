@@ -17,7 +17,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from personalization.model_registry import ModelVersion
+
+# Rows are the job's largest output (four per rated item, ~40 features each): orjson
+# encodes them ~5x faster than json.dumps. Same JSON, except that non-finite floats
+# become null instead of the non-standard NaN/Infinity (rows never carry them).
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +44,11 @@ class FeatureUpdate:
         }
         if self.erase:
             record["op"] = "erase"
-        return json.dumps(record, separators=(",", ":"))
+        return orjson.dumps(record, option=_ORJSON_OPTIONS).decode()
 
     @staticmethod
     def from_json(raw: bytes | str) -> FeatureUpdate:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return FeatureUpdate(
             data["v"], data["id"], int(data["ts"]), data["f"], data.get("op") == "erase"
         )

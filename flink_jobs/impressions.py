@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flink_jobs.attribution import Exposure
+from personalization.compact_pickle import compact_pickle
 
 # Times kept per item / per category: counts saturate there, which is past any useful
 # cap (an item shown this often is held back anyway) or fatigue level. Together with
@@ -33,6 +34,7 @@ MAX_TIMES_PER_ITEM = 8
 MAX_TIMES_PER_CATEGORY = 32
 
 
+@compact_pickle
 @dataclass(frozen=True, slots=True)
 class Impression:
     """One Recommend answer shown to a user: the items and their categories."""

@@ -37,6 +37,7 @@ from flink_jobs import (
 from flink_jobs.feature_updates import FeatureUpdate, model_version_update
 from flink_jobs.model_quality import PrequentialMonitor
 from personalization import metrics
+from personalization.compact_pickle import compact_pickle
 from personalization.events import (
     CONTROL_TYPES,
     ERASURE,
@@ -243,6 +244,7 @@ class UserFeatures(KeyedProcessFunction):
                 yield TRIGGER_TAG, trigger.to_json()
 
 
+@compact_pickle
 @dataclass(frozen=True, slots=True)
 class CoVisitEdge:
     """``source`` was interacted with just before ``target`` (keyed by ``source``)."""
@@ -257,6 +259,7 @@ class CoVisitEdge:
         return self.source
 
 
+@compact_pickle
 @dataclass(frozen=True, slots=True)
 class ItemEvent:
     """An accepted event for the item branch, with the item's own co-visitation links

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 
 from river import linear_model, metrics, optim
 
+from personalization.compact_pickle import compact_pickle
 from personalization.model_registry import ModelVersion
 from personalization.settings import LearningSettings
 
 MODEL_NAME = "propensity"
 
 
+@compact_pickle
 @dataclass(frozen=True, slots=True)
 class Example:
     """One shown item and whether the user acted on it."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from personalization.compact_pickle import compact_pickle
+
 if TYPE_CHECKING:
     from personalization.settings import FeatureSettings
 
@@ -92,6 +94,7 @@ MAX_PROPERTIES = 64
 CONTEXT_FIELDS = ("device", "country", "referrer", "session_id", "page")
 
 
+@compact_pickle
 @dataclass(frozen=True, slots=True)
 class Event:
     """A validated, normalized event."""

@@ -1,0 +1,49 @@
+"""Cheaper pickling for ``slots`` dataclasses, the records and keyed state of the job.
+
+PyFlink pickles every record passed between Python operators and every keyed-state
+value on each update. A ``@dataclass(slots=True)`` pickles through the ``__getstate__``
+/ ``__setstate__`` that ``dataclasses`` generates, which call ``dataclasses.fields()``
+on every object (in the ingest profile: 18 calls per event). :func:`compact_pickle`
+replaces them with ones over the field names computed once per class.
+
+The state is the same list of field values in declaration order that ``dataclasses``
+writes, so bytes pickled before and after this change load with either version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound=type)
+
+
+def compact_pickle(cls: _C) -> _C:
+    """Class decorator, applied above ``@dataclass(slots=True)``."""
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: compact_pickle needs a slots dataclass")
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    if not names:
+        raise TypeError(f"{cls.__name__}: no fields to pickle")
+    get = operator.attrgetter(*names)
+    setter = object.__setattr__  # frozen dataclasses refuse setattr
+
+    if len(names) == 1:  # attrgetter of one name returns the value, not a tuple
+
+        def __getstate__(self: Any) -> list[Any]:
+            return [get(self)]
+
+    else:
+
+        def __getstate__(self: Any) -> list[Any]:
+            return list(get(self))
+
+    def __setstate__(self: Any, state: list[Any]) -> None:
+        for name, value in zip(names, state, strict=True):
+            setter(self, name, value)
+
+    cls.__getstate__ = __getstate__  # type: ignore[method-assign,attr-defined]
+    cls.__setstate__ = __setstate__  # type: ignore[method-assign,attr-defined]
+    return cls
+
