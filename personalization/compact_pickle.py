@@ -46,4 +46,3 @@ def compact_pickle(cls: _C) -> _C:
     cls.__getstate__ = __getstate__  # type: ignore[method-assign,attr-defined]
     cls.__setstate__ = __setstate__  # type: ignore[method-assign,attr-defined]
     return cls
-
