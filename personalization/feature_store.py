@@ -144,15 +144,46 @@ def decode_value(proto: ValueProto) -> Any:
     return value
 
 
+_ONEOF_OF_KIND = {
+    "int64": "int64_val",
+    "double": "double_val",
+    "string": "string_val",
+    "string_list": "string_list_val",
+    "double_list": "double_list_val",
+    "int64_list": "int64_list_val",
+}
+
+
+@cache
+def _decode_plan(view: str, names: tuple[str, ...]) -> tuple[tuple[str, str, bool], ...]:
+    kinds = feature_kinds(view)
+    return tuple(
+        (name, _ONEOF_OF_KIND[kinds[name]], kinds[name].endswith("_list")) for name in names
+    )
+
+
 def decode_fields(
     view: str, names: Iterable[str], raw_values: Iterable[bytes | None]
 ) -> dict[str, Any]:
-    """Decode an HMGET reply (in ``names`` order) into a feature dict."""
+    """Decode an HMGET reply (in ``names`` order) into a feature dict.
+
+    On the request path (one user row, ~40 values): one message parsed into again and
+    again, and the value read by the field its feature's dtype implies, is about twice
+    as fast as a new message and a generic oneof lookup per value. A value stored with
+    another type still decodes (generically).
+    """
+    plan = _decode_plan(view, tuple(names))
     out: dict[str, Any] = {}
-    for name, raw in zip(names, raw_values, strict=True):
+    proto = ValueProto()
+    parse, which_oneof = proto.ParseFromString, proto.WhichOneof
+    for (name, expected, is_list), raw in zip(plan, raw_values, strict=True):
         if raw is None:
             continue
-        proto = ValueProto()
-        proto.ParseFromString(raw)
-        out[name] = decode_value(proto)
+        parse(raw)
+        which = which_oneof("val")
+        if which == expected:
+            value = getattr(proto, expected)
+            out[name] = list(value.val) if is_list else value
+        elif which is not None and which != "null_val":
+            out[name] = decode_value(proto)
     return out

@@ -289,18 +289,27 @@ def rank(
         return Ranking([], STRATEGY, personalized=not reason, fallback_reason=reason)
 
     codes = catalog.category_codes
-    # Decay to now would scale every score alike; normalising divides it out again.
-    trending = catalog.trending_relative(params.half_life_s)
-    trend_part = params.trending_weight * _normalised(trending)
+    half_life, trending_weight = params.half_life_s, params.trending_weight
+    # Per snapshot, not per request: decay to now would scale every score alike and
+    # normalising divides it out again.
+    trend_part = catalog.column(
+        f"blend_trend:{half_life}:{trending_weight}",
+        lambda c: trending_weight * _normalised(c.trending_relative(half_life)),
+    )
 
     interest = (
         _interest_by_code(user, catalog) if user is not None else np.zeros(len(catalog.categories))
     )
     personalized = bool(interest.any())
-    popularity = interest_part = np.zeros_like(trending)
+    popularity = interest_part = np.zeros_like(trend_part)
     if personalized:
-        popularity = catalog.category_popularity(params.half_life_s)
-        interest_part = params.interest_weight * interest[codes] * (1.0 + popularity)
+        popularity = catalog.category_popularity(half_life)
+        boost = catalog.column(
+            f"blend_popularity_boost:{half_life}",
+            lambda c: 1.0 + c.category_popularity(half_life),
+        )
+        # Weighted per category first (a few entries), then gathered per item.
+        interest_part = (params.interest_weight * interest)[codes] * boost
         score = interest_part + trend_part
     else:
         fallback_reason = fallback_reason or NO_INTERESTS
