@@ -127,7 +127,7 @@ def _adapt(
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        aborted: Aborted | None = None
         try:
             if inline:
                 response = call(request, context)
@@ -135,21 +135,20 @@ def _adapt(
                 loop = asyncio.get_running_loop()
                 response = await loop.run_in_executor(executor, call, request, context)
         except Aborted as exc:
-            code = exc.code
-            duration.observe(time.perf_counter() - started)
-            serving_metrics.count_error(service, method, code)
-            await context.abort(exc.code, exc.details)
-            raise  # not reached: abort raises
+            aborted = exc
         except asyncio.CancelledError:
-            duration.observe(time.perf_counter() - started)
             serving_metrics.count_error(service, method, grpc.StatusCode.CANCELLED)
             raise
         except Exception:
             log.exception("%s/%s failed", service, method)
-            duration.observe(time.perf_counter() - started)
             serving_metrics.count_error(service, method, grpc.StatusCode.UNKNOWN)
             raise
-        duration.observe(time.perf_counter() - started)
+        finally:
+            # Before the status goes out: a caller that sees it sees the call counted.
+            duration.observe(time.perf_counter() - started)
+        if aborted is not None:
+            serving_metrics.count_error(service, method, aborted.code)
+            await context.abort(aborted.code, aborted.details)  # raises
         serving_metrics.count_response(response)
         return response
 
