@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,9 +233,12 @@ def machine_info() -> dict[str, Any]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stats() -> dict[int, tuple[int, int]]:
-    """pid -> (session id, utime + stime in ticks) for every live process."""
-    out: dict[int, tuple[int, int]] = {}
+def proc_stat_entries() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the /proc/<pid>/stat fields after the name) per live process.
+
+    After the name the fields are: state(3) ppid(4) pgrp(5) session(6) ... utime(14)
+    stime(15), i.e. indices 0, 1, 2, 3 ... 11, 12 here.
+    """
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -242,10 +246,16 @@ def _proc_stats() -> dict[int, tuple[int, int]]:
             raw = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        fields = raw.rsplit(")", 1)[-1].split()
-        # After the command name: state(3) ppid(4) pgrp(5) session(6) ... utime(14) stime(15)
-        out[int(entry.name)] = (int(fields[3]), int(fields[11]) + int(fields[12]))
-    return out
+        head, _, rest = raw.rpartition(")")
+        yield int(entry.name), head.partition("(")[2], rest.split()
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (session id, utime + stime in ticks) for every live process."""
+    return {
+        pid: (int(fields[3]), int(fields[11]) + int(fields[12]))
+        for pid, _, fields in proc_stat_entries()
+    }
 
 
 def _system_busy() -> tuple[int, int]:
@@ -402,3 +412,16 @@ def scrape(url: str, timeout_s: float = 3.0) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
     return out
+
+
+def metric_sum(metrics: dict[str, float], name: str, **match: str) -> float:
+    """Sum of the :func:`scrape` samples named ``name`` whose labels include ``match``."""
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, labels = key.partition("{")
+        if base != name or math.isnan(value):
+            continue
+        have = labels.rstrip("}").split(",")
+        if all(f"{k}={v}" in have for k, v in match.items()):
+            total += value
+    return total

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchStack, CpuMeter, format_table, say, scrape
+from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
 from personalization import stack
 from personalization.settings import PROJECT_ROOT, Settings
 
@@ -166,18 +166,6 @@ def preload(settings: Settings, events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --- sampling --------------------------------------------------------------------------
-
-
-def metric_sum(metrics: dict[str, float], name: str, **match: str) -> float:
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, labels = key.partition("{")
-        if base != name or math.isnan(value):
-            continue
-        have = labels.rstrip("}").split(",")
-        if all(f"{k}={v}" in have for k, v in match.items()):
-            total += value
-    return total
 
 
 @dataclass

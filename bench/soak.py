@@ -65,7 +65,17 @@ from typing import Any, cast
 
 import numpy as np
 
-from bench.env import BENCH_SERVER, BenchStack, CpuMeter, format_table, latency_summary, say, scrape
+from bench.env import (
+    BENCH_SERVER,
+    BenchStack,
+    CpuMeter,
+    format_table,
+    latency_summary,
+    metric_sum,
+    proc_stat_entries,
+    say,
+    scrape,
+)
 from personalization import stack
 from personalization.settings import Settings, settings_from_json
 from personalization.traffic.generator import GeneratorConfig
@@ -358,19 +368,11 @@ def _status_kb(pid: int) -> dict[str, int]:
 
 def session_processes(sid: int) -> list[tuple[int, str]]:
     """(pid, command name) of every live process in session ``sid``."""
-    found: list[tuple[int, str]] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        head, _, rest = raw.rpartition(")")
-        fields = rest.split()
-        if fields and fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-            found.append((int(entry.name), head.partition("(")[2]))
-    return sorted(found)
+    return sorted(
+        (pid, comm)
+        for pid, comm, fields in proc_stat_entries()
+        if fields and fields[0] not in ("Z", "X") and int(fields[3]) == sid
+    )
 
 
 def memory_sample(sessions: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -479,18 +481,6 @@ def memory_verdict(
 
 
 # --- counters ----------------------------------------------------------------------------
-
-
-def total(metrics: dict[str, float], name: str, **match: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``match``."""
-    s = 0.0
-    for key, value in metrics.items():
-        base, _, labels = key.partition("{")
-        if base != name or math.isnan(value):
-            continue
-        if all(f"{k}={v}" in labels.rstrip("}").split(",") for k, v in match.items()):
-            s += value
-    return s
 
 
 class TopicCounter:
@@ -973,19 +963,19 @@ def _counters(urls: dict[str, str], server_url: str) -> dict[str, float]:
     writer = scraped.get("writer", {})
     server = scraped.get("server", {})
     if job:
-        out["job_events"] = total(job, "pz_job_events_total")
-        out["job_dead_letters"] = total(job, "pz_job_dead_letters_total")
-        out["job_duplicates_dropped"] = total(job, "pz_job_duplicates_dropped_total")
+        out["job_events"] = metric_sum(job, "pz_job_events_total")
+        out["job_dead_letters"] = metric_sum(job, "pz_job_dead_letters_total")
+        out["job_duplicates_dropped"] = metric_sum(job, "pz_job_duplicates_dropped_total")
     if writer:
-        out["writer_rows_written"] = total(writer, "pz_writer_rows_written_total")
-        out["writer_write_errors"] = total(writer, "pz_writer_write_errors_total")
-        out["writer_bad_records"] = total(writer, "pz_writer_bad_records_total")
+        out["writer_rows_written"] = metric_sum(writer, "pz_writer_rows_written_total")
+        out["writer_write_errors"] = metric_sum(writer, "pz_writer_write_errors_total")
+        out["writer_bad_records"] = metric_sum(writer, "pz_writer_bad_records_total")
     if server:
-        out["server_rpc_errors"] = total(server, "pz_serving_rpc_errors_total")
-        out["store_unavailable_fallbacks"] = total(
+        out["server_rpc_errors"] = metric_sum(server, "pz_serving_rpc_errors_total")
+        out["store_unavailable_fallbacks"] = metric_sum(
             server, "pz_serving_fallbacks_total", reason="store_unavailable"
         )
-        out["server_fallbacks"] = total(server, "pz_serving_fallbacks_total")
+        out["server_fallbacks"] = metric_sum(server, "pz_serving_fallbacks_total")
         for key, value in server.items():
             base, _, labels = key.partition("{")
             if base == "pz_serving_fallbacks_total" and labels.startswith("reason="):
