@@ -263,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario in ("freshness", "all"):
             results["freshness"] = _guard("freshness", bench, args)
         if args.scenario == "all" and not args.keep_pipeline:
-            from personalization import stack
+            from ops import stack
 
             say("stopping the write path (Flink job, writer, Kafka) before the serving runs")
             bench.stop_component(stack.FLINK_JOB)
             bench.stop_component(stack.WRITER)
-            from personalization.infra import kafka_broker
+            from ops.infra import kafka_broker
 
             if "kafka" in bench.started:
                 kafka_broker.stop(bench.settings)
@@ -333,7 +333,7 @@ def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, 
         return fn(bench, args)
     except Exception as exc:
         from bench.env import BENCH_SERVER
-        from personalization import stack
+        from ops import stack
 
         for comp in (stack.FLINK_JOB, stack.WRITER, BENCH_SERVER):
             if comp.name in bench.started:

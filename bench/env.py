@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from personalization import stack
-from personalization.infra import kafka_broker, redis_server
-from personalization.infra.jars import ensure_jars
-from personalization.infra.processes import free_port
+from ops import stack
+from ops.infra import kafka_broker, redis_server
+from ops.infra.jars import ensure_jars
+from ops.infra.processes import free_port
 from personalization.settings import (
     PROJECT_ROOT,
     FlinkSettings,

@@ -7,7 +7,7 @@
 Methods, all through :func:`serving.ranking.rank`: online popularity, CF alone,
 co-visitation alone, and the hybrid strategy configured in ``RankingSettings``
 (``hybrid_v1`` unless ``--strategy`` names another). See
-:mod:`personalization.evaluation` for the protocol.
+:mod:`analysis.evaluation` for the protocol.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.evaluation import evaluate, load_events, movielens_item_tags, rating_of
 from flink_jobs.covisitation import CoVisitConfig
 from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight
-from personalization.evaluation import evaluate, load_events, movielens_item_tags, rating_of
 from personalization.settings import Settings, load_settings
-from personalization.traffic.replay import MOVIELENS_100K_DATA, dataset_path
 from serving import candidates as cand
 from serving.ranking import HYBRID_V1, RankingParams
+from traffic.replay import MOVIELENS_100K_DATA, dataset_path
 
 
 def methods(

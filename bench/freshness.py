@@ -2,7 +2,7 @@
 
 With Kafka, the Flink job (MiniCluster, thread mode) and the online-store writer running,
 a background process sends the built-in generator's shopping sessions at ``rate``
-events/s through :class:`~personalization.traffic.TrafficSender` (event times stamped
+events/s through :class:`~traffic.TrafficSender` (event times stamped
 at send). Meanwhile the driver produces a probe event for a dedicated probe user every
 ``probe_interval_s`` and polls that user's row through
 :class:`~serving.online_features.UserFeatureReader` (one HMGET, as serving reads it):
@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, latency_summary, say
-from personalization import stack
+from ops import stack
 from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, settings_from_json
 
@@ -47,7 +47,7 @@ def _send_background(
     out: Any,
 ) -> None:
     os.setsid()  # own session: CPU accounting by session id
-    from personalization.traffic import GeneratorConfig, TrafficGenerator, TrafficSender
+    from traffic import GeneratorConfig, TrafficGenerator, TrafficSender
 
     settings = settings_from_json(settings_json)
     generator = TrafficGenerator(GeneratorConfig(seed=seed, n_users=n_users, id_prefix=id_prefix))
@@ -358,7 +358,7 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
 
 
 def _pid_of(bench: BenchStack, name: str) -> int:
-    from personalization.infra import kafka_broker, redis_server
+    from ops.infra import kafka_broker, redis_server
 
     if name == "kafka":
         return kafka_broker.process(bench.settings).pid() or 0

@@ -6,7 +6,7 @@ On a private stack (:class:`bench.env.BenchStack`: Redis, Kafka, ``feast apply``
 Flink job on a MiniCluster in thread mode, the online-store writer):
 
 1. a backlog of ``--events`` real events (the MovieLens 100K ratings or the Taobao
-   UserBehavior sample, read by :func:`personalization.traffic.iter_events` in time
+   UserBehavior sample, read by :func:`traffic.iter_events` in time
    order) is produced to the Kafka event topics *before* the job starts. Event times
    are shifted by one constant so the last event lies just before the preload (gaps
    between events are the dataset's own), so no window, dedup horizon or age limit
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
-from personalization import stack
+from ops import stack
 from personalization.settings import PROJECT_ROOT, Settings
 
 DATASETS = {
@@ -109,7 +109,7 @@ def load_backlog(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The first ``n`` events of ``dataset`` in time order, shifted to end at ``end_ms``."""
     from personalization.events import EventRejected, parse_event_time_ms
-    from personalization.traffic import iter_events
+    from traffic import iter_events
 
     path = Path(settings.datasets_dir) / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
     events = list(iter_events(path, limit=n, sort_by_time=True))
@@ -141,7 +141,7 @@ def load_backlog(
 
 def preload(settings: Settings, events: list[dict[str, Any]]) -> dict[str, Any]:
     """Produce the backlog to the event topics (as fast as the producer goes)."""
-    from personalization.traffic import TrafficSender
+    from traffic import TrafficSender
 
     sender = TrafficSender(
         settings,
@@ -302,7 +302,7 @@ class Window:
 
 
 def _pid(bench: BenchStack, name: str) -> int:
-    from personalization.infra import kafka_broker, redis_server
+    from ops.infra import kafka_broker, redis_server
 
     proc = kafka_broker.process if name == "kafka" else redis_server.process
     return proc(bench.settings).pid() or 0
@@ -600,10 +600,10 @@ def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
     ``ItemFeatures``, ``CollaborativeFiltering``) with keyed state as pickled bytes.
     """
     from flink_jobs import covisitation, items, learning, profile
-    from flink_jobs.feature_updates import FeatureUpdate
     from flink_jobs.model_quality import PrequentialMonitor
     from flink_jobs.operators import CoVisitEdge, ItemEvent
     from personalization.events import Rejection, ValidationLimits, parse_event
+    from personalization.feature_updates import FeatureUpdate
 
     cfg = settings.features
     covisit = covisitation.CoVisitConfig.from_settings(settings.learning)

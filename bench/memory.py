@@ -25,12 +25,12 @@ import redis
 
 from bench.env import format_table, private_settings, say, write_results
 from flink_jobs import profile
-from flink_jobs.feature_updates import FeatureUpdate
-from flink_jobs.online_store import OnlineStoreWriter
+from ops.infra import redis_server
 from personalization.events import validate_event
-from personalization.infra import redis_server
+from personalization.feature_updates import FeatureUpdate
+from personalization.online_store import OnlineStoreWriter
 from personalization.settings import FeatureSettings
-from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
+from traffic.generator import GeneratorConfig, TrafficGenerator
 
 
 def simulate(users: int, events_per_user: float, seed: int) -> dict[str, profile.UserState]:

@@ -1,7 +1,7 @@
 """Scenario ``serving``: Recommend latency and throughput over gRPC, plus Feast for scale.
 
 1. Seed Redis: ``n_users`` user rows and a catalog of ``n_items`` items.
-   Rows are real: a simulated shop (``personalization.traffic.generator``) runs a few
+   Rows are real: a simulated shop (``traffic.generator``) runs a few
    hours of sessions for ``template_users`` users and the job's own pure state
    functions (``flink_jobs.profile`` / ``flink_jobs.items``) fold them into rows.
    The ``n_users`` benchmark users (ids ``bu-0`` .. ``bu-{n-1}``) reuse those rows
@@ -44,9 +44,9 @@ def build_rows(
     """(user rows with version_us, item FeatureUpdates, stats) from simulated traffic."""
     from flink_jobs import items as items_mod
     from flink_jobs import profile
-    from flink_jobs.feature_updates import FeatureUpdate
     from personalization.events import EventRejected, validate_event
-    from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
+    from personalization.feature_updates import FeatureUpdate
+    from traffic.generator import GeneratorConfig, TrafficGenerator
 
     t0 = time.monotonic()
     now_ms = int(time.time() * 1000)
@@ -121,7 +121,7 @@ def seed_store(
 ) -> dict[str, Any]:
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    from flink_jobs.online_store import OnlineStoreWriter
+    from personalization.online_store import OnlineStoreWriter
 
     user_rows, item_updates, stats = build_rows(settings, template_users, n_items, seed, hours)
     say(
@@ -419,7 +419,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
         bench.settings = settings = settings.model_copy(update={"ranking": ranking})
     say(f"ranking strategy: {settings.ranking.strategy}")
     bench.start_component(BENCH_SERVER)
-    from personalization import stack
+    from ops import stack
 
     stack.wait_server_ready(settings)
     waited = wait_catalog(settings)
@@ -518,7 +518,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
 
 
 def _component_pid(bench: BenchStack, name: str) -> int | None:
-    from personalization import stack
+    from ops import stack
 
     for comp in (stack.FLINK_JOB, stack.WRITER):
         if comp.name == name and name in bench.started:
@@ -527,7 +527,7 @@ def _component_pid(bench: BenchStack, name: str) -> int | None:
 
 
 def _redis_pid(settings: Settings) -> int | None:
-    from personalization.infra import redis_server
+    from ops.infra import redis_server
 
     return redis_server.process(settings).pid()
 

@@ -6,7 +6,7 @@ On a private stack (Redis, Kafka, the Flink job, the online-store writer, the gR
 server; :mod:`bench.env`) two load processes run side by side for ``--minutes``:
 
 * ingest: the built-in shopping simulator sent through
-  :class:`~personalization.traffic.TrafficSender` at ``--rate`` events/s (event times
+  :class:`~traffic.TrafficSender` at ``--rate`` events/s (event times
   stamped at send), over a bounded key space (``--gen-users`` users, ``--gen-items``
   items), so the job's keyed state and Redis reach their working-set size during the
   warm-up and growth after it is not new data (the ``redis keys`` column shows it);
@@ -76,9 +76,9 @@ from bench.env import (
     say,
     scrape,
 )
-from personalization import stack
+from ops import stack
 from personalization.settings import Settings, settings_from_json
-from personalization.traffic.generator import GeneratorConfig
+from traffic.generator import GeneratorConfig
 
 MB = 1024 * 1024
 JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS"
@@ -131,7 +131,7 @@ def _ingest(
     out: Any,
 ) -> None:
     os.setsid()  # own session: a Ctrl-C in the terminal reaches only the driver
-    from personalization.traffic import TrafficGenerator, TrafficSender
+    from traffic import TrafficGenerator, TrafficSender
 
     settings = settings_from_json(settings_json)
     users: set[str] = set()
@@ -211,7 +211,7 @@ class UserPool:
     """Users of the simulator's events sent by now minus a margin, growing with time."""
 
     def __init__(self, load: ServeLoad) -> None:
-        from personalization.traffic import TrafficGenerator
+        from traffic import TrafficGenerator
 
         self.load = load
         self._events = TrafficGenerator(load.generator).events()
@@ -591,7 +591,7 @@ def _stop_child(proc: Any, name: str) -> None:
 def run_soak(bench: BenchStack, args: Any) -> dict[str, Any]:
     from bench.freshness import OffsetSampler, _pid_of, start_pipeline
     from bench.serving import target, wait_catalog
-    from personalization.infra import kafka_broker
+    from ops.infra import kafka_broker
 
     settings = bench.settings
     duration_s = args.minutes * 60.0

@@ -11,9 +11,14 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/app
 COPY pyproject.toml README.md ./
 COPY personalization ./personalization
-COPY flink_jobs ./flink_jobs
-COPY serving ./serving
 COPY feature_repo ./feature_repo
+COPY flink_jobs ./flink_jobs
+COPY writer ./writer
+COPY serving ./serving
+COPY ops ./ops
+COPY traffic ./traffic
+COPY analysis ./analysis
+COPY dashboard ./dashboard
 COPY bench ./bench
 RUN pip install /opt/app
 

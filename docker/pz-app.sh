@@ -13,7 +13,7 @@ case "$cmd" in
     exec python - "$@" <<'PY'
 import time
 
-from personalization.infra.kafka_broker import ensure_topics
+from ops.infra.kafka_broker import ensure_topics
 from personalization.settings import load_settings
 
 settings = load_settings()
@@ -29,7 +29,7 @@ else:
 PY
     ;;
   feast-apply) exec personalize feast-apply "$@" ;;
-  writer) exec python -m flink_jobs.online_store "$@" ;;
+  writer) exec python -m writer.process "$@" ;;
   serving) exec python -m serving.server "$@" ;;
   *) exec "$cmd" "$@" ;;
 esac

@@ -14,64 +14,15 @@ Outcomes may arrive before their exposure (different topics); they wait in state
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from flink_jobs.propensity import Example
-from personalization.compact_pickle import compact_pickle
 from personalization.events import ADD_TO_CART, CLICK, PRODUCT_VIEW, PURCHASE, Event
+from personalization.exposures import REC_ID_PROPERTY, Exposure
 
-REC_ID_PROPERTY = "rec_id"
 OUTCOME_TYPES = frozenset({CLICK, PRODUCT_VIEW, ADD_TO_CART, PURCHASE})
 MAX_PENDING = 64
-
-
-@compact_pickle
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    rec_id: str
-    user_id: str
-    experiment: str
-    variant: str
-    strategy: str
-    items: tuple[str, ...]
-    time_ms: int
-    # The category of each shown item (parallel to ``items``; may be empty): the job
-    # counts impressions per category for fatigue (flink_jobs/impressions.py).
-    categories: tuple[str, ...] = ()
-    # The features serving ranked each shown item with (parallel to ``items``; may be
-    # empty): training data of the propensity model (flink_jobs/propensity.py).
-    features: tuple[dict[str, float], ...] = ()
-
-    def to_json(self) -> str:
-        data = {
-            **asdict(self),
-            "items": list(self.items),
-            "categories": list(self.categories),
-            "features": list(self.features),
-        }
-        return json.dumps(data, separators=(",", ":"))
-
-
-def parse_exposure(raw: str | bytes) -> Exposure | None:
-    """An exposure record, or None when it is not one (logged and counted by the caller)."""
-    try:
-        data = json.loads(raw)
-        return Exposure(
-            rec_id=str(data["rec_id"]),
-            user_id=str(data["user_id"]),
-            experiment=str(data.get("experiment", "")),
-            variant=str(data.get("variant", "")),
-            strategy=str(data.get("strategy", "")),
-            items=tuple(str(i) for i in data.get("items", [])),
-            time_ms=int(data["time_ms"]),
-            categories=tuple(str(c) for c in data.get("categories", [])),
-            features=tuple(
-                {str(k): float(v) for k, v in f.items()} for f in data.get("features", [])
-            ),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 @dataclass(slots=True)

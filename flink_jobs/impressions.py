@@ -23,8 +23,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from flink_jobs.attribution import Exposure
 from personalization.compact_pickle import compact_pickle
+from personalization.exposures import Exposure
 
 # Times kept per item / per category: counts saturate there, which is past any useful
 # cap (an item shown this often is held back anyway) or fatigue level. Together with

@@ -34,7 +34,6 @@ from flink_jobs import (
     profile,
     propensity,
 )
-from flink_jobs.feature_updates import FeatureUpdate, model_version_update
 from flink_jobs.model_quality import PrequentialMonitor
 from personalization import metrics
 from personalization.compact_pickle import compact_pickle
@@ -48,6 +47,8 @@ from personalization.events import (
     parse_event,
     topic_family,
 )
+from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
+from personalization.feature_updates import FeatureUpdate, model_version_update
 from personalization.privacy import pseudonymizer
 from personalization.settings import (
     FeatureSettings,
@@ -367,14 +368,14 @@ class AttributionJoin(KeyedCoProcessFunction):
             if due is not None:
                 ctx.timer_service().register_event_time_timer(due)
 
-    def process_element1(self, exposure: attribution.Exposure, ctx: Any) -> Iterator[str]:
+    def process_element1(self, exposure: Exposure, ctx: Any) -> Iterator[str]:
         state = self.state.value() or attribution.Attribution(exposure.rec_id)
         attribution.add_exposure(state, exposure, self.window_ms)
         self._update(ctx, state)
         return iter(())
 
     def process_element2(self, event: Event, ctx: Any) -> Iterator[str]:
-        rec_id = event.properties.get(attribution.REC_ID_PROPERTY, "")
+        rec_id = event.properties.get(REC_ID_PROPERTY, "")
         state = self.state.value() or attribution.Attribution(rec_id)
         attribution.add_outcome(state, event, self.window_ms)
         self._update(ctx, state)
@@ -402,7 +403,7 @@ class ParseExposures(ProcessFunction):
     """Exposure records from serving; malformed ones go to the DLQ like bad events."""
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        exposure = attribution.parse_exposure(value)
+        exposure = parse_exposure(value)
         if exposure is None:
             now_ms = int(time.time() * 1000)
             rejection = Rejection("invalid_exposure", "not an exposure record")
@@ -415,12 +416,12 @@ class ParseExposures(ProcessFunction):
 class ToImpression(MapFunction):
     """An exposure as the user's impression, for the user operator's counts."""
 
-    def map(self, value: attribution.Exposure) -> impressions.Impression:
+    def map(self, value: Exposure) -> impressions.Impression:
         return impressions.from_exposure(value)
 
 
 class ExposureTime(TimestampAssigner):
-    def extract_timestamp(self, value: attribution.Exposure, record_timestamp: int) -> int:
+    def extract_timestamp(self, value: Exposure, record_timestamp: int) -> int:
         return value.time_ms
 
 

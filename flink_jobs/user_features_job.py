@@ -19,7 +19,7 @@ Feature rows go to a Kafka changelog (``feature_updates``) rather than straight 
 Redis from Python: PyFlink's Python functions have no snapshot hook, so a write
 buffer inside them could hold rows a completed checkpoint already acknowledged, and a
 crash would lose them. The Kafka sink flushes on every checkpoint, so every row of a
-checkpointed event is durable; the online-store writer (``flink_jobs/online_store.py``)
+checkpointed event is durable; the online-store writer (``writer/process.py``)
 applies them to Feast's Redis store in batches and commits its offsets only after the
 write. Rows are full and versioned, so replays are idempotent.
 
@@ -67,7 +67,7 @@ from flink_jobs.operators import (
     ToImpression,
     UserFeatures,
 )
-from personalization.infra.flink_cluster import embedded_python_path
+from flink_jobs.python_env import embedded_python_path
 from personalization.settings import Settings, load_settings, settings_from_json
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ class RedisSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    # KRaft controller listener of the local single-node broker (personalization.infra).
+    # KRaft controller listener of the local single-node broker (ops.infra).
     controller_port: int = 9093
     clickstream_topic: str = "clickstream"
     purchase_topic: str = "purchase_events"
@@ -53,7 +53,7 @@ class KafkaSettings(_Section):
     dlq_topic: str = "events_dlq"
     triggers_topic: str = "triggers"
     # Changelog of computed feature rows: the Flink job appends, the online-store
-    # writer applies them to Feast's Redis store (see flink_jobs/online_store.py).
+    # writer applies them to Feast's Redis store (see writer/process.py).
     feature_updates_topic: str = "feature_updates"
     # Privacy audit trail: one record per erasure / consent override.
     audit_topic: str = "privacy_audit"
@@ -112,7 +112,7 @@ class FlinkSettings(_Section):
     # Kafka transactions of the exactly-once sinks (triggers, DLQ); must exceed the
     # checkpoint interval plus any downtime and stay below the broker's maximum (15 min).
     transaction_timeout_ms: int = 600_000
-    # Local standalone cluster (personalization.infra.flink_cluster): REST API/web UI and
+    # Local standalone cluster (ops.infra.flink_cluster): REST API/web UI and
     # JobManager RPC ports, both bound to 127.0.0.1.
     rest_port: int = 8081
     rpc_port: int = 6123

@@ -4,7 +4,7 @@
 #      python3.11 + venv;
 #   2. Debian's own redis-server service kept off: the package would start a Redis on
 #      6379, our default port (settings.redis.port); we run our own Redis with data in
-#      <run_dir>/redis (personalization/infra/redis_server.py), so the packaged service
+#      <run_dir>/redis (ops/infra/redis_server.py), so the packaged service
 #      is never started by the install (policy-rc.d) and is stopped + disabled if running;
 #   3. .venv with python3.11 and `pip install -e '.[dev]'` (again only when
 #      pyproject.toml changed since the last bootstrap);
@@ -108,7 +108,7 @@ else
 fi
 
 # --- 4. jars ---------------------------------------------------------------------------
-.venv/bin/python -m personalization.infra.jars
+.venv/bin/python -m ops.infra.jars
 note "jars present (Kafka broker, Flink Kafka connector)"
 
 echo

@@ -6,7 +6,7 @@ token UNAUTHENTICATED. Each action writes an audit record to the audit topic bef
 returns, so nothing is erased or changed without a trace.
 
 ForgetUser acts twice: at once on the online store (a tombstone replaces the user's row,
-see ``flink_jobs/online_store.py``), and through the stream (an ``erasure`` event clears
+see ``writer/process.py``), and through the stream (an ``erasure`` event clears
 the user's keyed state in the Flink job, ordered after the user's earlier events).
 """
 
@@ -22,10 +22,10 @@ import grpc
 import redis
 from confluent_kafka import Producer
 
-from flink_jobs.feature_updates import FeatureUpdate
-from flink_jobs.online_store import OnlineStoreWriter
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
+from personalization.feature_updates import FeatureUpdate
 from personalization.model_registry import ModelRegistry, UnknownVersion
+from personalization.online_store import OnlineStoreWriter
 from personalization.privacy import audit_record, pseudonymizer
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc

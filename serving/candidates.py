@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flink_jobs.content import jaccard_rows
+from personalization.content import jaccard_rows
 from serving.catalog import CatalogSnapshot
 from serving.online_features import UserFeatures
 

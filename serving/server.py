@@ -50,7 +50,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flink_jobs.attribution import Exposure
+from personalization.exposures import Exposure
 from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.privacy import pseudonymizer

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from personalization.infra import kafka_broker as kafka_mod
-from personalization.infra import redis_server as redis_mod
-from personalization.infra.jars import JarPaths, ensure_jars
-from personalization.infra.processes import free_port
+from ops.infra import kafka_broker as kafka_mod
+from ops.infra import redis_server as redis_mod
+from ops.infra.jars import JarPaths, ensure_jars
+from ops.infra.processes import free_port
 from personalization.settings import (
     PROJECT_ROOT,
     FeatureSettings,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from personalization import stack
-from personalization.infra.processes import free_port
+from ops import stack
+from ops.infra.processes import free_port
 from personalization.settings import Settings
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from personalization import stack
-from personalization.infra import flink_cluster
-from personalization.infra import kafka_broker as kafka_mod
+from ops import stack
+from ops.infra import flink_cluster
+from ops.infra import kafka_broker as kafka_mod
 from personalization.settings import PROJECT_ROOT, Settings
-from personalization.traffic.sender import TrafficSender
 from serving.online_features import UserFeatureReader
 from tests.identity import stored_id
+from traffic.sender import TrafficSender
 
 pytestmark = [pytest.mark.deploy, pytest.mark.integration]
 

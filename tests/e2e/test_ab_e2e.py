@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from personalization import ab_report
+from analysis import ab_report
 from personalization.experiments import assign, load_experiments
 from personalization.settings import SETTINGS_JSON_ENV, Settings
-from personalization.traffic.replay import dataset_path, load_taobao
-from personalization.traffic.sender import TrafficSender
 from serving.client import RecommenderClient
 from tests.fixtures_pipeline import extra_server
 from tests.identity import stored_id
+from traffic.replay import dataset_path, load_taobao
+from traffic.sender import TrafficSender
 
 pytestmark = pytest.mark.e2e
 
@@ -162,7 +162,7 @@ def test_ab_experiment_on_replayed_taobao_traffic(ab_server: Settings, capsys):
 
     # The CLI prints the same report, with the significance tests.
     cli = subprocess.run(
-        [sys.executable, "-m", "personalization.cli", "ab-results", "--experiment", "ranking-ab"],
+        [sys.executable, "-m", "ops.cli", "ab-results", "--experiment", "ranking-ab"],
         env={**os.environ, SETTINGS_JSON_ENV: ab_server.model_dump_json()},
         capture_output=True,
         text=True,

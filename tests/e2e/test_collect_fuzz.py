@@ -41,7 +41,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personalization import stack
+from ops import stack
+from ops.infra import kafka_broker as kafka_broker_mod
+from ops.infra.processes import free_port
 from personalization.events import (
     ACCEPTED_TYPES,
     ITEM_EVENT_TYPES,
@@ -49,8 +51,6 @@ from personalization.events import (
     normalize_event_type,
     topic_family,
 )
-from personalization.infra import kafka_broker as kafka_broker_mod
-from personalization.infra.processes import free_port
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2
 from tests.waiting import wait_for

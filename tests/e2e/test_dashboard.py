@@ -1,5 +1,5 @@
 """The live dashboard, end to end: real traffic through the real pipeline and gRPC
-server, the dashboard process (``python -m serving.dashboard``, as ``personalize up``
+server, the dashboard process (``python -m dashboard``, as ``personalize up``
 starts it) scraping the job's, the writer's and serving's /metrics, and headless
 Debian Chromium rendering the page. The page writes the latest plotted values into
 elements with ids; they must be real, positive numbers.
@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from personalization import stack
-from personalization.infra.processes import free_port
+from ops import stack
+from ops.infra.processes import free_port
 from personalization.settings import MetricsSettings, Settings
-from personalization.traffic.sender import TrafficSender
 from serving.client import RecommenderClient
+from traffic.sender import TrafficSender
 
 pytestmark = pytest.mark.e2e
 

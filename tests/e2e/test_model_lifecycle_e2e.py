@@ -162,7 +162,7 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
 
         def cli(*args: str) -> None:
             done = subprocess.run(
-                [sys.executable, "-m", "personalization.cli", "model", *args],
+                [sys.executable, "-m", "ops.cli", "model", *args],
                 env=env,
                 capture_output=True,
                 text=True,

@@ -47,11 +47,11 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from feature_repo.features import ENTITY_OF_VIEW
 from flink_jobs import windows
+from ops import stack
+from ops.infra import kafka_broker, redis_server
+from ops.infra.jars import ensure_jars
+from ops.infra.processes import free_port, pid_alive
 from personalization import feature_store as fs
-from personalization import stack
-from personalization.infra import kafka_broker, redis_server
-from personalization.infra.jars import ensure_jars
-from personalization.infra.processes import free_port, pid_alive
 from personalization.settings import (
     PROJECT_ROOT,
     FlinkSettings,
@@ -60,9 +60,9 @@ from personalization.settings import (
     RedisSettings,
     Settings,
 )
-from personalization.traffic.replay import TaobaoRow, dataset_path, load_taobao
-from personalization.traffic.sender import TrafficSender
 from tests.integration.test_pipeline import USER_PREFIX, expected_features
+from traffic.replay import TaobaoRow, dataset_path, load_taobao
+from traffic.sender import TrafficSender
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -6,7 +6,7 @@ same input, replay and comparison helpers (imported from that module):
 
 * a private stack in a temporary run dir with free ports: Redis, a KRaft Kafka broker,
   the online-store writer, and a standalone cluster started by
-  ``personalization.infra.flink_cluster`` (one JobManager, one TaskManager, thread
+  ``ops.infra.flink_cluster`` (one JobManager, one TaskManager, thread
   mode) with 1 s checkpoints to ``<run_dir>/checkpoints``; the job is submitted with
   ``flink run --python ... -- --settings-json ... --restore none`` (as ``personalize
   deploy`` and ``tests/deploy`` do);
@@ -46,13 +46,12 @@ from typing import Any
 
 import pytest
 
+from ops import stack
+from ops.infra import flink_cluster, kafka_broker, redis_server
+from ops.infra.jars import ensure_jars
+from ops.infra.processes import pid_alive, process_cmdline, tail
 from personalization import feature_store as fs
-from personalization import stack
-from personalization.infra import flink_cluster, kafka_broker, redis_server
-from personalization.infra.jars import ensure_jars
-from personalization.infra.processes import pid_alive, process_cmdline, tail
 from personalization.settings import Settings
-from personalization.traffic.replay import dataset_path, load_taobao
 from tests.faults.test_fault_tolerance import (
     CHECKPOINT_MS,
     DAY_MS,
@@ -87,6 +86,7 @@ from tests.faults.test_fault_tolerance import (
     wait_checkpoint_after,
     wait_triggers,
 )
+from traffic.replay import dataset_path, load_taobao
 
 pytestmark = [pytest.mark.faults, pytest.mark.deploy, pytest.mark.integration]
 

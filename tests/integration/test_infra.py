@@ -1,4 +1,4 @@
-"""Real Redis and Kafka started by personalization.infra on free ports in a tmp run dir."""
+"""Real Redis and Kafka started by ops.infra on free ports in a tmp run dir."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from personalization.infra import kafka_broker as kafka_mod
-from personalization.infra import redis_server as redis_mod
-from personalization.infra.processes import read_pid, write_pid
+from ops.infra import kafka_broker as kafka_mod
+from ops.infra import redis_server as redis_mod
+from ops.infra.processes import read_pid, write_pid
 from personalization.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -108,7 +108,7 @@ def test_cli_lists_rolls_back_and_promotes(redis_server: Settings):
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "personalization.cli", "model", *args],
+            [sys.executable, "-m", "ops.cli", "model", *args],
             env=env,
             capture_output=True,
             text=True,

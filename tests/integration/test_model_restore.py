@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from flink_jobs.learning import LearnerConfig, init_vector
-from personalization import stack
+from ops import stack
+from ops.infra.processes import pid_alive, wait_until
 from personalization.feature_store import feature_store
-from personalization.infra.processes import pid_alive, wait_until
 from personalization.settings import Settings
-from personalization.traffic.sender import TrafficSender
 from tests.identity import stored_id
 from tests.waiting import wait_for
+from traffic.sender import TrafficSender
 
 pytestmark = pytest.mark.integration
 

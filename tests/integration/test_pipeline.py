@@ -23,10 +23,10 @@ from confluent_kafka import Consumer, Producer
 from flink_jobs import windows
 from personalization.feature_store import feature_store
 from personalization.settings import Settings
-from personalization.traffic.replay import TaobaoRow, dataset_path, load_taobao
-from personalization.traffic.sender import TrafficSender
 from tests.identity import stored_id
 from tests.waiting import wait_for
+from traffic.replay import TaobaoRow, dataset_path, load_taobao
+from traffic.sender import TrafficSender
 
 pytestmark = pytest.mark.integration
 

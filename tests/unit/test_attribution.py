@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 
+from analysis import ab_report
 from flink_jobs import attribution as at
-from personalization import ab_report
 from personalization.events import Event
+from personalization.exposures import Exposure, parse_exposure
 
 T0 = 1_700_000_000_000
 WINDOW = 30 * 60_000
 
 
-def exposure(rec: str = "r1", items=("a", "b"), t: int = T0) -> at.Exposure:
-    return at.Exposure(rec, "u1", "exp", "hybrid", "hybrid_v1", tuple(items), t)
+def exposure(rec: str = "r1", items=("a", "b"), t: int = T0) -> Exposure:
+    return Exposure(rec, "u1", "exp", "hybrid", "hybrid_v1", tuple(items), t)
 
 
 def outcome(kind: str, item: str, t: int, rec: str = "r1", price: float = 0.0) -> Event:
@@ -24,8 +25,8 @@ def outcome(kind: str, item: str, t: int, rec: str = "r1", price: float = 0.0) -
 
 def test_exposure_round_trip():
     e = exposure()
-    assert at.parse_exposure(e.to_json()) == e
-    assert at.parse_exposure("{}") is None and at.parse_exposure("nope") is None
+    assert parse_exposure(e.to_json()) == e
+    assert parse_exposure("{}") is None and parse_exposure("nope") is None
 
 
 def test_outcomes_count_only_shown_items_inside_the_window():

@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 
-from flink_jobs.content import ContentIndex, jaccard
 from flink_jobs.covisitation import (
     CoVisitation,
     CoVisitConfig,
@@ -16,6 +15,7 @@ from flink_jobs.covisitation import (
     edges_for,
     push_history,
 )
+from personalization.content import ContentIndex, jaccard
 
 DAY_MS = 86_400_000
 

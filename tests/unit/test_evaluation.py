@@ -1,4 +1,4 @@
-"""Replay evaluation (personalization/evaluation.py) on tiny hand-made streams."""
+"""Replay evaluation (analysis/evaluation.py) on tiny hand-made streams."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from analysis.evaluation import evaluate, hit_and_ndcg
 from flink_jobs.covisitation import CoVisitConfig
 from flink_jobs.learning import LearnerConfig
-from personalization.evaluation import evaluate, hit_and_ndcg
 from personalization.events import RATING, Event
 from serving import candidates as cand
 from serving.ranking import HYBRID_V1, RankingParams

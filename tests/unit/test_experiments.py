@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from personalization import ab_stats
+from analysis import ab_stats
 from personalization.experiments import (
     Experiment,
     Variant,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from flink_jobs import profile
-from flink_jobs.attribution import Exposure, parse_exposure
 from flink_jobs.impressions import Impression, ImpressionLog, from_exposure, record, row_fields
+from personalization.exposures import Exposure, parse_exposure
 from personalization.settings import FeatureSettings
 
 HOUR = 3_600_000

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dashboard import series
+from dashboard.app import Dashboard
+from dashboard.page import PAGE
 from personalization import metrics
 from personalization.settings import Settings
 from serving import metrics as serving_metrics
-from serving.dashboard import series
-from serving.dashboard.app import Dashboard
-from serving.dashboard.page import PAGE
 
 # --- percentile math -------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from flink_jobs import profile
-from flink_jobs.feature_updates import FeatureUpdate, coalesce
 from personalization.events import CONSENT, Event, Rejection, parse_event
+from personalization.feature_updates import FeatureUpdate, coalesce
 from personalization.privacy import audit_record, pseudonymize, pseudonymizer
 from personalization.settings import FeatureSettings
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from flink_jobs import attribution, propensity
-from flink_jobs.attribution import Attribution, Exposure
+from flink_jobs.attribution import Attribution
 from personalization.events import CLICK, Event
+from personalization.exposures import Exposure
 from personalization.model_registry import ModelVersion
 from personalization.settings import LearningSettings, Settings
 from serving import candidates as cand

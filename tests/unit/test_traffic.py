@@ -15,14 +15,14 @@ import pytest
 
 from personalization import events as ev
 from personalization.settings import PROJECT_ROOT, Settings
-from personalization.traffic import replay
-from personalization.traffic.generator import (
+from traffic import replay
+from traffic.generator import (
     DEFAULT_START_MS,
     GeneratorConfig,
     TrafficGenerator,
     generate_events,
 )
-from personalization.traffic.sender import BucketState, TimeShift, TrafficSender, take_token
+from traffic.sender import BucketState, TimeShift, TrafficSender, take_token
 
 NOW_MS = int(time.time() * 1000)
 T0 = 1_700_000_000_000  # a source event time (ms)

@@ -10,7 +10,7 @@ packaged ``redis-server`` service listens once ``apt-get install`` starts it.
 the port, :func:`start` refuses to adopt it (its data dir and persistence are not ours)
 and says so -- stop it or set ``PZ_REDIS__PORT``.
 
-    python -m personalization.infra.redis_server start|stop|status
+    python -m ops.infra.redis_server start|stop|status
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from personalization.infra.processes import ManagedProcess, port_open, wait_until
+from ops.infra.processes import ManagedProcess, port_open, wait_until
 from personalization.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     elif action == "stop":
         stop(settings)
     elif action != "status":
-        print("usage: python -m personalization.infra.redis_server start|stop|status")
+        print("usage: python -m ops.infra.redis_server start|stop|status")
         return 2
     print(status(settings))
     return 0

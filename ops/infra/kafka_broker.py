@@ -18,7 +18,7 @@ small log-cleaner buffer. Auto topic creation stays on (with ``settings.kafka.pa
 partitions) so ad-hoc test topics work; the pipeline's topics come from
 :func:`ensure_topics`.
 
-    python -m personalization.infra.kafka_broker start|stop|status
+    python -m ops.infra.kafka_broker start|stop|status
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
-from personalization.infra.jars import ensure_jars, java_env, java_executable
-from personalization.infra.processes import (
+from ops.infra.jars import ensure_jars, java_env, java_executable
+from ops.infra.processes import (
     ManagedProcess,
     port_open,
     split_host_port,
@@ -127,14 +127,14 @@ def server_properties(settings: Settings) -> str:
         "log.retention.check.interval.ms": "60000",
         "delete.topic.enable": "true",
     }
-    lines = ["# Written by personalization.infra.kafka_broker; regenerated on every start."]
+    lines = ["# Written by ops.infra.kafka_broker; regenerated on every start."]
     lines += [f"{k}={v}" for k, v in props.items()]
     return "\n".join(lines) + "\n"
 
 
 def log4j2_properties(settings: Settings) -> str:
     logfile = settings.run_path / "logs" / "kafka-server.log"
-    return f"""# Written by personalization.infra.kafka_broker.
+    return f"""# Written by ops.infra.kafka_broker.
 status = warn
 name = pz-kafka
 appender.file.type = RollingFile
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     elif action == "reset":
         reset(settings)
     elif action != "status":
-        print("usage: python -m personalization.infra.kafka_broker start|stop|status|reset")
+        print("usage: python -m ops.infra.kafka_broker start|stop|status|reset")
         return 2
     print(status(settings))
     return 0

@@ -18,7 +18,7 @@ here from settings:
 Jobs go through ``pyflink/bin/flink run --detached --python <file> --jarfile <connector>``
 (:func:`submit_python_job`); status and cancel use the REST API.
 
-    python -m personalization.infra.flink_cluster start|stop|status
+    python -m ops.infra.flink_cluster start|stop|status
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import site
 import subprocess
 import sys
 import urllib.error
@@ -41,8 +40,9 @@ from typing import Any
 
 import yaml
 
-from personalization.infra.jars import ensure_jars, java_env
-from personalization.infra.processes import (
+from flink_jobs.python_env import embedded_python_path
+from ops.infra.jars import ensure_jars, java_env
+from ops.infra.processes import (
     pid_alive,
     port_open,
     process_cmdline,
@@ -50,7 +50,7 @@ from personalization.infra.processes import (
     stop_pid,
     wait_until,
 )
-from personalization.settings import PROJECT_ROOT, Settings, load_settings
+from personalization.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def write_conf(settings: Settings, extra: Mapping[str, Any] | None = None) -> Pa
     for src in wheel_conf.iterdir():
         if src.name.startswith(("log4j", "logback")):
             shutil.copyfile(src, cdir / src.name)
-    header = "# Written by personalization.infra.flink_cluster; regenerated on every start.\n"
+    header = "# Written by ops.infra.flink_cluster; regenerated on every start.\n"
     body = yaml.safe_dump(flink_config(settings, extra), sort_keys=False, width=1000)
     (cdir / "config.yaml").write_text(header + body)
     (cdir / "masters").write_text(f"{HOST}:{settings.flink.rest_port}\n")
@@ -202,18 +202,6 @@ def flink_env(settings: Settings) -> dict[str, str]:
     # Thread mode embeds Python in the TaskManager JVM, which inherits this.
     env["PYTHONPATH"] = embedded_python_path()
     return env
-
-
-def embedded_python_path() -> str:
-    """PYTHONPATH for the Python interpreter that thread mode embeds in a JVM.
-
-    PEMJA initializes that interpreter from the base installation and ignores a
-    virtualenv's site-packages (FLINK-38585), so the venv's site-packages and the
-    project root are handed over explicitly, ahead of anything already set.
-    """
-    paths = [*site.getsitepackages(), str(PROJECT_ROOT)]
-    existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([*paths, *([existing] if existing else [])])
 
 
 # --- REST ----------------------------------------------------------------------------
@@ -506,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     elif action == "stop":
         stop(settings)
     elif action != "status":
-        print("usage: python -m personalization.infra.flink_cluster start|stop|status")
+        print("usage: python -m ops.infra.flink_cluster start|stop|status")
         return 2
     print(status(settings))
     return 0

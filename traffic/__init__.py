@@ -6,15 +6,15 @@
   at a target rate, optionally re-timed so a replay looks live.
 """
 
-from personalization.traffic.generator import GeneratorConfig, TrafficGenerator, generate_events
-from personalization.traffic.replay import (
+from traffic.generator import GeneratorConfig, TrafficGenerator, generate_events
+from traffic.replay import (
     dataset_path,
     detect_format,
     iter_events,
     load_taobao,
     write_jsonl,
 )
-from personalization.traffic.sender import SendProgress, SendStats, TrafficSender, take_token
+from traffic.sender import SendProgress, SendStats, TrafficSender, take_token
 
 __all__ = [
     "GeneratorConfig",

@@ -1,4 +1,4 @@
-"""Online-store writer: applies the job's feature updates to Feast's Redis store.
+"""Online-store writer process: applies the job's feature updates to Feast's Redis store.
 
 Consumes ``feature_updates``, keeps the newest row per entity within a batch, writes
 through Feast's own ``RedisOnlineStore.online_write_batch`` (which skips rows not newer
@@ -9,32 +9,28 @@ commits nothing, so no update is lost; once Redis is back it catches up.
 It also maintains ``{project}:item_index``, a sorted set of item ids scored by the
 time of their latest row, which serving uses to refresh its in-process catalog
 incrementally. Model versions on the same changelog (``model:<name>`` rows) go to the
-model registry (``personalization/model_registry.py``).
+model registry (``personalization/model_registry.py``). The writes themselves are
+``personalization/online_store.py``; this module is the Kafka consumer loop around them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import cast
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
-from feast.infra.online_stores.redis import RedisOnlineStore
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from flink_jobs.feature_updates import FeatureUpdate, coalesce, is_model_version
-from personalization import feature_store as fs
 from personalization import metrics
-from personalization.model_registry import ModelRegistry, ModelVersion
+from personalization.feature_updates import FeatureUpdate
+from personalization.online_store import OnlineStoreWriter
 from personalization.settings import Settings
+
+__all__ = ["WriterStats", "decode_batch", "main", "run_writer", "update_consumer_lag"]
 
 log = logging.getLogger(__name__)
 
@@ -48,88 +44,6 @@ class WriterStats:
     write_errors: int = 0
     last_write_ms: int = 0
     by_view: dict[str, int] = field(default_factory=dict)
-
-
-class OnlineStoreWriter:
-    """Writes coalesced feature updates through Feast's Redis online store."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.config = fs.repo_config(settings)
-        self.store = RedisOnlineStore()
-        self.redis = redis.Redis(
-            host=settings.redis.host,
-            port=settings.redis.port,
-            db=settings.redis.db,
-            password=settings.redis.password,
-        )
-        self.project = settings.feast.project
-        self.registry = ModelRegistry(
-            self.redis, self.project, keep=settings.learning.registry_keep_versions
-        )
-
-    def write(self, updates: list[FeatureUpdate]) -> int:
-        rows = coalesce(updates)
-        versions = [row for row in rows if is_model_version(row)]
-        if versions:
-            rows = [row for row in rows if not is_model_version(row)]
-            for row in versions:
-                version = ModelVersion.from_json(json.dumps(row.features))
-                if self.registry.publish(version):
-                    log.info("model %s: version %s is active", version.model, version.version)
-        erasures = [row for row in rows if row.erase]
-        if erasures:
-            self.erase(erasures)
-        by_view: dict[str, list[FeatureUpdate]] = {}
-        for row in rows:
-            if not row.erase:
-                by_view.setdefault(row.view, []).append(row)
-        m = metrics.writer_metrics()
-        for view, view_rows in by_view.items():
-            data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]] = [
-                (
-                    fs.entity_key(view, row.entity_id),
-                    fs.encode_row(view, row.features),
-                    datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC),
-                    None,
-                )
-                for row in view_rows
-            ]
-            self.store.online_write_batch(self.config, fs.feature_view(view), data, None)
-            m.rows_written.labels(view).inc(len(view_rows))
-            written_s = time.time()
-            freshness = m.freshness.labels(view)
-            for row in view_rows:
-                freshness.observe(written_s - row.version_us / 1_000_000)
-            if view == "item_stats":
-                self.redis.zadd(
-                    fs.item_index_key(self.project),
-                    {row.entity_id: int(row.features.get("last_event_ms", 0)) for row in view_rows},
-                )
-        return len(rows)
-
-    def erase(self, erasures: list[FeatureUpdate]) -> None:
-        """Replace each entity's data by a tombstone: only ``consent=erased`` and the
-        erasure's timestamp, so Feast skips any older row replayed later. The tombstone
-        expires after ``privacy.erasure_tombstone_ttl_s`` (longer than replays can reach)."""
-        ttl = self.settings.privacy.erasure_tombstone_ttl_s
-        for row in erasures:
-            key = fs.redis_key(self.project, row.view, row.entity_id)
-            stored = cast(
-                "bytes | None",
-                self.redis.hget(key, f"{fs.TS_FIELD_PREFIX}{row.view}"),  # type: ignore[arg-type]
-            )
-            if stored is not None and fs.timestamp_us(stored) >= row.version_us:
-                continue  # a newer write (or tombstone) is already there
-            self.redis.delete(key)
-            tombstone = (
-                fs.entity_key(row.view, row.entity_id),
-                fs.encode_row(row.view, {"consent": "erased"}),
-                datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC),
-                None,
-            )
-            self.store.online_write_batch(self.config, fs.feature_view(row.view), [tombstone], None)
-            self.redis.expire(key, ttl)
 
 
 def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpdate]:

@@ -3,7 +3,7 @@
 :func:`ensure_jars` runs Maven only when a jar is missing, so it is cheap to call before
 every start; Maven itself resolves from ``~/.m2`` after the first download.
 
-    python -m personalization.infra.jars      # fetch if missing, print the paths
+    python -m ops.infra.jars      # fetch if missing, print the paths
 """
 
 from __future__ import annotations

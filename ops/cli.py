@@ -38,10 +38,10 @@ def _say(message: str) -> None:
 def traffic_source(settings: Settings, file: str | None, rate: float, seed: int) -> Iterable[dict]:
     """Events to send: a dataset file replayed, or the built-in shopping simulation."""
     if file:
-        from personalization.traffic.replay import iter_events
+        from traffic.replay import iter_events
 
         return iter_events(file, sort_by_time=True)
-    from personalization.traffic.generator import GeneratorConfig, TrafficGenerator
+    from traffic.generator import GeneratorConfig, TrafficGenerator
 
     # The simulation's own timeline, sent at exactly the requested rate: the sender
     # stamps each event with the time it is sent, so a user's sessions keep their order
@@ -88,7 +88,7 @@ class ProgressReporter:
         if now < self._next:
             return
         self._next = now + self.every_s
-        from personalization.stack import probe_freshness
+        from ops.stack import probe_freshness
 
         fresh = probe_freshness(self.settings, self._producer, self._reader, timeout_s=5.0)
         if fresh is not None:
@@ -119,7 +119,7 @@ def send_traffic(
     seed: int = 7,
     report: bool = True,
 ) -> Any:
-    from personalization.traffic.sender import TrafficSender
+    from traffic.sender import TrafficSender
 
     last_user = LastUser()
     events = last_user.watch(traffic_source(settings, file, rate, seed))
@@ -152,7 +152,7 @@ def send_traffic(
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import stack
+    from ops import stack
 
     started = time.monotonic()
     stack.start_all(settings, _say)
@@ -180,14 +180,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import stack
+    from ops import stack
 
     stack.stop_all(settings, _say)
     return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import stack
+    from ops import stack
 
     for name, state in stack.status(settings).items():
         print(f"{name:22} {state}")
@@ -195,8 +195,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import stack
-    from personalization.infra import kafka_broker, redis_server
+    from ops import stack
+    from ops.infra import kafka_broker, redis_server
 
     if args.action == "up":
         stack.start_infra(settings, _say)
@@ -207,7 +207,7 @@ def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_feast_apply(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import stack
+    from ops import stack
 
     print(stack.feast_apply(settings))
     return 0
@@ -221,7 +221,7 @@ def cmd_job(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
-    from flink_jobs import online_store
+    from writer import process as online_store
 
     online_store.main()
     return 0
@@ -273,7 +273,7 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ab_results(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization import ab_report
+    from analysis import ab_report
 
     records = ab_report.read_outcomes(settings, idle_s=args.idle)
     by_experiment = ab_report.totals_by_variant(records)
@@ -288,7 +288,7 @@ def cmd_ab_results(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
-    from personalization.infra import flink_cluster
+    from ops.infra import flink_cluster
 
     if args.cluster_up:
         flink_cluster.start(settings)
@@ -302,7 +302,7 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
-    from serving.dashboard.app import serve
+    from dashboard.app import serve
 
     serve(settings, port=args.port, block=True)
     return 0

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
 
-from personalization.infra import jars, kafka_broker, redis_server
-from personalization.infra.processes import ManagedProcess, wait_until
+from ops.infra import jars, kafka_broker, redis_server
+from ops.infra.processes import ManagedProcess, wait_until
 from personalization.privacy import pseudonymizer
 from personalization.settings import PROJECT_ROOT, SETTINGS_JSON_ENV, Settings
 
@@ -45,10 +45,10 @@ class Component:
 
 
 FLINK_JOB = Component("flink-job", "flink_jobs.user_features_job", ("--restore", "latest"))
-WRITER = Component("online-store-writer", "flink_jobs.online_store")
+WRITER = Component("online-store-writer", "writer.process")
 SERVER = Component("grpc-server", "serving.server")
 # Scrapes the job, writer and serving /metrics endpoints (settings.metrics) and plots them.
-DASHBOARD = Component("dashboard", "serving.dashboard")
+DASHBOARD = Component("dashboard", "dashboard")
 APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER, DASHBOARD)
 
 

@@ -29,10 +29,10 @@ from flink_jobs.covisitation import CoVisitation, CoVisitConfig
 from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight, rating_of
 from personalization.events import Event, EventRejected, validate_event
 from personalization.settings import FeatureSettings
-from personalization.traffic.replay import _movielens_genres, iter_events
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
 from serving.online_features import UserFeatures
 from serving.ranking import RankingParams, rank
+from traffic.replay import _movielens_genres, iter_events
 
 __all__ = [
     "EvaluationResult",

@@ -22,9 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dashboard import series
+from dashboard.page import PAGE
 from personalization.settings import Settings
-from serving.dashboard import series
-from serving.dashboard.page import PAGE
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from personalization import ab_stats
+from analysis import ab_stats
 from personalization.settings import Settings
 
 

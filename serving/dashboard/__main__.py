@@ -1,3 +1,0 @@
-from serving.dashboard.app import main
-
-main()

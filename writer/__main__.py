@@ -1,0 +1,3 @@
+from writer.process import main
+
+main()
