@@ -27,6 +27,7 @@ import numpy as np
 from flink_jobs import profile
 from flink_jobs.covisitation import CoVisitation, CoVisitConfig
 from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight, rating_of
+from personalization.decay import decay_factor
 from personalization.events import Event, EventRejected, validate_event
 from personalization.settings import FeatureSettings
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
@@ -211,7 +212,6 @@ def evaluate(
         name: dataclasses.replace(p, half_life_s=popularity_half_life_s, exploration_share=0.0)
         for name, p in methods.items()
     }
-    half_life_ms = popularity_half_life_s * 1000.0
     result = EvaluationResult(k=k, methods={name: MethodScore(name) for name in methods})
     users: dict[str, profile.UserState] = {}
     interacted: dict[str, set[str]] = {}
@@ -252,7 +252,7 @@ def evaluate(
         mine.add(item)
         position = catalog.index_of[item]
         ref = int(catalog.trending_ref_ms[position])
-        decay = math.pow(0.5, (t - ref) / half_life_ms) if t > ref else 1.0
+        decay = decay_factor(t - ref, popularity_half_life_s) if t > ref else 1.0
         catalog.trending_score[position] = catalog.trending_score[position] * decay + 1.0
         catalog.trending_ref_ms[position] = max(t, ref)
         catalog.columns_changed()  # columns mutated in place: drop the derived ones

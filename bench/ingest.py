@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
+from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
 from ops import stack
 from personalization.settings import PROJECT_ROOT, Settings
 
@@ -603,7 +604,7 @@ def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
     from flink_jobs.model_quality import PrequentialMonitor
     from flink_jobs.operators import CoVisitEdge, ItemEvent
     from personalization.events import Rejection, ValidationLimits, parse_event
-    from personalization.feature_updates import FeatureUpdate
+    from personalization.feature_updates import FeatureUpdate, next_version_us
 
     cfg = settings.features
     covisit = covisitation.CoVisitConfig.from_settings(settings.learning)
@@ -661,7 +662,7 @@ def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
         lap(USER_ROW)
         for trigger in outcome.triggers:
             trigger.to_json()
-        FeatureUpdate("user_profile", user.user_id, user.version_us, row).to_json()
+        FeatureUpdate(USER_PROFILE, user.user_id, user.version_us, row).to_json()
         lap(TO_JSON)
         if not event.item_id or user.consent == "denied":
             continue
@@ -698,7 +699,7 @@ def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
             lap(COVISIT_ITEM)
             item_row = items.item_feature_row(item, neighbors, covisit)
             lap(ITEM_ROW)
-            FeatureUpdate("item_stats", item.item_id, item.version_us, item_row).to_json()
+            FeatureUpdate(ITEM_STATS, item.item_id, item.version_us, item_row).to_json()
             lap(TO_JSON)
 
         # CollaborativeFiltering.
@@ -717,12 +718,12 @@ def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
             cf_users[user_id] = dumps(model.export_user(user_id))
         for dirty in dirty_items:
             cf_items[dirty] = dumps(model.export_item(dirty))
-        cf_version = max(interaction.event_time_ms * 1000, cf_version + 1)
+        cf_version = next_version_us(interaction.event_time_ms, cf_version)
         lap(CF_STATE)
         user_cf = {"cf_vector": model.export_user(interaction.user_id)}
-        FeatureUpdate("user_cf", interaction.user_id, cf_version, user_cf).to_json()
+        FeatureUpdate(USER_CF, interaction.user_id, cf_version, user_cf).to_json()
         item_cf = {"cf_vector": model.export_item(interaction.item_id)}
-        FeatureUpdate("item_cf", interaction.item_id, cf_version, item_cf).to_json()
+        FeatureUpdate(ITEM_CF, interaction.item_id, cf_version, item_cf).to_json()
         lap(TO_JSON)
     return accepted
 

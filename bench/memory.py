@@ -24,11 +24,13 @@ from typing import Any, cast
 import redis
 
 from bench.env import format_table, private_settings, say, write_results
+from feature_repo.names import USER_PROFILE
 from flink_jobs import profile
 from ops.infra import redis_server
 from personalization.events import validate_event
 from personalization.feature_updates import FeatureUpdate
 from personalization.online_store import OnlineStoreWriter
+from personalization.redis_client import redis_client
 from personalization.settings import FeatureSettings
 from traffic.generator import GeneratorConfig, TrafficGenerator
 
@@ -68,13 +70,13 @@ def run(users: int, events_per_user: float, seed: int) -> dict[str, Any]:
         settings = private_settings(Path(tmp))
         redis_server.start(settings)
         try:
-            client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+            client = redis_client(settings.redis, request_path=False)
             before = used_memory(client)
             writer = OnlineStoreWriter(settings)
             batch: list[FeatureUpdate] = []
             for state in states.values():
                 row = profile.user_feature_row(state, cfg)
-                batch.append(FeatureUpdate("user_profile", state.user_id, state.version_us, row))
+                batch.append(FeatureUpdate(USER_PROFILE, state.user_id, state.version_us, row))
                 if len(batch) >= 5000:
                     writer.write(batch)
                     batch.clear()

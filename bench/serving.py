@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BENCH_SERVER, BenchStack, CpuMeter, latency_summary, say
+from feature_repo.names import ITEM_STATS, USER_PROFILE
 from personalization import feature_store as fs
 from personalization.settings import PROJECT_ROOT, Settings
 
@@ -96,7 +97,7 @@ def build_rows(
                 version_us=start_ms * 1000,
             )
     item_updates = [
-        FeatureUpdate("item_stats", s.item_id, s.version_us, items_mod.item_feature_row(s))
+        FeatureUpdate(ITEM_STATS, s.item_id, s.version_us, items_mod.item_feature_row(s))
         for s in item_states.values()
     ]
     stats = {
@@ -137,10 +138,10 @@ def seed_store(
 
     # Users: templates encoded once, written with online_write_batch in batches.
     config = fs.repo_config(settings)
-    view = fs.feature_view("user_profile")
+    view = fs.feature_view(USER_PROFILE)
     store = RedisOnlineStore()
     templates = [
-        (fs.encode_row("user_profile", row), datetime.fromtimestamp(v / 1_000_000, tz=UTC))
+        (fs.encode_row(USER_PROFILE, row), datetime.fromtimestamp(v / 1_000_000, tz=UTC))
         for row, v in user_rows
     ]
     t0 = time.monotonic()
@@ -148,7 +149,7 @@ def seed_store(
         data: list[Any] = []
         for i in range(lo, min(n_users, lo + batch)):
             values, ts = templates[i % len(templates)]
-            data.append((fs.entity_key("user_profile", f"{USER_PREFIX}{i}"), values, ts, None))
+            data.append((fs.entity_key(USER_PROFILE, f"{USER_PREFIX}{i}"), values, ts, None))
         store.online_write_batch(config, view, data, None)
     users_s = time.monotonic() - t0
     stats.update(
@@ -361,8 +362,8 @@ def feast_comparison(
 
     rng = random.Random(seed)
     store = fs.feature_store(settings)
-    user_features = [f"user_profile:{f.name}" for f in fs.feature_view("user_profile").features]
-    item_features = [f"item_stats:{f.name}" for f in fs.feature_view("item_stats").features]
+    user_features = [f"user_profile:{f.name}" for f in fs.feature_view(USER_PROFILE).features]
+    item_features = [f"item_stats:{f.name}" for f in fs.feature_view(ITEM_STATS).features]
     item_ids = [f"{ITEM_PREFIX}sku-{i:06d}" for i in range(n_items)]
 
     def one_user() -> None:

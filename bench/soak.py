@@ -77,6 +77,7 @@ from bench.env import (
     scrape,
 )
 from ops import stack
+from personalization.redis_client import redis_client
 from personalization.settings import Settings, settings_from_json
 from traffic.generator import GeneratorConfig
 
@@ -891,7 +892,6 @@ def _sample(
     jstat: bool,
     probe_seconds: float,
 ) -> dict[str, Any]:
-    import redis
 
     from bench.freshness import probe_loop
 
@@ -915,13 +915,7 @@ def _sample(
     sample["counters"] = _counters(urls, server_url)
     try:
         # Not serving's 50 ms timeout: a slow answer here is a sample, not a failure.
-        client = redis.Redis(
-            host=settings.redis.host,
-            port=settings.redis.port,
-            db=settings.redis.db,
-            password=settings.redis.password,
-            socket_timeout=10.0,
-        )
+        client = redis_client(settings.redis, request_path=False, timeout_s=10.0)
         info = cast(dict[str, Any], client.info("memory"))
         sample["redis"] = {"keys": client.dbsize(), "used_mb": round(info["used_memory"] / MB, 1)}
         client.close()

@@ -15,6 +15,8 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
+from feature_repo.names import ENTITY_OF_VIEW, ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
+
 _DATA_DIR = Path(__file__).resolve().parent / "data"
 
 # A shopper or viewer. Ids may be pseudonymised (HMAC) before they reach the store.
@@ -59,7 +61,7 @@ _WINDOW_COUNTS = [
 
 # The user's behaviour, context and demographics, updated on every event.
 user_profile = FeatureView(
-    name="user_profile",
+    name=USER_PROFILE,
     entities=[user],
     # Feast does not filter online reads by ttl; serving checks freshness itself.
     ttl=timedelta(days=30),
@@ -101,7 +103,7 @@ user_profile = FeatureView(
 
 # Popularity of each item over windows and a decayed trending score.
 item_stats = FeatureView(
-    name="item_stats",
+    name=ITEM_STATS,
     entities=[item],
     ttl=timedelta(days=30),
     schema=[
@@ -129,7 +131,7 @@ item_stats = FeatureView(
 # version; they share the entity's Redis hash, so serving still reads a user in one
 # round trip.
 user_cf = FeatureView(
-    name="user_cf",
+    name=USER_CF,
     entities=[user],
     ttl=timedelta(days=30),
     schema=[Field(name="cf_vector", dtype=Array(Float64), description="user factors")],
@@ -145,7 +147,7 @@ user_cf = FeatureView(
     description="Online matrix-factorisation factors of each user.",
 )
 item_cf = FeatureView(
-    name="item_cf",
+    name=ITEM_CF,
     entities=[item],
     ttl=timedelta(days=30),
     schema=[Field(name="cf_vector", dtype=Array(Float64), description="item factors")],
@@ -169,9 +171,5 @@ recommender_features = FeatureService(
 )
 
 FEATURE_VIEWS = {view.name: view for view in (user_profile, item_stats, user_cf, item_cf)}
-ENTITY_OF_VIEW = {
-    "user_profile": "user_id",
-    "item_stats": "item_id",
-    "user_cf": "user_id",
-    "item_cf": "item_id",
-}
+
+__all__ = ["ENTITY_OF_VIEW", "FEATURE_VIEWS"]

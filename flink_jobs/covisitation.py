@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from personalization.decay import decay_factor
 from personalization.settings import LearningSettings
 
 __all__ = [
@@ -90,12 +91,12 @@ class Neighbors:
     origin_ms: int = 0
 
     def weights_at(self, now_ms: int, half_life_s: float) -> dict[str, float]:
-        factor = math.pow(2.0, -(now_ms - self.origin_ms) / (half_life_s * 1000.0))
+        factor = decay_factor(now_ms - self.origin_ms, half_life_s)
         return {item: w * factor for item, w in self.scaled.items()}
 
     def top(self, n: int, now_ms: int, half_life_s: float) -> list[tuple[str, float]]:
         """The ``n`` strongest neighbours with weights decayed to ``now_ms``."""
-        factor = math.pow(2.0, -(now_ms - self.origin_ms) / (half_life_s * 1000.0))
+        factor = decay_factor(now_ms - self.origin_ms, half_life_s)
         best = sorted(self.scaled.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         return [(item, w * factor) for item, w in best]
 

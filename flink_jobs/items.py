@@ -7,13 +7,14 @@ serving keeps the catalog of these rows in process and ranks trending items by
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from flink_jobs import windows
 from flink_jobs.covisitation import CoVisitConfig, Neighbors
+from personalization.decay import decay_factor, decayed
 from personalization.events import ADD_TO_CART, CLICK, FAVORITE, PRODUCT_VIEW, PURCHASE, Event
+from personalization.feature_updates import next_version_us
 
 POPULARITY_WEIGHTS = {PRODUCT_VIEW: 1.0, CLICK: 1.0, FAVORITE: 2.0, ADD_TO_CART: 3.0, PURCHASE: 5.0}
 ITEM_COUNTED = {PRODUCT_VIEW: "views", ADD_TO_CART: "carts", PURCHASE: "purchases"}
@@ -43,15 +44,14 @@ def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool
     if weight is None:
         changed = bool(event.category or event.price)
         if changed:
-            state.version_us = max(event.event_time_ms * 1000, state.version_us + 1)
+            state.version_us = next_version_us(event.event_time_ms, state.version_us)
         return changed
     t = event.event_time_ms
-    half_life_ms = half_life_s * 1000
     if t > state.trending_ref_ms:
-        state.trending *= math.pow(0.5, (t - state.trending_ref_ms) / half_life_ms)
+        state.trending *= decay_factor(t - state.trending_ref_ms, half_life_s)
         state.trending_ref_ms = t
     else:
-        weight *= math.pow(0.5, (state.trending_ref_ms - t) / half_life_ms)
+        weight *= decay_factor(state.trending_ref_ms - t, half_life_s)
     state.trending += weight
     reference = max(state.last_event_ms, t)
     kind = ITEM_COUNTED.get(event.event_type)
@@ -60,7 +60,7 @@ def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool
         for spec in ITEM_WINDOWS:
             windows.add(per_kind.setdefault(spec.name, {}), spec, t, reference)
     state.last_event_ms = reference
-    state.version_us = max(reference * 1000, state.version_us + 1)
+    state.version_us = next_version_us(reference, state.version_us)
     return True
 
 
@@ -98,4 +98,4 @@ def decayed_trending(score: float, ref_ms: int, now_ms: int, half_life_s: float)
     """A stored trending score brought forward to ``now_ms`` (serving uses this)."""
     if now_ms <= ref_ms:
         return score
-    return score * math.pow(0.5, (now_ms - ref_ms) / (half_life_s * 1000))
+    return decayed(score, ref_ms, now_ms, half_life_s)

@@ -25,6 +25,7 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
 from flink_jobs import (
     attribution,
     covisitation,
@@ -48,7 +49,7 @@ from personalization.events import (
     topic_family,
 )
 from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
-from personalization.feature_updates import FeatureUpdate, model_version_update
+from personalization.feature_updates import FeatureUpdate, model_version_update, next_version_us
 from personalization.privacy import pseudonymizer
 from personalization.settings import (
     FeatureSettings,
@@ -180,8 +181,8 @@ class UserFeatures(KeyedProcessFunction):
         if event.event_type == ERASURE:
             # Forget everything kept about the user; the writer erases the store entry.
             self.state.clear()
-            version = max(event.event_time_ms * 1000, (previous.version_us if previous else 0) + 1)
-            yield FeatureUpdate("user_profile", event.user_id, version, {}, erase=True).to_json()
+            version = next_version_us(event.event_time_ms, previous.version_us if previous else 0)
+            yield FeatureUpdate(USER_PROFILE, event.user_id, version, {}, erase=True).to_json()
             return
         user = previous or profile.new_state(event.user_id, self.default_consent)
         outcome = profile.apply_event(user, event, self.cfg)
@@ -205,7 +206,7 @@ class UserFeatures(KeyedProcessFunction):
         for due in profile.due_timers(user, self.cfg):
             timers.register_event_time_timer(due)
         yield FeatureUpdate(
-            "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
+            USER_PROFILE, user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
         ).to_json()
         if event.item_id and user.consent != "denied":
             own = tuple((tgt, w, t) for src, tgt, w, t in edges if src == event.item_id)
@@ -229,7 +230,7 @@ class UserFeatures(KeyedProcessFunction):
         self.metrics.impressions.inc()
         self.state.update(user)
         yield FeatureUpdate(
-            "user_profile", user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
+            USER_PROFILE, user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
         ).to_json()
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -317,7 +318,7 @@ class ItemFeatures(KeyedProcessFunction):
             if neighbors is None:
                 neighbors = self.neighbors.value()
             yield FeatureUpdate(
-                "item_stats",
+                ITEM_STATS,
                 item.item_id,
                 item.version_us,
                 items.item_feature_row(item, neighbors, self.covisit),
@@ -512,13 +513,13 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
             self.users.put(user_id, model.export_user(user_id))
         for item_id in dirty_items:
             self.items.put(item_id, model.export_item(item_id))
-        version = max(event.event_time_ms * 1000, (self.version.value() or 0) + 1)
+        version = next_version_us(event.event_time_ms, self.version.value() or 0)
         self.version.update(version)
         yield FeatureUpdate(
-            "user_cf", event.user_id, version, {"cf_vector": model.export_user(event.user_id)}
+            USER_CF, event.user_id, version, {"cf_vector": model.export_user(event.user_id)}
         ).to_json()
         yield FeatureUpdate(
-            "item_cf", event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
+            ITEM_CF, event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
         ).to_json()
 
 

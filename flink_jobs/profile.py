@@ -12,7 +12,6 @@ idempotent.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from flink_jobs.covisitation import History
 from flink_jobs.impressions import Impression, ImpressionLog
 from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import Trigger, TriggerRules
+from personalization.decay import decay_factor
 from personalization.events import (
     ADD_TO_CART,
     CLICK,
@@ -37,6 +37,7 @@ from personalization.events import (
     REMOVE_FROM_CART,
     Event,
 )
+from personalization.feature_updates import next_version_us
 from personalization.settings import FeatureSettings
 
 # Event kinds counted over 5 min / 1 h / 24 h windows.
@@ -159,7 +160,7 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
         remember_id(state, event, cfg)
         version = state.version_us
         _apply_consent(state, event)
-        state.version_us = max(event.event_time_ms * 1000, version + 1)
+        state.version_us = next_version_us(event.event_time_ms, version)
         return Outcome(duplicate=False, triggers=[])
     if state.consent == "denied":
         return Outcome(duplicate=False, triggers=[], opted_out=True)
@@ -192,7 +193,7 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
             state.demographics[key] = value
 
     state.last_seen_ms = reference
-    state.version_us = max(reference * 1000, state.version_us + 1)
+    state.version_us = next_version_us(reference, state.version_us)
 
     fired.extend(rules.on_event(state, event))
     return Outcome(duplicate=False, triggers=fired)
@@ -212,7 +213,7 @@ def apply_impression(state: UserState, impression: Impression, cfg: FeatureSetti
         cfg.max_impression_items,
         cfg.max_impression_categories,
     )
-    state.version_us = max(impression.time_ms * 1000, state.version_us + 1)
+    state.version_us = next_version_us(impression.time_ms, state.version_us)
     return Outcome(duplicate=False, triggers=[])
 
 
@@ -265,15 +266,14 @@ def _update_interest(state: UserState, event: Event, cfg: FeatureSettings) -> No
     if not event.category or weight <= 0:
         return
     t = event.event_time_ms
-    half_life_ms = cfg.interest_half_life_s * 1000
     if t > state.interest_ref_ms:
         if state.interests:
-            factor = math.pow(0.5, (t - state.interest_ref_ms) / half_life_ms)
+            factor = decay_factor(t - state.interest_ref_ms, cfg.interest_half_life_s)
             for category in state.interests:
                 state.interests[category] *= factor
         state.interest_ref_ms = t
     else:  # a late event counts with the decay it would have had by now
-        weight *= math.pow(0.5, (state.interest_ref_ms - t) / half_life_ms)
+        weight *= decay_factor(state.interest_ref_ms - t, cfg.interest_half_life_s)
     state.interests[event.category] = state.interests.get(event.category, 0.0) + weight
     if len(state.interests) > cfg.max_interest_categories:
         weakest = min(state.interests, key=lambda c: (state.interests[c], c))

@@ -310,12 +310,10 @@ def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     """List, roll back or promote versions of a model in the registry."""
-    import redis
-
     from personalization.model_registry import ModelRegistry, UnknownVersion
+    from personalization.redis_client import redis_client
 
-    cfg = settings.redis
-    client = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password)
+    client = redis_client(settings.redis, request_path=False, timeout_s=5.0)
     registry = ModelRegistry(client, settings.feast.project)
     try:
         if args.action == "rollback":

@@ -27,6 +27,13 @@ from personalization.model_registry import ModelVersion
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
+def next_version_us(time_ms: int, previous_us: int) -> int:
+    """The version rule: the row's time in microseconds, but always past the previous
+    version of the same entity, so versions grow strictly even when events arrive out of
+    order or share a millisecond (Feast skips a row that is not newer than the stored one)."""
+    return max(time_ms * 1000, previous_us + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureUpdate:
     view: str

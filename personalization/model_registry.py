@@ -27,6 +27,9 @@ from typing import Any
 import redis
 
 # Atomic "publish and follow unless pinned": a rollback in between cannot be overridden.
+# The model the job trains from exposures and serving ranks with (one name, both sides).
+PROPENSITY_MODEL = "propensity"
+
 _PUBLISH = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])

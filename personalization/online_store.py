@@ -16,15 +16,16 @@ import time
 from datetime import UTC, datetime
 from typing import cast
 
-import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from feature_repo.names import ITEM_STATS
 from personalization import feature_store as fs
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, coalesce, is_model_version
 from personalization.model_registry import ModelRegistry, ModelVersion
+from personalization.redis_client import redis_client
 from personalization.settings import Settings
 
 __all__ = ["OnlineStoreWriter"]
@@ -39,12 +40,7 @@ class OnlineStoreWriter:
         self.settings = settings
         self.config = fs.repo_config(settings)
         self.store = RedisOnlineStore()
-        self.redis = redis.Redis(
-            host=settings.redis.host,
-            port=settings.redis.port,
-            db=settings.redis.db,
-            password=settings.redis.password,
-        )
+        self.redis = redis_client(settings.redis, request_path=False)
         self.project = settings.feast.project
         self.registry = ModelRegistry(
             self.redis, self.project, keep=settings.learning.registry_keep_versions
@@ -83,7 +79,7 @@ class OnlineStoreWriter:
             freshness = m.freshness.labels(view)
             for row in view_rows:
                 freshness.observe(written_s - row.version_us / 1_000_000)
-            if view == "item_stats":
+            if view == ITEM_STATS:
                 self.redis.zadd(
                     fs.item_index_key(self.project),
                     {row.entity_id: int(row.features.get("last_event_ms", 0)) for row in view_rows},

@@ -22,6 +22,7 @@ import grpc
 import redis
 from confluent_kafka import Producer
 
+from feature_repo.names import USER_PROFILE
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
 from personalization.feature_updates import FeatureUpdate
 from personalization.model_registry import ModelRegistry, UnknownVersion
@@ -99,7 +100,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         now = self._now_ms()
         record = audit_record("forget", subject, actor=actor, detail=request.reason)
         self._write_audit(record, context)
-        self._writer.erase([FeatureUpdate("user_profile", subject, now * 1000, {}, erase=True)])
+        self._writer.erase([FeatureUpdate(USER_PROFILE, subject, now * 1000, {}, erase=True)])
         self._send_control(
             events_pb2.Event(
                 event_id=f"erase-{uuid.uuid4().hex}",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from feature_repo.names import ITEM_CF, ITEM_STATS
 from personalization.feature_store import (
     decode_fields,
     feature_kinds,
@@ -33,8 +34,8 @@ from serving.online_features import redis_client
 
 log = logging.getLogger(__name__)
 
-VIEW = "item_stats"
-CF_VIEW = "item_cf"
+VIEW = ITEM_STATS
+CF_VIEW = ITEM_CF
 COUNT_FEATURES = ("views_1h", "views_24h", "carts_1h", "carts_24h", "purchases_1h", "purchases_24h")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feature_repo.names import USER_CF, USER_PROFILE
 from personalization.feature_store import (
     TS_FIELD_PREFIX,
     decode_fields,
@@ -23,12 +24,13 @@ from personalization.feature_store import (
     field_key,
     redis_key,
 )
+from personalization.redis_client import redis_client as shared_redis_client
 from personalization.settings import Settings
 from serving import metrics as serving_metrics
 from serving.circuit_breaker import CircuitBreaker
 
-VIEW = "user_profile"
-CF_VIEW = "user_cf"
+VIEW = USER_PROFILE
+CF_VIEW = USER_CF
 COUNT_FEATURES = tuple(
     f"{kind}_{window}"
     for kind in ("product_view", "add_to_cart", "purchase")
@@ -142,17 +144,7 @@ def _impressions(row: dict[str, Any], keys_name: str, prefix: str) -> dict[str, 
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A pooled client whose timeouts make a dead Redis fail fast instead of hanging."""
-    cfg = settings.redis
-    return redis.Redis(
-        host=cfg.host,
-        port=cfg.port,
-        db=cfg.db,
-        password=cfg.password,
-        socket_timeout=cfg.socket_timeout_s,
-        socket_connect_timeout=cfg.connect_timeout_s,
-        # No retries: the request has a deadline and a fallback; a retry only adds latency.
-        retry_on_timeout=False,
-    )
+    return shared_redis_client(settings.redis)
 
 
 class UserFeatureReader:

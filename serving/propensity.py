@@ -31,14 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from personalization import metrics as pz_metrics
-from personalization.model_registry import ModelRegistry, ModelVersion
+from personalization.model_registry import PROPENSITY_MODEL, ModelRegistry, ModelVersion
 from serving import candidates as cand
 from serving.catalog import CatalogSnapshot
 from serving.online_features import UserFeatures
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "propensity"
+MODEL_NAME = PROPENSITY_MODEL
 ITEM_FEATURES = (*(f"src_{s}" for s in cand.SOURCES), "price", "shown_before")
 USER_FEATURES = ("user_new", "user_buyer", "user_mobile")
 FEATURES = ITEM_FEATURES + USER_FEATURES

@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from ops.infra.processes import ManagedProcess, port_open, wait_until
+from personalization.redis_client import redis_client
 from personalization.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,7 @@ def process(settings: Settings) -> ManagedProcess:
 
 
 def _client(settings: Settings, timeout_s: float = 1.0) -> redis.Redis:
-    return redis.Redis(
-        host=settings.redis.host,
-        port=settings.redis.port,
-        password=settings.redis.password,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-    )
+    return redis_client(settings.redis, request_path=False, timeout_s=timeout_s)
 
 
 def ping(settings: Settings) -> bool:

@@ -1,0 +1,40 @@
+"""The rules that live once in the core: view names, the version rule, decay."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from feature_repo import names
+from feature_repo.features import FEATURE_VIEWS, item, user
+from personalization.decay import decay_factor, decayed
+from personalization.feature_updates import next_version_us
+
+
+def test_view_names_are_the_feast_definitions() -> None:
+    assert set(FEATURE_VIEWS) == set(names.ENTITY_OF_VIEW)
+    join_key = {user.name: user.join_key, item.name: item.join_key}
+    for view, entity in names.ENTITY_OF_VIEW.items():
+        assert [join_key[e] for e in FEATURE_VIEWS[view].entities] == [entity]
+    assert set(names.USER_VIEWS) == {names.USER_PROFILE, names.USER_CF}
+
+
+@given(st.integers(0, 2**41), st.integers(0, 2**51))
+def test_versions_grow_strictly(time_ms: int, previous_us: int) -> None:
+    version = next_version_us(time_ms, previous_us)
+    assert version > previous_us
+    assert version >= time_ms * 1000
+
+
+def test_version_is_the_event_time_when_it_is_newer() -> None:
+    assert next_version_us(1_700_000_000_000, 5) == 1_700_000_000_000_000
+
+
+def test_half_life_halves() -> None:
+    assert decay_factor(3_600_000, 3600.0) == 0.5
+    assert decay_factor(0, 3600.0) == 1.0
+    assert decay_factor(-3_600_000, 3600.0) == 2.0  # a late weight, seen from the past
+    assert decay_factor(10**12, math.inf) == 1.0
+    assert decayed(8.0, 0, 7_200_000, 3600.0) == 2.0
