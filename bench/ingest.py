@@ -46,7 +46,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 import pstats
 import sys
 import time
@@ -56,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
-from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
+from flink_jobs import local
 from ops import stack
 from personalization.settings import PROJECT_ROOT, Settings
 
@@ -528,42 +527,28 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
 
 # --- the in-process profile -------------------------------------------------------------
 
-PARSE = "ParseEvents: parse_event (JSON -> Event)"
-RECORDS = "records between operators: pickle round trips"
-USER_STATE = "user ValueState: unpickle + pickle UserState"
-APPLY = "profile.apply_event (+ due_timers)"
-COVISIT_USER = "co-visitation, user side: edges_for + push_history"
-USER_ROW = "profile.user_feature_row"
-COVISIT_ITEM = "co-visitation, item side: add_edge + neighbours state pickling"
-ITEM_STATE = "item ValueState: unpickle + pickle ItemState"
-ITEMS = "items.apply_item_event"
-ITEM_ROW = "items.item_feature_row (top-50 neighbours)"
-CF_EVAL = "cf: prequential evaluate (PrequentialMonitor)"
-CF_LEARN = "cf: learning.OnlineMF.learn_one"
-CF_STATE = "cf: factors -> MapState (export + pickle per dirty key)"
-TO_JSON = "FeatureUpdate.to_json (all rows) + cf row export"
-STAGES = (
-    PARSE,
-    RECORDS,
-    USER_STATE,
-    APPLY,
-    COVISIT_USER,
-    USER_ROW,
-    COVISIT_ITEM,
-    ITEM_STATE,
-    ITEMS,
-    ITEM_ROW,
-    CF_EVAL,
-    CF_LEARN,
-    CF_STATE,
-    TO_JSON,
-)
+# The job's own per-record code (flink_jobs/steps.py), run by flink_jobs/local.py with
+# keyed state and records pickled as Flink's PICKLED_BYTE_ARRAY state and exchanges do.
+STAGE_NAMES = {
+    local.STAGE_PARSE: "parse: parse_event + pseudonym (ParseStep)",
+    local.STAGE_RECORDS: "records between operators: pickle round trips",
+    local.STAGE_USER_STATE: "user ValueState: unpickle + pickle UserState",
+    local.STAGE_USER: "user step: dedup, profile, triggers, co-visitation history, row",
+    local.STAGE_ITEM_STATE: "item ValueStates: item + neighbours (unpickle + pickle)",
+    local.STAGE_ITEM: "item step: popularity, trending, neighbours, row",
+    local.STAGE_CF: "cf step: prequential evaluate + OnlineMF.learn_one",
+    local.STAGE_CF_STATE: "cf: factors <-> MapState (import, export + pickle per dirty key)",
+    local.STAGE_JSON: "FeatureUpdate.to_json (all rows), trigger records",
+}
 GROUPS = {
-    "user features (parse, state, profile, row)": (PARSE, USER_STATE, APPLY, USER_ROW),
-    "co-visitation (user + item side)": (COVISIT_USER, COVISIT_ITEM),
-    "item features (state, popularity, row)": (ITEM_STATE, ITEMS, ITEM_ROW),
-    "collaborative filtering (evaluate, learn, state)": (CF_EVAL, CF_LEARN, CF_STATE),
-    "serialization (records, rows as JSON)": (RECORDS, TO_JSON),
+    "user features (parse, state, step)": (
+        local.STAGE_PARSE,
+        local.STAGE_USER_STATE,
+        local.STAGE_USER,
+    ),
+    "item features (state, step)": (local.STAGE_ITEM_STATE, local.STAGE_ITEM),
+    "collaborative filtering (step, state)": (local.STAGE_CF, local.STAGE_CF_STATE),
+    "serialization (records, rows as JSON)": (local.STAGE_RECORDS, local.STAGE_JSON),
 }
 
 
@@ -595,137 +580,10 @@ def lap_overhead_ns(clock: Any) -> float:
 
 
 def run_operators(raws: list[str], settings: Settings, laps: Laps) -> int:
-    """The operators' per-record code on ``raws``, timed per stage; events accepted.
-
-    Mirrors ``flink_jobs/operators.py`` (``ParseEvents``, ``UserFeatures``,
-    ``ItemFeatures``, ``CollaborativeFiltering``) with keyed state as pickled bytes.
-    """
-    from flink_jobs import covisitation, items, learning, profile
-    from flink_jobs.model_quality import PrequentialMonitor
-    from flink_jobs.operators import CoVisitEdge, ItemEvent
-    from personalization.events import Rejection, ValidationLimits, parse_event
-    from personalization.feature_updates import FeatureUpdate, next_version_us
-
-    cfg = settings.features
-    covisit = covisitation.CoVisitConfig.from_settings(settings.learning)
-    limits = ValidationLimits.from_settings(cfg)
-    default_consent = settings.privacy.default_consent
-    users: dict[str, bytes] = {}
-    item_states: dict[str, bytes] = {}
-    neighbour_states: dict[str, bytes] = {}
-    cf_users: dict[str, bytes] = {}
-    cf_items: dict[str, bytes] = {}
-    cf_version = 0
-    model = learning.OnlineMF(learning.LearnerConfig.from_settings(settings.learning))
-    quality = PrequentialMonitor()
-    dumps, loads = pickle.dumps, pickle.loads
-    now_ms = int(time.time() * 1000)
-    accepted = 0
-    lap = laps.lap
-
-    def link(item_id: str, links: Any) -> covisitation.Neighbors:
-        blob = neighbour_states.get(item_id)
-        neighbors = loads(blob) if blob is not None else covisitation.Neighbors()
-        for target, weight, t in links:
-            covisitation.add_edge(neighbors, target, weight, t, covisit)
-        return neighbors
-
+    """The job's per-record code on ``raws``, timed per stage; events accepted."""
+    pipeline = local.LocalPipeline(settings, pickled=True, keep_rows=False, lap=laps.lap)
     laps.restart()
-    for raw in raws:
-        event = parse_event(raw, now_ms=now_ms, limits=limits)
-        lap(PARSE)
-        if isinstance(event, Rejection):
-            continue
-        accepted += 1
-        event = loads(dumps(event))  # parse -> user operator
-        lap(RECORDS)
-        blob = users.get(event.user_id)
-        user = (
-            loads(blob) if blob is not None else profile.new_state(event.user_id, default_consent)
-        )
-        lap(USER_STATE)
-        outcome = profile.apply_event(user, event, cfg)
-        lap(APPLY)
-        if not outcome.changed:
-            continue
-        edges: list[tuple[str, str, float, int]] = []
-        if event.item_id and user.consent != "denied":
-            t = event.event_time_ms
-            edges = covisitation.edges_for(user.covisit, event.item_id, t, 1.0, covisit)
-            covisitation.push_history(user.covisit, event.item_id, t, covisit)
-        lap(COVISIT_USER)
-        users[event.user_id] = dumps(user)
-        lap(USER_STATE)
-        profile.due_timers(user, cfg)
-        lap(APPLY)
-        row = profile.user_feature_row(user, cfg)
-        lap(USER_ROW)
-        for trigger in outcome.triggers:
-            trigger.to_json()
-        FeatureUpdate(USER_PROFILE, user.user_id, user.version_us, row).to_json()
-        lap(TO_JSON)
-        if not event.item_id or user.consent == "denied":
-            continue
-        own = tuple((tgt, w, t) for src, tgt, w, t in edges if src == event.item_id)
-        item_event = loads(dumps(ItemEvent(event, own)))  # user -> item operator
-        interaction = loads(dumps(event))  # user -> cf operator
-        others = [
-            loads(dumps(CoVisitEdge(s, tgt, w, t))) for s, tgt, w, t in edges if s != event.item_id
-        ]
-        lap(RECORDS)
-
-        # ItemFeatures: the other items' edges, then the item's own event.
-        for edge in others:
-            neighbour_states[edge.source] = dumps(
-                link(edge.source, [(edge.target, edge.weight, edge.time_ms)])
-            )
-        neighbors: covisitation.Neighbors | None = None
-        item_id = item_event.item_id
-        if item_event.links:
-            neighbors = link(item_id, item_event.links)
-            neighbour_states[item_id] = dumps(neighbors)
-        lap(COVISIT_ITEM)
-        blob = item_states.get(item_id)
-        item = loads(blob) if blob is not None else items.ItemState(item_id)
-        lap(ITEM_STATE)
-        changed = items.apply_item_event(item, item_event.event, cfg.trending_half_life_s)
-        lap(ITEMS)
-        if changed:
-            item_states[item_id] = dumps(item)
-            lap(ITEM_STATE)
-            if neighbors is None:
-                blob = neighbour_states.get(item_id)
-                neighbors = loads(blob) if blob is not None else None
-            lap(COVISIT_ITEM)
-            item_row = items.item_feature_row(item, neighbors, covisit)
-            lap(ITEM_ROW)
-            FeatureUpdate(ITEM_STATS, item.item_id, item.version_us, item_row).to_json()
-            lap(TO_JSON)
-
-        # CollaborativeFiltering.
-        weight = learning.interaction_weight(
-            interaction.event_type, learning.rating_of(interaction)
-        )
-        if weight <= 0:
-            lap(CF_EVAL)
-            continue
-        quality.evaluate(model, interaction.user_id, interaction.item_id)
-        lap(CF_EVAL)
-        model.learn_one(interaction.user_id, interaction.item_id, weight, interaction.event_time_ms)
-        lap(CF_LEARN)
-        dirty_users, dirty_items = model.drain_dirty()
-        for user_id in dirty_users:
-            cf_users[user_id] = dumps(model.export_user(user_id))
-        for dirty in dirty_items:
-            cf_items[dirty] = dumps(model.export_item(dirty))
-        cf_version = next_version_us(interaction.event_time_ms, cf_version)
-        lap(CF_STATE)
-        user_cf = {"cf_vector": model.export_user(interaction.user_id)}
-        FeatureUpdate(USER_CF, interaction.user_id, cf_version, user_cf).to_json()
-        item_cf = {"cf_vector": model.export_item(interaction.item_id)}
-        FeatureUpdate(ITEM_CF, interaction.item_id, cf_version, item_cf).to_json()
-        lap(TO_JSON)
-    return accepted
+    return pipeline.run(raws).accepted
 
 
 def profile_stages(
@@ -743,24 +601,24 @@ def profile_stages(
     cpu = time.process_time() - cpu0
     n = max(1, len(raws))
     per_stage = {
-        stage: round(max(0.0, laps.ns[stage] - overhead * laps.count[stage]) / n / 1000.0, 1)
-        for stage in STAGES
+        STAGE_NAMES[stage]: round(
+            max(0.0, laps.ns[stage] - overhead * laps.count[stage]) / n / 1000.0, 1
+        )
+        for stage in local.STAGES
     }
     total = round(sum(per_stage.values()), 1)
-    cf_us = per_stage[CF_EVAL] + per_stage[CF_LEARN] + per_stage[CF_STATE]
+    cf_us = per_stage[STAGE_NAMES[local.STAGE_CF]] + per_stage[STAGE_NAMES[local.STAGE_CF_STATE]]
     result: dict[str, Any] = {
         "events": len(raws),
         "accepted": accepted,
         "us_per_event": per_stage,
         "groups_us_per_event": {
-            group: round(sum(per_stage[s] for s in stages), 1) for group, stages in GROUPS.items()
+            group: round(sum(per_stage[STAGE_NAMES[s]] for s in stages), 1)
+            for group, stages in GROUPS.items()
         },
         "total_us_per_event": total,
         "implied_max_events_per_s_one_interpreter": round(1e6 / total) if total else None,
         "cf_updates_per_s_alone": round(1e6 / cf_us) if cf_us else None,
-        "cf_learn_one_per_s_alone": round(1e6 / per_stage[CF_LEARN])
-        if per_stage[CF_LEARN]
-        else None,
         "clock": "time.thread_time_ns (CPU of this thread), cost of the timing subtracted",
         "lap_overhead_ns": round(overhead),
         "laps_per_event": round(sum(laps.count.values()) / n, 1),
@@ -970,7 +828,7 @@ def report(r: dict[str, Any]) -> str:
         parts.append(
             f"one interpreter at these costs: ≤ {p['implied_max_events_per_s_one_interpreter']:,}"
             f" events/s; CF alone (evaluate + learn + state): {p['cf_updates_per_s_alone']:,}"
-            f" updates/s; learn_one alone: {p['cf_learn_one_per_s_alone']:,}/s"
+            " updates/s"
         )
         top = p.get("cprofile_top_by_tottime")
         if top:

@@ -6,11 +6,9 @@ and so a reader sees in one page what runs per record inside Flink.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from pyflink.common import Types
@@ -25,32 +23,25 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
 from flink_jobs import (
     attribution,
-    covisitation,
     impressions,
-    items,
     learning,
-    profile,
     propensity,
+    steps,
 )
 from flink_jobs.model_quality import PrequentialMonitor
+from flink_jobs.steps import CoVisitEdge, ItemEvent
 from personalization import metrics
-from personalization.compact_pickle import compact_pickle
 from personalization.events import (
     CONTROL_TYPES,
-    ERASURE,
     Event,
     Rejection,
-    ValidationLimits,
     dead_letter,
-    parse_event,
     topic_family,
 )
 from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
-from personalization.feature_updates import FeatureUpdate, model_version_update, next_version_us
-from personalization.privacy import pseudonymizer
+from personalization.feature_updates import model_version_update
 from personalization.settings import (
     FeatureSettings,
     LearningSettings,
@@ -100,12 +91,12 @@ class ParseEvents(ProcessFunction):
         privacy: PrivacySettings,
         metrics_cfg: MetricsSettings | None = None,
     ) -> None:
-        self.limits = ValidationLimits.from_settings(cfg)
-        self.hmac_secret = privacy.hmac_secret
+        self.cfg = cfg
+        self.privacy = privacy
         self.metrics_cfg = _metrics_settings(metrics_cfg)
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.pseudonym = pseudonymizer(self.hmac_secret)
+        self.step = steps.ParseStep(self.cfg, self.privacy)
         self.metrics = _start_job_metrics(self.metrics_cfg)
         self.event_counters: dict[str, Any] = {}
 
@@ -118,17 +109,14 @@ class ParseEvents(ProcessFunction):
         counter.inc()
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        now_ms = int(time.time() * 1000)
-        parsed = parse_event(value, now_ms=now_ms, limits=self.limits)
-        if isinstance(parsed, Rejection):
-            self.metrics.dead_letters.labels(parsed.reason).inc()
-            yield DLQ_TAG, dead_letter(value, parsed, source="kafka", now_ms=now_ms)
+        parsed = self.step(value, int(time.time() * 1000))
+        if isinstance(parsed, tuple):
+            rejection, record = parsed
+            self.metrics.dead_letters.labels(rejection.reason).inc()
+            yield DLQ_TAG, record
             return
         self._count_event(parsed.event_type)
-        if self.hmac_secret:
-            yield dataclasses.replace(parsed, user_id=self.pseudonym(parsed.user_id))
-        else:
-            yield parsed
+        yield parsed
 
 
 class EventTimeAssigner(TimestampAssigner):
@@ -137,7 +125,7 @@ class EventTimeAssigner(TimestampAssigner):
 
 
 class UserFeatures(KeyedProcessFunction):
-    """Keyed by user: dedup, profile update, triggers, feature rows.
+    """Keyed by user: dedup, profile update, triggers, feature rows (``UserStep``).
 
     Emits the user's full feature row after every accepted event (main output),
     trigger records (side output) and each accepted item event for the item branch
@@ -151,9 +139,7 @@ class UserFeatures(KeyedProcessFunction):
         metrics_cfg: MetricsSettings | None = None,
         learning: LearningSettings | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.covisit = covisitation.CoVisitConfig.from_settings(learning or LearningSettings())
-        self.default_consent = privacy.default_consent
+        self.step = steps.UserStep(cfg, privacy, learning)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.state: Any = None
 
@@ -176,69 +162,43 @@ class UserFeatures(KeyedProcessFunction):
         self._sample_watermark(ctx)
         previous = self.state.value()
         if isinstance(event, impressions.Impression):
-            yield from self._impression(previous, event)
-            return
-        if event.event_type == ERASURE:
-            # Forget everything kept about the user; the writer erases the store entry.
-            self.state.clear()
-            version = next_version_us(event.event_time_ms, previous.version_us if previous else 0)
-            yield FeatureUpdate(USER_PROFILE, event.user_id, version, {}, erase=True).to_json()
-            return
-        user = previous or profile.new_state(event.user_id, self.default_consent)
-        outcome = profile.apply_event(user, event, self.cfg)
-        if not outcome.changed:
-            if outcome.duplicate:
+            result = self.step.on_impression(previous, event)
+            if result.changed:
+                self.metrics.impressions.inc()
+        else:
+            result = self.step.on_event(previous, event)
+        if not result.changed:
+            if result.duplicate:
                 self.metrics.duplicates.inc()
-            else:
+            elif result.opted_out:
                 self.metrics.opted_out.inc()
             return
-        edges: list[tuple[str, str, float, int]] = []
-        if event.item_id and user.consent != "denied":
-            # Co-visitation: the item links with the user's previous items, both ways.
-            t = event.event_time_ms
-            edges = covisitation.edges_for(user.covisit, event.item_id, t, 1.0, self.covisit)
-            covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
-        self.state.update(user)
-        for trigger in outcome.triggers:
+        if result.state is None:
+            self.state.clear()
+        else:
+            self.state.update(result.state)
+        for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
             yield TRIGGER_TAG, trigger.to_json()
-        timers = ctx.timer_service()
-        for due in profile.due_timers(user, self.cfg):
-            timers.register_event_time_timer(due)
-        yield FeatureUpdate(
-            USER_PROFILE, user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
-        ).to_json()
-        if event.item_id and user.consent != "denied":
-            own = tuple((tgt, w, t) for src, tgt, w, t in edges if src == event.item_id)
-            yield ITEM_EVENT_TAG, ItemEvent(event, own)
-            yield INTERACTION_TAG, event
-            for source, target, weight, t in edges:
-                if source != event.item_id:
-                    yield ITEM_EVENT_TAG, CoVisitEdge(source, target, weight, t)
-            if attribution.outcome_of(event) is not None:
-                yield OUTCOME_TAG, event
-
-    def _impression(
-        self, previous: profile.UserState | None, impression: impressions.Impression
-    ) -> Iterator[Any]:
-        user = previous or profile.new_state(impression.user_id, self.default_consent)
-        outcome = profile.apply_impression(user, impression, self.cfg)
-        if not outcome.changed:
-            if outcome.duplicate:
-                self.metrics.duplicates.inc()
-            return
-        self.metrics.impressions.inc()
-        self.state.update(user)
-        yield FeatureUpdate(
-            USER_PROFILE, user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
-        ).to_json()
+        if result.timers:
+            timers = ctx.timer_service()
+            for due in result.timers:
+                timers.register_event_time_timer(due)
+        for row in result.rows:
+            yield row.to_json()
+        if result.item_event is not None:
+            yield ITEM_EVENT_TAG, result.item_event
+        if result.interaction is not None:
+            yield INTERACTION_TAG, result.interaction
+        for edge in result.edges:
+            yield ITEM_EVENT_TAG, edge
+        if result.outcome is not None:
+            yield OUTCOME_TAG, result.outcome
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         self._sample_watermark(ctx)
         user = self.state.value()
-        if user is None:
-            return
-        fired = profile.advance_time(user, timestamp, self.cfg)
+        fired = self.step.on_timer(user, timestamp)
         if fired:
             self.state.update(user)
             for trigger in fired:
@@ -246,45 +206,13 @@ class UserFeatures(KeyedProcessFunction):
                 yield TRIGGER_TAG, trigger.to_json()
 
 
-@compact_pickle
-@dataclass(frozen=True, slots=True)
-class CoVisitEdge:
-    """``source`` was interacted with just before ``target`` (keyed by ``source``)."""
-
-    source: str
-    target: str
-    weight: float
-    time_ms: int
-
-    @property
-    def item_id(self) -> str:
-        return self.source
-
-
-@compact_pickle
-@dataclass(frozen=True, slots=True)
-class ItemEvent:
-    """An accepted event for the item branch, with the item's own co-visitation links
-    (to the user's previous items) so they need no records of their own."""
-
-    event: Event
-    links: tuple[tuple[str, float, int], ...] = ()
-
-    @property
-    def item_id(self) -> str:
-        return self.event.item_id
-
-
 class ItemFeatures(KeyedProcessFunction):
-    """Keyed by item: popularity windows, trending score, co-visitation neighbours.
-
-    Edges only update the neighbours; the item's row (with them) goes out on the item's
-    own next event, so co-visitation adds no rows to the changelog.
-    """
+    """Keyed by item: popularity windows, trending score, co-visitation neighbours
+    (``ItemStep``). The neighbours are a state of their own: edges update them often,
+    and pickling them alone is much cheaper than the whole item state."""
 
     def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
-        self.half_life_s = cfg.trending_half_life_s
-        self.covisit = covisitation.CoVisitConfig.from_settings(learning or LearningSettings())
+        self.step = steps.ItemStep(cfg, learning)
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -295,34 +223,20 @@ class ItemFeatures(KeyedProcessFunction):
             ValueStateDescriptor("item-neighbors", Types.PICKLED_BYTE_ARRAY())
         )
 
-    def _link(self, links: Iterable[tuple[str, float, int]]) -> covisitation.Neighbors:
-        neighbors = self.neighbors.value() or covisitation.Neighbors()
-        for target, weight, t in links:
-            covisitation.add_edge(neighbors, target, weight, t, self.covisit)
-        return neighbors
-
     def process_element(
         self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
     ) -> Iterator[str]:
         if isinstance(record, CoVisitEdge):
-            self.neighbors.update(self._link([(record.target, record.weight, record.time_ms)]))
+            self.neighbors.update(self.step.on_edge(self.neighbors.value(), record))
             return
-        event = record.event
-        neighbors = None
-        if record.links:
-            neighbors = self._link(record.links)
-            self.neighbors.update(neighbors)
-        item = self.state.value() or items.ItemState(event.item_id)
-        if items.apply_item_event(item, event, self.half_life_s):
-            self.state.update(item)
-            if neighbors is None:
-                neighbors = self.neighbors.value()
-            yield FeatureUpdate(
-                ITEM_STATS,
-                item.item_id,
-                item.version_us,
-                items.item_feature_row(item, neighbors, self.covisit),
-            ).to_json()
+        stored = self.neighbors.value() if record.links else None
+        result = self.step.on_event(self.state.value(), stored, record)
+        if result.neighbors_changed:
+            self.neighbors.update(result.neighbors)
+        if result.item_changed and result.item is not None:
+            self.state.update(result.item)
+            neighbors = result.neighbors if record.links else self.neighbors.value()
+            yield self.step.render(result.item, neighbors).to_json()
 
 
 class AttributionJoin(KeyedCoProcessFunction):
@@ -427,14 +341,14 @@ class ExposureTime(TimestampAssigner):
 
 
 class _QualityReporting:
-    """Prequential evaluation before each update, published as model metrics."""
+    """Prequential evaluation (done by the step before each update), published as model
+    metrics at most once a second."""
 
     quality: PrequentialMonitor
     model_metrics: Any
     next_report: float
 
-    def _evaluate_then(self, model: learning.OnlineMF, user: str, item: str) -> None:
-        self.quality.evaluate(model, user, item)
+    def _report_quality(self) -> None:
         if self.quality.drift_detected:
             log.warning(
                 "cf: drift in prequential hit rate (now %.3f after %d evaluations)",
@@ -459,12 +373,11 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
     every changed key), so a restore from a checkpoint resumes the model where the
     stream position is; an in-memory ``OnlineMF`` caches them for speed and is
     re-filled from state after a restart. Each positive interaction emits the user's
-    and the item's new factors as ``user_cf`` / ``item_cf`` rows.
+    and the item's new factors as ``user_cf`` / ``item_cf`` rows (``CFStep``).
     """
 
     def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
-        self.learner_cfg = learning.LearnerConfig.from_settings(cfg)
-        self.prequential_every = cfg.prequential_every
+        self.step = steps.CFStep(cfg)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.model: learning.OnlineMF | None = None
 
@@ -479,48 +392,42 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
         self.model = None
         _start_job_metrics(self.metrics_cfg)
-        self.quality = PrequentialMonitor(every=self.prequential_every)
+        self.quality = self.step.new_monitor()
         self.model_metrics = metrics.model_metrics()
         self.updates = self.model_metrics.updates.labels("cf")
         self.next_report = 0.0
 
     def _model(self) -> learning.OnlineMF:
         if self.model is None:  # first record after a (re)start: reload the items
-            self.model = learning.OnlineMF(self.learner_cfg)
+            self.model = self.step.new_model()
             for item_id, factors in self.items.items():
                 self.model.import_item(item_id, factors)
             self.model.drain_dirty()
         return self.model
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        weight = learning.interaction_weight(event.event_type, learning.rating_of(event))
-        if weight <= 0:
+        if learning.interaction_weight(event.event_type, learning.rating_of(event)) <= 0:
             return
         model = self._model()
-        if model.user_vector(event.user_id) is None:
+        load_user, load_item = self.step.needs(model, event)
+        if load_user:
             stored = self.users.get(event.user_id)
             if stored is not None:
                 model.import_user(event.user_id, stored)
-        if model.item_vector(event.item_id) is None:
+        if load_item:
             stored = self.items.get(event.item_id)
             if stored is not None:
                 model.import_item(event.item_id, stored)
-        self._evaluate_then(model, event.user_id, event.item_id)
-        model.learn_one(event.user_id, event.item_id, weight, event.event_time_ms)
+        result = self.step.on_interaction(model, self.quality, event, self.version.value() or 0)
+        self._report_quality()
         self.updates.inc()
-        dirty_users, dirty_items = model.drain_dirty()
-        for user_id in dirty_users:
+        for user_id in result.dirty_users:
             self.users.put(user_id, model.export_user(user_id))
-        for item_id in dirty_items:
+        for item_id in result.dirty_items:
             self.items.put(item_id, model.export_item(item_id))
-        version = next_version_us(event.event_time_ms, self.version.value() or 0)
-        self.version.update(version)
-        yield FeatureUpdate(
-            USER_CF, event.user_id, version, {"cf_vector": model.export_user(event.user_id)}
-        ).to_json()
-        yield FeatureUpdate(
-            ITEM_CF, event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
-        ).to_json()
+        self.version.update(result.version_us)
+        for row in result.rows:
+            yield row.to_json()
 
 
 class PropensityTraining(KeyedProcessFunction):
