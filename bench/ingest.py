@@ -87,6 +87,11 @@ def add_arguments(parser: Any) -> None:
     g.add_argument("--timeout", type=float, default=1200.0, help="give up after (s)")
     g.add_argument("--no-profile", action="store_true", help="skip the in-process profile")
     g.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the trivial keyed job (bench/trivial_job.py) on the same backlog",
+    )
+    g.add_argument(
         "--profile-only", action="store_true", help="only the in-process profile (no stack)"
     )
     g.add_argument(
@@ -733,6 +738,15 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
         result["figures"]["operator_thread_cpu_us_per_event"] = round(pct / 100 * 1e6 / rate)
     result["notes"] = notes
     result["store_check"] = verify_store(settings, events)
+    if not args.no_baseline:
+        bench.stop_component(stack.WRITER)
+        bench.stop_component(stack.FLINK_JOB)
+        result["baseline"] = run_baseline(settings, n, args)
+        base_rate = result["baseline"].get("steady_events_per_s")
+        if base_rate and result["figures"].get("steady_events_per_s"):
+            result["figures"]["ratio_to_trivial_job"] = round(
+                result["figures"]["steady_events_per_s"] / base_rate, 3
+            )
     result["samples"] = [asdict(s) for s in samples]
     f = result["figures"]
     say(
@@ -741,6 +755,64 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
         f"store check: {result['store_check']}"
     )
     return result
+
+
+# --- the baseline: the trivial keyed job on the same backlog ---------------------------
+
+
+TRIVIAL_JOB = stack.Component("bench-trivial-job", "bench.trivial_job")
+
+
+def _output_records(settings: Settings, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "x"})
+    try:
+        meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+            for p in meta.partitions
+        )
+    finally:
+        consumer.close()
+
+
+def run_baseline(settings: Settings, n: int, args: Any) -> dict[str, Any]:
+    """Events/s of bench/trivial_job.py over the same steady window of the same backlog."""
+    from bench import trivial_job
+
+    say("baseline: the trivial keyed job (bench/trivial_job.py) on the same backlog")
+    lo = math.ceil(n * args.warmup_fraction)
+    hi = math.floor(n * (1.0 - args.tail_fraction))
+    launched = time.monotonic()
+    pid = stack.start_component(settings, TRIVIAL_JOB)
+    seen: list[tuple[float, int]] = []
+    try:
+        deadline = launched + args.timeout
+        while time.monotonic() < deadline:
+            count = _output_records(settings, trivial_job.OUTPUT_TOPIC)
+            seen.append((time.monotonic() - launched, count))
+            if count >= n:
+                break
+            if TRIVIAL_JOB.process(settings).pid() is None:
+                raise RuntimeError(
+                    "the trivial job exited\n" + TRIVIAL_JOB.process(settings).log_tail(30)
+                )
+            # It drains a backlog ~40x faster than the real job: sample finely.
+            time.sleep(0.1)
+    finally:
+        TRIVIAL_JOB.process(settings).stop()
+    start = next((s for s in seen if s[1] >= lo), None)
+    end = next((s for s in seen if s[1] >= hi), None)
+    out: dict[str, Any] = {"pid": pid, "records": seen[-1][1] if seen else 0}
+    first = next((s for s in seen if s[1] > 0), None)
+    out["first_record_s"] = round(first[0], 1) if first else None
+    if start and end and end[0] > start[0]:
+        out["steady_events_per_s"] = round((end[1] - start[1]) / (end[0] - start[0]))
+    say(f"baseline: {out.get('steady_events_per_s')} events/s steady")
+    return out
 
 
 # --- report ----------------------------------------------------------------------------
@@ -765,6 +837,11 @@ def report(r: dict[str, Any]) -> str:
             ("job launch -> last feature row applied (s)", f["drained_s"]),
             ("steady window (s after launch)", " - ".join(map(str, f["steady_window_s"]))),
             ("events/s sustained (steady window)", f["steady_events_per_s"]),
+            (
+                "trivial keyed job, same backlog, same run (events/s)",
+                (r.get("baseline") or {}).get("steady_events_per_s", "-"),
+            ),
+            ("  ratio: this job / the trivial job", f.get("ratio_to_trivial_job", "-")),
             (
                 "  per interval p10 / p50 / p90",
                 " / ".join(str(steady.get(k, "-")) for k in ("p10", "p50", "p90")),
