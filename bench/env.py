@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from bench.stats import latency_summary as latency_summary  # bench.serving imports it here
 from ops import stack
-from ops.infra import kafka_broker, redis_server
 from ops.infra.jars import ensure_jars
+from ops.infra.kafka_broker import KAFKA
 from ops.infra.processes import free_port
+from ops.infra.redis_server import REDIS
+from ops.infra.service import ProcessService
 from personalization.settings import (
     PROJECT_ROOT,
     FlinkSettings,
@@ -48,6 +49,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCH_SERVER = stack.Component("grpc-server", "serving.server", ("--no-collector",))
 
 _COMPONENTS = {c.name: c for c in (stack.FLINK_JOB, stack.WRITER, BENCH_SERVER)}
+_SERVICES: dict[str, ProcessService] = {s.name: s for s in (REDIS, KAFKA)}
 
 Say = Callable[[str], None]
 
@@ -111,18 +113,21 @@ class BenchStack:
     def start_redis(self) -> None:
         if "redis" in self.started:
             return
-        redis_server.start(self.settings)
+        REDIS.start(self.settings)
         self.started.append("redis")
-        say(f"redis up on {self.settings.redis.host}:{self.settings.redis.port}")
+        say(f"redis up on {REDIS.address(self.settings)}")
 
     def start_kafka(self) -> None:
         if "kafka" in self.started:
             return
         ensure_jars(self.settings)
         self.started.append("kafka")  # before start: a half-started broker is stopped too
-        kafka_broker.start(self.settings)
-        kafka_broker.ensure_topics(self.settings)
+        KAFKA.start(self.settings)  # the broker and every topic of the pipeline
         say(f"kafka up on {self.settings.kafka.bootstrap_servers}")
+
+    def service_pid(self, name: str) -> int | None:
+        """The pid of this stack's ``redis`` or ``kafka``, None if it is not running."""
+        return _SERVICES[name].process(self.settings).pid()
 
     def feast_apply(self) -> None:
         if not self.feast_applied:
@@ -149,10 +154,8 @@ class BenchStack:
         """Stop everything this stack started, newest first; never raises."""
         for name in reversed(list(self.started)):
             try:
-                if name == "redis":
-                    redis_server.stop(self.settings)
-                elif name == "kafka":
-                    kafka_broker.stop(self.settings)
+                if name in _SERVICES:
+                    _SERVICES[name].stop(self.settings)
                 else:
                     _COMPONENTS[name].process(self.settings).stop()
                 say(f"{name}: stopped")
@@ -233,13 +236,18 @@ def machine_info() -> dict[str, Any]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_stat_entries() -> Iterator[tuple[int, str, list[str]]]:
-    """(pid, command name, the /proc/<pid>/stat fields after the name) per live process.
+def proc_stat_entries(directory: str | Path = "/proc") -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the ``stat`` fields after the name) per live process, or with
+    ``directory="/proc/<pid>/task"`` (tid, thread name, fields) per thread of ``pid``.
 
     After the name the fields are: state(3) ppid(4) pgrp(5) session(6) ... utime(14)
     stime(15), i.e. indices 0, 1, 2, 3 ... 11, 12 here.
     """
-    for entry in os.scandir("/proc"):
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # the process of a task dir has exited
+        return
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -248,6 +256,26 @@ def proc_stat_entries() -> Iterator[tuple[int, str, list[str]]]:
             continue
         head, _, rest = raw.rpartition(")")
         yield int(entry.name), head.partition("(")[2], rest.split()
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of every live (not zombie) process in session ``sid``."""
+    return sorted(
+        (pid, comm)
+        for pid, comm, fields in proc_stat_entries()
+        if fields and fields[0] not in ("Z", "X") and int(fields[3]) == sid
+    )
+
+
+def proc_status_kb(pid: int) -> dict[str, int]:
+    """The resident / swapped sizes of ``/proc/<pid>/status`` (kB); empty once it exited."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap"):
+                out[key] = int(value.split()[0])
+    return out
 
 
 def _proc_stats() -> dict[int, tuple[int, int]]:
@@ -331,26 +359,6 @@ class CpuMeter:
         out["others"] = round(max(0.0, machine - sum(out.values())), 1)
         out["machine (all cores)"] = machine
         return out
-
-
-# --- statistics ----------------------------------------------------------------------
-
-
-def latency_summary(seconds: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """count, p50, p90, p99, p99.9, max, mean in milliseconds (nearest-rank percentiles)."""
-    arr = np.asarray(seconds, dtype=np.float64) * 1000.0
-    if arr.size == 0:
-        return {"count": 0}
-    pct = np.percentile(arr, [50, 90, 99, 99.9], method="inverted_cdf")
-    return {
-        "count": int(arr.size),
-        "p50_ms": round(float(pct[0]), 3),
-        "p90_ms": round(float(pct[1]), 3),
-        "p99_ms": round(float(pct[2]), 3),
-        "p999_ms": round(float(pct[3]), 3),
-        "max_ms": round(float(arr.max()), 3),
-        "mean_ms": round(float(arr.mean()), 3),
-    }
 
 
 # --- output --------------------------------------------------------------------------

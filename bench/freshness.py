@@ -29,7 +29,8 @@ import uuid
 from collections import deque
 from typing import Any
 
-from bench.env import BenchStack, CpuMeter, latency_summary, say
+from bench.env import BenchStack, CpuMeter, say
+from bench.stats import latency_summary
 from ops import stack
 from personalization.privacy import pseudonymizer
 from personalization.settings import Settings, settings_from_json
@@ -303,8 +304,8 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
         sessions = {
             "flink-job (+JVM)": bench.component_pid(stack.FLINK_JOB) or 0,
             "online-store-writer": bench.component_pid(stack.WRITER) or 0,
-            "kafka": _pid_of(bench, "kafka"),
-            "redis": _pid_of(bench, "redis"),
+            "kafka": bench.service_pid("kafka") or 0,
+            "redis": bench.service_pid("redis") or 0,
             "traffic sender": sender.pid or 0,
         }
         meter = CpuMeter(sessions).start()
@@ -355,11 +356,3 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
         "pipeline": pipeline,
         "cpu_pct": cpu,
     }
-
-
-def _pid_of(bench: BenchStack, name: str) -> int:
-    from ops.infra import kafka_broker, redis_server
-
-    if name == "kafka":
-        return kafka_broker.process(bench.settings).pid() or 0
-    return redis_server.process(bench.settings).pid() or 0

@@ -54,7 +54,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
+from bench.env import (
+    BenchStack,
+    CpuMeter,
+    format_table,
+    metric_sum,
+    proc_stat_entries,
+    say,
+    scrape,
+)
 from flink_jobs import local
 from ops import stack
 from personalization.settings import PROJECT_ROOT, Settings
@@ -237,22 +245,12 @@ class Offsets:
 
 def _thread_ticks(sid: int) -> dict[int, tuple[str, int]]:
     """tid -> (thread name, utime + stime ticks) for every thread of session ``sid``."""
-    out: dict[int, tuple[str, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            _, _, tail = Path(entry.path, "stat").read_text().rpartition(")")
-            if int(tail.split()[3]) != sid:
-                continue
-            for task in os.scandir(Path(entry.path, "task")):
-                raw = Path(task.path, "stat").read_text()
-                name = raw[raw.index("(") + 1 : raw.rindex(")")]
-                fields = raw.rsplit(")", 1)[-1].split()
-                out[int(task.name)] = (name, int(fields[11]) + int(fields[12]))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    return {
+        tid: (name, int(fields[11]) + int(fields[12]))
+        for pid, _, process in proc_stat_entries()
+        if int(process[3]) == sid
+        for tid, name, fields in proc_stat_entries(f"/proc/{pid}/task")
+    }
 
 
 def thread_cpu(
@@ -304,13 +302,6 @@ class Window:
             "cpu_pct": self.meter.stop(),
             "job_threads": thread_cpu(self.threads, after, elapsed),
         }
-
-
-def _pid(bench: BenchStack, name: str) -> int:
-    from ops.infra import kafka_broker, redis_server
-
-    proc = kafka_broker.process if name == "kafka" else redis_server.process
-    return proc(bench.settings).pid() or 0
 
 
 def sample_loop(
@@ -721,8 +712,8 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
     sessions = {
         "flink-job (+JVM)": job_pid,
         "online-store-writer": writer_pid,
-        "kafka": _pid(bench, "kafka"),
-        "redis": _pid(bench, "redis"),
+        "kafka": bench.service_pid("kafka") or 0,
+        "redis": bench.service_pid("redis") or 0,
     }
     samples, windows, notes = sample_loop(bench, n, args, launched, sessions)
     result["loadavg"]["at_end"] = _loadavg()

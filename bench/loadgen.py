@@ -24,11 +24,12 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import numpy as np
 
+from bench.stats import latency_summary
 from personalization.v1 import recommender_pb2, recommender_pb2_grpc
 
 
@@ -48,23 +49,7 @@ class Recorder:
         return self.count_from <= scheduled < self.count_until
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
-    arr = np.asarray(values, dtype=np.float64) * 1000.0
-    if arr.size == 0:
-        return {"count": 0}
-    pct = np.percentile(arr, [50, 90, 99, 99.9], method="inverted_cdf")
-    return {
-        "count": int(arr.size),
-        "p50_ms": round(float(pct[0]), 3),
-        "p90_ms": round(float(pct[1]), 3),
-        "p99_ms": round(float(pct[2]), 3),
-        "p999_ms": round(float(pct[3]), 3),
-        "max_ms": round(float(arr.max()), 3),
-        "mean_ms": round(float(arr.mean()), 3),
-    }
-
-
-async def _call(
+async def record_call(
     stub: recommender_pb2_grpc.RecommenderStub,
     request: recommender_pb2.RecommendRequest,
     deadline_s: float,
@@ -72,6 +57,7 @@ async def _call(
     rec: Recorder,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    """One Recommend call; its outcome and latency (from ``scheduled``) go to ``rec``."""
     sent = loop.time()
     counted = rec.counts(scheduled)
     try:
@@ -92,6 +78,65 @@ async def _call(
         rec.personalized += 1
 
 
+async def open_channels(target: str, n: int) -> list[grpc.aio.Channel]:
+    """``n`` channels to ``target``, each ready: separate subchannel pools, so each
+    channel is its own TCP/HTTP2 connection."""
+    channels = [
+        grpc.aio.insecure_channel(
+            target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)]
+        )
+        for i in range(n)
+    ]
+    for channel in channels:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+    return channels
+
+
+async def open_loop(
+    stubs: Sequence[recommender_pb2_grpc.RecommenderStub],
+    start: float,
+    end: float,
+    rate: float,
+    deadline_s: float,
+    next_request: Callable[[float], tuple[Any, Recorder]],
+    between: Callable[[float], None] | None = None,
+) -> None:
+    """Send Recommend at ``rate`` per second from ``start`` to ``end`` (loop time) on a
+    fixed schedule whatever the server does, round robin over ``stubs``; then wait for
+    the last answers (at most the deadline and a second).
+
+    ``next_request(scheduled)`` gives each request and the recorder of its outcome;
+    ``between(now)`` runs after each batch of due requests, before the sleep.
+    """
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    interval = 1.0 / rate
+    i = 0
+    while True:
+        now = loop.time()
+        # Send everything due by now (catches up after a late wake-up).
+        while True:
+            scheduled = start + i * interval
+            if scheduled > now or scheduled >= end:
+                break
+            request, rec = next_request(scheduled)
+            task = loop.create_task(
+                record_call(stubs[i % len(stubs)], request, deadline_s, scheduled, rec, loop)
+            )
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if rec.counts(scheduled):
+                rec.sent_counted += 1
+            i += 1
+        if start + i * interval >= end:
+            break
+        if between is not None:
+            between(now)
+        await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
+    if tasks:
+        await asyncio.wait(tasks, timeout=deadline_s + 1.0)
+
+
 def _request(rng: random.Random, n_users: int, prefix: str, k: int) -> Any:
     return recommender_pb2.RecommendRequest(user_id=f"{prefix}{rng.randrange(n_users)}", k=k)
 
@@ -99,22 +144,12 @@ def _request(rng: random.Random, n_users: int, prefix: str, k: int) -> Any:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     rng = random.Random(args.seed)
-    channels = [
-        grpc.aio.insecure_channel(
-            args.target,
-            # Separate subchannel pools: each channel is its own TCP/HTTP2 connection.
-            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)],
-        )
-        for i in range(args.channels)
-    ]
-    for channel in channels:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+    channels = await open_channels(args.target, args.channels)
     stubs = [recommender_pb2_grpc.RecommenderStub(ch) for ch in channels]
     start = loop.time() + 0.05
     count_from = start + args.warmup
     end = count_from + args.duration
     rec = Recorder(count_from, end)
-    tasks: set[asyncio.Task[None]] = set()
     cpu_window: list[float] = []
 
     async def cpu_probe() -> None:
@@ -127,29 +162,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     probe = loop.create_task(cpu_probe())
 
     if args.mode == "open":
-        interval = 1.0 / args.rate
-        i = 0
-        while True:
-            now = loop.time()
-            # Send everything due by now (catches up after a late wake-up).
-            while True:
-                scheduled = start + i * interval
-                if scheduled > now or scheduled >= end:
-                    break
-                req = _request(rng, args.users, args.user_prefix, args.k)
-                task = loop.create_task(
-                    _call(stubs[i % len(stubs)], req, args.deadline, scheduled, rec, loop)
-                )
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                if rec.counts(scheduled):
-                    rec.sent_counted += 1
-                i += 1
-            if start + i * interval >= end:
-                break
-            await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
-        if tasks:
-            await asyncio.wait(tasks, timeout=args.deadline + 1.0)
+
+        def next_request(scheduled: float) -> tuple[Any, Recorder]:
+            return _request(rng, args.users, args.user_prefix, args.k), rec
+
+        await open_loop(stubs, start, end, args.rate, args.deadline, next_request)
     else:
 
         async def worker(w: int) -> None:
@@ -162,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 req = _request(wrng, args.users, args.user_prefix, args.k)
                 if rec.counts(now):
                     rec.sent_counted += 1
-                await _call(stub, req, args.deadline, now, rec, loop)
+                await record_call(stub, req, args.deadline, now, rec, loop)
 
         delay = start - loop.time()
         if delay > 0:
@@ -191,8 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "achieved_rps": round(rec.ok / args.duration, 1),
         "completed_rps": round(completed / args.duration, 1),
         # Open loop: from the scheduled send time; closed loop: same as service.
-        "latency": _summary(rec.latency),
-        "service": _summary(rec.service),
+        "latency": latency_summary(rec.latency),
+        "service": latency_summary(rec.service),
         "self_cpu_pct": round(cpu_pct, 1),
     }
 

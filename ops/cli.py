@@ -3,7 +3,7 @@
     personalize up [--rate 200] [--duration 120] [--file PATH]   whole stack + live traffic
     personalize down                                              stop everything `up` started
     personalize status
-    personalize infra up|down                                     Redis + Kafka only
+    personalize infra start|stop|status|reset [redis|kafka|flink|all]   default: Redis + Kafka
     personalize feast-apply                                       register feature definitions
     personalize job | writer | serve                              one component, foreground
     personalize send [--file PATH] [--rate R] [--count N]         traffic into Kafka
@@ -194,15 +194,34 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# The earlier form of the command, `personalize infra up|down`.
+INFRA_ALIASES = {"up": "start", "down": "stop"}
+# ops.infra.registry.SERVICES' names, spelled out so that building the parser imports
+# no service module (tests/unit/test_ops_service.py checks that they agree).
+INFRA_SERVICE_NAMES = ("redis", "kafka", "flink")
+
+
 def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
     from ops import stack
-    from ops.infra import kafka_broker, redis_server
+    from ops.infra.registry import select
+    from ops.infra.service import reset
 
-    if args.action == "up":
-        stack.start_infra(settings, _say)
-    else:
-        kafka_broker.stop(settings)
-        redis_server.stop(settings)
+    services = select(args.service)
+    action = INFRA_ALIASES.get(args.action, args.action)
+    if action == "start":
+        stack.start_infra(settings, _say, services)
+    elif action == "stop":
+        for service in reversed(services):
+            _say(f"{service.name}: {'stopped' if service.stop(settings) else 'not running'}")
+    elif action == "reset":
+        if args.service is None:
+            _say("infra reset deletes data: name the service (redis, kafka, flink or all)")
+            return 2
+        for service in reversed(services):
+            reset(service, settings)
+            _say(f"{service.name}: stopped, {service.data_dir(settings)} deleted")
+    for service in services:
+        print(service.status(settings), flush=True)
     return 0
 
 
@@ -359,8 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="what is running").set_defaults(func=cmd_status)
-    infra = sub.add_parser("infra", help="start/stop Redis and Kafka only")
-    infra.add_argument("action", choices=["up", "down"])
+    infra = sub.add_parser(
+        "infra", help="start, stop, probe or reset Redis, Kafka, the Flink cluster"
+    )
+    infra.add_argument(
+        "action",
+        choices=("start", "stop", "status", "reset", *INFRA_ALIASES),
+        help="reset = stop and delete the data; up/down = start/stop",
+    )
+    infra.add_argument(
+        "service",
+        nargs="?",
+        choices=(*INFRA_SERVICE_NAMES, "all"),
+        help="default: redis and kafka (what `personalize up` runs on)",
+    )
     infra.set_defaults(func=cmd_infra)
     sub.add_parser("feast-apply", help="feast apply with these settings").set_defaults(
         func=cmd_feast_apply

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
 
-from ops.infra import jars, kafka_broker, redis_server
+from ops.infra import jars
+from ops.infra.kafka_broker import KAFKA
 from ops.infra.processes import ManagedProcess, wait_until
+from ops.infra.registry import STACK_SERVICES
+from ops.infra.service import Service
 from personalization.privacy import pseudonymizer
 from personalization.settings import PROJECT_ROOT, SETTINGS_JSON_ENV, Settings
 
@@ -111,14 +114,19 @@ def _os_environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-def start_infra(settings: Settings, say: Callable[[str], None] = print) -> None:
-    say("jars: checking the Kafka broker and Flink connector jars")
-    jars.ensure_jars(settings)
-    say(f"redis: {settings.redis.host}:{settings.redis.port}")
-    redis_server.ensure_running(settings)
-    say(f"kafka: {settings.kafka.bootstrap_servers}")
-    kafka_broker.ensure_running(settings)
-    kafka_broker.ensure_topics(settings)
+def start_infra(
+    settings: Settings,
+    say: Callable[[str], None] = print,
+    services: Sequence[Service] = STACK_SERVICES,
+) -> None:
+    """Start ``services`` in order (default: Redis and Kafka with its topics)."""
+    if KAFKA in services:
+        # A first run fetches them with Maven, which takes minutes: say so first.
+        say("jars: checking the Kafka broker and Flink connector jars")
+        jars.ensure_jars(settings)
+    for service in services:
+        say(f"{service.name}: {service.address(settings)}")
+        service.start(settings)
 
 
 def start_component(settings: Settings, component: Component) -> int:
@@ -170,17 +178,13 @@ def stop_all(settings: Settings, say: Callable[[str], None] = print) -> None:
     for component in reversed(APP_COMPONENTS):
         if component.process(settings).stop():
             say(f"{component.name}: stopped")
-    if kafka_broker.stop(settings):
-        say("kafka: stopped")
-    if redis_server.stop(settings):
-        say("redis: stopped")
+    for service in reversed(STACK_SERVICES):
+        if service.stop(settings):
+            say(f"{service.name}: stopped")
 
 
 def status(settings: Settings) -> dict[str, str]:
-    out = {
-        "redis": redis_server.status(settings),
-        "kafka": kafka_broker.status(settings),
-    }
+    out = {service.name: str(service.status(settings)) for service in STACK_SERVICES}
     for component in APP_COMPONENTS:
         pid = component.process(settings).pid()
         out[component.name] = f"running (pid {pid})" if pid else "stopped"

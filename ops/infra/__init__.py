@@ -1,6 +1,11 @@
 """Start, stop and probe the local stack: Redis, a KRaft Kafka broker, a standalone Flink
 cluster, and the JVM jars they need.
 
+Each of the three is a :class:`~ops.infra.service.Service` (``redis_server.REDIS``,
+``kafka_broker.KAFKA``, ``flink_cluster.FLINK``; all of them in
+:mod:`ops.infra.registry`), driven from the command line by
+``personalize infra start|stop|status|reset [redis|kafka|flink|all]``.
+
 Everything is driven by :class:`personalization.settings.Settings`; state (pidfiles, logs,
 data, generated configs, jars) lives under ``settings.run_dir``:
 
@@ -14,6 +19,6 @@ data, generated configs, jars) lives under ``settings.run_dir``:
 <run_dir>/jars/                Maven-fetched jars (infra/pom.xml)
 ```
 
-Each ``start``/``ensure_running`` is idempotent: a healthy service is left alone, a stale
-pidfile is discarded.
+Each ``start`` is idempotent: a healthy service is left alone, a stale pidfile is
+discarded.
 """

@@ -18,7 +18,7 @@ here from settings:
 Jobs go through ``pyflink/bin/flink run --detached --python <file> --jarfile <connector>``
 (:func:`submit_python_job`); status and cancel use the REST API.
 
-    python -m ops.infra.flink_cluster start|stop|status
+    personalize infra start|stop|status flink
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,14 @@ from flink_jobs.python_env import embedded_python_path
 from ops.infra.jars import ensure_jars, java_env
 from ops.infra.processes import (
     pid_alive,
-    port_open,
     process_cmdline,
     read_pid,
+    refuse_busy_ports,
     stop_pid,
     wait_until,
 )
-from personalization.settings import Settings, load_settings
+from ops.infra.service import ServiceStatus
+from personalization.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +247,6 @@ def _jobmanager_pid(settings: Settings) -> int | None:
     return None
 
 
-def is_running(settings: Settings) -> bool:
-    ov = overview(settings)
-    return ov is not None and _jobmanager_pid(settings) is not None
-
-
 def _run_script(settings: Settings, script: str, *args: str, timeout_s: float = 120.0) -> str:
     cmd = ["bash", str(bin_dir() / script), *args]
     result = subprocess.run(
@@ -293,13 +290,12 @@ def start(
             log.warning("flink jobmanager up without a taskmanager: starting one")
             _run_script(settings, "taskmanager.sh", "start")
     else:
-        for port in (settings.flink.rest_port, settings.flink.rpc_port):
-            if port_open(HOST, port):
-                raise RuntimeError(
-                    f"{HOST}:{port} is already in use by a process not started from "
-                    f"{settings.run_path}; stop it or set PZ_FLINK__REST_PORT / "
-                    "PZ_FLINK__RPC_PORT."
-                )
+        refuse_busy_ports(
+            HOST,
+            (settings.flink.rest_port, settings.flink.rpc_port),
+            settings.run_path,
+            "; stop it or set PZ_FLINK__REST_PORT / PZ_FLINK__RPC_PORT.",
+        )
         # Stale pid files would make the daemon script count phantom instances.
         for pidfile in pid_dir(settings).glob("flink-*.pid"):
             pidfile.unlink()
@@ -473,32 +469,55 @@ def cancel_job(settings: Settings, job_id: str, timeout_s: float = 60.0) -> None
     )
 
 
-def status(settings: Settings) -> str:
-    ov = overview(settings)
+def status(settings: Settings) -> ServiceStatus:
+    pid = _jobmanager_pid(settings)
+    ov = overview(settings) if pid is not None else None
     if ov is None:
-        return f"flink: stopped ({rest_url(settings)})"
-    return (
-        f"flink: running at {rest_url(settings)}: {ov.get('taskmanagers')} taskmanager(s), "
-        f"{ov.get('slots-available')}/{ov.get('slots-total')} slots free, "
-        f"{ov.get('jobs-running')} job(s) running"
+        detail = "REST not answering"
+    else:
+        detail = (
+            f"{ov.get('taskmanagers')} taskmanager(s), "
+            f"{ov.get('slots-available')}/{ov.get('slots-total')} slots free, "
+            f"{ov.get('jobs-running')} job(s) running"
+        )
+    return ServiceStatus(
+        name="flink",
+        address=rest_url(settings),
+        data_dir=flink_dir(settings),
+        pid=pid,
+        healthy=ov is not None and int(ov.get("taskmanagers", 0)) >= 1,
+        detail=detail,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    action = args[0] if args else "status"
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    if action == "start":
+@dataclass(frozen=True)
+class FlinkCluster:
+    """The session cluster as a :class:`~ops.infra.service.Service`: JobManager and
+    TaskManager are daemons of the wheel's scripts, tracked by Flink's own pid files
+    (not one :class:`~ops.infra.processes.ManagedProcess`), hence a class of its own."""
+
+    name: str = "flink"
+
+    def address(self, settings: Settings) -> str:
+        return rest_url(settings)
+
+    def data_dir(self, settings: Settings) -> Path:
+        return flink_dir(settings)
+
+    def log_path(self, settings: Settings) -> Path:
+        return log_dir(settings)
+
+    def start(self, settings: Settings) -> None:
         start(settings)
-    elif action == "stop":
-        stop(settings)
-    elif action != "status":
-        print("usage: python -m ops.infra.flink_cluster start|stop|status")
-        return 2
-    print(status(settings))
-    return 0
+
+    def stop(self, settings: Settings) -> bool:
+        return stop(settings)
+
+    def status(self, settings: Settings) -> ServiceStatus:
+        return status(settings)
+
+    def healthy(self, settings: Settings) -> bool:
+        return _has_taskmanager(settings)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+FLINK = FlinkCluster()

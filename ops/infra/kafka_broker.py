@@ -16,18 +16,16 @@ Tuned for a 2-core box: 512 MB heap, 2 network / 2 I/O threads, replication fact
 the internal topics, small internal topic partition counts, no initial rebalance delay,
 small log-cleaner buffer. Auto topic creation stays on (with ``settings.kafka.partitions``
 partitions) so ad-hoc test topics work; the pipeline's topics come from
-:func:`ensure_topics`.
+:func:`ensure_topics` (which ``KAFKA.start`` runs).
 
-    python -m ops.infra.kafka_broker start|stop|status
+    personalize infra start|stop|status|reset kafka
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -35,13 +33,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from ops.infra.jars import ensure_jars, java_env, java_executable
-from ops.infra.processes import (
-    ManagedProcess,
-    port_open,
-    split_host_port,
-    wait_until,
-)
-from personalization.settings import Settings, load_settings
+from ops.infra.processes import ManagedProcess, split_host_port, wait_until
+from ops.infra.service import Launch, ProcessService
+from personalization.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -234,62 +228,6 @@ def healthy(settings: Settings, timeout_s: float = 2.0) -> bool:
     return bool(md.brokers)
 
 
-def is_running(settings: Settings) -> bool:
-    return process(settings).is_running() and healthy(settings)
-
-
-def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Start the broker unless ours is already up and healthy (then: no-op)."""
-    proc = process(settings)
-    host, port = listener_address(settings)
-    if proc.is_running():
-        wait_until(lambda: healthy(settings), timeout_s, what=f"kafka on {host}:{port}")
-        log.info("kafka already running on %s:%d (pid %s)", host, port, proc.pid())
-        return
-    proc.clear_stale_pidfile()
-    for p in (port, settings.kafka.controller_port):
-        if port_open(host, p):
-            raise RuntimeError(
-                f"{host}:{p} is already in use by a process not started from "
-                f"{settings.run_path}; stop it or change PZ_KAFKA__BOOTSTRAP_SERVERS / "
-                "PZ_KAFKA__CONTROLLER_PORT."
-            )
-    _write_configs(settings)
-    format_storage(settings)
-    proc.start(
-        _java_cmd(settings, "kafka.Kafka", str(config_file(settings))),
-        env=java_env(),
-        cwd=kafka_dir(settings),
-    )
-
-    def exited() -> str | None:
-        if proc.is_running():
-            return None
-        return f"kafka exited; log tail:\n{proc.log_tail()}"
-
-    try:
-        wait_until(
-            lambda: healthy(settings),
-            timeout_s,
-            interval_s=0.5,
-            what=f"kafka on {host}:{port}",
-            abort=exited,
-        )
-    except BaseException:
-        proc.stop()  # do not leave a half-started server behind
-        raise
-    log.info("kafka up on %s:%d (pid %s)", host, port, proc.pid())
-
-
-def ensure_running(settings: Settings) -> None:
-    start(settings)
-
-
-def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
-    """Controlled shutdown (SIGTERM), SIGKILL after ``timeout_s``. True if one ran."""
-    return process(settings).stop(timeout_s=timeout_s)
-
-
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every ``settings.kafka.all_topics`` topic that is missing, with
     ``settings.kafka.partitions`` partitions (existing topics with fewer get more).
@@ -335,40 +273,40 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     return created
 
 
-def status(settings: Settings) -> str:
-    proc = process(settings)
-    pid = proc.pid()
-    host, port = listener_address(settings)
-    if pid is None:
-        return f"kafka: stopped ({host}:{port})"
-    health = "metadata ok" if healthy(settings) else "not answering"
-    return f"kafka: running pid {pid} on {host}:{port}, {health}, data {data_dir(settings)}"
+def _prepare(settings: Settings) -> Launch:
+    _write_configs(settings)
+    format_storage(settings)
+    return Launch(
+        _java_cmd(settings, "kafka.Kafka", str(config_file(settings))),
+        cwd=kafka_dir(settings),
+        env=java_env(),
+    )
 
 
-def reset(settings: Settings) -> None:
-    """Stop the broker and delete its data (topics, offsets, KRaft metadata)."""
-    stop(settings)
-    shutil.rmtree(kafka_dir(settings), ignore_errors=True)
+def _ports(settings: Settings) -> tuple[int, ...]:
+    return listener_address(settings)[1], settings.kafka.controller_port
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    action = args[0] if args else "status"
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    if action == "start":
-        start(settings)
-        ensure_topics(settings)
-    elif action == "stop":
-        stop(settings)
-    elif action == "reset":
-        reset(settings)
-    elif action != "status":
-        print("usage: python -m ops.infra.kafka_broker start|stop|status|reset")
-        return 2
-    print(status(settings))
-    return 0
+KAFKA = ProcessService(
+    name="kafka",
+    process=process,
+    endpoint=listener_address,
+    ports=_ports,
+    data_dir=data_dir,
+    healthy=healthy,
+    healthy_text="metadata ok",
+    prepare=_prepare,
+    busy_hint="; stop it or change PZ_KAFKA__BOOTSTRAP_SERVERS / PZ_KAFKA__CONTROLLER_PORT.",
+    start_timeout_s=START_TIMEOUT_S,
+    # Controlled shutdown (SIGTERM) moves leadership and flushes logs: give it time.
+    stop_timeout_s=30.0,
+    poll_interval_s=0.5,
+    # Ready for the pipeline: every topic there, each partition with a leader.
+    ready=ensure_topics,
+)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# The calls the benchmarks and tests make on the module: ``start`` is the broker alone
+# (they create topics themselves, or restart a broker whose topics exist);
+# ``KAFKA.start`` also runs :func:`ensure_topics`.
+start = KAFKA.start_process
+stop = KAFKA.stop

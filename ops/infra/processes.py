@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +247,17 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
         return True
     return False
+
+
+def refuse_busy_ports(host: str, ports: Iterable[int], run_path: Path, hint: str) -> None:
+    """Raise if something already accepts connections on one of ``ports``: called when
+    none of ours runs, so it is a process not started from ``run_path``, whose data and
+    settings are not ours to adopt. ``hint`` ends the message: what to do about it."""
+    for port in ports:
+        if port_open(host, port):
+            raise RuntimeError(
+                f"{host}:{port} is already in use by a process not started from {run_path}{hint}"
+            )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,26 +7,23 @@ most about a second of acknowledged writes is lost if the machine dies).
 Port choice: the default ``settings.redis.port`` is 6379, which is also where Debian's
 packaged ``redis-server`` service listens once ``apt-get install`` starts it.
 ``scripts/bootstrap.sh`` stops and disables that service; if something else still holds
-the port, :func:`start` refuses to adopt it (its data dir and persistence are not ours)
-and says so -- stop it or set ``PZ_REDIS__PORT``.
+the port, ``REDIS.start`` refuses to adopt it (its data dir and persistence are not
+ours) and says so -- stop it or set ``PZ_REDIS__PORT``.
 
-    python -m ops.infra.redis_server start|stop|status
+    personalize infra start|stop|status redis
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
-import sys
 from pathlib import Path
 
 import redis
 
-from ops.infra.processes import ManagedProcess, port_open, wait_until
+from ops.infra.processes import ManagedProcess
+from ops.infra.service import Launch, ProcessService
 from personalization.redis_client import redis_client
-from personalization.settings import Settings, load_settings
-
-log = logging.getLogger(__name__)
+from personalization.settings import Settings
 
 START_TIMEOUT_S = 30.0
 
@@ -99,86 +96,37 @@ def command(settings: Settings) -> list[str]:
     return cmd
 
 
-def is_running(settings: Settings) -> bool:
-    return process(settings).is_running() and ping(settings)
+def _endpoint(settings: Settings) -> tuple[str, int]:
+    return settings.redis.host, settings.redis.port
 
 
-def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Start Redis unless ours is already up and answering PING (then: no-op)."""
-    proc = process(settings)
-    r = settings.redis
-    if proc.is_running():
-        wait_until(
-            lambda: ping(settings),
-            timeout_s,
-            what=f"redis on {r.host}:{r.port} to answer PING",
-        )
-        log.info("redis already running on %s:%d (pid %s)", r.host, r.port, proc.pid())
-        return
-    proc.clear_stale_pidfile()
-    if port_open(r.host, r.port):
-        raise RuntimeError(
-            f"{r.host}:{r.port} is already in use by a process not started from "
-            f"{settings.run_path} (the system redis-server service?). Stop it "
-            "(service redis-server stop) or choose another port (PZ_REDIS__PORT)."
-        )
+def _ports(settings: Settings) -> tuple[int, ...]:
+    return (settings.redis.port,)
+
+
+def _prepare(settings: Settings) -> Launch:
     data_dir(settings).mkdir(parents=True, exist_ok=True)
-    proc.start(command(settings), cwd=data_dir(settings))
-
-    def exited() -> str | None:
-        # Only a dead process counts: while redis rewrites its process title, its
-        # /proc cmdline can briefly match no marker (a start-up race seen in CI).
-        if proc.started_process_alive():
-            return None
-        return f"redis-server exited; log tail:\n{proc.log_tail()}"
-
-    try:
-        wait_until(
-            lambda: ping(settings),
-            timeout_s,
-            what=f"redis on {r.host}:{r.port} to answer PING",
-            abort=exited,
-        )
-    except BaseException:
-        proc.stop()  # do not leave a half-started server behind
-        raise
-    log.info("redis up on %s:%d (pid %s)", r.host, r.port, proc.pid())
+    return Launch(command(settings), cwd=data_dir(settings))
 
 
-def ensure_running(settings: Settings) -> None:
-    start(settings)
+REDIS = ProcessService(
+    name="redis",
+    process=process,
+    endpoint=_endpoint,
+    ports=_ports,
+    data_dir=data_dir,
+    healthy=ping,
+    healthy_text="PING ok",
+    prepare=_prepare,
+    busy_hint=(
+        " (the system redis-server service?). Stop it (service redis-server stop) or "
+        "choose another port (PZ_REDIS__PORT)."
+    ),
+    start_timeout_s=START_TIMEOUT_S,
+    stop_timeout_s=20.0,
+)
 
-
-def stop(settings: Settings, timeout_s: float = 20.0) -> bool:
-    """Stop our Redis (SIGTERM makes it fsync the AOF). True if one was running."""
-    return process(settings).stop(timeout_s=timeout_s)
-
-
-def status(settings: Settings) -> str:
-    proc = process(settings)
-    pid = proc.pid()
-    r = settings.redis
-    if pid is None:
-        return f"redis: stopped ({r.host}:{r.port})"
-    health = "PING ok" if ping(settings) else "not answering"
-    return f"redis: running pid {pid} on {r.host}:{r.port}, {health}, data {data_dir(settings)}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    action = args[0] if args else "status"
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    if action == "start":
-        start(settings)
-    elif action == "stop":
-        stop(settings)
-    elif action != "status":
-        print("usage: python -m ops.infra.redis_server start|stop|status")
-        return 2
-    print(status(settings))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# The calls the benchmarks and tests make on the module (for Redis, the process being up
+# is all that "ready" needs, so start_process and REDIS.start do the same).
+start = REDIS.start_process
+stop = REDIS.stop

@@ -1,4 +1,5 @@
-"""Real Redis and Kafka started by ops.infra on free ports in a tmp run dir."""
+"""Real Redis and Kafka started by ops.infra on free ports in a tmp run dir, driven through
+the :class:`~ops.infra.service.Service` interface and ``personalize infra``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from ops import cli, stack
 from ops.infra import kafka_broker as kafka_mod
 from ops.infra import redis_server as redis_mod
+from ops.infra.kafka_broker import KAFKA
 from ops.infra.processes import read_pid, write_pid
+from ops.infra.redis_server import REDIS
+from ops.infra.registry import STACK_SERVICES
+from ops.infra.service import Service
 from personalization.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -29,15 +35,15 @@ def test_redis_ping_and_persistence_config(redis_server: Settings) -> None:
     assert client.get("pz:infra:test") == b"1"
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
-    assert client.config_get("dir") == {"dir": str(redis_server.run_path / "redis")}
-    assert redis_mod.is_running(redis_server)
-    assert "PING ok" in redis_mod.status(redis_server)
+    assert client.config_get("dir") == {"dir": str(REDIS.data_dir(redis_server))}
+    assert REDIS.status(redis_server).healthy
+    assert "PING ok" in str(REDIS.status(redis_server))
 
 
 def test_redis_second_start_is_noop(redis_server: Settings) -> None:
     pid = redis_mod.process(redis_server).pid()
     assert pid is not None
-    redis_mod.ensure_running(redis_server)
+    REDIS.start(redis_server)
     assert redis_mod.process(redis_server).pid() == pid
 
 
@@ -87,9 +93,59 @@ def test_kafka_produce_consume_round_trip(kafka_broker: Settings) -> None:
 def test_kafka_second_start_is_noop(kafka_broker: Settings) -> None:
     pid = kafka_mod.process(kafka_broker).pid()
     assert pid is not None
-    kafka_mod.ensure_running(kafka_broker)
+    KAFKA.start(kafka_broker)
     assert kafka_mod.process(kafka_broker).pid() == pid
-    assert "metadata ok" in kafka_mod.status(kafka_broker)
+    assert "metadata ok" in str(KAFKA.status(kafka_broker))
+
+
+@pytest.mark.parametrize("service", STACK_SERVICES, ids=lambda s: s.name)
+def test_service_status_of_a_running_service(
+    service: Service, redis_server: Settings, kafka_broker: Settings
+) -> None:
+    """The typed status of each service the stack runs on, its data dir and its log."""
+    status = service.status(kafka_broker)
+    assert status.running and status.healthy, status
+    assert service.healthy(kafka_broker)
+    assert status.name == service.name
+    assert status.address == service.address(kafka_broker)
+    assert status.data_dir == service.data_dir(kafka_broker)
+    assert status.data_dir.is_dir()
+    assert service.log_path(kafka_broker).stat().st_size > 0
+    assert str(status).startswith(f"{service.name}: running pid {status.pid} on ")
+    # The same line `personalize status` prints.
+    assert stack.status(kafka_broker)[service.name] == str(status)
+
+
+def _infra(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``personalize infra ARGV`` on ``settings``; returns what it printed."""
+    args = cli.build_parser().parse_args(["infra", *argv])
+    assert args.func(settings, args) == 0
+    return capsys.readouterr().out
+
+
+def _lines(out: str, prefix: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(prefix)]
+
+
+def test_cli_infra_status_stop_start(
+    redis_server: Settings, kafka_broker: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``personalize infra``: status of both by default, stop and start one by name."""
+    settings = kafka_broker
+    out = _infra(settings, capsys, "status")
+    assert len(_lines(out, "redis: running pid ")) == 1, out
+    assert len(_lines(out, "kafka: running pid ")) == 1, out
+
+    pid = REDIS.status(settings).pid
+    out = _infra(settings, capsys, "stop", "redis")
+    assert "redis: stopped" in out
+    assert _lines(out, "redis: stopped (") and not _lines(out, "kafka:"), out
+    assert not REDIS.status(settings).running
+    out = _infra(settings, capsys, "start", "redis")
+    restarted = REDIS.status(settings)
+    assert restarted.healthy and restarted.pid != pid
+    assert str(restarted) in out.splitlines()
+    assert KAFKA.status(settings).healthy  # untouched
 
 
 def test_stale_pidfile_is_ignored(services_settings: Settings) -> None:
@@ -109,15 +165,16 @@ def test_stop_and_restart_keeps_data(redis_server: Settings, kafka_broker: Setti
     """Stop both services, check they are down, start again (data survives), leave up."""
     client = _redis(redis_server)
     client.set("pz:infra:durable", "yes")
-    assert redis_mod.stop(redis_server)
-    assert not redis_mod.is_running(redis_server)
-    assert not redis_mod.stop(redis_server)  # second stop: nothing to do
-    redis_mod.start(redis_server)
+    assert REDIS.stop(redis_server)
+    assert not REDIS.status(redis_server).running
+    assert not REDIS.stop(redis_server)  # second stop: nothing to do
+    REDIS.start(redis_server)
     assert _redis(redis_server).get("pz:infra:durable") == b"yes"
 
-    assert kafka_mod.stop(kafka_broker)
+    assert KAFKA.stop(kafka_broker)
     proc = kafka_mod.process(kafka_broker)
     assert not proc.is_running()
+    assert not KAFKA.status(kafka_broker).running
     write_pid(proc.pidfile, 1)  # stale pidfile (e.g. after a crash or reboot)
     kafka_mod.start(kafka_broker)  # storage already formatted: must not reformat
     assert proc.pid() not in (None, 1)
