@@ -13,7 +13,9 @@ Two pieces of state, both small and picklable:
 
 In a job: the user operator calls :func:`edges_for` then :func:`push_history` and emits
 the edges keyed by their source item; the item operator folds them with
-:func:`add_edge`. :class:`CoVisitation` does both in process (tests, offline replay).
+:func:`add_edge`. :class:`CoVisitation` does both in process (tests, offline replay) and
+plays the learner role (``flink_jobs/learner.py``): it predicts an item for a user from
+the neighbour lists of the user's recent items, as serving's co-visitation source does.
 
 Decay without touching every entry: a weight added at time ``t`` is stored as
 ``w * 2**((t - origin) / half_life)``; scaling all entries alike keeps their order, and
@@ -24,7 +26,7 @@ entries) before the stored numbers could overflow.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from personalization.decay import decay_factor
@@ -159,12 +161,57 @@ class CoVisitation:
     items: dict[str, Neighbors] = field(default_factory=dict)
     now_ms: int = 0
 
-    def learn_one(self, user: str, item: str, weight: float = 1.0, t: int = 0) -> None:
+    @classmethod
+    def from_settings(cls, cfg: LearningSettings) -> CoVisitation:
+        return cls(CoVisitConfig.from_settings(cfg))
+
+    def learn_one(
+        self,
+        user: str,
+        item: str,
+        weight: float = 1.0,
+        t: int = 0,
+        x: Mapping[str, float] | None = None,
+    ) -> None:
+        """Link ``item`` with the user's recent items at event time ``t`` (``x`` unused)."""
         history = self.histories.setdefault(user, History())
         for source, target, w, t_ms in edges_for(history, item, t, weight, self.cfg):
             add_edge(self.items.setdefault(source, Neighbors()), target, w, t_ms, self.cfg)
         push_history(history, item, t, self.cfg)
         self.now_ms = max(self.now_ms, t)
+
+    def predict_one(self, user: str, item: str, x: Mapping[str, float] | None = None) -> float:
+        """How strongly ``item`` neighbours the user's recent items (0.0 if not at all)."""
+        return self._scores(user).get(item, 0.0)
+
+    def rank(
+        self,
+        user: str,
+        items: Sequence[str],
+        x: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> list[str]:
+        """``items`` by :meth:`predict_one`, best first; ties keep their given order."""
+        scores = self._scores(user)
+        return sorted(items, key=lambda item: -scores.get(item, 0.0))
+
+    def _scores(self, user: str) -> dict[str, float]:
+        # Serving's co-visitation score (serving/candidates.py): each recent item's
+        # exported list relative to its strongest entry, the k-th newest weighing
+        # position_decay**k. Entries of one list share their decay, so the ratio needs
+        # no "now" and a prediction does not change with the clock alone.
+        scores: dict[str, float] = {}
+        for position, anchor in enumerate(self.recent(user)):
+            state = self.items.get(anchor)
+            if state is None or not state.scaled:
+                continue
+            top = sorted(state.scaled.items(), key=lambda kv: (-kv[1], kv[0]))
+            best = top[0][1]
+            if best <= 0:
+                continue
+            recency = self.cfg.position_decay**position
+            for neighbour, w in top[: self.cfg.neighbors]:
+                scores[neighbour] = scores.get(neighbour, 0.0) + recency * w / best
+        return scores
 
     def recent(self, user: str) -> list[str]:
         history = self.histories.get(user)

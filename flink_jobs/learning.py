@@ -31,7 +31,11 @@ Keyed use: :func:`sgd_update` is the whole learning step on plain arrays, so a j
 keep user vectors in user-keyed state and item vectors in item-keyed (or map) state;
 :class:`OnlineMF` is the same step over in-process dicts (single-partition job, tests,
 offline replay) and reports which keys it changed (:meth:`OnlineMF.drain_dirty`), so a
-job writes only those entries.
+job writes only those entries. It plays the learner role (``flink_jobs/learner.py``:
+``learn_one`` / ``predict_one`` / ``rank``).
+
+:class:`PrequentialReport` is the one HitRate@k / NDCG@k accumulator: :func:`prequential`
+fills it here, and the offline replay (``analysis/evaluation.py``) per ranking method.
 """
 
 from __future__ import annotations
@@ -231,6 +235,10 @@ class OnlineMF:
             self._items = np.zeros((16, self.cfg.factors), dtype=np.float32)
         self._rng.seed(self.cfg.seed)
 
+    @classmethod
+    def from_settings(cls, cfg: LearningSettings) -> OnlineMF:
+        return cls(LearnerConfig.from_settings(cfg))
+
     # --- vectors ------------------------------------------------------------------
 
     def _user_row(self, user: str) -> np.ndarray:
@@ -292,11 +300,18 @@ class OnlineMF:
             self._recent[self._recent_pos] = row
             self._recent_pos = (self._recent_pos + 1) % self.cfg.popularity_buffer
 
-    def learn_one(self, user: str, item: str, weight: float = 1.0, t: int = 0) -> None:
+    def learn_one(
+        self,
+        user: str,
+        item: str,
+        weight: float = 1.0,
+        t: int = 0,
+        x: Mapping[str, float] | None = None,
+    ) -> None:
         """Learn one positive interaction (``weight`` > 0) and its sampled negatives.
 
-        ``t`` (event time, ms) is accepted for interface symmetry with the other
-        learners; factorisation does not decay with time.
+        ``t`` (event time, ms) and ``x`` (features) belong to the learner interface;
+        factorisation uses neither: it does not decay with time and learns from ids.
         """
         if weight <= 0:
             return
@@ -318,12 +333,31 @@ class OnlineMF:
         self._dirty_items.add(item)
         self.updates += 1
 
-    def predict_one(self, user: str, item: str) -> float:
+    def predict_one(self, user: str, item: str, x: Mapping[str, float] | None = None) -> float:
+        """``<p_user, q_item>``; 0.0 when the user or the item is unknown."""
         p = self.users.get(user)
         row = self.item_index.get(item)
         if p is None or row is None:
             return 0.0
         return float(self._items[row] @ p)
+
+    def rank(
+        self,
+        user: str,
+        items: Sequence[str],
+        x: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> list[str]:
+        """``items`` by :meth:`predict_one`, best first, scored in one matmul; ties
+        (unknown items and users score 0.0) keep their given order."""
+        p = self.users.get(user)
+        if p is None or not items:
+            return list(items)
+        scores = np.zeros(len(items), dtype=np.float32)
+        known = [(n, r) for n, r in enumerate(map(self.item_index.get, items)) if r is not None]
+        if known:
+            positions, rows = zip(*known, strict=True)
+            scores[list(positions)] = self._items[list(rows)] @ p
+        return [items[n] for n in np.argsort(-scores, kind="stable")]
 
     def drain_dirty(self) -> tuple[set[str], set[str]]:
         """Users and items whose factors changed since the last call (then cleared)."""
@@ -377,7 +411,16 @@ class OnlineMF:
 
 @dataclass(slots=True)
 class PrequentialReport:
-    """Running test-then-train metrics for top-k recommendation."""
+    """Running test-then-train HitRate@k and NDCG@k, one relevant item per event.
+
+    Examples
+    --------
+    >>> report = PrequentialReport(k=2)
+    >>> for rank in (0, 1, 2, None):
+    ...     report.add(rank)
+    >>> report.hit_rate, round(report.ndcg, 4)
+    (0.5, 0.4077)
+    """
 
     k: int = 10
     events: int = 0
@@ -386,10 +429,16 @@ class PrequentialReport:
 
     def add(self, rank: int | None) -> None:
         """Record one event whose true item came at 0-based ``rank`` (None = not ranked)."""
-        self.events += 1
         if rank is not None and rank < self.k:
-            self.hits += 1
-            self.ndcg_sum += 1.0 / math.log2(rank + 2)
+            self.add_hit(1, 1.0 / math.log2(rank + 2))
+        else:
+            self.add_hit(0, 0.0)
+
+    def add_hit(self, hit: int, gain: float) -> None:
+        """Record one event already cut at ``k``: ``hit`` 1 or 0, ``gain`` its NDCG."""
+        self.events += 1
+        self.hits += hit
+        self.ndcg_sum += gain
 
     @property
     def hit_rate(self) -> float:

@@ -15,11 +15,17 @@ guard against training/serving skew: the model learns from exactly what serving 
 Versions are a deterministic function of the example stream (ids count examples,
 times are event times), so a job restored from a checkpoint re-publishes identical
 versions: the registry treats that as a no-op.
+
+:class:`Trainer` plays the learner role (``flink_jobs/learner.py``) over its inputs, the
+logged features ``x``: ``learn_one(user, item, y, t, x)`` learns that the shown item was
+clicked (``y > 0``) or not. The functions below (:func:`learn`, :func:`due`,
+:func:`cut_version`, ...) are what the job's operator calls, one per method.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from river import linear_model, metrics, optim
@@ -43,8 +49,27 @@ class Example:
     time_ms: int
 
 
+def _finite(features: Mapping[str, float] | None) -> dict[str, float]:
+    # A copy (River must not see, nor we change, the caller's dict) without NaN / inf,
+    # which would poison the weights for good.
+    return {k: v for k, v in (features or {}).items() if math.isfinite(v)}
+
+
+# The fields are the keyed state the job pickles: keep them (and the class name) so a
+# checkpoint restores into a newer job.
 @dataclass(slots=True)
 class Trainer:
+    """The click-propensity learner with its prequential metrics.
+
+    Examples
+    --------
+    >>> trainer = Trainer.from_settings(LearningSettings())
+    >>> for n in range(200):
+    ...     trainer.learn_one("u", f"i{n}", float(n % 2), n, {"src_cf": float(n % 2)})
+    >>> trainer.rank("u", ["a", "b"], {"a": {"src_cf": 0.0}, "b": {"src_cf": 1.0}})
+    ['b', 'a']
+    """
+
     model: linear_model.LogisticRegression
     auc: metrics.ROCAUC = field(default_factory=lambda: metrics.ROCAUC(n_thresholds=100))
     log_loss: metrics.LogLoss = field(default_factory=metrics.LogLoss)
@@ -53,49 +78,105 @@ class Trainer:
     last_time_ms: int = 0
     published: int = 0  # examples at the last published version
 
+    @classmethod
+    def from_settings(cls, cfg: LearningSettings) -> Trainer:
+        model = linear_model.LogisticRegression(
+            optimizer=optim.SGD(cfg.propensity_learning_rate), l2=cfg.propensity_l2
+        )
+        return cls(model=model)
+
+    # --- the learner role: ids are not features, the logged ``x`` is everything ---
+
+    def learn_one(
+        self,
+        user: str,
+        item: str,
+        y: float,
+        t: int = 0,
+        x: Mapping[str, float] | None = None,
+    ) -> None:
+        """Learn one shown item: clicked when ``y > 0``, with its logged features ``x``."""
+        self._learn(_finite(x), y > 0, t)
+
+    def predict_one(self, user: str, item: str, x: Mapping[str, float] | None = None) -> float:
+        """P(click) of an item shown with features ``x`` (no features: the base rate)."""
+        return self._predict(_finite(x))
+
+    def rank(
+        self,
+        user: str,
+        items: Sequence[str],
+        x: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> list[str]:
+        """``items`` by P(click) given each item's features in ``x``, best first; ties
+        keep their given order."""
+        per_item = x or {}
+        scores = [self._predict(_finite(per_item.get(item))) for item in items]
+        order = sorted(range(len(items)), key=lambda n: -scores[n])
+        return [items[n] for n in order]
+
+    # --- the job's uses ---
+
+    def learn_example(self, example: Example) -> float:
+        """Predict (for the metrics), then learn; returns the prediction made before."""
+        return self._learn(_finite(example.features), example.clicked, example.time_ms)
+
+    def is_due(self, every: int) -> bool:
+        """Have ``every`` examples been learnt since the last published version?"""
+        return every > 0 and self.examples - self.published >= every
+
+    def quality(self) -> dict[str, float]:
+        n = max(self.examples, 1)
+        return {
+            "roc_auc": round(float(self.auc.get()), 6),
+            "log_loss": round(float(self.log_loss.get()), 6),
+            "positive_rate": round(self.positives / n, 6),
+        }
+
+    def cut_version(self) -> ModelVersion:
+        """The current weights as a registry version (marks it published)."""
+        self.published = self.examples
+        weights = {str(k): round(float(v), 8) for k, v in sorted(self.model.weights.items())}
+        return ModelVersion(
+            model=MODEL_NAME,
+            version=f"v{self.examples:09d}",
+            created_ms=self.last_time_ms,
+            examples=self.examples,
+            metrics=self.quality(),
+            params={"weights": weights, "intercept": round(float(self.model.intercept), 8)},
+        )
+
+    def _predict(self, x: dict[str, float]) -> float:
+        return float(self.model.predict_proba_one(x).get(True, 0.5))
+
+    def _learn(self, x: dict[str, float], clicked: bool, t: int) -> float:
+        p = self._predict(x)
+        self.auc.update(clicked, p)
+        self.log_loss.update(clicked, p)
+        self.model.learn_one(x, clicked)
+        self.examples += 1
+        self.positives += int(clicked)
+        self.last_time_ms = max(self.last_time_ms, t)
+        return p
+
 
 def new_trainer(cfg: LearningSettings) -> Trainer:
-    model = linear_model.LogisticRegression(
-        optimizer=optim.SGD(cfg.propensity_learning_rate), l2=cfg.propensity_l2
-    )
-    return Trainer(model=model)
+    return Trainer.from_settings(cfg)
 
 
 def learn(trainer: Trainer, example: Example) -> float:
     """Predict (for the metrics), then learn; returns the prediction made before learning."""
-    x = {k: v for k, v in example.features.items() if math.isfinite(v)}
-    p = float(trainer.model.predict_proba_one(x).get(True, 0.5))
-    trainer.auc.update(example.clicked, p)
-    trainer.log_loss.update(example.clicked, p)
-    trainer.model.learn_one(x, example.clicked)
-    trainer.examples += 1
-    trainer.positives += int(example.clicked)
-    trainer.last_time_ms = max(trainer.last_time_ms, example.time_ms)
-    return p
+    return trainer.learn_example(example)
 
 
 def due(trainer: Trainer, every: int) -> bool:
-    return every > 0 and trainer.examples - trainer.published >= every
+    return trainer.is_due(every)
 
 
 def quality(trainer: Trainer) -> dict[str, float]:
-    n = max(trainer.examples, 1)
-    return {
-        "roc_auc": round(float(trainer.auc.get()), 6),
-        "log_loss": round(float(trainer.log_loss.get()), 6),
-        "positive_rate": round(trainer.positives / n, 6),
-    }
+    return trainer.quality()
 
 
 def cut_version(trainer: Trainer) -> ModelVersion:
     """The current weights as a registry version (marks it published)."""
-    trainer.published = trainer.examples
-    weights = {str(k): round(float(v), 8) for k, v in sorted(trainer.model.weights.items())}
-    return ModelVersion(
-        model=MODEL_NAME,
-        version=f"v{trainer.examples:09d}",
-        created_ms=trainer.last_time_ms,
-        examples=trainer.examples,
-        metrics=quality(trainer),
-        params={"weights": weights, "intercept": round(float(trainer.model.intercept), 8)},
-    )
+    return trainer.cut_version()

@@ -84,6 +84,18 @@ def test_state_pickles_and_exports_feature_arrays():
     assert set(ids) == {"x", "z"} and len(weights) == 2
 
 
+def test_predict_one_scores_like_serving_each_anchor_relative_to_its_best():
+    cv = CoVisitation(CoVisitConfig(position_decay=0.5))
+    cv.histories["u"] = History(items=[("b", 20), ("a", 10)])  # newest first
+    cv.items["a"] = Neighbors(scaled={"x": 4.0, "y": 1.0})
+    cv.items["b"] = Neighbors(scaled={"x": 3.0}, origin_ms=5)
+    # x: 3/3 from b (newest, weight 1) + 4/4 from a (weight 0.5); y: 1/4 from a.
+    assert cv.predict_one("u", "x") == pytest.approx(1.5)
+    assert cv.predict_one("u", "y") == pytest.approx(0.125)
+    assert cv.predict_one("u", "z") == 0.0 and cv.predict_one("stranger", "x") == 0.0
+    assert cv.rank("u", ["z", "y", "x"]) == ["x", "y", "z"]
+
+
 def test_content_similarity_by_jaccard():
     assert jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
     index = ContentIndex.build(

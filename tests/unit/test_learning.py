@@ -58,6 +58,13 @@ def test_learner_recovers_a_planted_preference(loss):
         assert len(top10 & set(liked)) >= 9, (user, top10)
 
 
+def test_rank_puts_the_planted_preference_first():
+    mf = trained()
+    ranked = mf.rank("u15", [*ACTION, *ROMANCE, "unknown"])
+    assert len(set(ranked[:10]) & set(ROMANCE)) >= 9
+    assert mf.rank("nobody", ["b", "a"]) == ["b", "a"]  # all 0.0: as given
+
+
 def test_new_user_learns_within_a_few_interactions():
     mf = trained()
     for item in ROMANCE[:3]:

@@ -59,6 +59,23 @@ def test_versions_are_deterministic_in_the_example_stream():
     assert run() == run()  # a replay after a restore publishes the same version
 
 
+def test_the_learner_role_and_the_job_functions_train_the_same_model():
+    by_example = propensity.new_trainer(LearningSettings())
+    by_role = propensity.Trainer.from_settings(LearningSettings())
+    for e in synthetic_examples(600):
+        propensity.learn(by_example, e)
+        by_role.learn_one("u", e.item_id, float(e.clicked), e.time_ms, e.features)
+    assert propensity.cut_version(by_role) == propensity.cut_version(by_example)
+    x = synthetic_examples(1, seed=9)[0].features
+    assert by_role.predict_one("u", "i", x) == pytest.approx(
+        by_example.model.predict_proba_one(x)[True]
+    )
+    # Non-finite features are dropped, as when learning, rather than poisoning a score.
+    assert by_role.predict_one("u", "i", {**x, "price": float("nan")}) == by_role.predict_one(
+        "u", "i", {k: v for k, v in x.items() if k != "price"}
+    )
+
+
 def test_serving_scores_exactly_what_river_predicts():
     trainer = propensity.new_trainer(LearningSettings())
     for example in synthetic_examples(1500):
