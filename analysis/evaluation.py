@@ -5,10 +5,11 @@ method ranks the catalog for the event's user *before* anything learns from it, 
 every item the user has already interacted with excluded; the event's item counts as
 a hit when it is in the top ``k`` (HitRate@k) and scores ``1 / log2(rank + 2)``
 (NDCG@k with one relevant item). Then the event is learnt, by the same code the job
-runs: :class:`flink_jobs.learning.OnlineMF`, :class:`flink_jobs.covisitation.CoVisitation`,
-the per-user profile (:func:`flink_jobs.profile.apply_event`, for interests) and a
-decayed popularity per item (the ``trending_score`` of ``flink_jobs.items``). Ranking
-is :func:`serving.ranking.rank` over a :class:`serving.catalog.CatalogSnapshot` whose
+runs: its steps (``flink_jobs/steps.py``, wired in process by ``flink_jobs/local.py``):
+the user profile, the item's popularity and co-visitation neighbours, the online MF.
+The user is what serving would read (the job's ``user_profile`` row decoded by
+``serving.online_features.features_from_row``, with the user's CF factors); ranking is
+:func:`serving.ranking.rank` over a :class:`serving.catalog.CatalogSnapshot` whose
 columns (trending, item factors, co-visitation lists) are kept current in place, i.e.
 exactly what serving would see with an instantly refreshed catalog.
 """
@@ -25,13 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from flink_jobs import profile
-from flink_jobs.covisitation import CoVisitation, CoVisitConfig
-from flink_jobs.learning import LearnerConfig, OnlineMF, interaction_weight, rating_of
-from personalization.decay import decay_factor
+from flink_jobs.covisitation import CoVisitConfig
+from flink_jobs.learning import (
+    LearnerConfig,
+    PrequentialReport,
+    interaction_weight,
+    rating_of,
+)
+from flink_jobs.local import STAGE_CF, LocalPipeline
 from personalization.events import Event, EventRejected, validate_event
-from personalization.settings import FeatureSettings
+from personalization.settings import FeatureSettings, Settings
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
-from serving.online_features import UserFeatures
+from serving.online_features import UserFeatures, features_from_row
 from serving.ranking import RankingParams, rank
 from traffic.replay import _movielens_genres, iter_events
 
@@ -55,25 +61,12 @@ def hit_and_ndcg(ranked: Sequence[str], target: str, k: int) -> tuple[int, float
 
 
 @dataclass(slots=True)
-class MethodScore:
-    name: str
-    events: int = 0
-    hits: int = 0
-    ndcg_sum: float = 0.0
+class MethodScore(PrequentialReport):
+    """One ranking method's HitRate@k / NDCG@k (the job's prequential accumulator) and
+    the time it spent ranking."""
+
+    name: str = ""
     rank_seconds: float = 0.0
-
-    def add(self, hit: int, gain: float) -> None:
-        self.events += 1
-        self.hits += hit
-        self.ndcg_sum += gain
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.events if self.events else 0.0
-
-    @property
-    def ndcg(self) -> float:
-        return self.ndcg_sum / self.events if self.events else 0.0
 
     @property
     def rank_us(self) -> float:
@@ -86,9 +79,10 @@ class EvaluationResult:
     events: int = 0
     methods: dict[str, MethodScore] = field(default_factory=dict)
     seconds: float = 0.0
-    learn_seconds: float = 0.0  # OnlineMF.learn_one only
+    learn_seconds: float = 0.0  # the CF step (prequential evaluation + learn_one)
     cf_updates: int = 0
-    covisit_seconds: float = 0.0
+    # The other steps of the job (profile, popularity, co-visitation) on every event.
+    steps_seconds: float = 0.0
 
     @property
     def cf_updates_per_s(self) -> float:
@@ -139,16 +133,25 @@ def movielens_item_tags(folder: str | Path) -> dict[str, list[str]]:
 
 
 class _LiveNeighbours(Mapping[int, tuple[np.ndarray, np.ndarray]]):
-    """Co-visitation lists of a :class:`CoVisitation`, by catalog position, on demand."""
+    """The job's co-visitation neighbours (the item step's state), by catalog position,
+    decayed to the replay's current time, on demand."""
 
-    def __init__(self, cv: CoVisitation, catalog: CatalogSnapshot, n: int) -> None:
-        self._cv, self._catalog, self._n = cv, catalog, n
+    def __init__(self, pipeline: LocalPipeline, catalog: CatalogSnapshot, n: int) -> None:
+        self._pipeline, self._catalog, self._n = pipeline, catalog, n
+        self.now_ms = 0
 
     def __getitem__(self, position: int) -> tuple[np.ndarray, np.ndarray]:
-        top = self._cv.neighbors(self._catalog.item_ids[position], self._n)
+        state = self._pipeline.item_neighbors(self._catalog.item_ids[position])
+        covisit = self._pipeline.item_step.covisit
+        top = (
+            state.top(min(self._n, covisit.neighbors), self.now_ms, covisit.half_life_s)
+            if state
+            else []
+        )
+        index_of = self._catalog.index_of
+        top = [(i, w) for i, w in top if i in index_of]
         if not top:
             raise KeyError(position)
-        index_of = self._catalog.index_of
         return (
             np.fromiter((index_of[i] for i, _ in top), dtype=np.int64, count=len(top)),
             np.fromiter((w for _, w in top), dtype=np.float64, count=len(top)),
@@ -156,10 +159,10 @@ class _LiveNeighbours(Mapping[int, tuple[np.ndarray, np.ndarray]]):
 
     def __iter__(self) -> Iterator[int]:
         index_of = self._catalog.index_of
-        return (index_of[i] for i in self._cv if i in index_of)
+        return (index_of[i] for i in self._pipeline.neighbors.data if i in index_of)
 
     def __len__(self) -> int:
-        return len(self._cv.items)
+        return len(self._pipeline.neighbors.data)
 
 
 def _catalog(
@@ -180,6 +183,18 @@ def _catalog(
     )
 
 
+def _user_features(pipeline: LocalPipeline, user_id: str, now_ms: int) -> UserFeatures | None:
+    """What serving would read for the user: the job's row, decoded by serving's code."""
+    state = pipeline.user_state(user_id)
+    if state is None:
+        return None
+    row = profile.user_feature_row(state, pipeline.user_step.cfg)
+    vector = pipeline.model.export_user(user_id)
+    if vector is not None:
+        row["cf_vector"] = vector
+    return features_from_row(user_id, row, None, now_ms)
+
+
 # --- the replay -----------------------------------------------------------------------
 
 
@@ -196,73 +211,72 @@ def evaluate(
 ) -> EvaluationResult:
     """Test-then-train replay of ``events`` (in order) for every ranking in ``methods``.
 
-    ``popularity_half_life_s`` decays the per-item popularity (the catalog's trending
-    score); ``math.inf`` (the default) keeps plain counts.
+    Every event is learnt by the job's steps (``flink_jobs/local.py``); the interactions
+    (an item and a positive learning weight) are ranked first. ``popularity_half_life_s``
+    is the item step's trending half-life; ``math.inf`` (the default) keeps plain counts.
     """
     started = time.perf_counter()
     learner = learner or LearnerConfig()
-    mf = OnlineMF(learner)
-    cv = CoVisitation(covisit or CoVisitConfig())
-    features = features or FeatureSettings()
-    catalog = _catalog(events, learner.factors, item_tags)
-    catalog = dataclasses.replace(
-        catalog, covisitation=_LiveNeighbours(cv, catalog, cv.cfg.neighbors)
+    features = (features or FeatureSettings()).model_copy(
+        update={"trending_half_life_s": popularity_half_life_s}
     )
+    spent = {"learn": 0.0, "steps": 0.0}
+    clock = time.perf_counter
+    last = [clock()]
+
+    def lap(stage: str) -> None:
+        now = clock()
+        spent["learn" if stage == STAGE_CF else "steps"] += now - last[0]
+        last[0] = now
+
+    pipeline = LocalPipeline(
+        Settings(features=features), learner=learner, covisit=covisit, lap=lap, keep_rows=False
+    )
+    catalog = _catalog(events, learner.factors, item_tags)
+    neighbours = _LiveNeighbours(pipeline, catalog, pipeline.item_step.covisit.neighbors)
+    catalog = dataclasses.replace(catalog, covisitation=neighbours)
     params = {
         name: dataclasses.replace(p, half_life_s=popularity_half_life_s, exploration_share=0.0)
         for name, p in methods.items()
     }
-    result = EvaluationResult(k=k, methods={name: MethodScore(name) for name in methods})
-    users: dict[str, profile.UserState] = {}
+    result = EvaluationResult(k=k, methods={name: MethodScore(k, name=name) for name in methods})
     interacted: dict[str, set[str]] = {}
 
     for event in events:
         item, user_id, t = event.item_id, event.user_id, event.event_time_ms
-        weight = interaction_weight(event.event_type, rating_of(event))
-        if not item or weight <= 0:
-            continue
-        state = users.get(user_id)
-        if state is None:
-            state = users[user_id] = profile.new_state(user_id)
-        mine = interacted.setdefault(user_id, set())
-        vector = mf.user_vector(user_id)
-        user = UserFeatures(
-            user_id=user_id,
-            interests=profile.top_interests(state, features.max_interest_categories),
-            interest_ref_ms=state.interest_ref_ms,
-            recent_items=cv.recent(user_id),
-            cf_vector=vector.tolist() if vector is not None else [],
-        )
-        for name, p in params.items():
-            t0 = time.perf_counter()
-            ranking = rank(user, catalog, k, t, exclude=mine, params=p)
-            score = result.methods[name]
-            score.rank_seconds += time.perf_counter() - t0
-            score.add(*hit_and_ndcg([r.item_id for r in ranking.items], item, k))
-        result.events += 1
+        neighbours.now_ms = max(neighbours.now_ms, t)
+        tested = bool(item) and interaction_weight(event.event_type, rating_of(event)) > 0
+        if tested:
+            mine = interacted.setdefault(user_id, set())
+            user = _user_features(pipeline, user_id, t)
+            for name, p in params.items():
+                t0 = time.perf_counter()
+                ranking = rank(user, catalog, k, t, exclude=mine, params=p)
+                score = result.methods[name]
+                score.rank_seconds += time.perf_counter() - t0
+                score.add_hit(*hit_and_ndcg([r.item_id for r in ranking.items], item, k))
+            result.events += 1
+            mine.add(item)
 
-        # --- learn the event (the job's code paths) ---
-        t0 = time.perf_counter()
-        mf.learn_one(user_id, item, weight, t)
-        result.learn_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cv.learn_one(user_id, item, weight, t)
-        result.covisit_seconds += time.perf_counter() - t0
-        profile.apply_event(state, event, features)
-        mine.add(item)
-        position = catalog.index_of[item]
-        ref = int(catalog.trending_ref_ms[position])
-        decay = decay_factor(t - ref, popularity_half_life_s) if t > ref else 1.0
-        catalog.trending_score[position] = catalog.trending_score[position] * decay + 1.0
-        catalog.trending_ref_ms[position] = max(t, ref)
+        # --- learn the event: the job's own steps ---
+        pipeline.last_cf = None
+        last[0] = clock()
+        pipeline.event(event)
+        state = pipeline.item_state(item) if item else None
+        position = catalog.index_of.get(item) if item else None
+        if state is not None and position is not None:
+            catalog.trending_score[position] = state.trending
+            catalog.trending_ref_ms[position] = state.trending_ref_ms
+        if pipeline.last_cf is not None:
+            for changed in pipeline.last_cf.dirty_items:
+                i = catalog.index_of.get(changed)
+                vec = pipeline.model.item_vector(changed)
+                if i is not None and vec is not None:
+                    catalog.item_factors[i] = vec
+                    catalog.factor_mask[i] = True
         catalog.columns_changed()  # columns mutated in place: drop the derived ones
-        _, dirty = mf.drain_dirty()
-        for changed in dirty:
-            i = catalog.index_of.get(changed)
-            vec = mf.item_vector(changed)
-            if i is not None and vec is not None:
-                catalog.item_factors[i] = vec
-                catalog.factor_mask[i] = True
-    result.cf_updates = mf.updates
+    result.cf_updates = pipeline.model.updates
+    result.learn_seconds = spent["learn"]
+    result.steps_seconds = spent["steps"]
     result.seconds = time.perf_counter() - started
     return result

@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         f"run time {result.seconds:.1f} s (+ {load_s:.1f} s loading); "
         f"CF learn_one {learn_alone:,.0f} updates/s alone, "
         f"{result.cf_updates_per_s:,.0f} interleaved with ranking "
-        f"({learner.negatives} negatives each); co-visitation "
-        f"{result.events / result.covisit_seconds if result.covisit_seconds else 0:,.0f} "
-        "updates/s"
+        f"({learner.negatives} negatives each); the job's other steps (profile, "
+        f"popularity, co-visitation) {1e6 * result.steps_seconds / max(1, len(events)):,.0f}"
+        " µs/event"
     )
     if args.json:
         payload = {

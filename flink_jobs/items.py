@@ -13,10 +13,27 @@ from typing import Any
 from flink_jobs import windows
 from flink_jobs.covisitation import CoVisitConfig, Neighbors
 from personalization.decay import decay_factor, decayed
-from personalization.events import ADD_TO_CART, CLICK, FAVORITE, PRODUCT_VIEW, PURCHASE, Event
+from personalization.events import (
+    ADD_TO_CART,
+    CLICK,
+    FAVORITE,
+    PRODUCT_VIEW,
+    PURCHASE,
+    RATING,
+    Event,
+)
 from personalization.feature_updates import next_version_us
 
-POPULARITY_WEIGHTS = {PRODUCT_VIEW: 1.0, CLICK: 1.0, FAVORITE: 2.0, ADD_TO_CART: 3.0, PURCHASE: 5.0}
+# A rating says the user watched / bought the item: it counts like a view (MovieLens
+# replays are ratings only, and would otherwise have no popularity at all).
+POPULARITY_WEIGHTS = {
+    PRODUCT_VIEW: 1.0,
+    CLICK: 1.0,
+    RATING: 1.0,
+    FAVORITE: 2.0,
+    ADD_TO_CART: 3.0,
+    PURCHASE: 5.0,
+}
 ITEM_COUNTED = {PRODUCT_VIEW: "views", ADD_TO_CART: "carts", PURCHASE: "purchases"}
 ITEM_WINDOWS = windows.window_specs(("1h", "24h"))
 

@@ -96,11 +96,18 @@ class LocalPipeline:
         keep_rows: bool = True,
         lap: Callable[[str], None] = _no_lap,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        learner: learning.LearnerConfig | None = None,
+        covisit: covisitation.CoVisitConfig | None = None,
     ) -> None:
         self.parse = steps.ParseStep(settings.features, settings.privacy)
         self.user_step = steps.UserStep(settings.features, settings.privacy, settings.learning)
         self.item_step = steps.ItemStep(settings.features, settings.learning)
         self.cf_step = steps.CFStep(settings.learning)
+        # Explicit learner configs (the offline evaluation sweeps them) win over settings.
+        if learner is not None:
+            self.cf_step.learner_cfg = learner
+        if covisit is not None:
+            self.user_step.covisit = self.item_step.covisit = covisit
         self.pickled = pickled
         self.keep_rows = keep_rows
         self.lap = lap
@@ -114,6 +121,8 @@ class LocalPipeline:
         self.model = self.cf_step.new_model()
         self.quality = self.cf_step.new_monitor()
         self.output = PipelineOutput()
+        # The CF step's result for the latest interaction (None when it learnt nothing).
+        self.last_cf: steps.CFResult | None = None
 
     def _hop(self, record: Any) -> Any:
         """A record crossing an exchange (pickled there and back when mimicking Flink)."""
@@ -210,6 +219,7 @@ class LocalPipeline:
             self.model.import_item(event.item_id, stored)
         lap(STAGE_CF_STATE)
         result = self.cf_step.on_interaction(self.model, self.quality, event, self.cf_version)
+        self.last_cf = result
         lap(STAGE_CF)
         for user_id in result.dirty_users:
             self.cf_users.put(user_id, self.model.export_user(user_id))

@@ -21,7 +21,7 @@ from flink_jobs import windows
 from flink_jobs.covisitation import History
 from flink_jobs.impressions import Impression, ImpressionLog
 from flink_jobs.sessions import Sessions, new_sessions
-from flink_jobs.triggers import Trigger, TriggerRules
+from flink_jobs.triggers import TriggerRules
 from personalization.decay import decay_factor
 from personalization.events import (
     ADD_TO_CART,
@@ -39,6 +39,7 @@ from personalization.events import (
 )
 from personalization.feature_updates import next_version_us
 from personalization.settings import FeatureSettings
+from personalization.triggers import Trigger
 
 # Event kinds counted over 5 min / 1 h / 24 h windows.
 COUNTED_TYPES = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)
@@ -55,7 +56,9 @@ INTEREST_WEIGHTS = {
     ADD_TO_CART: 3.0,
     PURCHASE: 5.0,
 }
-VIEW_TYPES = frozenset({PRODUCT_VIEW, CLICK})
+# What makes an item one of the user's recent items (the anchors of co-visitation in
+# serving): a view, a click, or a rating (a MovieLens user only rates what they watched).
+VIEW_TYPES = frozenset({PRODUCT_VIEW, CLICK, RATING})
 CART_TYPES = frozenset({ADD_TO_CART, REMOVE_FROM_CART, PURCHASE})
 DEMOGRAPHIC_KEYS = ("age_band", "gender", "occupation")
 
