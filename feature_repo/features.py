@@ -73,7 +73,11 @@ user_profile = FeatureView(
         Field(name="interest_categories", dtype=Array(String), description="by decayed score"),
         Field(name="interest_scores", dtype=Array(Float64), description="decayed interest"),
         Field(name="interest_ref_ms", dtype=Int64, description="time the scores refer to"),
-        Field(name="recent_items", dtype=Array(String), description="last viewed, clicked or rated, newest first"),
+        Field(
+            name="recent_items",
+            dtype=Array(String),
+            description="last viewed, clicked or rated, newest first",
+        ),
         Field(name="cart_items", dtype=Array(String), description="current cart"),
         Field(name="purchased_items", dtype=Array(String), description="bought, newest first"),
         Field(name="first_seen_ms", dtype=Int64),
