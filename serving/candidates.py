@@ -1,9 +1,11 @@
 """Candidate sources (pure): each scores the whole catalog for one user, 0..1.
 
-Every source has one shape: ``source(context) -> SourceScores`` with a dense score per
-catalog position, normalised within the source (so blend weights compare like with
-like), 0 meaning "not a candidate from this source", and for the items it explains an
-anchor (the recent item or category behind the score) that becomes the reason:
+Every source implements :class:`CandidateSource`: ``source.score(context) ->
+SourceScores`` with a dense score per catalog position, normalised within the source
+(so blend weights compare like with like), 0 meaning "not a candidate from this
+source", and for the items it explains an anchor (the recent item or category behind
+the score) that becomes the reason. :data:`CANDIDATE_SOURCES` registers them by name;
+``tests/unit/test_serving_contracts.py`` runs one contract over every entry.
 
 =============  ===========================================  ==============================
 source         score                                        reason
@@ -28,12 +30,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from personalization.content import jaccard_rows
-from serving.catalog import CatalogSnapshot
+from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures
+
+__all__ = [
+    "BLEND_TERMS",
+    "CANDIDATE_SOURCES",
+    "CF",
+    "CONTENT",
+    "COVISITATION",
+    "INTEREST",
+    "PROPENSITY",
+    "SOURCES",
+    "TRENDING",
+    "CandidateContext",
+    "CandidateSource",
+    "CfSource",
+    "ContentSource",
+    "CovisitationSource",
+    "InterestSource",
+    "SourceScores",
+    "TrendingSource",
+    "interest_by_code",
+    "reason_for",
+    "score_sources",
+]
 
 CF = "cf"
 COVISITATION = "covisitation"
@@ -89,6 +115,21 @@ def reason_for(source: str, anchor: str) -> str:
     return "trending now"
 
 
+class CandidateSource(Protocol):
+    """The role of a candidate source: score every catalog position for one request.
+
+    ``score`` returns float64 ``[len(ctx.catalog)]`` in 0..1, 0 for items outside
+    ``ctx.allowed``; it reads the context and never writes it (nor the catalog's
+    arrays), and gives the same scores for the same context. Sources are stateless, so
+    they pickle.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, ctx: CandidateContext) -> SourceScores: ...
+
+
 def _max_normalised(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     values = np.where(allowed, values, 0.0)
     top = float(values.max()) if values.size else 0.0
@@ -99,56 +140,66 @@ def _empty(ctx: CandidateContext, source: str) -> SourceScores:
     return SourceScores(source, np.zeros(len(ctx.catalog), dtype=np.float64))
 
 
-def cf_scores(ctx: CandidateContext) -> SourceScores:
+@dataclass(frozen=True, slots=True)
+class CfSource:
     """Dot products of the user's factors with the catalog's item factors."""
-    catalog, user = ctx.catalog, ctx.user
-    if user is None or not user.cf_vector or not catalog.has_factors:
-        return _empty(ctx, CF)
-    vector = np.asarray(user.cf_vector, dtype=np.float32)
-    if vector.shape[0] != catalog.item_factors.shape[1]:
-        return _empty(ctx, CF)  # a model with another width: ignore, do not fail
-    raw = (catalog.item_factors @ vector).astype(np.float64)
-    valid = catalog.factor_mask & ctx.allowed
-    if not valid.any():
-        return _empty(ctx, CF)
-    # Only items above the user's mean predicted score are CF candidates: raw dot
-    # products are not comparable across users, their spread within one user is.
-    floor = float(raw[valid].mean())
-    top = float(raw[valid].max())
-    if top <= floor:
-        return _empty(ctx, CF)
-    scores = np.where(valid, np.clip((raw - floor) / (top - floor), 0.0, None), 0.0)
-    return SourceScores(CF, scores)
+
+    name: ClassVar[str] = CF
+
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        catalog, user = ctx.catalog, ctx.user
+        if user is None or not user.cf_vector or not catalog.has_factors:
+            return _empty(ctx, CF)
+        vector = np.asarray(user.cf_vector, dtype=np.float32)
+        if vector.shape[0] != catalog.item_factors.shape[1]:
+            return _empty(ctx, CF)  # a model with another width: ignore, do not fail
+        raw = (catalog.item_factors @ vector).astype(np.float64)
+        valid = catalog.factor_mask & ctx.allowed
+        if not valid.any():
+            return _empty(ctx, CF)
+        # Only items above the user's mean predicted score are CF candidates: raw dot
+        # products are not comparable across users, their spread within one user is.
+        floor = float(raw[valid].mean())
+        top = float(raw[valid].max())
+        if top <= floor:
+            return _empty(ctx, CF)
+        scores = np.where(valid, np.clip((raw - floor) / (top - floor), 0.0, None), 0.0)
+        return SourceScores(CF, scores)
 
 
-def covisitation_scores(ctx: CandidateContext) -> SourceScores:
+@dataclass(frozen=True, slots=True)
+class CovisitationSource:
     """Neighbours of the user's recent items, newer anchors weighing more."""
-    catalog = ctx.catalog
-    n = len(catalog)
-    if not catalog.covisitation or not ctx.anchors:
-        return _empty(ctx, COVISITATION)
-    total = np.zeros(n, dtype=np.float64)
-    best = np.zeros(n, dtype=np.float64)  # strongest single anchor contribution
-    best_anchor = np.full(n, -1, dtype=np.int64)
-    for position, anchor in enumerate(ctx.anchors):
-        entry = catalog.covisitation.get(anchor)
-        if entry is None:
-            continue
-        neighbours, weights = entry
-        top = float(weights.max()) if weights.size else 0.0
-        if top <= 0:
-            continue
-        contribution = weights * (ctx.recency_decay**position / top)
-        np.add.at(total, neighbours, contribution)
-        stronger = contribution > best[neighbours]
-        best[neighbours[stronger]] = contribution[stronger]
-        best_anchor[neighbours[stronger]] = anchor
-    scores = _max_normalised(total, ctx.allowed)
-    return SourceScores(
-        COVISITATION,
-        scores,
-        anchor=lambda i: catalog.item_ids[best_anchor[i]] if best_anchor[i] >= 0 else "",
-    )
+
+    name: ClassVar[str] = COVISITATION
+
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        catalog = ctx.catalog
+        n = len(catalog)
+        if not catalog.covisitation or not ctx.anchors:
+            return _empty(ctx, COVISITATION)
+        total = np.zeros(n, dtype=np.float64)
+        best = np.zeros(n, dtype=np.float64)  # strongest single anchor contribution
+        best_anchor = np.full(n, -1, dtype=np.int64)
+        for position, anchor in enumerate(ctx.anchors):
+            entry = catalog.covisitation.get(anchor)
+            if entry is None:
+                continue
+            neighbours, weights = entry
+            top = float(weights.max()) if weights.size else 0.0
+            if top <= 0:
+                continue
+            contribution = weights * (ctx.recency_decay**position / top)
+            np.add.at(total, neighbours, contribution)
+            stronger = contribution > best[neighbours]
+            best[neighbours[stronger]] = contribution[stronger]
+            best_anchor[neighbours[stronger]] = anchor
+        scores = _max_normalised(total, ctx.allowed)
+        return SourceScores(
+            COVISITATION,
+            scores,
+            anchor=lambda i: catalog.item_ids[best_anchor[i]] if best_anchor[i] >= 0 else "",
+        )
 
 
 def decayed_trending(ctx: CandidateContext) -> np.ndarray:
@@ -157,9 +208,14 @@ def decayed_trending(ctx: CandidateContext) -> np.ndarray:
     return ctx.catalog.trending_relative(ctx.trending_half_life_s)
 
 
-def trending_scores(ctx: CandidateContext, trending: np.ndarray | None = None) -> SourceScores:
-    trending = decayed_trending(ctx) if trending is None else trending
-    return SourceScores(TRENDING, _max_normalised(trending, ctx.allowed))
+@dataclass(frozen=True, slots=True)
+class TrendingSource:
+    """The catalog's decayed trending scores over their maximum."""
+
+    name: ClassVar[str] = TRENDING
+
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        return SourceScores(TRENDING, _max_normalised(decayed_trending(ctx), ctx.allowed))
 
 
 def interest_by_code(user: UserFeatures | None, catalog: CatalogSnapshot) -> np.ndarray:
@@ -175,66 +231,81 @@ def interest_by_code(user: UserFeatures | None, catalog: CatalogSnapshot) -> np.
     return by_code / top if top > 0 else by_code
 
 
-def interest_scores(ctx: CandidateContext) -> SourceScores:
-    catalog = ctx.catalog
-    interest = interest_by_code(ctx.user, catalog)
-    if not interest.any():
-        return _empty(ctx, INTEREST)
-    popularity = catalog.category_popularity(ctx.trending_half_life_s)
-    codes = catalog.category_codes
-    raw = interest[codes] * (1.0 + popularity) / 2.0
+@dataclass(frozen=True, slots=True)
+class InterestSource:
+    """The user's interest in the item's category times its popularity there."""
 
-    def anchor(i: int) -> str:
-        category = catalog.categories[codes[i]]
-        if not category:
-            return ""
-        if popularity[i] >= POPULAR_IN_CATEGORY:
-            return f"popular in {category}"
-        return f"because you like {category}"
+    name: ClassVar[str] = INTEREST
 
-    return SourceScores(INTEREST, np.where(ctx.allowed, raw, 0.0), anchor=anchor)
-
-
-def content_scores(ctx: CandidateContext) -> SourceScores:
-    """Items like the user's recent ones: Jaccard over tags, or the same category."""
-    catalog = ctx.catalog
-    n = len(catalog)
-    if not ctx.anchors or n == 0:
-        return _empty(ctx, CONTENT)
-    rows = list(ctx.anchors)
-    weights = np.array([ctx.recency_decay**p for p in range(len(rows))], dtype=np.float64)
-    if catalog.tag_matrix.shape[0] == n and catalog.tag_matrix.size:
-        sims = jaccard_rows(
-            catalog.tag_matrix, rows, catalog.tag_columns, catalog.tag_sizes
-        ).astype(np.float64)
-        weighted = sims * weights[:, None]
-        scores = _max_normalised(weights @ sims, ctx.allowed)
-
-        def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
-            return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
-
-    else:
-        # Same category: a weight per category code, gathered per item (no anchors x n).
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        catalog = ctx.catalog
+        interest = interest_by_code(ctx.user, catalog)
+        if not interest.any():
+            return _empty(ctx, INTEREST)
+        popularity = catalog.category_popularity(ctx.trending_half_life_s)
         codes = catalog.category_codes
-        by_code = np.zeros(len(catalog.categories), dtype=np.float64)
-        np.add.at(by_code, codes[rows], weights)
-        scores = _max_normalised(by_code[codes], ctx.allowed)
+        raw = interest[codes] * (1.0 + popularity) / 2.0
 
-        def anchor(i: int) -> str:  # the newest recent item of the same category
-            return next(
-                (catalog.item_ids[r] for r in rows if codes[r] == codes[i]),
-                catalog.item_ids[rows[0]],
-            )
+        def anchor(i: int) -> str:
+            category = catalog.categories[codes[i]]
+            if not category:
+                return ""
+            if popularity[i] >= POPULAR_IN_CATEGORY:
+                return f"popular in {category}"
+            return f"because you like {category}"
 
-    return SourceScores(CONTENT, scores, anchor=anchor)
+        return SourceScores(INTEREST, np.where(ctx.allowed, raw, 0.0), anchor=anchor)
 
 
-SOURCE_FUNCTIONS: Mapping[str, Callable[[CandidateContext], SourceScores]] = {
-    CF: cf_scores,
-    COVISITATION: covisitation_scores,
-    INTEREST: interest_scores,
-    TRENDING: trending_scores,
-    CONTENT: content_scores,
+@dataclass(frozen=True, slots=True)
+class ContentSource:
+    """Items like the user's recent ones: Jaccard over tags, or the same category."""
+
+    name: ClassVar[str] = CONTENT
+
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        catalog = ctx.catalog
+        n = len(catalog)
+        if not ctx.anchors or n == 0:
+            return _empty(ctx, CONTENT)
+        rows = list(ctx.anchors)
+        weights = np.array([ctx.recency_decay**p for p in range(len(rows))], dtype=np.float64)
+        if catalog.tag_matrix.shape[0] == n and catalog.tag_matrix.size:
+            sims = jaccard_rows(
+                catalog.tag_matrix, rows, catalog.tag_columns, catalog.tag_sizes
+            ).astype(np.float64)
+            weighted = sims * weights[:, None]
+            scores = _max_normalised(weights @ sims, ctx.allowed)
+
+            def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
+                return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
+
+        else:
+            # Same category: a weight per category code, gathered per item (no anchors x n).
+            codes = catalog.category_codes
+            by_code = np.zeros(len(catalog.categories), dtype=np.float64)
+            np.add.at(by_code, codes[rows], weights)
+            scores = _max_normalised(by_code[codes], ctx.allowed)
+
+            def anchor(i: int) -> str:  # the newest recent item of the same category
+                return next(
+                    (catalog.item_ids[r] for r in rows if codes[r] == codes[i]),
+                    catalog.item_ids[rows[0]],
+                )
+
+        return SourceScores(CONTENT, scores, anchor=anchor)
+
+
+# The registry, in :data:`SOURCES` order (the order blends sum and explain them in).
+CANDIDATE_SOURCES: Mapping[str, CandidateSource] = {
+    source.name: source
+    for source in (
+        CfSource(),
+        CovisitationSource(),
+        InterestSource(),
+        TrendingSource(),
+        ContentSource(),
+    )
 }
 
 
@@ -244,5 +315,5 @@ def score_sources(ctx: CandidateContext, weights: Mapping[str, float]) -> list[S
     for name in SOURCES:
         if weights.get(name, 0.0) <= 0:
             continue
-        out.append(SOURCE_FUNCTIONS[name](ctx))
+        out.append(CANDIDATE_SOURCES[name].score(ctx))
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.catalog import CatalogSnapshot
+from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from personalization import metrics as pz_metrics
 from personalization.model_registry import PROPENSITY_MODEL, ModelRegistry, ModelVersion
 from serving import candidates as cand
-from serving.catalog import CatalogSnapshot
+from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures
 
 log = logging.getLogger(__name__)

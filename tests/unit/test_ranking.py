@@ -27,6 +27,7 @@ from serving.ranking import (
     RankingParams,
     rank,
 )
+from serving.selection import top_indices
 
 NOW = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -437,8 +438,6 @@ def test_no_fatigue_without_impressions_or_for_unknown_users():
 
 def test_sampled_top_indices_are_exactly_the_best_scores():
     """The sampled pre-filter returns the same top set as a full sort, ties and -inf too."""
-    from serving.ranking import _top_indices
-
     rng = np.random.default_rng(11)
     for trial in range(400):
         n = int(rng.integers(4096, 12000))
@@ -453,6 +452,6 @@ def test_sampled_top_indices_are_exactly_the_best_scores():
             score[rng.integers(0, n, 50)] = rng.random(50)
         else:
             score = np.sort(rng.random(n))  # the sample sees only a stride of a ramp
-        top = _top_indices(score, pool)
+        top = top_indices(score, pool)
         assert top.shape[0] == pool and np.unique(top).shape[0] == pool
         assert (score[top] >= np.sort(score)[n - pool]).all()

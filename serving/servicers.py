@@ -1,0 +1,93 @@
+"""The Recommender and Collector gRPC servicers: validation and status codes.
+
+Status codes:
+
+- INVALID_ARGUMENT: empty ``user_id``, ``k`` < 0 or > ``serving.max_k``; a request whose
+  bytes do not decode as the method's message (garbage, invalid UTF-8 in a string; see
+  ``serving/async_handlers.py``).
+- RESOURCE_EXHAUSTED: a Collect batch larger than ``serving.max_batch_events``; any
+  request larger than ``serving.max_message_bytes`` (refused by gRPC itself).
+- Collect answers OK for a batch with invalid events: they are reported per index in
+  ``rejected`` and dead-lettered (see ``serving/collector.py``).
+- UNAVAILABLE: Kafka did not acknowledge a Collect batch in time; GetUserProfile while
+  Redis is unreachable (a profile has no meaningful fallback).
+- Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
+  GetUserProfile with ``found=false``.
+
+The servicers are plain synchronous classes (unit tests call them directly);
+``serving/async_handlers.py`` serves them on the asyncio server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from personalization.privacy import pseudonymizer
+from personalization.settings import Settings
+from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.collector import CollectUnavailable, EventCollector
+from serving.online_features import StoreUnavailable
+from serving.proto_mapping import collect_response, profile_message, recommend_response
+from serving.recommender import Recommender
+
+__all__ = ["CollectorServicer", "RecommenderServicer"]
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(self, settings: Settings, recommender: Recommender) -> None:
+        self._recommender = recommender
+        # Features are stored under the pseudonym the job derived (privacy.hmac_secret).
+        self._stored_id = pseudonymizer(settings.privacy.hmac_secret)
+        self._default_k = settings.serving.default_k
+        self._max_k = settings.serving.max_k
+
+    def Recommend(
+        self, request: recommender_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        if request.k < 0 or request.k > self._max_k:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"k must be 0..{self._max_k} (0 = default)"
+            )
+        k = request.k or self._default_k
+        rec = self._recommender.recommend(
+            self._stored_id(user_id), k, exclude=request.exclude_item_ids
+        )
+        return recommend_response(rec)
+
+    def GetUserProfile(
+        self, request: recommender_pb2.GetUserProfileRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.UserProfile:
+        user_id = request.user_id.strip()
+        if not user_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        try:
+            features = self._recommender.user_features(self._stored_id(user_id))
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return profile_message(user_id, features, int(time.time() * 1000))
+
+
+class CollectorServicer(recommender_pb2_grpc.CollectorServicer):
+    def __init__(self, settings: Settings, collector: EventCollector) -> None:
+        self._collector = collector
+        self._max_batch = settings.serving.max_batch_events
+
+    def Collect(
+        self, request: recommender_pb2.CollectRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.CollectResponse:
+        if len(request.events) > self._max_batch:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(request.events)} events > max batch {self._max_batch}",
+            )
+        events: list[events_pb2.Event] = list(request.events)
+        try:
+            result = self._collector.collect(events)
+        except CollectUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return collect_response(result)
