@@ -134,35 +134,44 @@ def movielens_item_tags(folder: str | Path) -> dict[str, list[str]]:
 
 class _LiveNeighbours(Mapping[int, tuple[np.ndarray, np.ndarray]]):
     """The job's co-visitation neighbours (the item step's state), by catalog position,
-    decayed to the replay's current time, on demand."""
+    decayed to the replay's current time, on demand.
+
+    The job stores each pair once, at the later item; like serving's catalog
+    (``serving/catalog_snapshot.py``) this adds the other direction, summing the two.
+    """
 
     def __init__(self, pipeline: LocalPipeline, catalog: CatalogSnapshot, n: int) -> None:
         self._pipeline, self._catalog, self._n = pipeline, catalog, n
         self.now_ms = 0
 
     def __getitem__(self, position: int) -> tuple[np.ndarray, np.ndarray]:
-        state = self._pipeline.item_neighbors(self._catalog.item_ids[position])
-        covisit = self._pipeline.item_step.covisit
-        top = (
-            state.top(min(self._n, covisit.neighbors), self.now_ms, covisit.half_life_s)
-            if state
-            else []
-        )
-        index_of = self._catalog.index_of
-        top = [(i, w) for i, w in top if i in index_of]
-        if not top:
+        pipeline, index_of = self._pipeline, self._catalog.index_of
+        item = self._catalog.item_ids[position]
+        covisit = pipeline.item_step.covisit
+        now, half_life = self.now_ms, covisit.half_life_s
+        weights: dict[str, float] = {}
+        state = pipeline.item_neighbors(item)
+        if state is not None:
+            weights.update(state.top(min(self._n, covisit.neighbors), now, half_life))
+        for other in pipeline.linked_from.get(item, ()):
+            holder = pipeline.item_neighbors(other)
+            if holder is not None:
+                weights[other] = weights.get(other, 0.0) + holder.weight_of(item, now, half_life)
+        pairs = [(index_of[i], w) for i, w in weights.items() if i in index_of and w > 0]
+        if not pairs:
             raise KeyError(position)
         return (
-            np.fromiter((index_of[i] for i, _ in top), dtype=np.int64, count=len(top)),
-            np.fromiter((w for _, w in top), dtype=np.float64, count=len(top)),
+            np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs)),
+            np.fromiter((w for _, w in pairs), dtype=np.float64, count=len(pairs)),
         )
 
     def __iter__(self) -> Iterator[int]:
-        index_of = self._catalog.index_of
-        return (index_of[i] for i in self._pipeline.neighbors.data if i in index_of)
+        index_of, pipeline = self._catalog.index_of, self._pipeline
+        held = set(pipeline.neighbors.data) | set(pipeline.linked_from)
+        return (index_of[i] for i in held if i in index_of)
 
     def __len__(self) -> int:
-        return len(self._pipeline.neighbors.data)
+        return len(set(self._pipeline.neighbors.data) | set(self._pipeline.linked_from))
 
 
 def _catalog(

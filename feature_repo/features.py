@@ -123,7 +123,7 @@ item_stats = FeatureView(
         Field(name="purchases_1h", dtype=Int64),
         Field(name="purchases_24h", dtype=Int64),
         Field(name="covisit_items", dtype=Array(String), description="co-visited, strongest first"),
-        Field(name="covisit_scores", dtype=Array(Float64), description="relative to the strongest"),
+        Field(name="covisit_scores", dtype=Array(Float64), description="decayed pair weights"),
     ],
     source=item_stats_push,
     online=True,

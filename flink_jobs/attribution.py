@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flink_jobs.propensity import Example
+from personalization.compact_pickle import compact_pickle
 from personalization.events import ADD_TO_CART, CLICK, PRODUCT_VIEW, PURCHASE, Event
 from personalization.exposures import REC_ID_PROPERTY, Exposure
 
@@ -25,6 +26,7 @@ OUTCOME_TYPES = frozenset({CLICK, PRODUCT_VIEW, ADD_TO_CART, PURCHASE})
 MAX_PENDING = 64
 
 
+@compact_pickle
 @dataclass(slots=True)
 class Attribution:
     """State per recommendation id, and the record emitted when its window closes."""

@@ -29,6 +29,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor
 from personalization.settings import LearningSettings
 
@@ -78,6 +79,7 @@ class CoVisitConfig:
         return self.capacity or 2 * self.neighbors
 
 
+@compact_pickle
 @dataclass(slots=True)
 class History:
     """A user's last items, newest first: ``(item_id, event_time_ms)``."""
@@ -85,6 +87,7 @@ class History:
     items: list[tuple[str, int]] = field(default_factory=list)
 
 
+@compact_pickle
 @dataclass(slots=True)
 class Neighbors:
     """One item's decayed neighbour weights (see the module docstring for the scaling)."""
@@ -95,6 +98,11 @@ class Neighbors:
     def weights_at(self, now_ms: int, half_life_s: float) -> dict[str, float]:
         factor = decay_factor(now_ms - self.origin_ms, half_life_s)
         return {item: w * factor for item, w in self.scaled.items()}
+
+    def weight_of(self, item: str, now_ms: int, half_life_s: float) -> float:
+        """The weight of one neighbour, decayed to ``now_ms`` (0 when it is not one)."""
+        scaled = self.scaled.get(item)
+        return scaled * decay_factor(now_ms - self.origin_ms, half_life_s) if scaled else 0.0
 
     def top(self, n: int, now_ms: int, half_life_s: float) -> list[tuple[str, float]]:
         """The ``n`` strongest neighbours with weights decayed to ``now_ms``."""
@@ -120,6 +128,18 @@ def edges_for(
         out.append((item, previous, w, t_ms))
         position += 1
     return out
+
+
+def links_for(
+    history: History, item: str, t_ms: int, weight: float, cfg: CoVisitConfig
+) -> tuple[tuple[str, float, int], ...]:
+    """``(previous item, weight, t_ms)`` links of an interaction with ``item``: the pairs
+    it forms with the user's history, stored once, at ``item``."""
+    return tuple(
+        (target, w, t)
+        for source, target, w, t in edges_for(history, item, t_ms, weight, cfg)
+        if source == item
+    )
 
 
 def push_history(history: History, item: str, t_ms: int, cfg: CoVisitConfig) -> None:

@@ -64,6 +64,7 @@ def from_exposure(exposure: Exposure) -> Impression:
     )
 
 
+@compact_pickle
 @dataclass(slots=True)
 class ImpressionLog:
     """Impression times (ascending, within the window) per item and per category."""

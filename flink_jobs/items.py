@@ -12,6 +12,7 @@ from typing import Any
 
 from flink_jobs import windows
 from flink_jobs.covisitation import CoVisitConfig, Neighbors
+from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor, decayed
 from personalization.events import (
     ADD_TO_CART,
@@ -38,6 +39,7 @@ ITEM_COUNTED = {PRODUCT_VIEW: "views", ADD_TO_CART: "carts", PURCHASE: "purchase
 ITEM_WINDOWS = windows.window_specs(("1h", "24h"))
 
 
+@compact_pickle
 @dataclass(slots=True)
 class ItemState:
     item_id: str
@@ -91,11 +93,13 @@ def item_feature_row(
     """
     cfg = covisit or CoVisitConfig()
     top = (neighbors or Neighbors()).top(cfg.neighbors, state.last_event_ms, cfg.half_life_s)
-    peak = top[0][1] if top else 1.0
     row: dict[str, Any] = {
-        # Scores divided by the strongest, so serving needs no re-decay.
+        # Decayed to the item's last event, not divided by the strongest: serving adds
+        # each pair from the other item's side too (a pair is stored at the later item
+        # only), and sums across rows need weights on one scale. Ranking normalises
+        # per anchor, so no re-decay to "now" is needed.
         "covisit_items": [item for item, _ in top],
-        "covisit_scores": [round(w / peak, 6) for _, w in top],
+        "covisit_scores": [round(w, 6) for _, w in top],
         "category": state.category,
         "price": state.price,
         "trending_score": round(state.trending, 6),

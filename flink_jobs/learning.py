@@ -367,13 +367,15 @@ class OnlineMF:
 
     # --- export / import (Flink keyed state, Feast features) ------------------------
 
+    # ``tolist`` gives the same Python floats as ``float(x)`` per element, ~20x faster
+    # (six exports per interaction: the user, the item and the sampled negatives).
     def export_user(self, user: str) -> list[float] | None:
         vec = self.users.get(user)
-        return None if vec is None else [float(x) for x in vec]
+        return None if vec is None else vec.tolist()
 
     def export_item(self, item: str) -> list[float] | None:
         vec = self.item_vector(item)
-        return None if vec is None else [float(x) for x in vec]
+        return None if vec is None else vec.tolist()
 
     def import_user(self, user: str, factors: Sequence[float]) -> None:
         self.users[user] = self._checked(factors)
@@ -393,8 +395,8 @@ class OnlineMF:
         """All factors as plain lists: ``{"users": {id: [...]}, "items": {id: [...]}}``."""
         return {
             "factors": self.cfg.factors,
-            "users": {u: [float(x) for x in v] for u, v in self.users.items()},
-            "items": {i: [float(x) for x in self._items[r]] for i, r in self.item_index.items()},
+            "users": {u: v.tolist() for u, v in self.users.items()},
+            "items": {i: self._items[r].tolist() for i, r in self.item_index.items()},
         }
 
     def import_factors(self, exported: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 keyed state in dicts.
 
 Records flow as in ``flink_jobs/user_features_job.py``: parse -> user step -> item step
-(the item's own event, the other items' co-visitation edges) and the CF step. With
+(the item's own event with its co-visitation links) and the CF step. With
 ``pickled=True`` every keyed state is stored as pickled bytes and every record between
 steps is pickled once, as Flink's ``PICKLED_BYTE_ARRAY`` state and exchanges do, so
 ``bench ingest`` can profile what the job's Python code costs per event (``lap`` is
@@ -121,6 +121,9 @@ class LocalPipeline:
         self.model = self.cf_step.new_model()
         self.quality = self.cf_step.new_monitor()
         self.output = PipelineOutput()
+        # target -> the items whose neighbours hold it: the other direction of each stored
+        # pair, for readers that symmetrise as serving does (analysis/evaluation.py).
+        self.linked_from: dict[str, set[str]] = {}
         # The CF step's result for the latest interaction (None when it learnt nothing).
         self.last_cf: steps.CFResult | None = None
 
@@ -171,18 +174,9 @@ class LocalPipeline:
         lap(STAGE_JSON)
         if result.item_event is not None:
             self.item_event(self._hop(result.item_event))
-        for edge in result.edges:
-            self.edge(self._hop(edge))
         lap(STAGE_RECORDS)
         if result.interaction is not None:
             self.interaction(self._hop(result.interaction))
-
-    def edge(self, edge: steps.CoVisitEdge) -> None:
-        self.lap(STAGE_RECORDS)
-        self.neighbors.put(
-            edge.source, self.item_step.on_edge(self.neighbors.get(edge.source), edge)
-        )
-        self.lap(STAGE_ITEM_STATE)
 
     def item_event(self, record: steps.ItemEvent) -> None:
         lap = self.lap
@@ -195,6 +189,8 @@ class LocalPipeline:
         lap(STAGE_ITEM)
         if result.neighbors_changed:
             self.neighbors.put(item_id, result.neighbors)
+        for target, _, _ in record.links:
+            self.linked_from.setdefault(target, set()).add(item_id)
         if not (result.item_changed and result.item is not None):
             lap(STAGE_ITEM_STATE)
             return

@@ -41,7 +41,7 @@ from personalization.events import (
     topic_family,
 )
 from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
-from personalization.feature_updates import model_version_update
+from personalization.feature_updates import encode_record, model_version_update
 from personalization.settings import (
     FeatureSettings,
     LearningSettings,
@@ -190,8 +190,6 @@ class UserFeatures(KeyedProcessFunction):
             yield ITEM_EVENT_TAG, result.item_event
         if result.interaction is not None:
             yield INTERACTION_TAG, result.interaction
-        for edge in result.edges:
-            yield ITEM_EVENT_TAG, edge
         if result.outcome is not None:
             yield OUTCOME_TAG, result.outcome
 
@@ -391,6 +389,8 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         )
         self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
         self.model = None
+        # The single key's version, read from state once after a (re)start.
+        self.last_version: int | None = None
         _start_job_metrics(self.metrics_cfg)
         self.quality = self.step.new_monitor()
         self.model_metrics = metrics.model_metrics()
@@ -418,16 +418,19 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
             stored = self.items.get(event.item_id)
             if stored is not None:
                 model.import_item(event.item_id, stored)
-        result = self.step.on_interaction(model, self.quality, event, self.version.value() or 0)
+        if self.last_version is None:  # first record after a (re)start
+            self.last_version = self.version.value() or 0
+        result = self.step.on_interaction(model, self.quality, event, self.last_version)
         self._report_quality()
         self.updates.inc()
-        for user_id in result.dirty_users:
-            self.users.put(user_id, model.export_user(user_id))
-        for item_id in result.dirty_items:
-            self.items.put(item_id, model.export_item(item_id))
+        # One state call per map and one output record per interaction: each is a
+        # Python -> JVM crossing, and those, not the learning, dominate the operator.
+        self.users.put_all({u: model.export_user(u) for u in result.dirty_users})
+        self.items.put_all({i: model.export_item(i) for i in result.dirty_items})
+        self.last_version = result.version_us
         self.version.update(result.version_us)
-        for row in result.rows:
-            yield row.to_json()
+        if result.rows:
+            yield encode_record(result.rows)
 
 
 class PropensityTraining(KeyedProcessFunction):

@@ -22,6 +22,7 @@ from flink_jobs.covisitation import History
 from flink_jobs.impressions import Impression, ImpressionLog
 from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import TriggerRules
+from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor
 from personalization.events import (
     ADD_TO_CART,
@@ -63,6 +64,7 @@ CART_TYPES = frozenset({ADD_TO_CART, REMOVE_FROM_CART, PURCHASE})
 DEMOGRAPHIC_KEYS = ("age_band", "gender", "occupation")
 
 
+@compact_pickle
 @dataclass(slots=True)
 class UserState:
     user_id: str

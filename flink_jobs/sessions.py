@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from personalization.compact_pickle import compact_pickle
+
 MAX_KEPT = 4  # older sessions are folded into a counter
 
 
+@compact_pickle
 @dataclass(slots=True)
 class Session:
     start_ms: int
@@ -29,6 +32,7 @@ class Session:
         return self.end_ms - self.start_ms
 
 
+@compact_pickle
 @dataclass(slots=True)
 class Sessions:
     kept: list[Session]

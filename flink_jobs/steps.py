@@ -53,7 +53,11 @@ __all__ = [
 @compact_pickle
 @dataclass(frozen=True, slots=True)
 class CoVisitEdge:
-    """``source`` was interacted with just before ``target`` (keyed by ``source``)."""
+    """``source`` was interacted with just before ``target`` (keyed by ``source``).
+
+    The job no longer sends these (each pair is stored once, at the later item); the item
+    step still folds them, for records of an older job version restored from a
+    checkpoint (unaligned checkpoints keep in-flight records)."""
 
     source: str
     target: str
@@ -68,8 +72,8 @@ class CoVisitEdge:
 @compact_pickle
 @dataclass(frozen=True, slots=True)
 class ItemEvent:
-    """An accepted event for the item branch, with the item's own co-visitation links
-    (to the user's previous items) so they need no records of their own."""
+    """An accepted event for the item branch, with its co-visitation links: the user's
+    previous items (target, weight, time), stored at this item."""
 
     event: Event
     links: tuple[tuple[str, float, int], ...] = ()
@@ -118,10 +122,9 @@ class UserResult:
     rows: list[FeatureUpdate] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
     timers: list[int] = field(default_factory=list)
-    # For the item branch: the item's own event (with its links) and the other items'
-    # co-visitation edges; for the learner: the interaction; for A/B: the outcome.
+    # For the item branch: the item's own event (with its co-visitation links); for the
+    # learner: the interaction; for A/B: the outcome.
     item_event: ItemEvent | None = None
-    edges: list[CoVisitEdge] = field(default_factory=list)
     interaction: Event | None = None
     outcome: Event | None = None
 
@@ -158,21 +161,20 @@ class UserStep:
             )
         result = UserResult(user, changed=True, triggers=list(outcome.triggers))
         interacted = bool(event.item_id) and user.consent != "denied"
-        edges: list[tuple[str, str, float, int]] = []
+        links: tuple[tuple[str, float, int], ...] = ()
         if interacted:
-            # Co-visitation: the item links with the user's previous items, both ways.
+            # Co-visitation: the item links with the user's previous items. Each pair is
+            # stored once, at the later item (the record goes there anyway); serving adds
+            # the other direction when it builds its catalog (serving/catalog_snapshot.py),
+            # so no record per edge has to reach the earlier items.
             t = event.event_time_ms
-            edges = covisitation.edges_for(user.covisit, event.item_id, t, 1.0, self.covisit)
+            links = covisitation.links_for(user.covisit, event.item_id, t, 1.0, self.covisit)
             covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
         result.timers = profile.due_timers(user, self.cfg)
         result.rows.append(self.row(user))
         if interacted:
-            own = tuple((tgt, w, t) for src, tgt, w, t in edges if src == event.item_id)
-            result.item_event = ItemEvent(event, own)
+            result.item_event = ItemEvent(event, links)
             result.interaction = event
-            result.edges = [
-                CoVisitEdge(src, tgt, w, t) for src, tgt, w, t in edges if src != event.item_id
-            ]
             if attribution.outcome_of(event) is not None:
                 result.outcome = event
         return result

@@ -7,7 +7,9 @@ on every object (in the ingest profile: 18 calls per event). :func:`compact_pick
 replaces them with ones over the field names computed once per class.
 
 The state is the same list of field values in declaration order that ``dataclasses``
-writes, so bytes pickled before and after this change load with either version.
+writes for frozen classes, so their bytes load with either version. A non-frozen slots
+class is pickled by Python as ``(None, {slot: value})``; ``__setstate__`` accepts that
+form too, so keyed state from checkpoints written before a class was decorated loads.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ def compact_pickle(cls: _C) -> _C:
         def __getstate__(self: Any) -> list[Any]:
             return list(get(self))
 
-    def __setstate__(self: Any, state: list[Any]) -> None:
+    def __setstate__(self: Any, state: list[Any] | tuple[Any, dict[str, Any] | None]) -> None:
+        if isinstance(state, tuple):
+            # Python's default form for a non-frozen slots class, (None, {slot: value}):
+            # keyed state pickled before the class was decorated (in checkpoints).
+            for name, value in (state[1] or {}).items():
+                setter(self, name, value)
+            return
         for name, value in zip(names, state, strict=True):
             setter(self, name, value)
 

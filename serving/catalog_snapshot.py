@@ -10,6 +10,7 @@ from Redis; offline replays (``analysis/evaluation.py``) build snapshots from ro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,35 @@ def decay_factors(ref_ms: np.ndarray, now_ms: int, half_life_s: float) -> np.nda
     """Vectorised ``flink_jobs.items.decayed_trending``: multiply a score by this."""
     age_ms = np.maximum(now_ms - ref_ms, 0).astype(np.float64)
     return np.exp2(-age_ms / (half_life_s * 1000.0))
+
+
+def symmetric_neighbours(
+    sources: np.ndarray, targets: np.ndarray, weights: np.ndarray, n: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Co-visitation lists by position, each pair in both directions, weights summed.
+
+    The job stores a pair once, at the item interacted with later (the record of that
+    interaction goes there; a record to the earlier item would cost the job one more
+    exchange per pair): ``b``'s row lists ``a`` when users met ``a`` before ``b``. For an
+    anchor ``a`` the candidates are the items met before *and* after it, so each stored
+    pair also counts from the other side; a pair stored on both sides (rows of an older
+    job version) sums. Returns ``{position: (neighbour positions, weights)}``.
+    """
+    if not len(sources):
+        return {}
+    s = np.concatenate([sources, targets])
+    d = np.concatenate([targets, sources])
+    w = np.concatenate([weights, weights])
+    pair = s * n + d
+    order = np.argsort(pair, kind="stable")
+    pair, w = pair[order], w[order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    summed = np.add.reduceat(w, starts)
+    s, d = pair[starts] // n, pair[starts] % n
+    bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1], True])
+    return {
+        int(s[lo]): (d[lo:hi].copy(), summed[lo:hi].copy()) for lo, hi in itertools.pairwise(bounds)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,22 +148,26 @@ class CatalogSnapshot:
                     mask[i] = True
             changes.update(item_factors=matrix, factor_mask=mask)
         if covisitation is not None:
-            lists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for item_id, (neighbours, weights) in covisitation.items():
-                i = self.index_of.get(item_id)
+            index_of = self.index_of
+            sources: list[int] = []
+            targets: list[int] = []
+            weights: list[float] = []
+            for item_id, (neighbours, item_weights) in covisitation.items():
+                i = index_of.get(item_id)
                 if i is None:
                     continue
-                pairs = [
-                    (self.index_of[nb], float(w))
-                    for nb, w in zip(neighbours, weights, strict=False)
-                    if nb in self.index_of and w > 0
-                ]
-                if pairs:
-                    lists[i] = (
-                        np.array([p for p, _ in pairs], dtype=np.int64),
-                        np.array([w for _, w in pairs], dtype=np.float64),
-                    )
-            changes["covisitation"] = lists
+                for nb, w in zip(neighbours, item_weights, strict=False):
+                    j = index_of.get(nb)
+                    if j is not None and j != i and w > 0:
+                        sources.append(i)
+                        targets.append(j)
+                        weights.append(float(w))
+            changes["covisitation"] = symmetric_neighbours(
+                np.array(sources, dtype=np.int64),
+                np.array(targets, dtype=np.int64),
+                np.array(weights, dtype=np.float64),
+                n,
+            )
         if item_tags is not None:
             tags = sorted({t for ts in item_tags.values() for t in ts if t})
             col = {t: c for c, t in enumerate(tags)}

@@ -26,7 +26,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from personalization import metrics
-from personalization.feature_updates import FeatureUpdate
+from personalization.feature_updates import FeatureUpdate, decode_record
 from personalization.online_store import OnlineStoreWriter
 from personalization.settings import Settings
 
@@ -55,7 +55,7 @@ def decode_batch(messages: list[Message], stats: WriterStats) -> list[FeatureUpd
                 log.warning("kafka error: %s", error)
             continue
         try:
-            updates.append(FeatureUpdate.from_json(msg.value() or b""))
+            updates.extend(decode_record(msg.value() or b""))
         except (ValueError, KeyError, TypeError):
             # Only the job writes this topic; a bad record is a bug, not data to retry.
             stats.bad_records += 1

@@ -71,3 +71,23 @@ def test_single_field_class_and_refusals():
 
     with pytest.raises(TypeError):
         compact_pickle(NoSlots)
+
+
+def test_state_pickled_before_a_mutable_class_was_decorated_still_loads():
+    # Regression: dataclasses gives only *frozen* slots classes a __getstate__; a mutable
+    # one (UserState, ItemState, Sessions...) pickles as (None, {slot: value}). Keyed
+    # state in checkpoints written before the state classes were decorated has that form.
+    @dataclasses.dataclass(slots=True)
+    class Plain:
+        a: int
+        b: list[str]
+
+    old = Plain(1, ["x"]).__reduce_ex__(2)[2]
+    assert isinstance(old, tuple)  # the default form, not a list
+    Compact = compact_pickle(dataclasses.dataclass(slots=True)(_fields_ab()))
+    restored = object.__new__(Compact)
+    restored.__setstate__(old)
+    assert (restored.a, restored.b) == (1, ["x"])
+    again = object.__new__(Compact)
+    again.__setstate__(Compact(2, ["y"]).__getstate__())
+    assert (again.a, again.b) == (2, ["y"])

@@ -38,3 +38,13 @@ def test_half_life_halves() -> None:
     assert decay_factor(-3_600_000, 3600.0) == 2.0  # a late weight, seen from the past
     assert decay_factor(10**12, math.inf) == 1.0
     assert decayed(8.0, 0, 7_200_000, 3600.0) == 2.0
+
+
+def test_a_changelog_record_carries_one_or_several_rows() -> None:
+    from personalization.feature_updates import FeatureUpdate, decode_record, encode_record
+
+    a = FeatureUpdate("user_cf", "u\n1", 5, {"cf_vector": [0.5, -1.0]})
+    b = FeatureUpdate("item_cf", "i-1", 5, {"cf_vector": [1.0, 2.0]})
+    assert decode_record(encode_record([a, b])) == [a, b]
+    assert decode_record(encode_record([a, b]).encode()) == [a, b]
+    assert decode_record(a.to_json()) == [a]  # single-row records, as before

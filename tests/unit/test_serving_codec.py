@@ -152,3 +152,25 @@ def test_collector_raises_when_kafka_does_not_ack():
             collector.collect([wire_to_event(FULL)])
     finally:
         collector.close()
+
+
+def test_covisitation_pairs_count_from_both_sides():
+    # The job stores a pair once, at the later item: serving's catalog adds the other
+    # direction (and sums a pair stored on both sides, as older job versions did).
+    import numpy as np
+
+    from serving.catalog_snapshot import symmetric_neighbours
+
+    lists = symmetric_neighbours(
+        np.array([1, 2, 2]), np.array([0, 0, 1]), np.array([0.5, 0.25, 2.0]), n=3
+    )
+    as_dict = {k: dict(zip(v[0].tolist(), v[1].tolist(), strict=True)) for k, v in lists.items()}
+    assert as_dict == {0: {1: 0.5, 2: 0.25}, 1: {0: 0.5, 2: 2.0}, 2: {0: 0.25, 1: 2.0}}
+    both = symmetric_neighbours(np.array([0, 1]), np.array([1, 0]), np.array([1.0, 1.0]), n=2)
+    assert both[0][1].tolist() == [2.0] and both[1][1].tolist() == [2.0]
+    assert (
+        symmetric_neighbours(
+            np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.array([]), n=0
+        )
+        == {}
+    )
