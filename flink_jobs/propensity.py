@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from river import linear_model, metrics, optim
 
 from personalization.compact_pickle import compact_pickle
-from personalization.model_registry import PROPENSITY_MODEL, ModelVersion
+from personalization.model_versions import PROPENSITY_MODEL, ModelVersion
 from personalization.settings import LearningSettings
 
 MODEL_NAME = PROPENSITY_MODEL

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from personalization.model_registry import ModelVersion
+from personalization.model_versions import ModelVersion
 
 # Rows are the job's largest output (four per rated item, ~40 features each): orjson
 # encodes them ~5x faster than json.dumps. Same JSON, except that non-finite floats

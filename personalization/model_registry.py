@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import redis
 
-# Atomic "publish and follow unless pinned": a rollback in between cannot be overridden.
-# The model the job trains from exposures and serving ranks with (one name, both sides).
-PROPENSITY_MODEL = "propensity"
+from personalization.model_versions import ModelVersion
 
+# Atomic "publish and follow unless pinned": a rollback in between cannot be overridden.
 _PUBLISH = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
@@ -60,33 +58,6 @@ if follow then return 1 else return 0 end
 
 class UnknownVersion(KeyError):
     """No such model version in the registry."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    """One published version: parameters plus what the trainer measured when it was cut."""
-
-    model: str
-    version: str
-    created_ms: int
-    examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @staticmethod
-    def from_json(raw: str | bytes) -> ModelVersion:
-        data = json.loads(raw)
-        return ModelVersion(
-            model=str(data["model"]),
-            version=str(data["version"]),
-            created_ms=int(data["created_ms"]),
-            examples=int(data.get("examples", 0)),
-            metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items()},
-            params=dict(data.get("params") or {}),
-        )
 
 
 @dataclass(frozen=True, slots=True)

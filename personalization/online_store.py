@@ -24,7 +24,8 @@ from feature_repo.names import ITEM_STATS
 from personalization import feature_store as fs
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, coalesce, is_model_version
-from personalization.model_registry import ModelRegistry, ModelVersion
+from personalization.model_registry import ModelRegistry
+from personalization.model_versions import ModelVersion
 from personalization.redis_client import redis_client
 from personalization.settings import Settings
 

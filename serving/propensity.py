@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from personalization import metrics as pz_metrics
-from personalization.model_registry import PROPENSITY_MODEL, ModelRegistry, ModelVersion
+from personalization.model_registry import ModelRegistry
+from personalization.model_versions import PROPENSITY_MODEL, ModelVersion
 from serving import candidates as cand
 from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures

@@ -11,7 +11,8 @@ import uuid
 import pytest
 import redis
 
-from personalization.model_registry import ModelRegistry, ModelVersion, UnknownVersion
+from personalization.model_registry import ModelRegistry, UnknownVersion
+from personalization.model_versions import ModelVersion
 from personalization.settings import SETTINGS_JSON_ENV, Settings
 from serving.propensity import MODEL_NAME, ModelWatcher
 

@@ -11,7 +11,7 @@ from flink_jobs import attribution, propensity
 from flink_jobs.attribution import Attribution
 from personalization.events import CLICK, Event
 from personalization.exposures import Exposure
-from personalization.model_registry import ModelVersion
+from personalization.model_versions import ModelVersion
 from personalization.settings import LearningSettings, Settings
 from serving import candidates as cand
 from serving.catalog import ItemRow, build_snapshot
