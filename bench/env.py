@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.stats import latency_summary as latency_summary  # bench.serving imports it here
 from ops import stack
 from ops.infra.jars import ensure_jars
 from ops.infra.kafka_broker import KAFKA

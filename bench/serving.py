@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.env import BENCH_SERVER, BenchStack, CpuMeter, latency_summary, say
+from bench.env import BENCH_SERVER, BenchStack, CpuMeter, say
+from bench.stats import latency_summary
 from feature_repo.names import ITEM_STATS, USER_PROFILE
 from personalization import feature_store as fs
 from personalization.settings import PROJECT_ROOT, Settings
@@ -427,7 +428,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
     say(f"server catalog loaded ({waited:.1f}s after health SERVING)")
 
     sessions = {"grpc server": bench.component_pid(BENCH_SERVER) or 0}
-    redis_pid = _redis_pid(settings)
+    redis_pid = bench.service_pid("redis")
     if redis_pid:
         sessions["redis"] = redis_pid
     for name in ("flink-job", "online-store-writer"):
@@ -525,12 +526,6 @@ def _component_pid(bench: BenchStack, name: str) -> int | None:
         if comp.name == name and name in bench.started:
             return bench.component_pid(comp)
     return None
-
-
-def _redis_pid(settings: Settings) -> int | None:
-    from ops.infra import redis_server
-
-    return redis_server.process(settings).pid()
 
 
 def _say_phase(r: dict[str, Any]) -> None:
