@@ -19,6 +19,10 @@ module adapts their methods to async behaviours:
 - a request whose bytes do not decode is answered INVALID_ARGUMENT (grpcio would say
   INTERNAL, which reads as a server fault; it is the caller's).
 - every unary call is timed and counted for ``serving/metrics.py``.
+- a call whose client went away (its deadline passed, or it cancelled) while the answer
+  was being sent makes grpc's core log ``ExecuteBatchError`` with a traceback at ERROR
+  (grpc/grpc#32551): that is the client's doing, not a server fault, so
+  :class:`ClientGoneFilter` turns it into one DEBUG line.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ from serving import metrics as serving_metrics
 log = logging.getLogger(__name__)
 
 AddServicer = Callable[[Any, Any], None]
+
+# What grpc's asyncio server logs when core cannot send the answer of a finished
+# handler (the call is already over on the client's side).
+_CLIENT_GONE = "ExecuteBatchError raised in core by servicer method"
+
+
+class ClientGoneFilter(logging.Filter):
+    """Drops grpc's ERROR + traceback for answers to clients that already left; logs one
+    DEBUG line instead (the call was counted when its handler finished)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_CLIENT_GONE):
+            log.debug("answer not delivered, the client went away: %s", record.getMessage())
+            return False
+        return True
+
+
+def quiet_client_gone() -> None:
+    """Install :class:`ClientGoneFilter` on grpc's server logger (idempotent)."""
+    core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, ClientGoneFilter) for f in core.filters):
+        core.addFilter(ClientGoneFilter())
 
 
 class Aborted(Exception):
@@ -172,6 +198,7 @@ def add_servicer(
     ``add_to_server`` is the generated ``add_XServicer_to_server``; methods named in
     ``inline`` run on the event loop, the others in ``executor``.
     """
+    quiet_client_gone()
     capture = _CapturingServer()
     add_to_server(servicer, capture)
     on_loop = set(inline)

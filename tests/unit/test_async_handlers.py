@@ -125,3 +125,37 @@ def test_fallback_answers_are_counted(served: tuple[Servicer, grpc.Channel]):
     before = _value("pz_serving_fallbacks_total", reason="unit_async_reason")
     stub.Recommend(recommender_pb2.RecommendRequest(user_id="new"), timeout=5)
     assert _value("pz_serving_fallbacks_total", reason="unit_async_reason") == before + 1
+
+
+def test_an_answer_to_a_client_that_left_is_not_logged_as_a_server_error():
+    # Regression (e2e fuzz test under load): a short client deadline expiring while the
+    # answer was being sent made grpc log ExecuteBatchError + traceback at ERROR.
+    import logging
+
+    from serving.async_handlers import ClientGoneFilter, quiet_client_gone
+
+    gone = logging.LogRecord(
+        "grpc._cython.cygrpc",
+        logging.ERROR,
+        "server.pyx.pxi",
+        689,
+        "ExecuteBatchError raised in core by servicer method [%s]",
+        ("/personalization.v1.Collector/Collect",),
+        None,
+    )
+    other = logging.LogRecord(
+        "grpc._cython.cygrpc",
+        logging.ERROR,
+        "server.pyx.pxi",
+        700,
+        "Unexpected [%s] raised by servicer method [%s]",
+        ("ValueError", "/x/Y"),
+        None,
+    )
+    f = ClientGoneFilter()
+    assert f.filter(gone) is False
+    assert f.filter(other) is True
+    quiet_client_gone()
+    quiet_client_gone()
+    core = logging.getLogger("grpc._cython.cygrpc")
+    assert sum(isinstance(x, ClientGoneFilter) for x in core.filters) == 1
