@@ -754,18 +754,37 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
 TRIVIAL_JOB = stack.Component("bench-trivial-job", "bench.trivial_job")
 
 
+def _create_topic(settings: Settings, topic: str) -> None:
+    """The baseline's output topic, created (and its leader elected) before the job
+    starts, so the first reads of its offsets do not race the broker's auto-creation."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    futures = admin.create_topics([NewTopic(topic, settings.kafka.partitions, 1)])
+    for future in futures.values():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:  # already there: fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
 def _output_records(settings: Settings, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
+    """Records in ``topic`` (sum of the partitions' high watermarks); -1 when the broker
+    cannot say right now (a leader moving): the caller samples again."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "x"})
     try:
         meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
         if meta is None or meta.error is not None:
-            return 0
+            return -1
         return sum(
             consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
             for p in meta.partitions
         )
+    except KafkaException:
+        return -1
     finally:
         consumer.close()
 
@@ -777,6 +796,7 @@ def run_baseline(settings: Settings, n: int, args: Any) -> dict[str, Any]:
     say("baseline: the trivial keyed job (bench/trivial_job.py) on the same backlog")
     lo = math.ceil(n * args.warmup_fraction)
     hi = math.floor(n * (1.0 - args.tail_fraction))
+    _create_topic(settings, trivial_job.OUTPUT_TOPIC)
     launched = time.monotonic()
     pid = stack.start_component(settings, TRIVIAL_JOB)
     seen: list[tuple[float, int]] = []
@@ -784,7 +804,8 @@ def run_baseline(settings: Settings, n: int, args: Any) -> dict[str, Any]:
         deadline = launched + args.timeout
         while time.monotonic() < deadline:
             count = _output_records(settings, trivial_job.OUTPUT_TOPIC)
-            seen.append((time.monotonic() - launched, count))
+            if count >= 0:
+                seen.append((time.monotonic() - launched, count))
             if count >= n:
                 break
             if TRIVIAL_JOB.process(settings).pid() is None:
