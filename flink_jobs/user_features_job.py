@@ -288,6 +288,7 @@ def create_environment(settings: Settings, restore_from: Path | None) -> StreamE
     # Added, not set: `flink run --python` already lists the flink-python jar there.
     env.add_jars(settings.kafka_connector_jar_path.as_uri())
     env.set_parallelism(settings.flink.parallelism)
+    env.set_max_parallelism(settings.flink.max_parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return env
 

@@ -83,6 +83,10 @@ class KafkaSettings(_Section):
 
 class FlinkSettings(_Section):
     parallelism: int = 1
+    # Key groups: the most a savepoint can ever be rescaled to. Explicit, because a
+    # changed maximum makes every keyed state unrestorable. 128 is what Flink derives
+    # for parallelism <= 85, so checkpoints taken before it was set still restore.
+    max_parallelism: int = Field(default=128, ge=1, le=32768)
     # Thread mode runs Python inside the JVM; process mode is ~15x slower here.
     execution_mode: str = "thread"
     checkpoint_interval_ms: int = 2000

@@ -1,0 +1,237 @@
+"""Sampling the running job: events consumed, CF updates, changelog offsets, CPU per thread."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.env import (
+    BenchStack,
+    CpuMeter,
+    metric_sum,
+    proc_stat_entries,
+    say,
+    scrape,
+)
+from ops import stack
+from personalization.settings import Settings
+
+# --- sampling --------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the job was launched
+    job_up: bool
+    consumed: int  # accepted + dead-lettered, counted by ParseEvents
+    dead_letters: int
+    duplicates: int
+    cf_updates: int
+    writer_rows: int
+    rows_emitted: int  # feature_updates high watermarks
+    rows_committed: int  # the writer's committed offsets
+    flink_committed: int  # the job's offsets, committed on checkpoint
+
+
+class Offsets:
+    """High watermarks and committed offsets of the job's and the writer's groups."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        k = settings.kafka
+
+        def consumer(group: str) -> Any:
+            # Never subscribes: reads the group's commits only.
+            return Consumer(
+                {
+                    "bootstrap.servers": k.bootstrap_servers,
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                }
+            )
+
+        self.writer = consumer(k.writer_consumer_group)
+        self.flink = consumer(k.flink_consumer_group)
+        meta = self.writer.list_topics(timeout=10)
+
+        def partitions(topic: str) -> list[Any]:
+            return [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
+
+        self.updates = partitions(k.feature_updates_topic)
+        self.events = [tp for t in k.event_topics for tp in partitions(t)]
+
+    @staticmethod
+    def _totals(consumer: Any, tps: list[Any]) -> tuple[int, int]:
+        high = committed = 0
+        for tp in consumer.committed(tps, timeout=5):
+            high += consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+            committed += max(tp.offset, 0)
+        return high, committed
+
+    def sample(self) -> tuple[int, int, int, int]:
+        """(rows emitted, rows committed by the writer, events in Kafka, events committed
+        by the job)."""
+        emitted, applied = self._totals(self.writer, self.updates)
+        events, consumed = self._totals(self.flink, self.events)
+        return emitted, applied, events, consumed
+
+    def close(self) -> None:
+        self.writer.close()
+        self.flink.close()
+
+
+def _thread_ticks(sid: int) -> dict[int, tuple[str, int]]:
+    """tid -> (thread name, utime + stime ticks) for every thread of session ``sid``."""
+    return {
+        tid: (name, int(fields[11]) + int(fields[12]))
+        for pid, _, process in proc_stat_entries()
+        if int(process[3]) == sid
+        for tid, name, fields in proc_stat_entries(f"/proc/{pid}/task")
+    }
+
+
+def thread_cpu(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float
+) -> list[dict[str, Any]]:
+    """% of a core per thread over the interval, busiest first (threads > 1 %)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    rows = []
+    for tid, (name, ticks) in after.items():
+        pct = 100.0 * (ticks - before.get(tid, (name, 0))[1]) / tck / max(seconds, 1e-6)
+        if pct >= 1.0:
+            rows.append({"thread": name, "tid": tid, "cpu_pct": round(pct, 1)})
+    return sorted(rows, key=lambda r: -float(r["cpu_pct"]))
+
+
+# Task threads of the job that run Python operators (names cut to 15 characters by
+# Linux): the chained source + parse, the user, item and CF operators, the key-by
+# operators, attribution and propensity. Compiler, GC and Kafka client threads aside.
+OPERATOR_THREADS = (
+    "Source: kafka",
+    "user features",
+    "item popularit",
+    "collaborative",
+    "_stream_key_by",
+    "A/B attributio",
+    "propensity",
+)
+
+
+def operator_threads_pct(threads: list[dict[str, Any]]) -> float:
+    return round(
+        sum(t["cpu_pct"] for t in threads if str(t["thread"]).startswith(OPERATOR_THREADS)), 1
+    )
+
+
+class Window:
+    """CPU of the stack's processes (and the job's threads) between two samples."""
+
+    def __init__(self, sessions: dict[str, int], job_sid: int) -> None:
+        self.meter = CpuMeter(sessions).start()
+        self.job_sid = job_sid
+        self.threads = _thread_ticks(job_sid) if job_sid else {}
+        self.started = time.monotonic()
+
+    def close(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        after = _thread_ticks(self.job_sid) if self.job_sid else {}
+        return {
+            "cpu_pct": self.meter.stop(),
+            "job_threads": thread_cpu(self.threads, after, elapsed),
+        }
+
+
+def sample_loop(
+    bench: BenchStack, n: int, args: Any, launched: float, sessions: dict[str, int]
+) -> tuple[list[Sample], dict[str, Any], list[str]]:
+    """Sample until the backlog is consumed and the writer has applied every row."""
+    settings = bench.settings
+    urls = stack.metrics_urls(settings)
+    offsets = Offsets(settings)
+    samples: list[Sample] = []
+    notes: list[str] = []
+    windows: dict[str, Any] = {}
+    whole: Window | None = None
+    steady: Window | None = None
+    lo = math.ceil(n * args.warmup_fraction)
+    hi = math.floor(n * (1.0 - args.tail_fraction))
+    quiet_since: float | None = None
+    last: Sample | None = None
+    next_at = time.monotonic()
+    try:
+        while True:
+            next_at += args.sample_interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            now = time.monotonic() - launched
+            if now > args.timeout:
+                notes.append(f"timed out after {args.timeout:.0f}s")
+                break
+            if bench.component_pid(stack.FLINK_JOB) is None:
+                raise RuntimeError("the Flink job exited\n" + bench.log_tail(stack.FLINK_JOB))
+            try:
+                job = scrape(urls[stack.FLINK_JOB.name])
+                up = True
+            except OSError:
+                job, up = {}, False  # endpoint not up yet (operators not opened)
+            try:
+                writer = scrape(urls[stack.WRITER.name])
+            except OSError:
+                writer = {}
+            try:
+                emitted, applied, _, flink_committed = offsets.sample()
+            except Exception as exc:  # a broker call timed out: keep the previous offsets
+                notes.append(f"offsets at {now:.0f}s: {exc!r}")
+                if last is None:
+                    continue
+                emitted, applied = last.rows_emitted, last.rows_committed
+                flink_committed = last.flink_committed
+            dead = int(metric_sum(job, "pz_job_dead_letters_total"))
+            s = Sample(
+                t=round(now, 3),
+                job_up=up,
+                consumed=int(metric_sum(job, "pz_job_events_total")) + dead,
+                dead_letters=dead,
+                duplicates=int(metric_sum(job, "pz_job_duplicates_dropped_total")),
+                cf_updates=int(metric_sum(job, "pz_model_updates_total", model="cf")),
+                writer_rows=int(metric_sum(writer, "pz_writer_rows_written_total")),
+                rows_emitted=emitted,
+                rows_committed=applied,
+                flink_committed=flink_committed,
+            )
+            samples.append(s)
+            if whole is None and s.consumed > 0:
+                whole = Window(sessions, sessions.get("flink-job (+JVM)", 0))
+            if steady is None and s.consumed >= lo:
+                steady = Window(sessions, sessions.get("flink-job (+JVM)", 0))
+                windows["steady_from_t"] = s.t
+            if steady is not None and "steady" not in windows and s.consumed >= hi:
+                windows["steady"] = steady.close()
+                windows["steady_to_t"] = s.t
+            if len(samples) % 10 == 0 or (s.consumed >= n and last and last.consumed < n):
+                say(
+                    f"t={s.t:5.0f}s consumed {s.consumed:,}/{n:,}  cf {s.cf_updates:,}  "
+                    f"rows emitted {s.rows_emitted:,} applied {s.rows_committed:,}"
+                )
+            changed = last is None or (
+                s.consumed,
+                s.cf_updates,
+                s.rows_emitted,
+                s.rows_committed,
+            ) != (last.consumed, last.cf_updates, last.rows_emitted, last.rows_committed)
+            last = s
+            drained = s.consumed >= n and s.rows_committed >= s.rows_emitted > 0
+            if drained and not changed:
+                quiet_since = quiet_since if quiet_since is not None else s.t
+                if s.t - quiet_since >= args.settle:
+                    break
+            else:
+                quiet_since = None
+    finally:
+        offsets.close()
+    if whole is not None:
+        windows["whole"] = whole.close()
+    return samples, windows, notes
