@@ -205,7 +205,7 @@ class LocalPipeline:
     def interaction(self, event: Event) -> None:
         lap = self.lap
         lap(STAGE_RECORDS)
-        if learning.interaction_weight(event.event_type, learning.rating_of(event)) <= 0:
+        if not self.cf_step.learns(event):
             lap(STAGE_CF)
             return
         load_user, load_item = self.cf_step.needs(self.model, event)

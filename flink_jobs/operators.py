@@ -406,7 +406,7 @@ class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
         return self.model
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        if learning.interaction_weight(event.event_type, learning.rating_of(event)) <= 0:
+        if not self.step.learns(event):
             return
         model = self._model()
         load_user, load_item = self.step.needs(model, event)

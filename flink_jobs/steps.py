@@ -313,6 +313,12 @@ class CFStep:
         return CFResult(True, rows, list(dirty_users), list(dirty_items), version)
 
     @staticmethod
+    def learns(event: Event) -> bool:
+        """Whether ``event`` is an interaction the learner learns (a positive weight):
+        callers check it before loading any factors from state."""
+        return learning.interaction_weight(event.event_type, learning.rating_of(event)) > 0
+
+    @staticmethod
     def needs(model: learning.OnlineMF, event: Event) -> tuple[bool, bool]:
         """Whether the user's / the item's factors must be loaded from state first."""
         return model.user_vector(event.user_id) is None, model.item_vector(event.item_id) is None
