@@ -11,12 +11,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pyflink.common import Types
-from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.common import Row, Types
 from pyflink.datastream import (
     KeyedCoProcessFunction,
     KeyedProcessFunction,
-    MapFunction,
     OutputTag,
     ProcessFunction,
     RuntimeContext,
@@ -25,6 +23,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from flink_jobs import (
     attribution,
+    exchanges,
     impressions,
     learning,
     propensity,
@@ -54,13 +53,20 @@ log = logging.getLogger(__name__)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
-ITEM_EVENT_TAG = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
+# Side outputs bound for a keyed exchange carry Row(key, record) (flink_jobs/exchanges.py).
+ITEM_EVENT_TAG = OutputTag("item-events", exchanges.KEYED_RECORD)
 # Accepted item interactions, for the collaborative-filtering learner.
-INTERACTION_TAG = OutputTag("interactions", Types.PICKLED_BYTE_ARRAY())
+INTERACTION_TAG = OutputTag("interactions", exchanges.KEYED_RECORD)
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
-OUTCOME_TAG = OutputTag("rec-outcomes", Types.PICKLED_BYTE_ARRAY())
+OUTCOME_TAG = OutputTag("rec-outcomes", exchanges.KEYED_RECORD)
 # Labelled shown items from the attribution join, for the propensity trainer.
-EXAMPLE_TAG = OutputTag("propensity-examples", Types.PICKLED_BYTE_ARRAY())
+EXAMPLE_TAG = OutputTag("propensity-examples", exchanges.KEYED_RECORD)
+# Exposures as the user's impressions, from the exposure router to the user operator.
+IMPRESSION_TAG = OutputTag("impressions", exchanges.KEYED_RECORD)
+
+# The single learners' constant keys (one subtask each).
+CF_KEY = "cf"
+PROPENSITY_KEY = "propensity"
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
@@ -79,7 +85,9 @@ def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
 
 
 class ParseEvents(ProcessFunction):
-    """Raw Kafka value -> ``Event``; refused payloads go to the DLQ side output.
+    """Raw Kafka value -> ``(Row(user_id, Event), event time)``, ready for the JVM's
+    timestamps and the keyed exchange (``exchanges.with_event_time`` / ``keyed``); refused
+    payloads go to the DLQ side output.
 
     User ids are pseudonymised here (when a secret is configured), before any state or
     store sees them.
@@ -116,12 +124,7 @@ class ParseEvents(ProcessFunction):
             yield DLQ_TAG, record
             return
         self._count_event(parsed.event_type)
-        yield parsed
-
-
-class EventTimeAssigner(TimestampAssigner):
-    def extract_timestamp(self, value: Event, record_timestamp: int) -> int:
-        return value.event_time_ms
+        yield Row(parsed.user_id, parsed), parsed.event_time_ms
 
 
 class UserFeatures(KeyedProcessFunction):
@@ -187,11 +190,12 @@ class UserFeatures(KeyedProcessFunction):
         for row in result.rows:
             yield row.to_json()
         if result.item_event is not None:
-            yield ITEM_EVENT_TAG, result.item_event
+            yield ITEM_EVENT_TAG, Row(result.item_event.item_id, result.item_event)
         if result.interaction is not None:
-            yield INTERACTION_TAG, result.interaction
+            yield INTERACTION_TAG, Row(CF_KEY, result.interaction)
         if result.outcome is not None:
-            yield OUTCOME_TAG, result.outcome
+            outcome = result.outcome
+            yield OUTCOME_TAG, Row(outcome.properties.get(REC_ID_PROPERTY, ""), outcome)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         self._sample_watermark(ctx)
@@ -301,7 +305,7 @@ class AttributionJoin(KeyedCoProcessFunction):
         label_due = attribution.label_time(state, self.label_ms)
         if label_due is not None and timestamp >= label_due:
             for example in attribution.labelled_examples(state, self.label_ms):
-                yield EXAMPLE_TAG, example
+                yield EXAMPLE_TAG, Row(PROPENSITY_KEY, example)
             self.state.update(state)
         due = attribution.close_time(state, self.window_ms, self.wait_ms)
         if due is None or timestamp < due:
@@ -313,7 +317,8 @@ class AttributionJoin(KeyedCoProcessFunction):
 
 
 class ParseExposures(ProcessFunction):
-    """Exposure records from serving; malformed ones go to the DLQ like bad events."""
+    """Exposure records from serving -> ``(Exposure, its time)`` for the JVM's timestamps;
+    malformed ones go to the DLQ like bad events."""
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
         exposure = parse_exposure(value)
@@ -323,19 +328,21 @@ class ParseExposures(ProcessFunction):
             metrics.job_metrics().dead_letters.labels(rejection.reason).inc()
             yield DLQ_TAG, dead_letter(value, rejection, source="exposures", now_ms=now_ms)
         else:
-            yield exposure
+            yield exposure, exposure.time_ms
 
 
-class ToImpression(MapFunction):
-    """An exposure as the user's impression, for the user operator's counts."""
+class RouteExposures(ProcessFunction):
+    """A timed exposure, keyed both ways in one call: ``Row(rec_id, exposure)`` for the
+    A/B attribution join, and (when ``impressions``) ``Row(user_id, impression)`` to the
+    impression side output, for the user operator's counts (frequency capping)."""
 
-    def map(self, value: Exposure) -> impressions.Impression:
-        return impressions.from_exposure(value)
+    def __init__(self, impressions_on: bool) -> None:
+        self.impressions_on = impressions_on
 
-
-class ExposureTime(TimestampAssigner):
-    def extract_timestamp(self, value: Exposure, record_timestamp: int) -> int:
-        return value.time_ms
+    def process_element(self, value: Exposure, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        yield Row(value.rec_id, value)
+        if self.impressions_on:
+            yield IMPRESSION_TAG, Row(value.user_id, impressions.from_exposure(value))
 
 
 class _QualityReporting:

@@ -49,22 +49,22 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from flink_jobs.checkpoints import latest_checkpoint
+from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
     DLQ_TAG,
     EXAMPLE_TAG,
+    IMPRESSION_TAG,
     INTERACTION_TAG,
     ITEM_EVENT_TAG,
     OUTCOME_TAG,
     TRIGGER_TAG,
     AttributionJoin,
     CollaborativeFiltering,
-    EventTimeAssigner,
-    ExposureTime,
     ItemFeatures,
     ParseEvents,
     ParseExposures,
     PropensityTraining,
-    ToImpression,
+    RouteExposures,
     UserFeatures,
 )
 from flink_jobs.python_env import embedded_python_path
@@ -157,7 +157,21 @@ def kafka_source(
     )
 
 
+def _watermarks(settings: Settings) -> WatermarkStrategy:
+    return (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(settings.flink.out_of_orderness_ms)
+        )
+        # Times come with the records (``exchanges.with_event_time``), never from a Python
+        # assigner: it would be one more Python operator per record.
+        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
+    )
+
+
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
+    """The operators and exchanges. Every Python operator yields records ready for the
+    next exchange (``Row(key, value)``, ``(value, time)``), so the plan has no hidden
+    Python operators between them (``flink_jobs/exchanges.py``)."""
     features_cfg = settings.features
     k = settings.kafka
     raw: DataStream = (
@@ -171,24 +185,13 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     parsed = (
         raw.process(
             ParseEvents(features_cfg, settings.privacy, settings.metrics),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=timed_record(KEYED_RECORD),
         )
         .name("parse + validate")
         .uid("parse-events")
     )
-    watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(settings.flink.out_of_orderness_ms)
-        )
-        # Idleness first: PyFlink's with_idleness returns a new strategy that drops a
-        # Python timestamp assigner set before it (the job then ran on Kafka record
-        # times, not event times: found by tests/faults).
-        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
-        .with_timestamp_assigner(EventTimeAssigner())
-    )
-    events = (
-        parsed.assign_timestamps_and_watermarks(watermarks).name("event time").uid("event-time")
-    )
+    events = with_event_time(parsed, _watermarks(settings), KEYED_RECORD)
+    events = events.name("event time").uid("event-time")
 
     # Exposures (what Recommend answered): joined with the outcomes that follow for A/B
     # attribution, and counted per user as impressions (frequency capping, fatigue).
@@ -201,26 +204,25 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("kafka: exposures")
         .uid("source-exposures")
     )
-    exposures = exposures_raw.process(ParseExposures(), output_type=Types.PICKLED_BYTE_ARRAY())
-    exposures = exposures.name("parse exposures").uid("parse-exposures")
-    exposure_watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(settings.flink.out_of_orderness_ms)
-        )
-        .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
-        .with_timestamp_assigner(ExposureTime())
+    exposures = exposures_raw.process(
+        ParseExposures(), output_type=timed_record(Types.PICKLED_BYTE_ARRAY())
     )
-    timed_exposures = exposures.assign_timestamps_and_watermarks(exposure_watermarks)
+    exposures = exposures.name("parse exposures").uid("parse-exposures")
+    timed_exposures = with_event_time(exposures, _watermarks(settings), Types.PICKLED_BYTE_ARRAY())
     timed_exposures = timed_exposures.name("exposure time").uid("exposure-time")
+    impressions_on = features_cfg.impression_window_s > 0
+    routed_exposures = timed_exposures.process(
+        RouteExposures(impressions_on), output_type=KEYED_RECORD
+    )
+    routed_exposures = routed_exposures.name("exposure -> rec id, impression").uid("impressions")
     user_input = events
-    if features_cfg.impression_window_s > 0:
+    if impressions_on:
         # The user operator's watermark becomes the minimum of both inputs; an idle
         # exposures source (no Recommend traffic) is ignored after source_idleness_ms.
-        impressions = timed_exposures.map(ToImpression(), output_type=Types.PICKLED_BYTE_ARRAY())
-        user_input = events.union(impressions.name("exposure -> impression").uid("impressions"))
+        user_input = events.union(side_output(routed_exposures, IMPRESSION_TAG))
 
     user_rows = (
-        user_input.key_by(lambda e: e.user_id, key_type=Types.STRING())
+        keyed(user_input)
         .process(
             UserFeatures(features_cfg, settings.privacy, settings.metrics, settings.learning),
             output_type=Types.STRING(),
@@ -229,8 +231,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("user-features")
     )
     item_rows = (
-        user_rows.get_side_output(ITEM_EVENT_TAG)
-        .key_by(lambda e: e.item_id, key_type=Types.STRING())
+        keyed(side_output(user_rows, ITEM_EVENT_TAG))
         .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
         .name("item popularity")
         .uid("item-features")
@@ -238,23 +239,21 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
     # One online MF model: a single learner (constant key), factors in keyed MapState.
     cf_rows = (
-        user_rows.get_side_output(INTERACTION_TAG)
-        .key_by(lambda e: "cf", key_type=Types.STRING())
+        keyed(side_output(user_rows, INTERACTION_TAG))
         .process(
             CollaborativeFiltering(settings.learning, settings.metrics), output_type=Types.STRING()
         )
         .name("collaborative filtering (online MF)")
         .uid("cf-learner")
     )
-    user_rows.get_side_output(TRIGGER_TAG).sink_to(
+    side_output(user_rows, TRIGGER_TAG).sink_to(
         kafka_sink(settings, k.triggers_topic, exactly_once=True)
     ).name("kafka: triggers").uid("sink-triggers")
-    dead_letters = parsed.get_side_output(DLQ_TAG).union(exposures.get_side_output(DLQ_TAG))
+    dead_letters = side_output(parsed, DLQ_TAG).union(side_output(exposures, DLQ_TAG))
 
-    outcomes = user_rows.get_side_output(OUTCOME_TAG)
     attributions = (
-        timed_exposures.key_by(lambda x: x.rec_id, key_type=Types.STRING())
-        .connect(outcomes.key_by(lambda e: e.properties.get("rec_id", ""), key_type=Types.STRING()))
+        keyed(routed_exposures)
+        .connect(keyed(side_output(user_rows, OUTCOME_TAG)))
         .process(AttributionJoin(features_cfg, settings.learning), output_type=Types.STRING())
         .name("A/B attribution join")
         .uid("ab-attribution")
@@ -264,8 +263,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).uid("sink-ab-outcomes")
     # The click-propensity model learns from the labelled shown items (one learner).
     model_versions = (
-        attributions.get_side_output(EXAMPLE_TAG)
-        .key_by(lambda x: "propensity", key_type=Types.STRING())
+        keyed(side_output(attributions, EXAMPLE_TAG))
         .process(
             PropensityTraining(settings.learning, settings.metrics), output_type=Types.STRING()
         )

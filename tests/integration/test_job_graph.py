@@ -1,0 +1,58 @@
+"""The job's plan has no hidden Python operators (flink_jobs/exchanges.py says why).
+
+Builds the real pipeline on a local environment (a JVM, no services) and reads the
+stream graph PyFlink hands to Flink, after its Python operator fusion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from flink_jobs.python_env import embedded_python_path
+from personalization.settings import Settings
+
+# The helpers PyFlink inserts: key_by's AddKey, get_side_output's identity map and a
+# Python TimestampAssigner's extractor.
+HIDDEN = ("_stream_key_by_map_operator", "Extract-Timestamp", "Map")
+
+
+@pytest.fixture(scope="module")
+def plan(services_settings: Settings, jars: object) -> list[dict[str, object]]:
+    os.environ["PYTHONPATH"] = embedded_python_path()
+    from flink_jobs.user_features_job import build_pipeline, create_environment
+
+    settings = services_settings  # the connector jar the `jars` fixture fetched
+    env = create_environment(settings, None)
+    build_pipeline(env, settings)
+    nodes: list[dict[str, object]] = json.loads(env.get_execution_plan())["nodes"]
+    return nodes
+
+
+def test_no_hidden_python_operators(plan: list[dict[str, object]]):
+    names = [str(n["type"]) for n in plan]
+    hidden = [n for n in names if any(part == h for h in HIDDEN for part in n.split(", "))]
+    assert not hidden, f"hidden Python operators in the plan: {hidden}"
+
+
+def test_every_exchange_is_a_keyed_hash_or_forward(plan: list[dict[str, object]]):
+    by_id = {n["id"]: str(n["type"]) for n in plan}
+    keyed = {
+        by_id[n["id"]]
+        for n in plan
+        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
+        if p.get("ship_strategy") == "HASH"
+    }
+    assert keyed >= {
+        "user features + triggers",
+        "item popularity",
+        "A/B attribution join",
+    }
+    strategies = {
+        p.get("ship_strategy")
+        for n in plan
+        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
+    }
+    assert strategies <= {"HASH", "FORWARD", "BROADCAST"}
