@@ -1,6 +1,7 @@
 """``personalize``: one command line for the whole platform.
 
     personalize up [--rate 200] [--duration 120] [--file PATH]   whole stack + live traffic
+                   [--parallelism N]                         N > 1: job on N TaskManagers
     personalize down                                              stop everything `up` started
     personalize status
     personalize infra start|stop|status|reset [redis|kafka|flink|all]   default: Redis + Kafka
@@ -151,9 +152,31 @@ def send_traffic(
 # --- commands --------------------------------------------------------------------------
 
 
+def with_parallelism(settings: Settings, parallelism: int | None) -> Settings:
+    """``settings`` with ``flink.parallelism`` replaced (None: as configured, e.g. by
+    ``PZ_FLINK__PARALLELISM``)."""
+    if parallelism is None or parallelism == settings.flink.parallelism:
+        return settings
+    if parallelism < 1:
+        raise SystemExit(f"--parallelism must be at least 1, not {parallelism}")
+    flink = settings.flink.model_copy(update={"parallelism": parallelism})
+    return settings.model_copy(update={"flink": flink})
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from ops import stack
 
+    settings = with_parallelism(settings, args.parallelism)
+    n = settings.flink.parallelism
+    if n > settings.kafka.partitions:
+        _say(
+            f"warning: parallelism {n} > {settings.kafka.partitions} Kafka partitions: "
+            "some source subtasks get no partition (PZ_KAFKA__PARTITIONS)"
+        )
+    _say(
+        f"flink job: parallelism {n} "
+        + ("(local MiniCluster)" if n == 1 else f"(standalone cluster, {n} TaskManagers x 1 slot)")
+    )
     started = time.monotonic()
     stack.start_all(settings, _say)
     _say(
@@ -198,7 +221,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 INFRA_ALIASES = {"up": "start", "down": "stop"}
 # ops.infra.registry.SERVICES' names, spelled out so that building the parser imports
 # no service module (tests/unit/test_ops_service.py checks that they agree).
-INFRA_SERVICE_NAMES = ("redis", "kafka", "flink")
+INFRA_SERVICE_NAMES = ("redis", "redis-cluster", "kafka", "flink")
 
 
 def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
@@ -310,7 +333,7 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
     from ops.infra import flink_cluster
 
     if args.cluster_up:
-        flink_cluster.start(settings)
+        flink_cluster.start(settings)  # settings.flink.parallelism TaskManagers x 1 slot
     job_id = flink_cluster.submit_python_job(
         settings,
         "flink_jobs.user_features_job",
@@ -375,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole stack and send live traffic")
     traffic_args(up, 200.0, 120.0)
     up.add_argument("--no-traffic", action="store_true", help="only start the stack")
+    up.add_argument(
+        "--parallelism",
+        type=int,
+        default=None,
+        help="job parallelism (default flink.parallelism, PZ_FLINK__PARALLELISM); 1 = local "
+        "MiniCluster, N > 1 = local standalone cluster with N TaskManagers x 1 slot",
+    )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="what is running").set_defaults(func=cmd_status)

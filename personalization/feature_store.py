@@ -17,7 +17,7 @@ from typing import Any
 
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import Array, Float64, Int64, String
@@ -45,7 +45,9 @@ def repo_config(settings: Settings) -> RepoConfig:
         registry=str(settings.registry_file),
         provider="local",
         online_store=RedisOnlineStoreConfig(
-            type="redis", connection_string=settings.redis.connection_string
+            type="redis",
+            redis_type=RedisType(settings.redis.redis_type),
+            connection_string=settings.redis.connection_string,
         ),
         entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
         repo_path=str(settings.feature_repo_path),

@@ -2,9 +2,14 @@
 
 Layout per model name (``<project>`` is the Feast project, so stacks never mix)::
 
-    pz:<project>:model:<name>:versions  HASH  version id -> version record (JSON)
-    pz:<project>:model:<name>:order     ZSET  version id scored by its creation time
-    pz:<project>:model:<name>:active    STRING {"version", "pinned", "by", "at_ms"}
+    pz:<project>:model:{<name>}:versions  HASH  version id -> version record (JSON)
+    pz:<project>:model:{<name>}:order     ZSET  version id scored by its creation time
+    pz:<project>:model:{<name>}:active    STRING {"version", "pinned", "by", "at_ms"}
+
+The braces are a Redis Cluster hash tag: the three keys of a model hash to one slot, so
+the publish script (one EVAL over all three) also runs on a cluster. Keys of the layout
+before the tag (``pz:<project>:model:<name>:...``) are renamed on first use of the model
+on a single-node Redis.
 
 The job publishes versions (through the ``feature_updates`` changelog and the
 online-store writer, so a version is only published once its training examples are
@@ -19,11 +24,13 @@ record: harmless. Old versions beyond ``keep`` are pruned, never the active one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
 
 import redis
+import redis.cluster
 
 from personalization.model_versions import ModelVersion
 
@@ -76,11 +83,26 @@ class ModelRegistry:
         self._redis = client
         self._prefix = f"pz:{project}:model:"
         self._keep = keep
+        self._migrated: set[str] = set()
         self._publish = client.register_script(_PUBLISH)
 
     def _keys(self, model: str) -> tuple[str, str, str]:
-        base = self._prefix + model
-        return f"{base}:versions", f"{base}:order", f"{base}:active"
+        base = f"{self._prefix}{{{model}}}"
+        keys = f"{base}:versions", f"{base}:order", f"{base}:active"
+        if model not in self._migrated:
+            self._migrate(model, keys)
+        return keys
+
+    def _migrate(self, model: str, keys: tuple[str, str, str]) -> None:
+        """Rename the untagged keys of ``model`` (single node only: a cluster could never
+        run the publish script over them, so it holds none)."""
+        if not isinstance(self._redis, redis.cluster.RedisCluster):
+            legacy = self._prefix + model
+            for suffix, key in zip(("versions", "order", "active"), keys, strict=True):
+                # "no such key": nothing to migrate.
+                with contextlib.suppress(redis.ResponseError):
+                    self._redis.renamenx(f"{legacy}:{suffix}", key)
+        self._migrated.add(model)
 
     def publish(self, version: ModelVersion) -> bool:
         """Store ``version``; True when it became the active one (nothing pinned)."""

@@ -11,12 +11,14 @@ job submitted to a remote cluster sees exactly the configuration of the submitte
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,11 +35,64 @@ class RedisSettings(_Section):
     # Socket timeouts keep a dead Redis from hanging a request past its deadline.
     socket_timeout_s: float = 0.05
     connect_timeout_s: float = 0.05
+    # Redis Cluster: "host:port" of some (or all) masters; empty = the single node at
+    # host:port above (the default). PZ_REDIS__CLUSTER_NODES takes a comma-separated
+    # list ("10.0.0.1:7000,10.0.0.2:7000") or a JSON array. With nodes set, every
+    # client (personalization/redis_client.py) and Feast (redis_type: redis_cluster)
+    # talk to the cluster; host, port and db are then unused (a cluster has only db 0).
+    cluster_nodes: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("cluster_nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _check_nodes(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        for node in nodes:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"cluster node {node!r}: expected host:port")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError(f"cluster nodes listed twice: {list(nodes)}")
+        return nodes
+
+    @model_validator(mode="after")
+    def _cluster_has_db_0(self) -> RedisSettings:
+        if self.cluster_nodes and self.db != 0:
+            raise ValueError("Redis Cluster has only db 0: unset db or cluster_nodes")
+        return self
+
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """``cluster_nodes`` as (host, port) pairs."""
+        out = []
+        for node in self.cluster_nodes:
+            host, _, port = node.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+    @property
+    def redis_type(self) -> str:
+        """Feast's ``online_store.redis_type``: ``redis_cluster`` or ``redis``."""
+        return "redis_cluster" if self.cluster_nodes else "redis"
 
     @property
     def connection_string(self) -> str:
-        """Feast's ``connection_string`` form: ``host:port,db=N[,password=...]``."""
-        parts = [f"{self.host}:{self.port}", f"db={self.db}"]
+        """Feast's ``connection_string`` form: ``host:port,db=N[,password=...]``; for a
+        cluster ``host1:port1,host2:port2,...[,password=...]`` (no db: Feast passes every
+        parameter to ``RedisCluster``, which refuses one)."""
+        parts = list(self.cluster_nodes) or [f"{self.host}:{self.port}", f"db={self.db}"]
         if self.password:
             parts.append(f"password={self.password}")
         return ",".join(parts)
@@ -60,7 +115,14 @@ class KafkaSettings(_Section):
     # A/B testing: one record per Recommend answer, and the job's joined outcomes.
     exposures_topic: str = "exposures"
     ab_outcomes_topic: str = "ab_outcomes"
-    partitions: int = 2
+    # The job's own loop: item CF factors from the item operator back to the user
+    # operator (flink_jobs/item_factor_feed.py). Time-based retention is enough: the job
+    # keeps the latest of each item in broadcast state, checkpointed.
+    item_factors_topic: str = "item_factors"
+    # Partitions of every pipeline topic: the most source subtasks that get work, so at
+    # least the job's parallelism (flink.parallelism) and a multiple of it; 4 covers
+    # parallelism 1, 2 and 4. Existing topics with fewer are grown (ops.infra.kafka_broker).
+    partitions: int = Field(default=4, ge=1)
     flink_consumer_group: str = "pz-user-features"
     writer_consumer_group: str = "pz-online-store-writer"
 
@@ -78,11 +140,15 @@ class KafkaSettings(_Section):
             self.audit_topic,
             self.exposures_topic,
             self.ab_outcomes_topic,
+            self.item_factors_topic,
         )
 
 
 class FlinkSettings(_Section):
-    parallelism: int = 1
+    # 1: `personalize up` runs the job on a local MiniCluster. N > 1: on the local
+    # standalone cluster with N TaskManagers of one slot each (thread mode shares one
+    # Python interpreter between the slots of a TaskManager). PZ_FLINK__PARALLELISM.
+    parallelism: int = Field(default=1, ge=1)
     # Key groups: the most a savepoint can ever be rescaled to. Explicit, because a
     # changed maximum makes every keyed state unrestorable. 128 is what Flink derives
     # for parallelism <= 85, so checkpoints taken before it was set still restore.
@@ -391,6 +457,7 @@ class Settings(BaseSettings):
             "PZ_FEAST_PROJECT": self.feast.project,
             "PZ_FEAST_REGISTRY": str(self.registry_file),
             "PZ_REDIS_CONNECTION": self.redis.connection_string,
+            "PZ_REDIS_TYPE": self.redis.redis_type,
         }
 
 

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable
 
 import grpc
-import redis
 from confluent_kafka import Producer
 
 from feature_repo.names import USER_PROFILE
@@ -28,6 +27,7 @@ from personalization.feature_updates import FeatureUpdate
 from personalization.model_registry import ModelRegistry, UnknownVersion
 from personalization.online_store import OnlineStoreWriter
 from personalization.privacy import audit_record, pseudonymizer
+from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.collector import CollectUnavailable, EventCollector
@@ -153,7 +153,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
                 raise UnknownVersion(f"{model} has no versions")
         except UnknownVersion as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"model registry unavailable: {exc}")
         subject = f"model:{model}"
         detail = f"{request.action} {version or '(default)'}: {request.reason}".strip()
@@ -166,7 +166,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
             pointer = move(model, version)
         except UnknownVersion as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc.args[0]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"model registry unavailable: {exc}")
         return recommender_pb2.AdminReply(
             audit_id=_audit_id(record), subject=f"{subject}@{pointer.version}"

@@ -29,6 +29,7 @@ from personalization.feature_store import (
     item_index_key,
     redis_key,
 )
+from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
 from serving.catalog_snapshot import (
     COUNT_FEATURES,
@@ -145,7 +146,7 @@ class ItemCatalog:
             self._last_attempt_ms = now_ms
             try:
                 read = self._refresh_locked(now_ms)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 raise
@@ -265,7 +266,7 @@ class ItemCatalog:
         while not self._stop.is_set():
             try:
                 self.refresh_once()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("catalog refresh failed: %s", exc)
             except Exception:  # keep refreshing whatever a bad row did
                 log.exception("catalog refresh crashed")

@@ -24,6 +24,7 @@ from personalization.feature_store import (
     field_key,
     redis_key,
 )
+from personalization.redis_client import REDIS_ERRORS
 from personalization.redis_client import redis_client as shared_redis_client
 from personalization.settings import Settings
 from serving import metrics as serving_metrics
@@ -180,7 +181,7 @@ class UserFeatureReader:
         try:
             # execute_command: redis-py's typed hmget() rejects bytes keys (Feast's are bytes).
             values: list[bytes | None] = self._client.execute_command("HMGET", key, *self._fields)
-        except redis.RedisError as exc:  # refused, timed out, LOADING, READONLY ...
+        except REDIS_ERRORS as exc:  # refused, timed out, LOADING, READONLY, CLUSTERDOWN ...
             self._breaker.failed(str(exc))
             raise StoreUnavailable(f"online store unavailable: {exc}") from exc
         self._breaker.succeeded()
@@ -196,7 +197,7 @@ class UserFeatureReader:
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return False
 
     def close(self) -> None:

@@ -12,6 +12,10 @@ Service fixtures (session-scoped, started at most once per test session):
     ``~/.m2``) and returns their paths.
 ``redis_server``
     A Redis started for the session on ``services_settings``; stopped at the end.
+``redis_cluster``
+    A local 3-master Redis Cluster (``ops/infra/redis_cluster.py``) on free ports, for
+    the session; yields ``services_settings`` with ``redis.cluster_nodes`` set (and a
+    Feast registry of its own), so every client built from them talks to the cluster.
 ``kafka_broker``
     A single-node KRaft Kafka with every ``settings.kafka.all_topics`` topic created;
     stopped at the end.
@@ -27,11 +31,13 @@ from pathlib import Path
 import pytest
 
 from ops.infra import kafka_broker as kafka_mod
+from ops.infra import redis_cluster as redis_cluster_mod
 from ops.infra import redis_server as redis_mod
 from ops.infra.jars import JarPaths, ensure_jars
-from ops.infra.processes import free_port
+from ops.infra.processes import free_port, port_open
 from personalization.settings import (
     PROJECT_ROOT,
+    FeastSettings,
     FeatureSettings,
     FlinkSettings,
     KafkaSettings,
@@ -103,6 +109,36 @@ def redis_server(services_settings: Settings) -> Iterator[Settings]:
         yield services_settings
     finally:
         redis_mod.stop(services_settings)
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """Free ports whose cluster bus port (+10000) is free and below 65536 too."""
+    ports: set[int] = set()
+    while len(ports) < n:
+        port = free_port()
+        if port + redis_cluster_mod.BUS_PORT_OFFSET < 65536 and not port_open(
+            "127.0.0.1", port + redis_cluster_mod.BUS_PORT_OFFSET
+        ):
+            ports.add(port)
+    return sorted(ports)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(services_settings: Settings) -> Iterator[Settings]:
+    """A 3-master Redis Cluster for the whole session; yields the settings that reach it."""
+    nodes = tuple(f"127.0.0.1:{port}" for port in _cluster_ports(3))
+    registry = services_settings.run_path / "feast-cluster" / "registry.db"
+    settings = services_settings.model_copy(
+        update={
+            "redis": services_settings.redis.model_copy(update={"cluster_nodes": nodes}),
+            "feast": FeastSettings(registry_path=str(registry)),
+        }
+    )
+    redis_cluster_mod.start(settings)
+    try:
+        yield settings
+    finally:
+        redis_cluster_mod.stop(settings)
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, decode_record
 from personalization.online_store import OnlineStoreWriter
+from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
+
+# A failed write to the online store (single node or cluster): retried with backoff.
+WRITE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 
 __all__ = ["WriterStats", "decode_batch", "main", "run_writer", "update_consumer_lag"]
 
@@ -104,7 +107,7 @@ def run_writer(
                     with m.batch_seconds.time():
                         written = writer.write(updates)
                     break
-                except (redis.RedisError, OSError) as exc:
+                except WRITE_ERRORS as exc:
                     stats.write_errors += 1
                     m.write_errors.inc()
                     log.warning("online store write failed (%s); retrying in %.2fs", exc, backoff)

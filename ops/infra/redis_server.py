@@ -22,7 +22,7 @@ import redis
 
 from ops.infra.processes import ManagedProcess
 from ops.infra.service import Launch, ProcessService
-from personalization.redis_client import redis_client
+from personalization.redis_client import single_node_client
 from personalization.settings import Settings
 
 START_TIMEOUT_S = 30.0
@@ -53,7 +53,8 @@ def process(settings: Settings) -> ManagedProcess:
 
 
 def _client(settings: Settings, timeout_s: float = 1.0) -> redis.Redis:
-    return redis_client(settings.redis, request_path=False, timeout_s=timeout_s)
+    # This server's own node, also when clients are pointed at a cluster (cluster_nodes).
+    return single_node_client(settings.redis, request_path=False, timeout_s=timeout_s)
 
 
 def ping(settings: Settings) -> bool:

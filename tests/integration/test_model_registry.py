@@ -88,7 +88,7 @@ def test_watcher_swaps_between_requests_and_survives_bad_records(registry):
     assert model is not None and model.version == "v000000001"
     assert model.weights == {"src_cf": 2.0}
     # A corrupt version record is skipped; the model in use stays.
-    versions_key = f"pz:{reg._prefix.split(':')[1]}:model:{MODEL_NAME}:versions"
+    versions_key = reg._keys(MODEL_NAME)[0]
     reg.publish(version(2))
     client.hset(versions_key, "v000000002", b"not json")
     assert not watcher.refresh()
@@ -130,3 +130,28 @@ def test_cli_lists_rolls_back_and_promotes(redis_server: Settings):
     assert reg.active(MODEL_NAME).version == "v000000007"
     assert not reg.active(MODEL_NAME).pinned
     assert json.loads(reg.active(MODEL_NAME).to_json())["by"] == "promote"
+
+
+def test_untagged_keys_of_the_older_layout_are_taken_over(redis_server: Settings):
+    """Before the cluster hash tag the keys were ``pz:<project>:model:<name>:...``: a
+    single-node registry renames them on first use, pinned pointer included."""
+    client = redis.Redis(host="127.0.0.1", port=redis_server.redis.port)
+    project = f"test-{uuid.uuid4().hex[:8]}"
+    legacy = f"pz:{project}:model:{MODEL_NAME}"
+    old = version(5)
+    client.hset(f"{legacy}:versions", old.version, old.to_json())
+    client.zadd(f"{legacy}:order", {old.version: old.created_ms})
+    pointer = {"version": old.version, "pinned": True, "by": "rollback", "at_ms": 1}
+    client.set(f"{legacy}:active", json.dumps(pointer))
+    try:
+        reg = ModelRegistry(client, project)
+        active = reg.active(MODEL_NAME)
+        assert active is not None and active.version == old.version and active.pinned
+        assert [v.version for v in reg.versions(MODEL_NAME)] == [old.version]
+        assert not client.exists(f"{legacy}:versions", f"{legacy}:order", f"{legacy}:active")
+        assert all(client.exists(k) for k in reg._keys(MODEL_NAME))
+        assert "{" + MODEL_NAME + "}" in reg._keys(MODEL_NAME)[0]
+        # Still pinned after the move: a newer version is stored, not followed.
+        assert not reg.publish(version(6))
+    finally:
+        client.close()

@@ -31,12 +31,16 @@ def _ids(service: Service) -> str:
 def settings(tmp_path: Path) -> Settings:
     """A run dir of its own and free ports: nothing of ours or anyone's is there."""
     ports: set[int] = set()
-    while len(ports) < 5:
-        ports.add(free_port())
-    redis_port, kafka_port, controller_port, rest_port, rpc_port = sorted(ports)
+    while len(ports) < 8:
+        port = free_port()
+        if port < 55000:  # a cluster node's bus listens on port + 10000
+            ports.add(port)
+    redis_port, kafka_port, controller_port, rest_port, rpc_port, *cluster = sorted(ports)
     return Settings(
         run_dir=str(tmp_path / "run"),
-        redis=RedisSettings(port=redis_port),
+        redis=RedisSettings(
+            port=redis_port, cluster_nodes=tuple(f"127.0.0.1:{p}" for p in cluster)
+        ),
         kafka=KafkaSettings(
             bootstrap_servers=f"127.0.0.1:{kafka_port}", controller_port=controller_port
         ),
@@ -46,7 +50,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def test_names_are_unique_and_the_cli_offers_each() -> None:
     names = [s.name for s in ALL]
-    assert len(set(names)) == len(names) == 3
+    assert len(set(names)) == len(names) == 4
     assert list(SERVICES) == names
     assert tuple(names) == cli.INFRA_SERVICE_NAMES
     assert set(STACK_SERVICES) <= set(ALL)
@@ -101,6 +105,7 @@ def test_pickles_by_reference(service: Service, settings: Settings) -> None:
 def test_addresses_follow_the_settings(service: Service, settings: Settings) -> None:
     port = {
         "redis": settings.redis.port,
+        "redis-cluster": settings.redis.startup_nodes[-1][1],
         "kafka": int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1]),
         "flink": settings.flink.rest_port,
     }[service.name]
@@ -266,3 +271,54 @@ def test_start_infra_starts_in_order_and_says_where(
     assert a.calls == ["start kafka", "start redis"]
     assert said == ["kafka: kafka-host:1", "redis: redis-host:1"]
     assert fetched == []  # jars are the real broker's need, not a fake's
+
+
+# --- the local Redis Cluster (several processes: not a ProcessService) ------------------
+
+
+def test_redis_cluster_refuses_a_foreign_process_on_a_node_port(settings: Settings) -> None:
+    import socket
+
+    from ops.infra import redis_cluster
+
+    host, port = settings.redis.startup_nodes[0]
+    with socket.socket() as squatter:
+        squatter.bind((host, port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=f"{host}:{port} is already in use"):
+            redis_cluster.start(settings)
+    assert not redis_cluster.process(settings, host, port).pidfile.exists()
+    assert not redis_cluster.status(settings).running
+
+
+@pytest.mark.parametrize(
+    ("nodes", "error"),
+    [
+        (("10.1.2.3:7000", "127.0.0.1:7001", "127.0.0.1:7002"), "local nodes only"),
+        (("127.0.0.1:60000", "127.0.0.1:7001", "127.0.0.1:7002"), "cluster bus"),
+        (("127.0.0.1:7000", "127.0.0.1:7001"), "at least 3 masters"),
+    ],
+)
+def test_redis_cluster_refuses_what_it_cannot_run(
+    settings: Settings, nodes: tuple[str, ...], error: str
+) -> None:
+    from ops.infra import redis_cluster
+
+    bad = settings.model_copy(update={"redis": RedisSettings(cluster_nodes=nodes)})
+    with pytest.raises(RuntimeError, match=error):
+        redis_cluster.start(bad)
+    assert not bad.run_path.exists()  # refused before anything was created
+
+
+def test_redis_cluster_nodes_default_to_three_local_ports(tmp_path: Path) -> None:
+    from ops.infra import redis_cluster
+
+    plain = Settings(run_dir=str(tmp_path))
+    assert redis_cluster.address(plain) == ",".join(redis_cluster.DEFAULT_NODES)
+    assert redis_cluster.nodes(plain) == [
+        ("127.0.0.1", 7000),
+        ("127.0.0.1", 7001),
+        ("127.0.0.1", 7002),
+    ]
+    log = redis_cluster.process(plain, "127.0.0.1", 7001).logfile
+    assert log.is_relative_to(redis_cluster.log_dir(plain))
