@@ -1,6 +1,13 @@
 """The local stack: Redis, Kafka, the Feast registry, the Flink job, the online-store
 writer, the gRPC server and the metrics dashboard, started and stopped as one.
 
+The job runs where ``settings.flink.parallelism`` says: at 1 in a local MiniCluster
+(the ``flink-job`` component, one process), above 1 on the local standalone cluster
+(``ops.infra.flink_cluster``) with that many TaskManagers of one slot each, submitted
+with ``flink run`` as ``personalize deploy`` does (:func:`start_job`). In thread mode
+the slots of one TaskManager share one Python interpreter, so a MiniCluster (one JVM)
+cannot use a second core; separate TaskManager processes can.
+
 Every process gets the launcher's resolved settings through ``PZ_SETTINGS_JSON``, so a
 stack started with overrides (ports, topics, run dir) is consistent end to end.
 """
@@ -21,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
 
-from ops.infra import jars
+from ops.infra import flink_cluster, jars
+from ops.infra.flink_cluster import FLINK
 from ops.infra.kafka_broker import KAFKA
 from ops.infra.processes import ManagedProcess, wait_until
 from ops.infra.registry import STACK_SERVICES
@@ -135,11 +143,53 @@ def start_component(settings: Settings, component: Component) -> int:
     )
 
 
+def on_cluster(settings: Settings) -> bool:
+    """Whether the job runs on the local standalone cluster (parallelism > 1)."""
+    return settings.flink.parallelism > 1
+
+
+def cluster_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """This stack's jobs on the local cluster that are not terminal (none if it is down)."""
+    if flink_cluster.overview(settings) is None:
+        return []
+    return [
+        j
+        for j in flink_cluster.list_jobs(settings)
+        if j.get("name") == settings.flink.job_name
+        and j.get("state") not in flink_cluster.TERMINAL_STATES
+    ]
+
+
+def start_job(settings: Settings, say: Callable[[str], None] = print) -> str:
+    """The job on the standalone cluster with ``settings.flink.parallelism`` TaskManagers
+    x 1 slot, resuming from the newest retained checkpoint (as the MiniCluster job does;
+    keyed state is rescaled to the new parallelism within ``flink.max_parallelism``).
+    A job of this stack already running there is kept. Returns its job id."""
+    n = settings.flink.parallelism
+    say(f"flink cluster: {n} taskmanager(s) x 1 slot at {flink_cluster.rest_url(settings)}")
+    flink_cluster.start(settings, taskmanagers=n)
+    running = cluster_jobs(settings)
+    if running:
+        say(f"{FLINK_JOB.name}: job {running[0]['jid']} already on the cluster")
+        return str(running[0]["jid"])
+    job_id = flink_cluster.submit_python_job(
+        settings,
+        FLINK_JOB.module,
+        ["--settings-json", settings.model_dump_json(), *FLINK_JOB.args],
+        parallelism=n,
+    )
+    say(f"{FLINK_JOB.name}: job {job_id} on the cluster, parallelism {n}")
+    return job_id
+
+
 def start_all(settings: Settings, say: Callable[[str], None] = print) -> None:
     start_infra(settings, say)
     say("feast apply")
     feast_apply(settings)
     for component in APP_COMPONENTS:
+        if component is FLINK_JOB and on_cluster(settings):
+            start_job(settings, say)
+            continue
         pid = start_component(settings, component)
         say(f"{component.name}: pid {pid} (log {component.process(settings).logfile})")
     say("waiting for the gRPC server and the pipeline to answer")
@@ -175,19 +225,33 @@ def wait_dashboard_ready(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 def stop_all(settings: Settings, say: Callable[[str], None] = print) -> None:
+    """Stop the components, the job on the local cluster (cancelled: its checkpoints are
+    retained for the next ``up``) and the cluster, then Redis and Kafka."""
     for component in reversed(APP_COMPONENTS):
         if component.process(settings).stop():
             say(f"{component.name}: stopped")
+        if component is FLINK_JOB:
+            for job in cluster_jobs(settings):
+                flink_cluster.cancel_job(settings, str(job["jid"]))
+                say(f"{FLINK_JOB.name}: job {job['jid']} on the cluster cancelled")
+            if FLINK.stop(settings):
+                say(f"{FLINK.name}: stopped")
     for service in reversed(STACK_SERVICES):
         if service.stop(settings):
             say(f"{service.name}: stopped")
 
 
 def status(settings: Settings) -> dict[str, str]:
-    out = {service.name: str(service.status(settings)) for service in STACK_SERVICES}
+    out = {service.name: str(service.status(settings)) for service in (*STACK_SERVICES, FLINK)}
     for component in APP_COMPONENTS:
         pid = component.process(settings).pid()
         out[component.name] = f"running (pid {pid})" if pid else "stopped"
+        if component is FLINK_JOB and not pid:
+            jobs = cluster_jobs(settings)
+            if jobs:
+                out[component.name] = "on the cluster: " + ", ".join(
+                    f"job {j['jid']} {j['state']}" for j in jobs
+                )
     return out
 
 

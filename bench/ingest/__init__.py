@@ -1,9 +1,11 @@
 """Scenario ``ingest``: sustained events/s through the whole job, and CF updates/s in it.
 
-    python -m bench ingest [--events 50000] [--dataset movielens|taobao|PATH]
+    python -m bench ingest [--events 50000] [--dataset movielens|taobao|PATH] [--parallelism N]
 
 On a private stack (:class:`bench.env.BenchStack`: Redis, Kafka, ``feast apply``, the
-Flink job on a MiniCluster in thread mode, the online-store writer):
+Flink job on a MiniCluster in thread mode -- or, with ``--parallelism N`` > 1, on a
+local standalone cluster of N TaskManagers x 1 slot (:mod:`bench.ingest.cluster`) --
+the online-store writer):
 
 1. a backlog of ``--events`` real events (the MovieLens 100K ratings or the Taobao
    UserBehavior sample, read by :func:`traffic.iter_events` in time
@@ -47,6 +49,7 @@ from typing import Any
 from bench.env import BenchStack, say
 from bench.ingest.backlog import DATASETS, load_backlog, preload
 from bench.ingest.baseline import run_baseline
+from bench.ingest.cluster import ClusterJob, cluster_sessions, start_cluster, with_parallelism
 from bench.ingest.figures import figures, verify_store
 from bench.ingest.profile import profile_stages
 from bench.ingest.report import report
@@ -59,6 +62,13 @@ __all__ = ["DATASETS", "add_arguments", "report", "run_ingest"]
 def add_arguments(parser: Any) -> None:
     g = parser.add_argument_group("ingest")
     g.add_argument("--events", type=int, default=50_000, help="backlog size (events)")
+    g.add_argument(
+        "--parallelism",
+        type=int,
+        default=None,
+        help="job parallelism (default flink.parallelism); N > 1 runs the job and the "
+        "baseline on a local standalone cluster of N TaskManagers x 1 slot",
+    )
     g.add_argument(
         "--dataset",
         default="movielens",
@@ -105,6 +115,22 @@ def _loadavg() -> list[float]:
 
 
 def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
+    parallelism = getattr(args, "parallelism", None) or bench.settings.flink.parallelism
+    if parallelism < 1:
+        raise ValueError(f"--parallelism must be at least 1, not {parallelism}")
+    bench.settings = settings = with_parallelism(bench.settings, parallelism)
+    on_cluster = parallelism > 1
+    try:
+        return _run_ingest(bench, args, on_cluster)
+    finally:
+        if on_cluster:
+            from ops.infra import flink_cluster
+
+            if flink_cluster.stop(settings):
+                say("flink cluster: stopped")
+
+
+def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any]:
     settings = bench.settings
     n = args.events
     events, dataset = load_backlog(args.dataset, n, settings, int(time.time() * 1000) - 1000)
@@ -122,6 +148,12 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
             "warmup_fraction": args.warmup_fraction,
             "tail_fraction": args.tail_fraction,
             "flink": settings.flink.model_dump(),
+            "parallelism": settings.flink.parallelism,
+            "job_runs_on": (
+                f"standalone cluster, {settings.flink.parallelism} TaskManagers x 1 slot"
+                if on_cluster
+                else "MiniCluster (one JVM)"
+            ),
             "kafka_partitions": settings.kafka.partitions,
             "learning": settings.learning.model_dump(),
         },
@@ -147,17 +179,32 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
     say(f"preloading {n:,} events into Kafka (before the job starts)")
     result["preload"] = preload(settings, events)
     say(f"preloaded in {result['preload']['elapsed_s']}s: {result['preload']['per_topic']}")
+    cluster_job: ClusterJob | None = None
+    if on_cluster:
+        say(f"flink cluster: {settings.flink.parallelism} TaskManagers x 1 slot")
+        result["cluster"] = {"overview": start_cluster(settings)}
+        cluster_job = ClusterJob(settings, stack.FLINK_JOB.module, extra_args=("--restore", "none"))
     result["loadavg"]["at_job_start"] = _loadavg()
     launched = time.monotonic()
-    job_pid = bench.start_component(stack.FLINK_JOB)
-    writer_pid = bench.start_component(stack.WRITER)
-    sessions = {
-        "flink-job (+JVM)": job_pid,
-        "online-store-writer": writer_pid,
-        "kafka": bench.service_pid("kafka") or 0,
-        "redis": bench.service_pid("redis") or 0,
-    }
-    samples, windows, notes = sample_loop(bench, n, args, launched, sessions)
+    sessions: dict[str, int] = {}
+    if cluster_job is None:
+        sessions["flink-job (+JVM)"] = bench.start_component(stack.FLINK_JOB)
+    else:
+        # Submitted detached: sampling starts once `flink run` returns (the backlog waits
+        # in Kafka), so the time to the first event includes the submission.
+        say(f"flink job: submitted as {cluster_job.submit()}")
+        sessions.update(cluster_sessions(settings))
+    sessions["online-store-writer"] = bench.start_component(stack.WRITER)
+    sessions["kafka"] = bench.service_pid("kafka") or 0
+    sessions["redis"] = bench.service_pid("redis") or 0
+    samples, windows, notes = sample_loop(bench, n, args, launched, sessions, cluster_job)
+    if cluster_job is not None:
+        result["cluster"]["job_id"] = cluster_job.job_id
+        result["cluster"]["vertex_parallelism"] = cluster_job.vertex_parallelism()
+        notes.append(
+            "parallelism > 1: events consumed from the source vertex's REST metrics; "
+            "cf updates / duplicates scraped from the one TaskManager serving job_port"
+        )
     result["loadavg"]["at_end"] = _loadavg()
     result["figures"] = figures(samples, n, windows)
     result["cpu"] = {k: v for k, v in windows.items() if isinstance(v, dict)}
@@ -173,8 +220,11 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
     result["store_check"] = verify_store(settings, events)
     if not args.no_baseline:
         bench.stop_component(stack.WRITER)
-        bench.stop_component(stack.FLINK_JOB)
-        result["baseline"] = run_baseline(settings, n, args)
+        if cluster_job is not None:
+            cluster_job.cancel()  # frees the N slots for the baseline
+        else:
+            bench.stop_component(stack.FLINK_JOB)
+        result["baseline"] = run_baseline(settings, n, args, on_cluster=on_cluster)
         base_rate = result["baseline"].get("steady_events_per_s")
         if base_rate and result["figures"].get("steady_events_per_s"):
             result["figures"]["ratio_to_trivial_job"] = round(

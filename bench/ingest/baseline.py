@@ -53,14 +53,24 @@ def _output_records(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def run_baseline(settings: Settings, n: int, args: Any) -> dict[str, Any]:
-    """Events/s of bench/trivial_job.py over the same steady window of the same backlog."""
+def run_baseline(
+    settings: Settings, n: int, args: Any, *, on_cluster: bool = False
+) -> dict[str, Any]:
+    """Events/s of bench/trivial_job.py over the same steady window of the same backlog,
+    at ``settings.flink.parallelism``: in its own MiniCluster, or (``on_cluster``)
+    submitted to the local standalone cluster the real job ran on."""
     from bench import trivial_job
 
-    say("baseline: the trivial keyed job (bench/trivial_job.py) on the same backlog")
+    where = "on the cluster" if on_cluster else "in a MiniCluster"
+    say(
+        f"baseline: the trivial keyed job (bench/trivial_job.py) on the same backlog, "
+        f"parallelism {settings.flink.parallelism} {where}"
+    )
     lo = math.ceil(n * args.warmup_fraction)
     hi = math.floor(n * (1.0 - args.tail_fraction))
     _create_topic(settings, trivial_job.OUTPUT_TOPIC)
+    if on_cluster:
+        return _on_cluster(settings, n, args, lo, hi)
     launched = time.monotonic()
     pid = stack.start_component(settings, TRIVIAL_JOB)
     seen: list[tuple[float, int]] = []
@@ -80,12 +90,48 @@ def run_baseline(settings: Settings, n: int, args: Any) -> dict[str, Any]:
             time.sleep(0.1)
     finally:
         TRIVIAL_JOB.process(settings).stop()
+    return _figures({"pid": pid}, seen, lo, hi)
+
+
+def _figures(
+    out: dict[str, Any], seen: list[tuple[float, int]], lo: int, hi: int
+) -> dict[str, Any]:
     start = next((s for s in seen if s[1] >= lo), None)
     end = next((s for s in seen if s[1] >= hi), None)
-    out: dict[str, Any] = {"pid": pid, "records": seen[-1][1] if seen else 0}
+    out["records"] = seen[-1][1] if seen else 0
     first = next((s for s in seen if s[1] > 0), None)
     out["first_record_s"] = round(first[0], 1) if first else None
     if start and end and end[0] > start[0]:
         out["steady_events_per_s"] = round((end[1] - start[1]) / (end[0] - start[0]))
     say(f"baseline: {out.get('steady_events_per_s')} events/s steady")
     return out
+
+
+def _on_cluster(settings: Settings, n: int, args: Any, lo: int, hi: int) -> dict[str, Any]:
+    """The trivial job submitted to the running cluster; timed from the submission."""
+    from bench import trivial_job
+    from bench.ingest.cluster import ClusterJob
+
+    job = ClusterJob(settings, trivial_job.__name__)
+    launched = time.monotonic()
+    seen: list[tuple[float, int]] = []
+    try:
+        job.submit()
+        deadline = launched + args.timeout
+        while time.monotonic() < deadline:
+            count = _output_records(settings, trivial_job.OUTPUT_TOPIC)
+            if count >= 0:
+                seen.append((time.monotonic() - launched, count))
+            if count >= n:
+                break
+            job.check_running()
+            time.sleep(0.1)
+        parallelism = job.vertex_parallelism()
+    finally:
+        job.cancel()
+    return _figures(
+        {"job_id": job.job_id, "parallelism": settings.flink.parallelism, "vertices": parallelism},
+        seen,
+        lo,
+        hi,
+    )

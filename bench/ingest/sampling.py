@@ -16,6 +16,7 @@ from bench.env import (
     say,
     scrape,
 )
+from bench.ingest.cluster import ClusterJob
 from ops import stack
 from personalization.settings import Settings
 
@@ -127,18 +128,26 @@ def operator_threads_pct(threads: list[dict[str, Any]]) -> float:
     )
 
 
-class Window:
-    """CPU of the stack's processes (and the job's threads) between two samples."""
+def _threads_of(sids: tuple[int, ...]) -> dict[int, tuple[str, int]]:
+    out: dict[int, tuple[str, int]] = {}
+    for sid in sids:
+        out.update(_thread_ticks(sid))
+    return out
 
-    def __init__(self, sessions: dict[str, int], job_sid: int) -> None:
+
+class Window:
+    """CPU of the stack's processes (and the job's threads: those of every session in
+    ``job_sids``, the MiniCluster job or each TaskManager) between two samples."""
+
+    def __init__(self, sessions: dict[str, int], job_sids: tuple[int, ...]) -> None:
         self.meter = CpuMeter(sessions).start()
-        self.job_sid = job_sid
-        self.threads = _thread_ticks(job_sid) if job_sid else {}
+        self.job_sids = tuple(s for s in job_sids if s)
+        self.threads = _threads_of(self.job_sids)
         self.started = time.monotonic()
 
     def close(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
-        after = _thread_ticks(self.job_sid) if self.job_sid else {}
+        after = _threads_of(self.job_sids)
         return {
             "cpu_pct": self.meter.stop(),
             "job_threads": thread_cpu(self.threads, after, elapsed),
@@ -146,10 +155,23 @@ class Window:
 
 
 def sample_loop(
-    bench: BenchStack, n: int, args: Any, launched: float, sessions: dict[str, int]
+    bench: BenchStack,
+    n: int,
+    args: Any,
+    launched: float,
+    sessions: dict[str, int],
+    cluster_job: ClusterJob | None = None,
 ) -> tuple[list[Sample], dict[str, Any], list[str]]:
-    """Sample until the backlog is consumed and the writer has applied every row."""
+    """Sample until the backlog is consumed and the writer has applied every row.
+
+    ``cluster_job``: the job runs on the standalone cluster (parallelism > 1); events
+    consumed then come from its source vertex's REST metrics (see bench/ingest/cluster.py)
+    and the job threads are those of every TaskManager session in ``sessions``."""
     settings = bench.settings
+    if cluster_job is None:
+        job_sids: tuple[int, ...] = (sessions.get("flink-job (+JVM)", 0),)
+    else:
+        job_sids = tuple(sid for name, sid in sessions.items() if "taskmanager" in name)
     urls = stack.metrics_urls(settings)
     offsets = Offsets(settings)
     samples: list[Sample] = []
@@ -170,7 +192,9 @@ def sample_loop(
             if now > args.timeout:
                 notes.append(f"timed out after {args.timeout:.0f}s")
                 break
-            if bench.component_pid(stack.FLINK_JOB) is None:
+            if cluster_job is not None:
+                cluster_job.check_running()
+            elif bench.component_pid(stack.FLINK_JOB) is None:
                 raise RuntimeError("the Flink job exited\n" + bench.log_tail(stack.FLINK_JOB))
             try:
                 job = scrape(urls[stack.FLINK_JOB.name])
@@ -190,10 +214,15 @@ def sample_loop(
                 emitted, applied = last.rows_emitted, last.rows_committed
                 flink_committed = last.flink_committed
             dead = int(metric_sum(job, "pz_job_dead_letters_total"))
+            consumed = int(metric_sum(job, "pz_job_events_total")) + dead
+            if cluster_job is not None:
+                from_rest = cluster_job.source_records()
+                consumed = from_rest if from_rest is not None else (last.consumed if last else 0)
+                up = up or consumed > 0
             s = Sample(
                 t=round(now, 3),
                 job_up=up,
-                consumed=int(metric_sum(job, "pz_job_events_total")) + dead,
+                consumed=consumed,
                 dead_letters=dead,
                 duplicates=int(metric_sum(job, "pz_job_duplicates_dropped_total")),
                 cf_updates=int(metric_sum(job, "pz_model_updates_total", model="cf")),
@@ -204,9 +233,9 @@ def sample_loop(
             )
             samples.append(s)
             if whole is None and s.consumed > 0:
-                whole = Window(sessions, sessions.get("flink-job (+JVM)", 0))
+                whole = Window(sessions, job_sids)
             if steady is None and s.consumed >= lo:
-                steady = Window(sessions, sessions.get("flink-job (+JVM)", 0))
+                steady = Window(sessions, job_sids)
                 windows["steady_from_t"] = s.t
             if steady is not None and "steady" not in windows and s.consumed >= hi:
                 windows["steady"] = steady.close()

@@ -1,15 +1,25 @@
 """A standalone Flink session cluster from the scripts inside the apache-flink wheel.
 
-``pyflink/bin/start-cluster.sh`` starts one JobManager and one TaskManager (workers file
-= ``localhost``) with ``FLINK_CONF_DIR=<run_dir>/flink-conf``, a ``config.yaml`` written
-here from settings:
+``pyflink/bin/jobmanager.sh start`` starts the JobManager and ``taskmanager.sh start``
+(run N times, same ``FLINK_CONF_DIR=<run_dir>/flink-conf``) N TaskManagers, N =
+``settings.flink.parallelism`` unless given; a ``config.yaml`` written here from
+settings:
 
 * JobManager RPC on 127.0.0.1:``settings.flink.rpc_port``, REST/web UI on
   127.0.0.1:``settings.flink.rest_port``; pid files, logs and tmp dirs under
   ``<run_dir>/flink`` (Flink's default pid dir is /tmp, shared by every cluster);
-* 2 task slots; JobManager 1 GB, TaskManager 2 GB process memory with a small managed
-  fraction (the jobs keep heap state; thread mode runs Python inside the TM JVM), so
-  the cluster fits beside Kafka (512 MB heap) and Redis on 2 cores;
+* one task slot per TaskManager, each TaskManager a JVM process of its own. In thread
+  mode all slots of one TaskManager share its one embedded Python interpreter (one
+  GIL): two slots in one TM ran the trivial job at half the rate of one (ARCHITECTURE.md),
+  so parallelism pays only across TaskManager processes. Each TM has its own pid file
+  (``FLINK_IDENT_STRING=pz-tm<i>``: ``flink-pz-tm<i>-taskexecutor.pid`` and its own log
+  files), so one TM can be killed and restarted by index (:func:`kill_taskmanager`,
+  :func:`start_taskmanager`, :func:`restart_taskmanager`);
+* JobManager 1 GB; each TaskManager 2 GB process memory (less when many share
+  :data:`TASKMANAGERS_MEMORY_BUDGET_MB`, see :func:`taskmanager_memory_mb`) with a small
+  managed fraction (the jobs keep heap state; thread mode runs Python inside the TM
+  JVM): at N = 2 that is 1 + 2 x 2 GB beside Kafka (512 MB heap) and Redis on this
+  24 GiB, 2-core machine;
 * ``python.executable`` / ``python.client.executable`` = this interpreter (the venv),
   ``python.execution-mode`` = ``settings.flink.execution_mode`` (thread);
 * ``FLINK_LIB_DIR`` = ``<run_dir>/flink/lib``: the wheel's ``lib/`` plus ``opt/flink-python``
@@ -23,6 +33,7 @@ Jobs go through ``pyflink/bin/flink run --detached --python <file> --jarfile <co
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -33,6 +44,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,8 +72,18 @@ HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 SUBMIT_TIMEOUT_S = 300.0
 JOBMANAGER_MEMORY = "1024m"
-TASKMANAGER_MEMORY = "2048m"
-TASK_SLOTS = 2
+# Process memory of one TaskManager JVM (heap state; thread mode's CPython lives in the
+# same process, outside Flink's accounting: the JVM overhead share covers it)...
+TASKMANAGER_MEMORY_MB = 2048
+# ... and of all of them together: more TaskManagers get less each, never below the
+# minimum (N = 2 and 3 keep 2 GB each; the machine has 24 GiB, Kafka, Redis, the writer
+# and serving need about 2 GB beside the cluster).
+TASKMANAGERS_MEMORY_BUDGET_MB = 6144
+MIN_TASKMANAGER_MEMORY_MB = 1024
+# One slot per TaskManager: thread mode shares one interpreter between a TM's slots.
+TASK_SLOTS = 1
+JOBMANAGER_IDENT = "pz-jm"
+_TM_PIDFILE_RE = re.compile(r"^flink-pz-tm(\d+)-taskexecutor\.pid$")
 TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
 _JOB_ID_RE = re.compile(r"JobID ([0-9a-f]{32})")
 
@@ -105,6 +127,21 @@ def rest_url(settings: Settings, path: str = "") -> str:
     return f"http://{HOST}:{settings.flink.rest_port}{path}"
 
 
+def taskmanager_ident(index: int) -> str:
+    """``FLINK_IDENT_STRING`` of TaskManager ``index``: names its pid file and logs."""
+    return f"pz-tm{index}"
+
+
+def taskmanager_pidfile(settings: Settings, index: int) -> Path:
+    return pid_dir(settings) / f"flink-{taskmanager_ident(index)}-taskexecutor.pid"
+
+
+def taskmanager_memory_mb(taskmanagers: int) -> int:
+    """Process memory of each of ``taskmanagers`` TaskManagers (see the budget above)."""
+    share = TASKMANAGERS_MEMORY_BUDGET_MB // max(1, taskmanagers)
+    return max(MIN_TASKMANAGER_MEMORY_MB, min(TASKMANAGER_MEMORY_MB, share))
+
+
 # --- configuration -------------------------------------------------------------------
 
 
@@ -115,9 +152,16 @@ def _default_java_opts() -> str:
     return str(opts)
 
 
-def flink_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The cluster's ``config.yaml`` entries; ``extra`` entries are added or override."""
+def flink_config(
+    settings: Settings,
+    extra: Mapping[str, Any] | None = None,
+    taskmanagers: int | None = None,
+) -> dict[str, Any]:
+    """The cluster's ``config.yaml`` entries; ``extra`` entries are added or override.
+
+    ``taskmanagers`` (default ``settings.flink.parallelism``) sizes each TaskManager."""
     f = settings.flink
+    n_tms = f.parallelism if taskmanagers is None else taskmanagers
     fd = flink_dir(settings)
     return {
         "env.java.opts.all": _default_java_opts(),
@@ -133,12 +177,14 @@ def flink_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> 
         "taskmanager.bind-host": HOST,
         "taskmanager.host": HOST,
         "taskmanager.numberOfTaskSlots": TASK_SLOTS,
-        "taskmanager.memory.process.size": TASKMANAGER_MEMORY,
+        "taskmanager.memory.process.size": f"{taskmanager_memory_mb(n_tms)}m",
         "taskmanager.memory.managed.fraction": 0.1,
         "rest.address": HOST,
         "rest.bind-address": HOST,
         "rest.port": f.rest_port,
         "parallelism.default": f.parallelism,
+        # Explicit, as in the job: savepoints rescale within these key groups.
+        "pipeline.max-parallelism": f.max_parallelism,
         "execution.checkpointing.dir": settings.checkpoint_path.as_uri(),
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
@@ -147,7 +193,11 @@ def flink_config(settings: Settings, extra: Mapping[str, Any] | None = None) -> 
     }
 
 
-def write_conf(settings: Settings, extra: Mapping[str, Any] | None = None) -> Path:
+def write_conf(
+    settings: Settings,
+    extra: Mapping[str, Any] | None = None,
+    taskmanagers: int | None = None,
+) -> Path:
     """Write ``config.yaml``, masters, workers and the wheel's log4j files; return dir."""
     cdir = conf_dir(settings)
     cdir.mkdir(parents=True, exist_ok=True)
@@ -158,10 +208,12 @@ def write_conf(settings: Settings, extra: Mapping[str, Any] | None = None) -> Pa
         if src.name.startswith(("log4j", "logback")):
             shutil.copyfile(src, cdir / src.name)
     header = "# Written by ops.infra.flink_cluster; regenerated on every start.\n"
-    body = yaml.safe_dump(flink_config(settings, extra), sort_keys=False, width=1000)
+    config = flink_config(settings, extra, taskmanagers)
+    body = yaml.safe_dump(config, sort_keys=False, width=1000)
     (cdir / "config.yaml").write_text(header + body)
     (cdir / "masters").write_text(f"{HOST}:{settings.flink.rest_port}\n")
-    (cdir / "workers").write_text("localhost\n")
+    n_tms = settings.flink.parallelism if taskmanagers is None else taskmanagers
+    (cdir / "workers").write_text("localhost\n" * max(1, n_tms))
     return cdir
 
 
@@ -210,12 +262,19 @@ def flink_env(settings: Settings) -> dict[str, str]:
 
 
 def _rest(
-    settings: Settings, path: str, method: str = "GET", timeout_s: float = 5.0
+    settings: Settings,
+    path: str,
+    method: str = "GET",
+    timeout_s: float = 5.0,
+    body: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    req = urllib.request.Request(rest_url(settings, path), method=method)
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(rest_url(settings, path), data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        body = resp.read()
-    return json.loads(body) if body else {}
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
 
 
 def overview(settings: Settings) -> dict[str, Any] | None:
@@ -247,16 +306,61 @@ def _jobmanager_pid(settings: Settings) -> int | None:
     return None
 
 
-def _run_script(settings: Settings, script: str, *args: str, timeout_s: float = 120.0) -> str:
+def _live_pid_in(settings: Settings, pidfile: Path) -> int | None:
+    """The newest live pid of ``pidfile`` that is a daemon of this cluster."""
+    try:
+        words = pidfile.read_text().split()
+    except OSError:
+        return None
+    marker = str(conf_dir(settings))
+    for word in reversed(words):
+        pid = int(word) if word.isdigit() else 0
+        if pid_alive(pid) and marker in process_cmdline(pid):
+            return pid
+    return None
+
+
+def taskmanager_pid(settings: Settings, index: int) -> int | None:
+    """The live JVM of TaskManager ``index``, or None."""
+    return _live_pid_in(settings, taskmanager_pidfile(settings, index))
+
+
+def taskmanager_pids(settings: Settings) -> dict[int, int]:
+    """``{index: pid}`` of every live TaskManager of this cluster (by pid file)."""
+    out: dict[int, int] = {}
+    if not pid_dir(settings).is_dir():
+        return out
+    for pidfile in pid_dir(settings).iterdir():
+        match = _TM_PIDFILE_RE.match(pidfile.name)
+        if match:
+            pid = _live_pid_in(settings, pidfile)
+            if pid is not None:
+                out[int(match.group(1))] = pid
+    return dict(sorted(out.items()))
+
+
+def _run_script(
+    settings: Settings,
+    script: str,
+    *args: str,
+    timeout_s: float = 120.0,
+    ident: str | None = None,
+) -> str:
     cmd = ["bash", str(bin_dir() / script), *args]
+    env = flink_env(settings)
+    if ident is not None:
+        env["FLINK_IDENT_STRING"] = ident
     result = subprocess.run(
         cmd,
-        env=flink_env(settings),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
         check=False,
+        # The daemons it leaves behind lead no session of the caller's (a test's or the
+        # CLI's Ctrl-C / process-group kill must not take the cluster down with it).
+        start_new_session=True,
     )
     out = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
@@ -266,29 +370,98 @@ def _run_script(settings: Settings, script: str, *args: str, timeout_s: float = 
     return out
 
 
-def _has_taskmanager(settings: Settings) -> bool:
+def registered_taskmanagers(settings: Settings) -> list[dict[str, Any]]:
+    """``GET /taskmanagers``: the TaskManagers the JobManager knows (id, slots, ...)."""
+    return list(_rest(settings, "/taskmanagers", timeout_s=2.0).get("taskmanagers", []))
+
+
+def _has_taskmanagers(settings: Settings, n: int = 1) -> bool:
     ov = overview(settings)
-    return ov is not None and int(ov.get("taskmanagers", 0)) >= 1
+    return ov is not None and int(ov.get("taskmanagers", 0)) >= n
+
+
+def start_taskmanager(settings: Settings, index: int, timeout_s: float = 30.0) -> int:
+    """Start TaskManager ``index`` (``taskmanager.sh start`` with its own ident: its own
+    pid file and logs) unless it is alive; return its pid. It registers with the
+    JobManager by itself; :func:`start` waits for that."""
+    pid = taskmanager_pid(settings, index)
+    if pid is not None:
+        return pid
+    _run_script(settings, "taskmanager.sh", "start", ident=taskmanager_ident(index))
+
+    def java_running() -> bool:
+        # The pid file gets the pid as soon as the script forks; until the fork has
+        # exec'd java, its command line is still the script's.
+        found = taskmanager_pid(settings, index)
+        return found is not None and "TaskManagerRunner" in process_cmdline(found)
+
+    wait_until(java_running, timeout_s, interval_s=0.1, what=f"taskmanager {index} process")
+    pid = taskmanager_pid(settings, index)
+    assert pid is not None
+    log.info("flink taskmanager %d started (pid %d)", index, pid)
+    return pid
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def kill_taskmanager(
+    settings: Settings, index: int, sig: int = signal.SIGKILL, timeout_s: float = 30.0
+) -> int:
+    """Send ``sig`` (default SIGKILL: a crash) to TaskManager ``index`` and wait until it
+    is gone; return its pid. Python runs inside the JVM in thread mode; any child
+    process (process mode) gets the same signal."""
+    pid = taskmanager_pid(settings, index)
+    if pid is None:
+        raise RuntimeError(f"taskmanager {index} is not running")
+    orphans = _children(pid)
+    os.kill(pid, sig)
+    for child in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
+    wait_until(lambda: not pid_alive(pid), timeout_s, interval_s=0.05, what=f"tm {pid} to exit")
+    return pid
+
+
+def restart_taskmanager(
+    settings: Settings, index: int, sig: int = signal.SIGKILL
+) -> tuple[int, int]:
+    """Kill TaskManager ``index`` with ``sig`` and start a new one in its place at once;
+    return ``(old pid, new pid)``. A running job is restored onto it by the JobManager
+    (restart strategy, latest checkpoint): no resubmission."""
+    old = kill_taskmanager(settings, index, sig)
+    return old, start_taskmanager(settings, index)
 
 
 def start(
     settings: Settings,
     timeout_s: float = START_TIMEOUT_S,
     *,
+    taskmanagers: int | None = None,
     extra_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Start JobManager + TaskManager unless this cluster is up; return ``/overview``.
+    """Start the JobManager and ``taskmanagers`` TaskManagers (default
+    ``settings.flink.parallelism``; one slot each) unless up; return ``/overview``.
 
-    ``extra_config``: further ``config.yaml`` entries for a fresh start (e.g. the
-    TaskManager-kill test shortens ``heartbeat.interval``); ignored if already up.
+    A cluster already up keeps its JobManager and configuration; TaskManagers missing
+    from ``0 .. taskmanagers-1`` are started. ``extra_config``: further ``config.yaml``
+    entries for a fresh start (e.g. the TaskManager-kill test shortens
+    ``heartbeat.interval``); ignored if already up.
     """
+    n = settings.flink.parallelism if taskmanagers is None else taskmanagers
+    if n < 1:
+        raise ValueError(f"a cluster needs at least one taskmanager, not {n}")
     if _jobmanager_pid(settings) is not None:
         wait_until(lambda: overview(settings) is not None, timeout_s, what="flink REST /overview")
-        try:
-            wait_until(lambda: _has_taskmanager(settings), 30.0, what="a taskmanager")
-        except TimeoutError:
-            log.warning("flink jobmanager up without a taskmanager: starting one")
-            _run_script(settings, "taskmanager.sh", "start")
     else:
         refuse_busy_ports(
             HOST,
@@ -299,8 +472,10 @@ def start(
         # Stale pid files would make the daemon script count phantom instances.
         for pidfile in pid_dir(settings).glob("flink-*.pid"):
             pidfile.unlink()
-        write_conf(settings, extra_config)
-        _run_script(settings, "start-cluster.sh")
+        write_conf(settings, extra_config, n)
+        _run_script(settings, "jobmanager.sh", "start", ident=JOBMANAGER_IDENT)
+    for index in range(n):
+        start_taskmanager(settings, index)
 
     def jm_died() -> str | None:
         if _jobmanager_pid(settings) is not None:
@@ -310,10 +485,10 @@ def start(
         return f"flink jobmanager exited; log tail:\n{tail}"
 
     wait_until(
-        lambda: _has_taskmanager(settings),
+        lambda: _has_taskmanagers(settings, n),
         timeout_s,
         interval_s=0.5,
-        what=f"flink cluster at {rest_url(settings)} with a taskmanager",
+        what=f"flink cluster at {rest_url(settings)} with {n} taskmanager(s)",
         abort=jm_died,
     )
     ov = overview(settings)
@@ -322,20 +497,21 @@ def start(
     return ov
 
 
-def ensure_running(settings: Settings) -> dict[str, Any]:
-    return start(settings)
+def ensure_running(settings: Settings, taskmanagers: int | None = None) -> dict[str, Any]:
+    return start(settings, taskmanagers=taskmanagers)
 
 
 def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
-    """``stop-cluster.sh``, then SIGTERM/SIGKILL any daemon of ours still alive."""
+    """SIGTERM every TaskManager, then the JobManager (what ``flink-daemon.sh stop``
+    sends; SIGKILL after ``timeout_s``), then any daemon of ours still alive."""
     pids = _daemon_pids(settings)
     if not pids:
         return False
-    write_conf(settings)  # the stop script reads config.yaml for the pid dir
-    try:
-        _run_script(settings, "stop-cluster.sh", timeout_s=timeout_s + 30)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        log.warning("stop-cluster.sh: %s", exc)
+    for index, pid in taskmanager_pids(settings).items():
+        stop_pid(pid, timeout_s=timeout_s, name=f"flink taskmanager {index}")
+    jm = _jobmanager_pid(settings)
+    if jm is not None:
+        stop_pid(jm, timeout_s=timeout_s, name="flink jobmanager")
     for pid in _daemon_pids(settings):
         stop_pid(pid, timeout_s=timeout_s, name="flink daemon")
     for pidfile in pid_dir(settings).glob("flink-*.pid"):
@@ -366,6 +542,7 @@ def submit_python_job(
     *,
     jars: Sequence[Path] = (),
     parallelism: int | None = None,
+    savepoint: str | Path | None = None,
     timeout_s: float = SUBMIT_TIMEOUT_S,
 ) -> str:
     """Submit a PyFlink job detached to this cluster; return its job id.
@@ -374,6 +551,12 @@ def submit_python_job(
     -- resolved to its file: the packages are installed in the venv that the cluster's
     ``python.executable`` points at, so nothing else needs shipping). The Kafka connector
     jar (``settings.kafka_connector_jar_path``) is always attached with ``--jarfile``.
+
+    ``parallelism``: ``flink run --parallelism``. The job calls ``set_parallelism`` with
+    ``settings.flink.parallelism`` of the settings it is handed, which wins over this:
+    pass settings with the same parallelism in ``args`` (``--settings-json``).
+    ``savepoint``: ``flink run --fromSavepoint`` (a savepoint or retained checkpoint
+    dir), state rescaled to the new parallelism within the job's max parallelism.
     """
     entry = _python_entry(module_or_file)
     connector = ensure_jars(settings).flink_connector
@@ -395,6 +578,8 @@ def submit_python_job(
         cmd += ["--classpath", Path(jar).resolve().as_uri()]
     if parallelism is not None:
         cmd += ["--parallelism", str(parallelism)]
+    if savepoint is not None:
+        cmd += ["--fromSavepoint", str(savepoint)]
     # "--" ends Flink's option parsing. Without it a job argument that is a prefix of a
     # Flink option is taken by Flink and silently dropped: `flink run --python job.py
     # --restore latest` hands the job no arguments at all (--restore matches --restoreMode).
@@ -469,17 +654,100 @@ def cancel_job(settings: Settings, job_id: str, timeout_s: float = 60.0) -> None
     )
 
 
+def _await_savepoint(settings: Settings, job_id: str, request_id: str, timeout_s: float) -> Path:
+    result: dict[str, Any] = {}
+
+    def completed() -> bool:
+        result.update(_rest(settings, f"/jobs/{job_id}/savepoints/{request_id}"))
+        return bool(result.get("status", {}).get("id") == "COMPLETED")
+
+    wait_until(completed, timeout_s, interval_s=0.5, what=f"savepoint of job {job_id}")
+    operation = result.get("operation") or {}
+    if "location" not in operation:
+        raise RuntimeError(f"savepoint of job {job_id} failed: {operation}")
+    location = str(operation["location"])
+    # "file:/dir/savepoint-..." (a URI) or a plain path.
+    path = Path(urllib.parse.urlparse(location).path if location.startswith("file:") else location)
+    log.info("savepoint of job %s at %s", job_id, path)
+    return path
+
+
+def savepoint(
+    settings: Settings,
+    job_id: str,
+    target_dir: str | Path,
+    *,
+    cancel: bool = False,
+    timeout_s: float = 120.0,
+) -> Path:
+    """Take a savepoint of ``job_id`` into ``target_dir`` (``POST /jobs/<id>/savepoints``,
+    what ``flink savepoint`` / ``flink cancel -s`` do) and return its directory;
+    ``cancel``: the job is cancelled once the savepoint completes (and waited for).
+
+    A savepoint alone leaves the job running and checkpointing: a checkpoint completed
+    after it commits the exactly-once sinks' transactions for records that a restore
+    from the (older) savepoint produces again -- a duplicate trigger, seen in
+    tests/faults/test_rescale.py when it took a savepoint and then cancelled. To move a
+    job (rescale, upgrade) use :func:`stop_with_savepoint`."""
+    target = Path(target_dir).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    trigger = _rest(
+        settings,
+        f"/jobs/{job_id}/savepoints",
+        method="POST",
+        body={"target-directory": target.as_uri(), "cancel-job": cancel},
+    )
+    path = _await_savepoint(settings, job_id, str(trigger["request-id"]), timeout_s)
+    if cancel:
+        wait_until(
+            lambda: job_status(settings, job_id) in TERMINAL_STATES,
+            timeout_s,
+            interval_s=0.5,
+            what=f"job {job_id} to end after its savepoint",
+        )
+    return path
+
+
+def stop_with_savepoint(
+    settings: Settings, job_id: str, target_dir: str | Path, timeout_s: float = 120.0
+) -> Path:
+    """``flink stop --savepointPath <dir> <job>`` (``POST /jobs/<id>/stop``): a final,
+    synchronous savepoint -- no checkpoint after it, the exactly-once sinks commit
+    with it -- and the job finishes. Returns the savepoint dir to restore from
+    (``submit_python_job(..., savepoint=...)``, any parallelism up to the max)."""
+    target = Path(target_dir).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    trigger = _rest(
+        settings,
+        f"/jobs/{job_id}/stop",
+        method="POST",
+        body={"targetDirectory": target.as_uri(), "drain": False},
+    )
+    path = _await_savepoint(settings, job_id, str(trigger["request-id"]), timeout_s)
+    wait_until(
+        lambda: job_status(settings, job_id) in TERMINAL_STATES,
+        timeout_s,
+        interval_s=0.5,
+        what=f"job {job_id} to finish after stop-with-savepoint",
+    )
+    return path
+
+
 def status(settings: Settings) -> ServiceStatus:
     pid = _jobmanager_pid(settings)
     ov = overview(settings) if pid is not None else None
+    tms = taskmanager_pids(settings)
     if ov is None:
         detail = "REST not answering"
     else:
         detail = (
-            f"{ov.get('taskmanagers')} taskmanager(s), "
+            f"{ov.get('taskmanagers')} taskmanager(s) registered, "
             f"{ov.get('slots-available')}/{ov.get('slots-total')} slots free, "
             f"{ov.get('jobs-running')} job(s) running"
         )
+    if pid is not None:
+        listed = ", ".join(f"tm{i} pid {p}" for i, p in tms.items()) or "none"
+        detail += f"; taskmanager processes: {listed}"
     return ServiceStatus(
         name="flink",
         address=rest_url(settings),
@@ -493,8 +761,9 @@ def status(settings: Settings) -> ServiceStatus:
 @dataclass(frozen=True)
 class FlinkCluster:
     """The session cluster as a :class:`~ops.infra.service.Service`: JobManager and
-    TaskManager are daemons of the wheel's scripts, tracked by Flink's own pid files
-    (not one :class:`~ops.infra.processes.ManagedProcess`), hence a class of its own."""
+    TaskManagers are daemons of the wheel's scripts, tracked by Flink's own pid files
+    (not one :class:`~ops.infra.processes.ManagedProcess`), hence a class of its own.
+    ``start`` brings up ``settings.flink.parallelism`` TaskManagers."""
 
     name: str = "flink"
 
@@ -517,7 +786,7 @@ class FlinkCluster:
         return status(settings)
 
     def healthy(self, settings: Settings) -> bool:
-        return _has_taskmanager(settings)
+        return _has_taskmanagers(settings)
 
 
 FLINK = FlinkCluster()

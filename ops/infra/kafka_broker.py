@@ -231,7 +231,12 @@ def healthy(settings: Settings, timeout_s: float = 2.0) -> bool:
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every ``settings.kafka.all_topics`` topic that is missing, with
     ``settings.kafka.partitions`` partitions (existing topics with fewer get more).
-    Returns the topics created. Idempotent."""
+    Returns the topics created. Idempotent.
+
+    Growing a topic (a run dir from when the default was 2) moves keys to other
+    partitions for records produced from then on; the job orders by event time
+    (watermarks), and a running job's Kafka source finds the new partitions by its
+    periodic discovery, a restarted one at once. Partitions are never shrunk."""
     k = settings.kafka
     admin = _admin(settings)
     existing = admin.list_topics(timeout=timeout_s).topics

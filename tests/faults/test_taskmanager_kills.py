@@ -6,16 +6,19 @@ same input, replay and comparison helpers (imported from that module):
 
 * a private stack in a temporary run dir with free ports: Redis, a KRaft Kafka broker,
   the online-store writer, and a standalone cluster started by
-  ``ops.infra.flink_cluster`` (one JobManager, one TaskManager, thread
-  mode) with 1 s checkpoints to ``<run_dir>/checkpoints``; the job is submitted with
-  ``flink run --python ... -- --settings-json ... --restore none`` (as ``personalize
-  deploy`` and ``tests/deploy`` do);
+  ``ops.infra.flink_cluster`` (one JobManager, P TaskManagers of one slot each, thread
+  mode) with 1 s checkpoints to ``<run_dir>/checkpoints``; the job is submitted at
+  parallelism P with ``flink run --python ... -p P -- --settings-json ... --restore
+  none`` (as ``personalize deploy`` and ``tests/deploy`` do). The module runs twice:
+  P = 1 (``[p1]``) and P = 2 (``[p2]``: two TaskManager processes, the job's keyed
+  operators split over them; a kill takes down one of the two, in turn);
 * a fixed input of real events, the first ``AB_ROWS`` Taobao UserBehavior rows in time
   order plus hand-made trigger users and invalid payloads, replayed twice: run A
   (``ta-``) without faults, run B (``tb-``, one day later in event time) in four chunks,
-  the TaskManager JVM SIGKILLed while each of the last three chunks is being sent;
-* after each kill a new TaskManager is started with ``taskmanager.sh start`` and
-  nothing else: no resubmission, no ``--restore``. The JobManager notices the lost
+  a TaskManager JVM SIGKILLed while each of the last three chunks is being sent;
+* after each kill a new TaskManager is started in its place with ``taskmanager.sh
+  start`` (``flink_cluster.start_taskmanager``) and nothing else: no resubmission, no
+  ``--restore``. The JobManager notices the lost
   TaskManager, and the job's restart strategy (fixed delay) restarts it on the new
   TaskManager from the latest completed checkpoint. The test waits for the JobManager
   to log a restore after every kill and checks that the job id never changed and that
@@ -112,6 +115,7 @@ class ClusterStack(Stack):
     """The fault module's ``Stack`` with the job on a standalone cluster."""
 
     job_id: str = ""
+    parallelism: int = 1
 
     def log_tails(self, lines: int = 25) -> str:
         parts = [f"--- writer ---\n{stack.WRITER.process(self.settings).log_tail(lines)}"]
@@ -144,18 +148,6 @@ def taskmanagers(settings: Settings) -> list[int]:
             if marker in cmdline and "TaskManagerRunner" in cmdline:
                 pids.append(pid)
     return pids
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def jobmanager_log(settings: Settings) -> str:
@@ -193,29 +185,20 @@ def job_diagnosis(ctx: ClusterStack) -> str:
     return f"job {ctx.job_id}: {state}\nlatest exception: {root}\n{ctx.log_tails(40)}"
 
 
-def kill_taskmanager(ctx: ClusterStack) -> int:
-    """SIGKILL the cluster's only TaskManager JVM (Python runs inside it: thread mode)."""
+def kill_taskmanager(ctx: ClusterStack, index: int) -> int:
+    """SIGKILL TaskManager ``index``'s JVM (Python runs inside it: thread mode)."""
     pids = taskmanagers(ctx.settings)
-    assert len(pids) == 1, f"expected one live TaskManager, found {pids}"
-    pid = pids[0]
-    orphans = children(pid)  # none in thread mode; killed too if there were
-    os.kill(pid, signal.SIGKILL)
-    for child in orphans:
-        os.kill(child, signal.SIGKILL)
-    poll(lambda: not pid_alive(pid), 30, f"TaskManager {pid} to die", 0.05)
+    assert len(pids) == ctx.parallelism, f"expected {ctx.parallelism} live TMs, found {pids}"
+    pid = flink_cluster.kill_taskmanager(ctx.settings, index, signal.SIGKILL)
+    assert pid in pids and not pid_alive(pid)
     return pid
 
 
-def start_taskmanager(ctx: ClusterStack, before: set[int]) -> int:
-    """``taskmanager.sh start``; the new TM inherits the cluster's environment."""
-    flink_cluster._run_script(ctx.settings, "taskmanager.sh", "start")
-    new = poll(
-        lambda: sorted(set(taskmanagers(ctx.settings)) - before),
-        30,
-        "the new TaskManager process",
-        0.1,
-    )
-    return int(new[0])
+def start_taskmanager(ctx: ClusterStack, index: int, killed: int) -> int:
+    """``taskmanager.sh start`` in the killed one's place (same ident: its pid file)."""
+    new = flink_cluster.start_taskmanager(ctx.settings, index)
+    assert new != killed and new in taskmanagers(ctx.settings)
+    return new
 
 
 def wait_recovered(ctx: ClusterStack, restores_before: int, started: float) -> dict[str, float]:
@@ -263,9 +246,15 @@ def stop_everything(ctx: ClusterStack) -> list[int]:
     return leftovers
 
 
-@pytest.fixture(scope="module")
-def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
-    settings = private_settings(tmp_path_factory.mktemp("tm-kills-run"))
+@pytest.fixture(scope="module", params=[1, 2], ids=["p1", "p2"])
+def cluster_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterStack]:
+    parallelism = int(request.param)
+    base_settings = private_settings(tmp_path_factory.mktemp(f"tm-kills-p{parallelism}-run"))
+    settings = base_settings.model_copy(
+        update={"flink": base_settings.flink.model_copy(update={"parallelism": parallelism})}
+    )
     rows = load_taobao(dataset_path(TAOBAO, settings))
     ordered = sorted(rows, key=lambda r: (r.timestamp_s, r.line_no))[:AB_ROWS]
     now_ms = int(time.time() * 1000)
@@ -278,6 +267,7 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
         "tb-": build_run("tb-", ordered, base + DAY_MS, handmade=True),
     }
     ctx = ClusterStack(settings, runs, redis_client(settings), time.time())
+    ctx.parallelism = parallelism
     leftovers: list[int] = []
     phases: dict[str, float] = {}
     last = time.monotonic()
@@ -296,13 +286,14 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
         phase("redis+kafka")
         stack.feast_apply(settings)
         phase("feast apply")
-        flink_cluster.start(settings, extra_config=CLUSTER_CONFIG)
+        flink_cluster.start(settings, taskmanagers=parallelism, extra_config=CLUSTER_CONFIG)
         phase("cluster")
         stack.start_component(settings, stack.WRITER)
         ctx.job_id = flink_cluster.submit_python_job(
             settings,
             "flink_jobs.user_features_job",
             ["--settings-json", settings.model_dump_json(), "--restore", "none"],
+            parallelism=parallelism,
         )
         phase("flink run")
         flink_cluster.wait_for_job_state(settings, ctx.job_id, ["RUNNING"], timeout_s=90)
@@ -359,12 +350,14 @@ def test_exactly_once_state_under_taskmanager_kills(cluster_stack: ClusterStack)
         checkpoint = completed_checkpoints(settings)[-1][1]
         sending = sender.is_alive()
         killed_at = time.monotonic()
-        killed_pid = kill_taskmanager(ctx)
-        new_pid = start_taskmanager(ctx, {killed_pid})
+        index = (k - 1) % ctx.parallelism  # at P = 2: TM 0, 1, 0
+        killed_pid = kill_taskmanager(ctx, index)
+        new_pid = start_taskmanager(ctx, index, killed_pid)
         sent_b += sender.finish()
         timing = wait_recovered(ctx, restores_before, killed_at)
         kills.append(
             {
+                "tm": index,
                 "killed_tm": killed_pid,
                 "while_sending": sending,
                 "latest_checkpoint": checkpoint.name,
@@ -387,6 +380,8 @@ def test_exactly_once_state_under_taskmanager_kills(cluster_stack: ClusterStack)
     restores = restores_logged(ctx)
     restarts = num_restarts(ctx)
     jobs = flink_cluster.list_jobs(settings)
+    vertices = flink_cluster._rest(settings, f"/jobs/{ctx.job_id}")["vertices"]
+    user_parallelism = {v["parallelism"] for v in vertices if "user features" in v["name"]}
 
     a_users = read_view(settings, USER_VIEW, a.users())
     b_users = read_view(settings, USER_VIEW, b.users())
@@ -407,7 +402,8 @@ def test_exactly_once_state_under_taskmanager_kills(cluster_stack: ClusterStack)
     dlq_b = Counter(r["reason"] for r in dead_letters_of(dlq, b.prefix))
 
     report(
-        "exactly-once state under TaskManager kills (standalone cluster)",
+        f"exactly-once state under TaskManager kills (standalone cluster, parallelism "
+        f"{ctx.parallelism} on {ctx.parallelism} TaskManagers x 1 slot)",
         {
             "events replayed": f"A {sent_a} + {len(a.dlq)} invalid, B {sent_b} + {len(b.dlq)} "
             f"invalid (Taobao rows {len(a.rows)}, hand-made {sent_a - len(a.rows)}), "
@@ -416,6 +412,7 @@ def test_exactly_once_state_under_taskmanager_kills(cluster_stack: ClusterStack)
             "restores logged by the JobManager": len(restores),
             "numRestarts": restarts,
             "jobs on the cluster": [(j["jid"], j["state"]) for j in jobs],
+            "user operator parallelism": user_parallelism,
             "users compared": f"{len(a_users)} x {len(fs.feature_kinds(USER_VIEW))} features",
             "items compared": f"{len(a_items)} x {len(fs.feature_kinds(ITEM_VIEW))} features",
             "user feature differences": f"{len(user_diffs)} {by_field(user_diffs)}",
@@ -433,6 +430,7 @@ def test_exactly_once_state_under_taskmanager_kills(cluster_stack: ClusterStack)
         },
     )
     assert len(kills) == KILLS
+    assert user_parallelism == {ctx.parallelism}, user_parallelism
     # One restore per kill is what happens; a failed restore attempt would add one more
     # (and still have to end in the exact state checked below).
     assert len(restores) >= KILLS, restores

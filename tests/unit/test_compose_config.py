@@ -115,5 +115,22 @@ def test_flink_image_matches_the_settings_and_the_wheel() -> None:
     wheel = re.search(r'"apache-flink==([\d.]+)"', pyproject)
     assert image is not None and wheel is not None
     assert image.group(1) == wheel.group(1)
-    # Parallelism = partitions of the input topics.
-    assert env["PZ_FLINK__PARALLELISM"] == env["PZ_KAFKA__PARTITIONS"]
+
+
+def test_parallelism_fits_the_partitions_and_the_taskmanagers() -> None:
+    """Every source subtask gets the same number of partitions (a multiple, at least one
+    each), the broker's default agrees with the settings, and the parallelism is the
+    number of TaskManager processes x 1 slot (thread mode: the slots of one TaskManager
+    share one Python interpreter)."""
+    services = compose()["services"]
+    env = pz_vars_by_service()["job-submit"]
+    parallelism, partitions = int(env["PZ_FLINK__PARALLELISM"]), int(env["PZ_KAFKA__PARTITIONS"])
+    assert parallelism >= 1
+    assert partitions >= parallelism and partitions % parallelism == 0, (partitions, parallelism)
+    assert int(service_env(services["kafka"])["KAFKA_NUM_PARTITIONS"]) == partitions
+    taskmanager = services["taskmanager"]
+    props = yaml.safe_load(service_env(taskmanager)["FLINK_PROPERTIES"])
+    assert props["taskmanager.numberOfTaskSlots"] == 1
+    assert taskmanager["deploy"]["replicas"] == parallelism
+    jobmanager = yaml.safe_load(service_env(services["jobmanager"])["FLINK_PROPERTIES"])
+    assert jobmanager["parallelism.default"] == parallelism

@@ -1,0 +1,37 @@
+"""The local standalone cluster's configuration: N TaskManagers x 1 slot, each with its
+own pid file and a memory budget that fits the machine; `personalize up --parallelism`.
+(Starting real daemons is tests/deploy/ and tests/faults/.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ops.cli import build_parser, with_parallelism
+from ops.infra import flink_cluster
+from personalization.settings import FlinkSettings, Settings
+
+
+def test_one_slot_per_taskmanager_and_memory_within_the_budget(tmp_path: Path) -> None:
+    settings = Settings(run_dir=str(tmp_path), flink=FlinkSettings(parallelism=2))
+    conf = yaml.safe_load((flink_cluster.write_conf(settings) / "config.yaml").read_text())
+    assert conf["taskmanager.numberOfTaskSlots"] == 1
+    assert conf["pipeline.max-parallelism"] == settings.flink.max_parallelism == 128
+    assert conf["taskmanager.memory.process.size"] == "2048m"
+    for n in (1, 2, 3, 4, 8):
+        assert flink_cluster.taskmanager_memory_mb(n) >= flink_cluster.MIN_TASKMANAGER_MEMORY_MB
+        assert n * flink_cluster.taskmanager_memory_mb(n) <= max(
+            flink_cluster.TASKMANAGERS_MEMORY_BUDGET_MB, n * flink_cluster.MIN_TASKMANAGER_MEMORY_MB
+        )
+    names = {flink_cluster.taskmanager_pidfile(settings, i).name for i in range(2)}
+    assert names == {"flink-pz-tm0-taskexecutor.pid", "flink-pz-tm1-taskexecutor.pid"}
+    assert flink_cluster.taskmanager_pids(settings) == {}  # none running
+
+
+def test_up_takes_a_parallelism() -> None:
+    args = build_parser().parse_args(["up", "--parallelism", "2", "--no-traffic"])
+    settings = with_parallelism(Settings(), args.parallelism)
+    assert settings.flink.parallelism == 2
+    assert settings.kafka.partitions % settings.flink.parallelism == 0
+    assert with_parallelism(settings, None) is settings
