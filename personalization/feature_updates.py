@@ -32,8 +32,19 @@ _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 def next_version_us(time_ms: int, previous_us: int) -> int:
     """The version rule: the row's time in microseconds, but always past the previous
     version of the same entity, so versions grow strictly even when events arrive out of
-    order or share a millisecond (Feast skips a row that is not newer than the stored one)."""
-    return max(time_ms * 1000, previous_us + 1)
+    order or share a millisecond (Feast skips a row that is not newer than the stored one).
+
+    The microsecond digits (event times are milliseconds) count the entity's updates,
+    mod 1000: both branches advance them by one. That breaks the tie a restore would
+    leave otherwise. A run that dies after its sink flushed a row, say for a purchase at
+    t, restarts from the checkpoint and may meet the events since in another order (they
+    come from several topics), e.g. a view at t - 10 first: its final row, with both
+    events, would carry the same time-only version t as the dead run's row without the
+    view, and Feast would keep the one applied first. With the count, the row that folded
+    more events is newer (unless the count wraps between the two: 1 in 1000).
+    """
+    count = (previous_us + 1) % 1000
+    return max(time_ms * 1000 + count, previous_us + 1)
 
 
 @dataclass(frozen=True, slots=True)

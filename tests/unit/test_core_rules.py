@@ -28,8 +28,23 @@ def test_versions_grow_strictly(time_ms: int, previous_us: int) -> None:
     assert version >= time_ms * 1000
 
 
+@given(st.integers(0, 2**41), st.integers(0, 2**51))
+def test_the_microsecond_digits_count_updates(time_ms: int, previous_us: int) -> None:
+    assert next_version_us(time_ms, previous_us) % 1000 == (previous_us + 1) % 1000
+
+
 def test_version_is_the_event_time_when_it_is_newer() -> None:
-    assert next_version_us(1_700_000_000_000, 5) == 1_700_000_000_000_000
+    # Plus the update count in the microseconds (6 = 5 + 1).
+    assert next_version_us(1_700_000_000_000, 5) == 1_700_000_000_000_006
+
+
+def test_after_a_restore_the_run_that_folded_more_events_is_newer() -> None:
+    checkpoint = next_version_us(1_000, 0)  # the state the restore starts from
+    purchase_t, view_t = 2_000, 1_990
+    dead_run = next_version_us(purchase_t, checkpoint)  # flushed, then the run died
+    view = next_version_us(view_t, checkpoint)  # the replay meets the view first
+    replay = next_version_us(purchase_t, view)
+    assert replay > dead_run  # Feast keeps the row with both events
 
 
 def test_half_life_halves() -> None:
