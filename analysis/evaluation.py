@@ -33,7 +33,7 @@ from flink_jobs.learning import (
     interaction_weight,
     rating_of,
 )
-from flink_jobs.local import STAGE_CF, LocalPipeline
+from flink_jobs.local import LocalPipeline
 from personalization.events import Event, EventRejected, validate_event
 from personalization.settings import FeatureSettings, Settings
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
@@ -79,14 +79,10 @@ class EvaluationResult:
     events: int = 0
     methods: dict[str, MethodScore] = field(default_factory=dict)
     seconds: float = 0.0
-    learn_seconds: float = 0.0  # the CF step (prequential evaluation + learn_one)
     cf_updates: int = 0
-    # The other steps of the job (profile, popularity, co-visitation) on every event.
+    # The job's steps on every event: profile, popularity, co-visitation, both halves of
+    # the online MF (with its prequential check) and the item-factor feed.
     steps_seconds: float = 0.0
-
-    @property
-    def cf_updates_per_s(self) -> float:
-        return self.cf_updates / self.learn_seconds if self.learn_seconds else 0.0
 
     def table(self) -> str:
         lines = [
@@ -198,7 +194,7 @@ def _user_features(pipeline: LocalPipeline, user_id: str, now_ms: int) -> UserFe
     if state is None:
         return None
     row = profile.user_feature_row(state, pipeline.user_step.cfg)
-    vector = pipeline.model.export_user(user_id)
+    vector = pipeline.user_factors(user_id)
     if vector is not None:
         row["cf_vector"] = vector
     return features_from_row(user_id, row, None, now_ms)
@@ -229,18 +225,10 @@ def evaluate(
     features = (features or FeatureSettings()).model_copy(
         update={"trending_half_life_s": popularity_half_life_s}
     )
-    spent = {"learn": 0.0, "steps": 0.0}
-    clock = time.perf_counter
-    last = [clock()]
-
-    def lap(stage: str) -> None:
-        now = clock()
-        spent["learn" if stage == STAGE_CF else "steps"] += now - last[0]
-        last[0] = now
-
     pipeline = LocalPipeline(
-        Settings(features=features), learner=learner, covisit=covisit, lap=lap, keep_rows=False
+        Settings(features=features), learner=learner, covisit=covisit, keep_rows=False
     )
+    steps_seconds = 0.0
     catalog = _catalog(events, learner.factors, item_tags)
     neighbours = _LiveNeighbours(pipeline, catalog, pipeline.item_step.covisit.neighbors)
     catalog = dataclasses.replace(catalog, covisitation=neighbours)
@@ -268,24 +256,23 @@ def evaluate(
             mine.add(item)
 
         # --- learn the event: the job's own steps ---
-        pipeline.last_cf = None
-        last[0] = clock()
+        pipeline.last_learned_item = ""
+        t0 = time.perf_counter()
         pipeline.event(event)
+        steps_seconds += time.perf_counter() - t0
         state = pipeline.item_state(item) if item else None
         position = catalog.index_of.get(item) if item else None
         if state is not None and position is not None:
             catalog.trending_score[position] = state.trending
             catalog.trending_ref_ms[position] = state.trending_ref_ms
-        if pipeline.last_cf is not None:
-            for changed in pipeline.last_cf.dirty_items:
-                i = catalog.index_of.get(changed)
-                vec = pipeline.model.item_vector(changed)
-                if i is not None and vec is not None:
-                    catalog.item_factors[i] = vec
-                    catalog.factor_mask[i] = True
+        if pipeline.last_learned_item:
+            i = catalog.index_of.get(pipeline.last_learned_item)
+            vec = pipeline.item_factors(pipeline.last_learned_item)
+            if i is not None and vec is not None:
+                catalog.item_factors[i] = vec
+                catalog.factor_mask[i] = True
         catalog.columns_changed()  # columns mutated in place: drop the derived ones
-    result.cf_updates = pipeline.model.updates
-    result.learn_seconds = spent["learn"]
-    result.steps_seconds = spent["steps"]
+    result.cf_updates = pipeline.cf_updates
+    result.steps_seconds = steps_seconds
     result.seconds = time.perf_counter() - started
     return result

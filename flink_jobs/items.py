@@ -51,6 +51,9 @@ class ItemState:
     # counted kind -> window name -> buckets
     window_buckets: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
     version_us: int = 0
+    # The item's CF factors (float32 bytes; empty until learnt): the item half of the
+    # partitioned online MF (flink_jobs/learning.py).
+    cf_factors: bytes = b""
 
 
 def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool:

@@ -27,11 +27,17 @@ negatives of one interaction updated as one batch, about twice as fast: ~33,000-
 interactions/s (1 positive + 4 negatives each) on synthetic keys and ~37,000/s on the
 MovieLens replay (``python -m bench.evaluate``). A BPR (pairwise) loss is available too.
 
-Keyed use: :func:`sgd_update` is the whole learning step on plain arrays, so a job can
-keep user vectors in user-keyed state and item vectors in item-keyed (or map) state;
-:class:`OnlineMF` is the same step over in-process dicts (single-partition job, tests,
-offline replay) and reports which keys it changed (:meth:`OnlineMF.drain_dirty`), so a
-job writes only those entries. It plays the learner role (``flink_jobs/learner.py``:
+Keyed use (the job): the model is partitioned by key. The user operator keeps each
+user's factors in the user's state and learns them with :func:`learn_user_half`, against
+the item factors as the item operators last published them (:class:`KnownItems`, fed
+back through ``flink_jobs/item_factor_feed.py``: slightly stale). The item operator keeps
+each item's factors in the item's state and learns them with :func:`learn_item_half`,
+from the factors the user had before the step (they travel with the item's event) and,
+as negatives, those of other recent users it saw (:class:`RecentUsers`): an item is a
+negative about as often as it is a positive, which is popularity-proportional negative
+sampling seen from the item's side. No operator holds the whole model, so both spread
+over any parallelism. :class:`OnlineMF` is the textbook single-process step over
+in-process dicts (tests, sweeps) and plays the learner role (``flink_jobs/learner.py``:
 ``learn_one`` / ``predict_one`` / ``rank``).
 
 :class:`PrequentialReport` is the one HitRate@k / NDCG@k accumulator: :func:`prequential`
@@ -63,11 +69,15 @@ from personalization.settings import LearningSettings
 
 __all__ = [
     "IMPLICIT_WEIGHTS",
+    "KnownItems",
     "LearnerConfig",
     "OnlineMF",
     "PrequentialReport",
+    "RecentUsers",
     "init_vector",
     "interaction_weight",
+    "learn_item_half",
+    "learn_user_half",
     "prequential",
     "rating_of",
     "score_items",
@@ -192,6 +202,174 @@ def sgd_update(
         errs = np.clip(negatives @ u0, -10.0, 10.0)  # target 0
         user -= lr * (errs @ negatives)
         negatives -= lr * (np.outer(errs, u0) + l2 * negatives)
+
+
+_NO_ROWS: dict[int, np.ndarray] = {}
+
+
+def _no_rows(factors: int) -> np.ndarray:
+    rows = _NO_ROWS.get(factors)
+    if rows is None:
+        rows = _NO_ROWS[factors] = np.zeros((0, factors), dtype=np.float32)
+    return rows
+
+
+def learn_user_half(
+    user: np.ndarray,
+    positive: np.ndarray,
+    negatives: np.ndarray,
+    weight: float,
+    cfg: LearnerConfig,
+) -> None:
+    """The user's side of :func:`sgd_update`: ``user`` in place, from the item rows as
+    the user operator knows them; the rows are read, never written (their own operator
+    learns them)."""
+    sgd_update(user, positive.copy(), negatives.copy(), weight, cfg)
+
+
+def learn_item_half(
+    item: np.ndarray,
+    user: np.ndarray,
+    others: np.ndarray,
+    weight: float,
+    cfg: LearnerConfig,
+) -> None:
+    """The item's side of one interaction, ``item`` in place.
+
+    ``user``: the interacting user's factors before the user's own step (target 1,
+    weighted); ``others`` [m, f]: factors of other recent users, each a negative (target
+    0). Squared loss: the item rows of :func:`sgd_update`. BPR needs the user's negatives,
+    which live elsewhere; its item side is the logistic form of the same pairs (a
+    positive pulled by ``sigmoid(-s)``, a negative pushed by ``sigmoid(s)``).
+    """
+    lr, l2 = cfg.learning_rate, cfg.l2
+    q0 = item.copy()
+    if cfg.loss == BPR:
+        g_pos = weight / (1.0 + math.exp(min(30.0, max(-30.0, float(q0 @ user)))))
+        item += lr * (g_pos * user - l2 * q0)
+        if len(others):
+            s = np.clip(others @ q0, -30, 30)
+            g = (1.0 / (1.0 + np.exp(-s))).astype(np.float32)
+            item -= lr * (g @ others + l2 * len(others) * q0)
+        return
+    err = _clip(float(q0 @ user) - 1.0) * weight
+    item -= lr * (err * user + l2 * q0)
+    if len(others):
+        errs = np.clip(others @ q0, -10.0, 10.0)  # target 0
+        item -= lr * (errs @ others + l2 * len(others) * q0)
+
+
+@dataclass(slots=True)
+class KnownItems:
+    """Item factors as the user operator knows them: the latest each item operator
+    published (newer versions only, so a reordered feed never goes back), as rows of one
+    matrix for negatives and the prequential evaluation. Not the model's truth (that is
+    in the item operators' state): a cache of it, a few records behind."""
+
+    cfg: LearnerConfig = field(default_factory=LearnerConfig)
+    index: dict[str, int] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    _rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    _recent: list[int] = field(default_factory=list)  # ring buffer of published rows
+    _recent_pos: int = 0
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        if self._rows.size == 0:
+            self._rows = np.zeros((16, self.cfg.factors), dtype=np.float32)
+        self._rng.seed(self.cfg.seed)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def put(self, item: str, factors: np.ndarray, version: int) -> bool:
+        """Keep ``factors`` for ``item`` unless a newer version is already held."""
+        if factors.shape != (self.cfg.factors,):
+            raise ValueError(f"expected {self.cfg.factors} factors, got {factors.shape}")
+        row = self.index.get(item)
+        if row is None:
+            row = len(self.ids)
+            if row == len(self._rows):
+                grown = np.zeros((2 * row, self.cfg.factors), dtype=np.float32)
+                grown[:row] = self._rows
+                self._rows = grown
+            self.index[item] = row
+            self.ids.append(item)
+            self.versions.append(version)
+        elif version <= self.versions[row]:
+            return False
+        else:
+            self.versions[row] = version
+        self._rows[row] = factors
+        # Each published version is one positive somewhere: the ring samples popularity.
+        if len(self._recent) < self.cfg.popularity_buffer:
+            self._recent.append(row)
+        else:
+            self._recent[self._recent_pos] = row
+            self._recent_pos = (self._recent_pos + 1) % self.cfg.popularity_buffer
+        return True
+
+    def vector(self, item: str) -> np.ndarray:
+        """The item's known factors (a view), or its initial ones when none were
+        published yet: the same vector the item operator starts it from."""
+        row = self.index.get(item)
+        return init_vector(item, "i", self.cfg) if row is None else self._rows[row]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._rows[: len(self.ids)]
+
+    def negatives(self, positive: str) -> np.ndarray:
+        """``cfg.negatives`` rows (copies) other than ``positive``'s, drawn uniformly over
+        known items or from recent publications (``cfg.negative_sampling``)."""
+        n, known = self.cfg.negatives, len(self.ids)
+        if n == 0 or known < 2:
+            return _no_rows(self.cfg.factors)
+        skip = self.index.get(positive, -1)
+        pool = self._recent if self.cfg.negative_sampling == POPULARITY else None
+        out: list[int] = []
+        rand = self._rng.random
+        for _ in range(4 * n):  # bounded retries: a hot positive fills the ring
+            row = pool[int(rand() * len(pool))] if pool else int(rand() * known)
+            if row != skip and row not in out:
+                out.append(row)
+                if len(out) == n:
+                    break
+        return self._rows[out] if out else _no_rows(self.cfg.factors)
+
+
+@dataclass(slots=True)
+class RecentUsers:
+    """The item operator's sample of recent users' factors (a ring, in memory only: after
+    a restart it refills from the next events), the negatives of :func:`learn_item_half`."""
+
+    cfg: LearnerConfig = field(default_factory=LearnerConfig)
+    capacity: int = 1_000
+    _rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    _filled: int = 0
+    _pos: int = 0
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._rows = np.zeros((self.capacity, self.cfg.factors), dtype=np.float32)
+        self._rng.seed(self.cfg.seed + 1)
+
+    def __len__(self) -> int:
+        return self._filled
+
+    def sample(self) -> np.ndarray:
+        """Up to ``cfg.negatives`` rows (copies), drawn with replacement."""
+        n = min(self.cfg.negatives, self._filled)
+        if n == 0:
+            return _no_rows(self.cfg.factors)
+        rand, filled = self._rng.random, self._filled
+        return self._rows[[int(rand() * filled) for _ in range(n)]]
+
+    def add(self, user: np.ndarray) -> None:
+        self._rows[self._pos] = user
+        self._pos = (self._pos + 1) % self.capacity
+        self._filled = min(self._filled + 1, self.capacity)
 
 
 def score_items(user_vector: np.ndarray, item_matrix: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The job's steps wired in process: the same per-record code as the Flink job, with
 keyed state in dicts.
 
-Records flow as in ``flink_jobs/user_features_job.py``: parse -> user step -> item step
-(the item's own event with its co-visitation links) and the CF step. With
+Records flow as in ``flink_jobs/user_features_job.py``: parse -> user step (with the CF
+user half) -> item step (the item's own event with its co-visitation links and the CF
+item half) -> the item's new factors back to the user step (the feed: here at once, in
+the job a few records later through Kafka). With
 ``pickled=True`` every keyed state is stored as pickled bytes and every record between
 steps is pickled once, as Flink's ``PICKLED_BYTE_ARRAY`` state and exchanges do, so
 ``bench ingest`` can profile what the job's Python code costs per event (``lap`` is
@@ -20,7 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flink_jobs import covisitation, items, learning, profile, steps
+import numpy as np
+
+from flink_jobs import covisitation, item_factor_feed, items, learning, profile, steps
 from personalization.events import Event
 from personalization.feature_updates import FeatureUpdate
 from personalization.settings import Settings
@@ -37,8 +41,7 @@ STAGE_USER_STATE = "user_state"
 STAGE_USER = "user"
 STAGE_ITEM_STATE = "item_state"
 STAGE_ITEM = "item"
-STAGE_CF = "cf"
-STAGE_CF_STATE = "cf_state"
+STAGE_FEED = "feed"
 STAGE_JSON = "json"
 STAGES = (
     STAGE_PARSE,
@@ -47,8 +50,7 @@ STAGES = (
     STAGE_USER,
     STAGE_ITEM_STATE,
     STAGE_ITEM,
-    STAGE_CF,
-    STAGE_CF_STATE,
+    STAGE_FEED,
     STAGE_JSON,
 )
 
@@ -86,7 +88,8 @@ class _Store:
 
 
 class LocalPipeline:
-    """Parse, user, item and CF steps on one stream of raw events, in process."""
+    """Parse, user and item steps (the CF halves within) and the item-factor feed on
+    one stream of raw events, in process."""
 
     def __init__(
         self,
@@ -100,12 +103,11 @@ class LocalPipeline:
         covisit: covisitation.CoVisitConfig | None = None,
     ) -> None:
         self.parse = steps.ParseStep(settings.features, settings.privacy)
-        self.user_step = steps.UserStep(settings.features, settings.privacy, settings.learning)
-        self.item_step = steps.ItemStep(settings.features, settings.learning)
-        self.cf_step = steps.CFStep(settings.learning)
         # Explicit learner configs (the offline evaluation sweeps them) win over settings.
-        if learner is not None:
-            self.cf_step.learner_cfg = learner
+        self.user_step = steps.UserStep(
+            settings.features, settings.privacy, settings.learning, learner
+        )
+        self.item_step = steps.ItemStep(settings.features, settings.learning, learner)
         if covisit is not None:
             self.user_step.covisit = self.item_step.covisit = covisit
         self.pickled = pickled
@@ -115,17 +117,13 @@ class LocalPipeline:
         self.users = _Store(pickled)
         self.items = _Store(pickled)
         self.neighbors = _Store(pickled)
-        self.cf_users = _Store(pickled)
-        self.cf_items = _Store(pickled)
-        self.cf_version = 0
-        self.model = self.cf_step.new_model()
-        self.quality = self.cf_step.new_monitor()
         self.output = PipelineOutput()
         # target -> the items whose neighbours hold it: the other direction of each stored
         # pair, for readers that symmetrise as serving does (analysis/evaluation.py).
         self.linked_from: dict[str, set[str]] = {}
-        # The CF step's result for the latest interaction (None when it learnt nothing).
-        self.last_cf: steps.CFResult | None = None
+        # The item whose CF factors the latest event changed ("" when none).
+        self.last_learned_item = ""
+        self.cf_updates = 0
 
     def _hop(self, record: Any) -> Any:
         """A record crossing an exchange (pickled there and back when mimicking Flink)."""
@@ -172,11 +170,11 @@ class LocalPipeline:
         for row in result.rows:
             self._emit(row)
         lap(STAGE_JSON)
+        if result.learned:
+            self.cf_updates += 1
         if result.item_event is not None:
             self.item_event(self._hop(result.item_event))
         lap(STAGE_RECORDS)
-        if result.interaction is not None:
-            self.interaction(self._hop(result.interaction))
 
     def item_event(self, record: steps.ItemEvent) -> None:
         lap = self.lap
@@ -194,37 +192,22 @@ class LocalPipeline:
         if not (result.item_changed and result.item is not None):
             lap(STAGE_ITEM_STATE)
             return
-        self.items.put(item_id, result.item)
+        item = result.item
+        self.items.put(item_id, item)
         neighbors = result.neighbors if record.links else self.neighbors.get(item_id)
         lap(STAGE_ITEM_STATE)
-        row = self.item_step.render(result.item, neighbors)
+        row = self.item_step.render(item, neighbors)
         lap(STAGE_ITEM)
         self._emit(row)
-        lap(STAGE_JSON)
-
-    def interaction(self, event: Event) -> None:
-        lap = self.lap
-        lap(STAGE_RECORDS)
-        if not self.cf_step.learns(event):
-            lap(STAGE_CF)
-            return
-        load_user, load_item = self.cf_step.needs(self.model, event)
-        if load_user and (stored := self.cf_users.get(event.user_id)) is not None:
-            self.model.import_user(event.user_id, stored)
-        if load_item and (stored := self.cf_items.get(event.item_id)) is not None:
-            self.model.import_item(event.item_id, stored)
-        lap(STAGE_CF_STATE)
-        result = self.cf_step.on_interaction(self.model, self.quality, event, self.cf_version)
-        self.last_cf = result
-        lap(STAGE_CF)
-        for user_id in result.dirty_users:
-            self.cf_users.put(user_id, self.model.export_user(user_id))
-        for item_id in result.dirty_items:
-            self.cf_items.put(item_id, self.model.export_item(item_id))
-        self.cf_version = result.version_us
-        lap(STAGE_CF_STATE)
-        for row in result.rows:
-            self._emit(row)
+        if result.learned:
+            self._emit(self.item_step.cf_row(item))
+            feed = item_factor_feed.encode(item_id, item.version_us, item.cf_factors)
+            lap(STAGE_JSON)
+            decoded = item_factor_feed.decode(feed)
+            if decoded is not None:
+                self.user_step.on_item_factors(*decoded)
+            self.last_learned_item = item_id
+            lap(STAGE_FEED)
         lap(STAGE_JSON)
 
     # --- what the state holds, for callers that read it (evaluation, tests) -----------
@@ -236,6 +219,21 @@ class LocalPipeline:
     def item_state(self, item_id: str) -> items.ItemState | None:
         state: items.ItemState | None = self.items.get(item_id)
         return state
+
+    def user_factors(self, user_id: str) -> list[float] | None:
+        state = self.user_state(user_id)
+        if state is None or not state.cf_factors:
+            return None
+        factors: list[float] = item_factor_feed.from_bytes(state.cf_factors).tolist()
+        return factors
+
+    def item_factors(self, item_id: str) -> np.ndarray | None:
+        state = self.item_state(item_id)
+        return (
+            None
+            if state is None or not state.cf_factors
+            else item_factor_feed.from_bytes(state.cf_factors)
+        )
 
     def item_neighbors(self, item_id: str) -> covisitation.Neighbors | None:
         state: covisitation.Neighbors | None = self.neighbors.get(item_id)

@@ -46,13 +46,26 @@ class PrequentialMonitor:
         if self.every > 1 and self.seen % self.every:
             return None
         user_vector = model.user_vector(user)
-        row = model.item_index.get(item)
-        n = len(model.item_ids)
-        if user_vector is None or row is None or n <= self.candidates:
+        if user_vector is None:
+            return None
+        return self._judge(user_vector, model.item_index.get(item), model.item_matrix)
+
+    def evaluate_vector(
+        self, user_vector: np.ndarray, row: int | None, matrix: np.ndarray
+    ) -> bool | None:
+        """:meth:`evaluate` for a partitioned model: the user's factors, the item's row
+        in ``matrix`` (None: unknown item) and the item factors the user side knows."""
+        self.seen += 1
+        if self.every > 1 and self.seen % self.every:
+            return None
+        return self._judge(user_vector, row, matrix)
+
+    def _judge(self, user_vector: np.ndarray, row: int | None, matrix: np.ndarray) -> bool | None:
+        n = len(matrix)
+        if row is None or n <= self.candidates:
             return None
         others = self.rng.integers(0, n, size=self.candidates)
         others = others[others != row]
-        matrix = model.item_matrix
         target = float(matrix[row] @ user_vector)
         better = int(np.count_nonzero(matrix[others] @ user_vector > target))
         hit = better < self.k

@@ -13,6 +13,7 @@ from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import (
+    KeyedBroadcastProcessFunction,
     KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
@@ -25,7 +26,7 @@ from flink_jobs import (
     attribution,
     exchanges,
     impressions,
-    learning,
+    item_factor_feed,
     propensity,
     steps,
 )
@@ -55,8 +56,6 @@ DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 TRIGGER_TAG = OutputTag("triggers", Types.STRING())
 # Side outputs bound for a keyed exchange carry Row(key, record) (flink_jobs/exchanges.py).
 ITEM_EVENT_TAG = OutputTag("item-events", exchanges.KEYED_RECORD)
-# Accepted item interactions, for the collaborative-filtering learner.
-INTERACTION_TAG = OutputTag("interactions", exchanges.KEYED_RECORD)
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
 OUTCOME_TAG = OutputTag("rec-outcomes", exchanges.KEYED_RECORD)
 # Labelled shown items from the attribution join, for the propensity trainer.
@@ -64,8 +63,12 @@ EXAMPLE_TAG = OutputTag("propensity-examples", exchanges.KEYED_RECORD)
 # Exposures as the user's impressions, from the exposure router to the user operator.
 IMPRESSION_TAG = OutputTag("impressions", exchanges.KEYED_RECORD)
 
-# The single learners' constant keys (one subtask each).
-CF_KEY = "cf"
+# Item CF factors from the item operator, for the feed back to the user operators.
+ITEM_FACTORS_TAG = OutputTag("item-factors", Types.STRING())
+# The user operators' copy of the fed item factors: item id -> a feed record.
+ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.STRING())
+
+# The propensity learner's constant key (one subtask).
 PROPENSITY_KEY = "propensity"
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
@@ -127,12 +130,39 @@ class ParseEvents(ProcessFunction):
         yield Row(parsed.user_id, parsed), parsed.event_time_ms
 
 
-class UserFeatures(KeyedProcessFunction):
-    """Keyed by user: dedup, profile update, triggers, feature rows (``UserStep``).
+class _QualityReporting:
+    """Prequential evaluation (done by the step before each update), published as model
+    metrics at most once a second."""
 
-    Emits the user's full feature row after every accepted event (main output),
-    trigger records (side output) and each accepted item event for the item branch
-    (side output, so items see the same deduplicated stream).
+    quality: PrequentialMonitor
+    model_metrics: Any
+    next_report: float
+
+    def _report_quality(self) -> None:
+        if self.quality.drift_detected:
+            log.warning(
+                "cf: drift in prequential hit rate (now %.3f after %d evaluations)",
+                self.quality.hit_rate,
+                self.quality.evaluated,
+            )
+            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=True)
+        now = time.monotonic()
+        if now >= self.next_report and self.quality.evaluated:
+            self.next_report = now + 1.0
+            self.model_metrics.set_prequential(
+                "cf", "sampled_hit_rate_at_10", self.quality.hit_rate
+            )
+            self.model_metrics.set_prequential("cf", "evaluated", self.quality.evaluated)
+            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=False)
+
+
+class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
+    """Keyed by user: dedup, profile update, triggers, feature rows, the user half of the
+    online MF (``UserStep``); the broadcast input is the item-factor feed.
+
+    Emits the user's rows after every accepted event as one changelog record (main
+    output), trigger records (side output) and each accepted item event for the item
+    branch (side output, so items see the same deduplicated stream).
     """
 
     def __init__(
@@ -152,6 +182,15 @@ class UserFeatures(KeyedProcessFunction):
         )
         self.metrics = _start_job_metrics(self.metrics_cfg)
         self.next_watermark_sample = 0.0
+        # The fed item factors: a fresh cache per (re)start, filled from the broadcast
+        # state (checkpointed) on the first record, then kept current by the feed.
+        self.step.known_items = self.step.cf.new_known_items()
+        self.step.quality = self.quality = self.step.cf.new_monitor()
+        self.cache_loaded = False
+        self.stored_at: dict[str, int] = {}  # item -> event time its factors were stored
+        self.model_metrics = metrics.model_metrics()
+        self.updates = self.model_metrics.updates.labels("cf")
+        self.next_report = 0.0
 
     def _sample_watermark(self, ctx: Any) -> None:
         now = time.monotonic()
@@ -159,9 +198,38 @@ class UserFeatures(KeyedProcessFunction):
             self.next_watermark_sample = now + WATERMARK_SAMPLE_S
             self.metrics.observe_watermark(ctx.timer_service().current_watermark())
 
-    def process_element(
-        self, event: Event | impressions.Impression, ctx: KeyedProcessFunction.Context
-    ) -> Iterator[Any]:
+    def _load_cache(self, ctx: Any) -> None:
+        self.cache_loaded = True
+        # items(), not values(): PyFlink's embedded values() calls a method the Java
+        # broadcast state does not have (AttributeError on the PyJObject).
+        for _, record in ctx.get_broadcast_state(ITEM_FACTORS_STATE).items():
+            decoded = item_factor_feed.decode(record)
+            if decoded is not None:
+                self.step.on_item_factors(*decoded)
+        log.info("user features: %d item factors from broadcast state", len(self.step.known_items))
+
+    def process_broadcast_element(self, value: str, ctx: Any) -> None:
+        decoded = item_factor_feed.decode(value)
+        if decoded is None:
+            return
+        item_id, version, factors = decoded
+        if not self.step.on_item_factors(item_id, version, factors):
+            return  # older than what is held (a reordered or replayed feed)
+        # Broadcast state is the restore copy: written at most every STORE_EVERY_MS of
+        # event time per item (version_us is event time), since each write crosses into
+        # the JVM. Every subtask gets every record (interleaved from the feed's partitions
+        # in its own order), so their states hold the same items, each at a version no
+        # more than that much apart: a rescale may keep any of them.
+        t = version // 1000
+        if t - self.stored_at.get(item_id, -item_factor_feed.STORE_EVERY_MS) >= (
+            item_factor_feed.STORE_EVERY_MS
+        ):
+            self.stored_at[item_id] = t
+            ctx.get_broadcast_state(ITEM_FACTORS_STATE).put(item_id, value)
+
+    def process_element(self, event: Event | impressions.Impression, ctx: Any) -> Iterator[Any]:
+        if not self.cache_loaded:
+            self._load_cache(ctx)
         self._sample_watermark(ctx)
         previous = self.state.value()
         if isinstance(event, impressions.Impression):
@@ -187,17 +255,18 @@ class UserFeatures(KeyedProcessFunction):
             timers = ctx.timer_service()
             for due in result.timers:
                 timers.register_event_time_timer(due)
-        for row in result.rows:
-            yield row.to_json()
+        if result.rows:
+            yield encode_record(result.rows)
         if result.item_event is not None:
             yield ITEM_EVENT_TAG, Row(result.item_event.item_id, result.item_event)
-        if result.interaction is not None:
-            yield INTERACTION_TAG, Row(CF_KEY, result.interaction)
         if result.outcome is not None:
             outcome = result.outcome
             yield OUTCOME_TAG, Row(outcome.properties.get(REC_ID_PROPERTY, ""), outcome)
+        if result.learned:
+            self.updates.inc()
+            self._report_quality()
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._sample_watermark(ctx)
         user = self.state.value()
         fired = self.step.on_timer(user, timestamp)
@@ -209,9 +278,11 @@ class UserFeatures(KeyedProcessFunction):
 
 
 class ItemFeatures(KeyedProcessFunction):
-    """Keyed by item: popularity windows, trending score, co-visitation neighbours
-    (``ItemStep``). The neighbours are a state of their own: edges update them often,
-    and pickling them alone is much cheaper than the whole item state."""
+    """Keyed by item: popularity windows, trending score, co-visitation neighbours and the
+    item half of the online MF (``ItemStep``). One changelog record per changed item
+    (its ``item_stats`` and ``item_cf`` rows); new factors also go to the feed side
+    output. The neighbours are a state of their own: pickling them alone is much cheaper
+    than the whole item state, and only events with links touch them."""
 
     def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
         self.step = steps.ItemStep(cfg, learning)
@@ -227,7 +298,7 @@ class ItemFeatures(KeyedProcessFunction):
 
     def process_element(
         self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
-    ) -> Iterator[str]:
+    ) -> Iterator[Any]:
         if isinstance(record, CoVisitEdge):
             self.neighbors.update(self.step.on_edge(self.neighbors.value(), record))
             return
@@ -236,9 +307,18 @@ class ItemFeatures(KeyedProcessFunction):
         if result.neighbors_changed:
             self.neighbors.update(result.neighbors)
         if result.item_changed and result.item is not None:
-            self.state.update(result.item)
+            item = result.item
+            self.state.update(item)
             neighbors = result.neighbors if record.links else self.neighbors.value()
-            yield self.step.render(result.item, neighbors).to_json()
+            row = self.step.render(item, neighbors)
+            if not result.learned:
+                yield row.to_json()
+                return
+            yield encode_record([row, self.step.cf_row(item)])
+            yield (
+                ITEM_FACTORS_TAG,
+                item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors),
+            )
 
 
 class AttributionJoin(KeyedCoProcessFunction):
@@ -343,101 +423,6 @@ class RouteExposures(ProcessFunction):
         yield Row(value.rec_id, value)
         if self.impressions_on:
             yield IMPRESSION_TAG, Row(value.user_id, impressions.from_exposure(value))
-
-
-class _QualityReporting:
-    """Prequential evaluation (done by the step before each update), published as model
-    metrics at most once a second."""
-
-    quality: PrequentialMonitor
-    model_metrics: Any
-    next_report: float
-
-    def _report_quality(self) -> None:
-        if self.quality.drift_detected:
-            log.warning(
-                "cf: drift in prequential hit rate (now %.3f after %d evaluations)",
-                self.quality.hit_rate,
-                self.quality.evaluated,
-            )
-            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=True)
-        now = time.monotonic()
-        if now >= self.next_report and self.quality.evaluated:
-            self.next_report = now + 1.0
-            self.model_metrics.set_prequential(
-                "cf", "sampled_hit_rate_at_10", self.quality.hit_rate
-            )
-            self.model_metrics.set_prequential("cf", "evaluated", self.quality.evaluated)
-            self.model_metrics.set_drift("cf", "adwin", self.quality.hit_rate, alarm=False)
-
-
-class CollaborativeFiltering(_QualityReporting, KeyedProcessFunction):
-    """One online matrix-factorisation model (keyed by a constant: a single learner).
-
-    Factors live exactly in keyed MapState (one entry per user / item, written for
-    every changed key), so a restore from a checkpoint resumes the model where the
-    stream position is; an in-memory ``OnlineMF`` caches them for speed and is
-    re-filled from state after a restart. Each positive interaction emits the user's
-    and the item's new factors as ``user_cf`` / ``item_cf`` rows (``CFStep``).
-    """
-
-    def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
-        self.step = steps.CFStep(cfg)
-        self.metrics_cfg = _metrics_settings(metrics_cfg)
-        self.model: learning.OnlineMF | None = None
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        pickled = Types.PICKLED_BYTE_ARRAY()
-        self.users = runtime_context.get_map_state(
-            MapStateDescriptor("cf-users", Types.STRING(), pickled)
-        )
-        self.items = runtime_context.get_map_state(
-            MapStateDescriptor("cf-items", Types.STRING(), pickled)
-        )
-        self.version = runtime_context.get_state(ValueStateDescriptor("cf-version", Types.LONG()))
-        self.model = None
-        # The single key's version, read from state once after a (re)start.
-        self.last_version: int | None = None
-        _start_job_metrics(self.metrics_cfg)
-        self.quality = self.step.new_monitor()
-        self.model_metrics = metrics.model_metrics()
-        self.updates = self.model_metrics.updates.labels("cf")
-        self.next_report = 0.0
-
-    def _model(self) -> learning.OnlineMF:
-        if self.model is None:  # first record after a (re)start: reload the items
-            self.model = self.step.new_model()
-            for item_id, factors in self.items.items():
-                self.model.import_item(item_id, factors)
-            self.model.drain_dirty()
-        return self.model
-
-    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        if not self.step.learns(event):
-            return
-        model = self._model()
-        load_user, load_item = self.step.needs(model, event)
-        if load_user:
-            stored = self.users.get(event.user_id)
-            if stored is not None:
-                model.import_user(event.user_id, stored)
-        if load_item:
-            stored = self.items.get(event.item_id)
-            if stored is not None:
-                model.import_item(event.item_id, stored)
-        if self.last_version is None:  # first record after a (re)start
-            self.last_version = self.version.value() or 0
-        result = self.step.on_interaction(model, self.quality, event, self.last_version)
-        self._report_quality()
-        self.updates.inc()
-        # One state call per map and one output record per interaction: each is a
-        # Python -> JVM crossing, and those, not the learning, dominate the operator.
-        self.users.put_all({u: model.export_user(u) for u in result.dirty_users})
-        self.items.put_all({i: model.export_item(i) for i in result.dirty_items})
-        self.last_version = result.version_us
-        self.version.update(result.version_us)
-        if result.rows:
-            yield encode_record(result.rows)
 
 
 class PropensityTraining(KeyedProcessFunction):

@@ -106,6 +106,10 @@ class UserState:
     covisit: History = field(default_factory=History)
     # What Recommend showed the user (frequency capping and fatigue).
     impressions: ImpressionLog = field(default_factory=ImpressionLog)
+    # The user's CF factors (float32 bytes; empty until the first learnt interaction):
+    # the user half of the partitioned online MF (flink_jobs/learning.py). Appended last:
+    # older states load with it empty (compact_pickle).
+    cf_factors: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
 from flink_jobs import attribution, covisitation, impressions, items, learning, profile
+from flink_jobs.item_factor_feed import from_bytes, to_bytes
 from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.triggers import Trigger
 from personalization.compact_pickle import compact_pickle
@@ -35,7 +38,6 @@ from personalization.privacy import pseudonymizer
 from personalization.settings import FeatureSettings, LearningSettings, PrivacySettings
 
 __all__ = [
-    "CFResult",
     "CFStep",
     "CoVisitEdge",
     "ItemEvent",
@@ -73,10 +75,14 @@ class CoVisitEdge:
 @dataclass(frozen=True, slots=True)
 class ItemEvent:
     """An accepted event for the item branch, with its co-visitation links: the user's
-    previous items (target, weight, time), stored at this item."""
+    previous items (target, weight, time), stored at this item; and for the item half of
+    the online MF, the user's factors before the user's own step and the interaction's
+    learning weight (0: nothing to learn)."""
 
     event: Event
     links: tuple[tuple[str, float, int], ...] = ()
+    user_factors: bytes = b""
+    cf_weight: float = 0.0
 
     @property
     def item_id(self) -> str:
@@ -122,25 +128,32 @@ class UserResult:
     rows: list[FeatureUpdate] = field(default_factory=list)
     triggers: list[Trigger] = field(default_factory=list)
     timers: list[int] = field(default_factory=list)
-    # For the item branch: the item's own event (with its co-visitation links); for the
-    # learner: the interaction; for A/B: the outcome.
+    # For the item branch: the item's own event (with its co-visitation links and the
+    # user's side of the CF step); for A/B: the outcome.
     item_event: ItemEvent | None = None
-    interaction: Event | None = None
     outcome: Event | None = None
+    # The user half of the online MF learnt this event (its prequential check ran first).
+    learned: bool = False
 
 
 class UserStep:
-    """Keyed by user: dedup, profile, impressions, triggers, the user's feature row."""
+    """Keyed by user: dedup, profile, impressions, triggers, the user's feature row, and
+    the user half of the online MF (``cf``: its item factors as last published)."""
 
     def __init__(
         self,
         cfg: FeatureSettings,
         privacy: PrivacySettings,
         learning_cfg: LearningSettings | None = None,
+        learner: learning.LearnerConfig | None = None,
     ) -> None:
         self.cfg = cfg
-        self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg or LearningSettings())
+        learning_cfg = learning_cfg or LearningSettings()
+        self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
         self.default_consent = privacy.default_consent
+        self.cf = CFStep(learning_cfg, learner)
+        self.known_items = self.cf.new_known_items()
+        self.quality = self.cf.new_monitor()
 
     def row(self, user: profile.UserState) -> FeatureUpdate:
         return FeatureUpdate(
@@ -173,11 +186,19 @@ class UserStep:
         result.timers = profile.due_timers(user, self.cfg)
         result.rows.append(self.row(user))
         if interacted:
-            result.item_event = ItemEvent(event, links)
-            result.interaction = event
+            user_factors = b""
+            if (weight := self.cf.weight(event)) > 0:
+                user_factors = self.cf.learn_user(self.known_items, self.quality, user, event)
+                result.rows.append(self.cf.user_row(user))
+                result.learned = True
+            result.item_event = ItemEvent(event, links, user_factors, weight)
             if attribution.outcome_of(event) is not None:
                 result.outcome = event
         return result
+
+    def on_item_factors(self, item_id: str, version_us: int, factors: np.ndarray) -> bool:
+        """An item's factors as its item operator published them (the feed)."""
+        return self.known_items.put(item_id, factors, version_us)
 
     def on_impression(
         self, previous: profile.UserState | None, impression: impressions.Impression
@@ -205,6 +226,9 @@ class ItemResult:
     item_changed: bool = False
     neighbors_changed: bool = False
     row: FeatureUpdate | None = None
+    # The item half of the online MF learnt this event: the item's new factors, for the
+    # ``item_cf`` row and the feed back to the user operators.
+    learned: bool = False
 
 
 class ItemStep:
@@ -214,9 +238,17 @@ class ItemStep:
     own next event, so co-visitation adds no rows to the changelog.
     """
 
-    def __init__(self, cfg: FeatureSettings, learning_cfg: LearningSettings | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FeatureSettings,
+        learning_cfg: LearningSettings | None = None,
+        learner: learning.LearnerConfig | None = None,
+    ) -> None:
         self.half_life_s = cfg.trending_half_life_s
-        self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg or LearningSettings())
+        learning_cfg = learning_cfg or LearningSettings()
+        self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
+        self.cf = CFStep(learning_cfg, learner)
+        self.recent_users = self.cf.new_recent_users()
 
     def link(self, neighbors: covisitation.Neighbors | None, links: Any) -> covisitation.Neighbors:
         neighbors = neighbors or covisitation.Neighbors()
@@ -247,6 +279,12 @@ class ItemStep:
         if items.apply_item_event(state, event, self.half_life_s):
             result.item = state
             result.item_changed = True
+        if record.cf_weight > 0 and record.user_factors:
+            if not result.item_changed:  # a new row (its factors): a newer version
+                state.version_us = next_version_us(event.event_time_ms, state.version_us)
+            self.cf.learn_item(self.recent_users, state, record)
+            result.item = state
+            result.item_changed = result.learned = True
         return result
 
     def render(
@@ -259,66 +297,93 @@ class ItemStep:
             items.item_feature_row(item, neighbors, self.covisit),
         )
 
+    def cf_row(self, item: items.ItemState) -> FeatureUpdate:
+        return self.cf.item_row(item)
+
 
 # --- collaborative filtering -----------------------------------------------------------
 
 
-@dataclass(slots=True)
-class CFResult:
-    learned: bool = False
-    rows: list[FeatureUpdate] = field(default_factory=list)
-    dirty_users: list[str] = field(default_factory=list)
-    dirty_items: list[str] = field(default_factory=list)
-    version_us: int = 0
-
-
 class CFStep:
-    """One online matrix-factorisation learner: evaluate (prequential), then learn, then
-    the user's and the item's new factors as ``user_cf`` / ``item_cf`` rows."""
+    """The online matrix factorisation, partitioned by key (``flink_jobs/learning.py``):
+    the user half runs in the user step (factors in the user's state), the item half in
+    the item step (factors in the item's state); item factors return to the user side
+    through the feed (``flink_jobs/item_factor_feed.py``). Each half emits its key's
+    ``user_cf`` / ``item_cf`` row, versioned like the key's other rows."""
 
-    def __init__(self, cfg: LearningSettings) -> None:
-        self.learner_cfg = learning.LearnerConfig.from_settings(cfg)
+    def __init__(
+        self, cfg: LearningSettings, learner: learning.LearnerConfig | None = None
+    ) -> None:
+        # An explicit learner config (the offline evaluation sweeps them) wins.
+        self.learner_cfg = learner or learning.LearnerConfig.from_settings(cfg)
         self.prequential_every = cfg.prequential_every
 
-    def new_model(self) -> learning.OnlineMF:
-        return learning.OnlineMF(self.learner_cfg)
+    def new_known_items(self) -> learning.KnownItems:
+        return learning.KnownItems(self.learner_cfg)
+
+    def new_recent_users(self) -> learning.RecentUsers:
+        return learning.RecentUsers(self.learner_cfg)
 
     def new_monitor(self) -> PrequentialMonitor:
         return PrequentialMonitor(every=self.prequential_every)
 
-    def on_interaction(
-        self,
-        model: learning.OnlineMF,
-        quality: PrequentialMonitor,
-        event: Event,
-        previous_version_us: int,
-    ) -> CFResult:
-        """Learn ``event``; the caller has imported the user's and item's stored factors
-        into ``model`` (see :meth:`needs`) and stores the dirty ones afterwards."""
-        weight = learning.interaction_weight(event.event_type, learning.rating_of(event))
-        if weight <= 0:
-            return CFResult(version_us=previous_version_us)
-        quality.evaluate(model, event.user_id, event.item_id)
-        model.learn_one(event.user_id, event.item_id, weight, event.event_time_ms)
-        dirty_users, dirty_items = model.drain_dirty()
-        version = next_version_us(event.event_time_ms, previous_version_us)
-        rows = [
-            FeatureUpdate(
-                USER_CF, event.user_id, version, {"cf_vector": model.export_user(event.user_id)}
-            ),
-            FeatureUpdate(
-                ITEM_CF, event.item_id, version, {"cf_vector": model.export_item(event.item_id)}
-            ),
-        ]
-        return CFResult(True, rows, list(dirty_users), list(dirty_items), version)
+    @staticmethod
+    def weight(event: Event) -> float:
+        """The event's learning weight: > 0 for an interaction the model learns."""
+        return learning.interaction_weight(event.event_type, learning.rating_of(event))
 
     @staticmethod
     def learns(event: Event) -> bool:
-        """Whether ``event`` is an interaction the learner learns (a positive weight):
-        callers check it before loading any factors from state."""
-        return learning.interaction_weight(event.event_type, learning.rating_of(event)) > 0
+        return CFStep.weight(event) > 0
+
+    def user_vector(self, user: profile.UserState) -> np.ndarray:
+        if user.cf_factors:
+            return from_bytes(user.cf_factors)
+        return learning.init_vector(user.user_id, "u", self.learner_cfg)
+
+    def learn_user(
+        self,
+        known: learning.KnownItems,
+        quality: PrequentialMonitor,
+        user: profile.UserState,
+        event: Event,
+    ) -> bytes:
+        """Evaluate (prequential) and learn the user's side of ``event``, in ``user``;
+        returns the factors the user had before, for the item's side."""
+        cfg = self.learner_cfg
+        p = self.user_vector(user)
+        before = to_bytes(p)
+        if user.cf_factors:  # a user seen before: the model can be judged on them
+            quality.evaluate_vector(p, known.index.get(event.item_id), known.matrix)
+        weight = min(self.weight(event), cfg.max_weight) ** cfg.weight_power
+        learning.learn_user_half(
+            p, known.vector(event.item_id), known.negatives(event.item_id), weight, cfg
+        )
+        user.cf_factors = to_bytes(p)
+        return before
+
+    def learn_item(
+        self, recent: learning.RecentUsers, item: items.ItemState, record: ItemEvent
+    ) -> None:
+        """The item's side of the interaction ``record``, in ``item``."""
+        cfg = self.learner_cfg
+        q = (
+            from_bytes(item.cf_factors)
+            if item.cf_factors
+            else learning.init_vector(item.item_id, "i", cfg)
+        )
+        user = from_bytes(record.user_factors)
+        weight = min(record.cf_weight, cfg.max_weight) ** cfg.weight_power
+        learning.learn_item_half(q, user, recent.sample(), weight, cfg)
+        recent.add(user)
+        item.cf_factors = to_bytes(q)
 
     @staticmethod
-    def needs(model: learning.OnlineMF, event: Event) -> tuple[bool, bool]:
-        """Whether the user's / the item's factors must be loaded from state first."""
-        return model.user_vector(event.user_id) is None, model.item_vector(event.item_id) is None
+    def user_row(user: profile.UserState) -> FeatureUpdate:
+        factors = from_bytes(user.cf_factors).tolist()
+        return FeatureUpdate(USER_CF, user.user_id, user.version_us, {"cf_vector": factors})
+
+    @staticmethod
+    def item_row(item: items.ItemState) -> FeatureUpdate:
+        factors = from_bytes(item.cf_factors).tolist()
+        return FeatureUpdate(ITEM_CF, item.item_id, item.version_us, {"cf_vector": factors})

@@ -4,11 +4,12 @@
       -> ParseEvents ──invalid──► events_dlq
       -> event-time watermarks (bounded out-of-orderness, idleness)
       -> key_by(user) UserFeatures: dedup, profile, impressions, triggers ──► triggers
-                                   │ feature rows ──► feature_updates
-                                   ├ accepted item events
-                                   ├ interactions ─► CollaborativeFiltering ─► feature_updates
-                                   └ outcomes (events with a rec_id)
-      -> key_by(item) ItemFeatures: popularity, trending, co-visitation ──► feature_updates
+         + CF user half          │ feature rows (profile, user_cf) ──► feature_updates
+           (item factors:        ├ accepted item events (+ the user's factors)
+            broadcast feed)      └ outcomes (events with a rec_id)
+      -> key_by(item) ItemFeatures: popularity, trending, co-visitation, CF item half
+                                   ──► feature_updates (item_stats, item_cf)
+                                   └ new item factors ──► item_factors (Kafka) ──► feed
     exposures (Kafka, from serving)
       -> impressions ─► UserFeatures (frequency capping, fatigue)
       -> key_by(rec_id) AttributionJoin(+ outcomes) ──► ab_outcomes
@@ -54,12 +55,12 @@ from flink_jobs.operators import (
     DLQ_TAG,
     EXAMPLE_TAG,
     IMPRESSION_TAG,
-    INTERACTION_TAG,
     ITEM_EVENT_TAG,
+    ITEM_FACTORS_STATE,
+    ITEM_FACTORS_TAG,
     OUTCOME_TAG,
     TRIGGER_TAG,
     AttributionJoin,
-    CollaborativeFiltering,
     ItemFeatures,
     ParseEvents,
     ParseExposures,
@@ -221,31 +222,40 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         # exposures source (no Recommend traffic) is ignored after source_idleness_ms.
         user_input = events.union(side_output(routed_exposures, IMPRESSION_TAG))
 
+    # The item CF factors the item operators publish, back to every user subtask: the
+    # online MF is partitioned (user half keyed by user, item half by item) and a Flink
+    # job cannot loop, so the loop goes through Kafka (flink_jobs/item_factor_feed.py).
+    # Its records carry the item event's time, so the feed's watermark follows the
+    # events' (never holding the user operator's timers back longer than the loop).
+    item_factors = (
+        env.from_source(
+            kafka_source(settings, (k.item_factors_topic,), "-item-factors"),
+            _watermarks(settings),
+            "item factors",
+        )
+        .name("kafka: item factors")
+        .uid("source-item-factors")
+    )
     user_rows = (
         keyed(user_input)
+        .connect(item_factors.broadcast(ITEM_FACTORS_STATE))
         .process(
             UserFeatures(features_cfg, settings.privacy, settings.metrics, settings.learning),
             output_type=Types.STRING(),
         )
-        .name("user features + triggers")
+        .name("user features + triggers + CF (user half)")
         .uid("user-features")
     )
     item_rows = (
         keyed(side_output(user_rows, ITEM_EVENT_TAG))
         .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
-        .name("item popularity")
+        .name("item popularity + CF (item half)")
         .uid("item-features")
     )
+    side_output(item_rows, ITEM_FACTORS_TAG).sink_to(
+        kafka_sink(settings, k.item_factors_topic)
+    ).name("kafka: item factors").uid("sink-item-factors")
 
-    # One online MF model: a single learner (constant key), factors in keyed MapState.
-    cf_rows = (
-        keyed(side_output(user_rows, INTERACTION_TAG))
-        .process(
-            CollaborativeFiltering(settings.learning, settings.metrics), output_type=Types.STRING()
-        )
-        .name("collaborative filtering (online MF)")
-        .uid("cf-learner")
-    )
     side_output(user_rows, TRIGGER_TAG).sink_to(
         kafka_sink(settings, k.triggers_topic, exactly_once=True)
     ).name("kafka: triggers").uid("sink-triggers")
@@ -271,7 +281,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("propensity-learner")
     )
 
-    user_rows.union(item_rows, cf_rows, model_versions).sink_to(
+    user_rows.union(item_rows, model_versions).sink_to(
         kafka_sink(settings, k.feature_updates_topic)
     ).name("kafka: feature_updates").uid("sink-feature-updates")
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(

@@ -10,6 +10,8 @@ The state is the same list of field values in declaration order that ``dataclass
 writes for frozen classes, so their bytes load with either version. A non-frozen slots
 class is pickled by Python as ``(None, {slot: value})``; ``__setstate__`` accepts that
 form too, so keyed state from checkpoints written before a class was decorated loads.
+Fields appended to a class later load from older (shorter) states with their defaults,
+so a new job version restores the keyed state of the one before.
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ def compact_pickle(cls: _C) -> _C:
     """Class decorator, applied above ``@dataclass(slots=True)``."""
     if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
         raise TypeError(f"{cls.__name__}: compact_pickle needs a slots dataclass")
-    names = tuple(f.name for f in dataclasses.fields(cls))
+    fields = dataclasses.fields(cls)
+    names = tuple(f.name for f in fields)
     if not names:
         raise TypeError(f"{cls.__name__}: no fields to pickle")
+    # (name, default maker) of each field, for states written before it was appended.
+    defaults: list[tuple[str, Any]] = []
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            defaults.append((f.name, lambda value=f.default: value))
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults.append((f.name, f.default_factory))
+        else:
+            defaults.append((f.name, None))
     get = operator.attrgetter(*names)
     setter = object.__setattr__  # frozen dataclasses refuse setattr
 
@@ -45,11 +57,21 @@ def compact_pickle(cls: _C) -> _C:
         if isinstance(state, tuple):
             # Python's default form for a non-frozen slots class, (None, {slot: value}):
             # keyed state pickled before the class was decorated (in checkpoints).
-            for name, value in (state[1] or {}).items():
+            given = state[1] or {}
+            for name, value in given.items():
                 setter(self, name, value)
+            for name, make in defaults:
+                if name not in given and make is not None:
+                    setter(self, name, make())
             return
-        for name, value in zip(names, state, strict=True):
+        if len(state) > len(names):
+            raise ValueError(f"{cls.__name__}: {len(state)} values for {len(names)} fields")
+        for name, value in zip(names, state, strict=False):
             setter(self, name, value)
+        for name, make in defaults[len(state) :]:
+            if make is None:
+                raise ValueError(f"{cls.__name__}: no value and no default for {name!r}")
+            setter(self, name, make())
 
     cls.__getstate__ = __getstate__  # type: ignore[method-assign,attr-defined]
     cls.__setstate__ = __setstate__  # type: ignore[method-assign,attr-defined]

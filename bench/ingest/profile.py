@@ -23,11 +23,10 @@ STAGE_NAMES = {
     local.STAGE_PARSE: "parse: parse_event + pseudonym (ParseStep)",
     local.STAGE_RECORDS: "records between operators: pickle round trips",
     local.STAGE_USER_STATE: "user ValueState: unpickle + pickle UserState",
-    local.STAGE_USER: "user step: dedup, profile, triggers, co-visitation history, row",
+    local.STAGE_USER: "user step: dedup, profile, triggers, co-visitation, CF user half, rows",
     local.STAGE_ITEM_STATE: "item ValueStates: item + neighbours (unpickle + pickle)",
-    local.STAGE_ITEM: "item step: popularity, trending, neighbours, row",
-    local.STAGE_CF: "cf step: prequential evaluate + OnlineMF.learn_one",
-    local.STAGE_CF_STATE: "cf: factors <-> MapState (import, export + pickle per dirty key)",
+    local.STAGE_ITEM: "item step: popularity, trending, neighbours, CF item half, rows",
+    local.STAGE_FEED: "item-factor feed: decode + KnownItems.put (user side)",
     local.STAGE_JSON: "FeatureUpdate.to_json (all rows), trigger records",
 }
 GROUPS = {
@@ -37,7 +36,7 @@ GROUPS = {
         local.STAGE_USER,
     ),
     "item features (state, step)": (local.STAGE_ITEM_STATE, local.STAGE_ITEM),
-    "collaborative filtering (step, state)": (local.STAGE_CF, local.STAGE_CF_STATE),
+    "item-factor feed (CF loop back to the user side)": (local.STAGE_FEED,),
     "serialization (records, rows as JSON)": (local.STAGE_RECORDS, local.STAGE_JSON),
 }
 
@@ -97,7 +96,6 @@ def profile_stages(
         for stage in local.STAGES
     }
     total = round(sum(per_stage.values()), 1)
-    cf_us = per_stage[STAGE_NAMES[local.STAGE_CF]] + per_stage[STAGE_NAMES[local.STAGE_CF_STATE]]
     result: dict[str, Any] = {
         "events": len(raws),
         "accepted": accepted,
@@ -108,7 +106,6 @@ def profile_stages(
         },
         "total_us_per_event": total,
         "implied_max_events_per_s_one_interpreter": round(1e6 / total) if total else None,
-        "cf_updates_per_s_alone": round(1e6 / cf_us) if cf_us else None,
         "clock": "time.thread_time_ns (CPU of this thread), cost of the timing subtracted",
         "lap_overhead_ns": round(overhead),
         "laps_per_event": round(sum(laps.count.values()) / n, 1),

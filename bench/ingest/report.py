@@ -19,6 +19,11 @@ def report(r: dict[str, Any]) -> str:
         f"{ds['users']:,} users, {ds['items']:,} items), load average "
         + ", ".join(f"{k} {v[0]}" for k, v in r["loadavg"].items())
     )
+    if "job_runs_on" in r["parameters"]:
+        head += (
+            f"\njob (and trivial baseline) at parallelism {r['parameters']['parallelism']}: "
+            f"{r['parameters']['job_runs_on']}"
+        )
     parts.append(head)
     f = r.get("figures")
     if f:
@@ -97,8 +102,7 @@ def report(r: dict[str, Any]) -> str:
         )
         parts.append(
             f"one interpreter at these costs: ≤ {p['implied_max_events_per_s_one_interpreter']:,}"
-            f" events/s; CF alone (evaluate + learn + state): {p['cf_updates_per_s_alone']:,}"
-            " updates/s"
+            " events/s"
         )
         top = p.get("cprofile_top_by_tottime")
         if top:

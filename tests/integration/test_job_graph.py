@@ -46,8 +46,8 @@ def test_every_exchange_is_a_keyed_hash_or_forward(plan: list[dict[str, object]]
         if p.get("ship_strategy") == "HASH"
     }
     assert keyed >= {
-        "user features + triggers",
-        "item popularity",
+        "user features + triggers + CF (user half)",
+        "item popularity + CF (item half)",
         "A/B attribution join",
     }
     strategies = {
@@ -56,3 +56,20 @@ def test_every_exchange_is_a_keyed_hash_or_forward(plan: list[dict[str, object]]
         for p in n.get("predecessors", [])  # type: ignore[attr-defined]
     }
     assert strategies <= {"HASH", "FORWARD", "BROADCAST"}
+
+
+def test_cf_is_partitioned_with_the_item_factors_fed_back_by_broadcast(
+    plan: list[dict[str, object]],
+):
+    by_id = {n["id"]: str(n["type"]) for n in plan}
+    # No single-learner CF operator (it was keyed by a constant: one subtask).
+    assert not [name for name in by_id.values() if "collaborative filtering" in name]
+    user_inputs = {
+        (by_id[p["id"]], p.get("ship_strategy"))
+        for n in plan
+        if n["type"] == "user features + triggers + CF (user half)"
+        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
+    }
+    assert ("Source: kafka: item factors", "BROADCAST") in user_inputs
+    sinks = {str(n["type"]) for n in plan}
+    assert "kafka: item factors: Writer" in sinks

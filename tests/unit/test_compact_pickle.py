@@ -91,3 +91,29 @@ def test_state_pickled_before_a_mutable_class_was_decorated_still_loads():
     again = object.__new__(Compact)
     again.__setstate__(Compact(2, ["y"]).__getstate__())
     assert (again.a, again.b) == (2, ["y"])
+
+
+def test_fields_appended_later_load_from_older_states_with_their_defaults():
+    @compact_pickle
+    @dataclasses.dataclass(slots=True)
+    class Version1:
+        key: str
+        count: int = 0
+
+    @compact_pickle
+    @dataclasses.dataclass(slots=True)
+    class Version2:
+        key: str
+        count: int = 0
+        factors: bytes = b""
+        seen: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    # What unpickling does with the state an older job version wrote.
+    for old_state in (Version1("k", 3).__getstate__(), (None, {"key": "k", "count": 3})):
+        loaded = Version2.__new__(Version2)
+        loaded.__setstate__(old_state)
+        assert (loaded.key, loaded.count, loaded.factors, loaded.seen) == ("k", 3, b"", {})
+        loaded.seen["x"] = 1
+        assert Version2("j").seen == {}  # each load gets its own default
+    with pytest.raises(ValueError, match="4 values for 2 fields"):
+        Version1.__new__(Version1).__setstate__(["k", 3, b"", {}])
