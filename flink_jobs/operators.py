@@ -53,7 +53,11 @@ from personalization.settings import (
 log = logging.getLogger(__name__)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
-TRIGGER_TAG = OutputTag("triggers", Types.STRING())
+# The user operator's changelog records. Its triggers are its main output: PyFlink's
+# embedded keyed co-process operator (a broadcast-connected keyed function) sends what
+# on_timer yields to the main output even when it is a (tag, value) pair (a
+# ClassCastException in the String serializer), and timers fire triggers.
+USER_ROWS_TAG = OutputTag("user-rows", Types.STRING())
 # Side outputs bound for a keyed exchange carry Row(key, record) (flink_jobs/exchanges.py).
 ITEM_EVENT_TAG = OutputTag("item-events", exchanges.KEYED_RECORD)
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
@@ -160,9 +164,9 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     """Keyed by user: dedup, profile update, triggers, feature rows, the user half of the
     online MF (``UserStep``); the broadcast input is the item-factor feed.
 
-    Emits the user's rows after every accepted event as one changelog record (main
-    output), trigger records (side output) and each accepted item event for the item
-    branch (side output, so items see the same deduplicated stream).
+    Emits trigger records (main output, see ``USER_ROWS_TAG``), the user's rows after
+    every accepted event as one changelog record (side output) and each accepted item
+    event for the item branch (side output, so items see the same deduplicated stream).
     """
 
     def __init__(
@@ -250,13 +254,13 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.state.update(result.state)
         for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
-            yield TRIGGER_TAG, trigger.to_json()
+            yield trigger.to_json()
         if result.timers:
             timers = ctx.timer_service()
             for due in result.timers:
                 timers.register_event_time_timer(due)
         if result.rows:
-            yield encode_record(result.rows)
+            yield USER_ROWS_TAG, encode_record(result.rows)
         if result.item_event is not None:
             yield ITEM_EVENT_TAG, Row(result.item_event.item_id, result.item_event)
         if result.outcome is not None:
@@ -274,7 +278,7 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.state.update(user)
             for trigger in fired:
                 self.metrics.triggers.labels(trigger.trigger).inc()
-                yield TRIGGER_TAG, trigger.to_json()
+                yield trigger.to_json()
 
 
 class ItemFeatures(KeyedProcessFunction):

@@ -59,7 +59,7 @@ from flink_jobs.operators import (
     ITEM_FACTORS_STATE,
     ITEM_FACTORS_TAG,
     OUTCOME_TAG,
-    TRIGGER_TAG,
+    USER_ROWS_TAG,
     AttributionJoin,
     ItemFeatures,
     ParseEvents,
@@ -236,7 +236,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("kafka: item factors")
         .uid("source-item-factors")
     )
-    user_rows = (
+    user_op = (
         keyed(user_input)
         .connect(item_factors.broadcast(ITEM_FACTORS_STATE))
         .process(
@@ -247,7 +247,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("user-features")
     )
     item_rows = (
-        keyed(side_output(user_rows, ITEM_EVENT_TAG))
+        keyed(side_output(user_op, ITEM_EVENT_TAG))
         .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
         .name("item popularity + CF (item half)")
         .uid("item-features")
@@ -256,14 +256,14 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         kafka_sink(settings, k.item_factors_topic)
     ).name("kafka: item factors").uid("sink-item-factors")
 
-    side_output(user_rows, TRIGGER_TAG).sink_to(
-        kafka_sink(settings, k.triggers_topic, exactly_once=True)
-    ).name("kafka: triggers").uid("sink-triggers")
+    user_op.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
+        "kafka: triggers"
+    ).uid("sink-triggers")
     dead_letters = side_output(parsed, DLQ_TAG).union(side_output(exposures, DLQ_TAG))
 
     attributions = (
         keyed(routed_exposures)
-        .connect(keyed(side_output(user_rows, OUTCOME_TAG)))
+        .connect(keyed(side_output(user_op, OUTCOME_TAG)))
         .process(AttributionJoin(features_cfg, settings.learning), output_type=Types.STRING())
         .name("A/B attribution join")
         .uid("ab-attribution")
@@ -281,7 +281,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("propensity-learner")
     )
 
-    user_rows.union(item_rows, model_versions).sink_to(
+    side_output(user_op, USER_ROWS_TAG).union(item_rows, model_versions).sink_to(
         kafka_sink(settings, k.feature_updates_topic)
     ).name("kafka: feature_updates").uid("sink-feature-updates")
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
