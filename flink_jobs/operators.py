@@ -273,19 +273,12 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._sample_watermark(ctx)
         user = self.state.value()
-        if user is None:
-            return
-        armed = user.timer_ms
-        fired, timers = self.step.on_timer(user, timestamp)
-        if fired or timers or user.timer_ms != armed:
+        fired = self.step.on_timer(user, timestamp)
+        if fired:
             self.state.update(user)
-        if timers:
-            service = ctx.timer_service()
-            for due in timers:
-                service.register_event_time_timer(due)
-        for trigger in fired:
-            self.metrics.triggers.labels(trigger.trigger).inc()
-            yield trigger.to_json()
+            for trigger in fired:
+                self.metrics.triggers.labels(trigger.trigger).inc()
+                yield trigger.to_json()
 
 
 class ItemFeatures(KeyedProcessFunction):
