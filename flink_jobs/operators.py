@@ -59,7 +59,12 @@ DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 # ClassCastException in the String serializer), and timers fire triggers.
 USER_ROWS_TAG = OutputTag("user-rows", Types.STRING())
 # Side outputs bound for a keyed exchange carry Row(key, record) (flink_jobs/exchanges.py).
-ITEM_EVENT_TAG = OutputTag("item-events", exchanges.KEYED_RECORD)
+# PyFlink's embedded operators send side-output records WITHOUT a timestamp (only the
+# main output keeps the input's), so the item events carry their event time with them
+# (``(Row(item, record), time)``): the item operator's main output, the item-factor
+# feed, is stamped with it, and the feed's Kafka timestamps (its watermarks) are event
+# time, never the broker's clock.
+ITEM_EVENT_TAG = OutputTag("item-events", exchanges.timed_record(exchanges.KEYED_RECORD))
 # Accepted events that name a recommendation id (clicks etc. after a Recommend answer).
 OUTCOME_TAG = OutputTag("rec-outcomes", exchanges.KEYED_RECORD)
 # Labelled shown items from the attribution join, for the propensity trainer.
@@ -67,8 +72,8 @@ EXAMPLE_TAG = OutputTag("propensity-examples", exchanges.KEYED_RECORD)
 # Exposures as the user's impressions, from the exposure router to the user operator.
 IMPRESSION_TAG = OutputTag("impressions", exchanges.KEYED_RECORD)
 
-# Item CF factors from the item operator, for the feed back to the user operators.
-ITEM_FACTORS_TAG = OutputTag("item-factors", Types.STRING())
+# The item operator's changelog records (its main output is the item-factor feed).
+ITEM_ROWS_TAG = OutputTag("item-rows", Types.STRING())
 # The user operators' copy of the fed item factors: item id -> a feed record.
 ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.STRING())
 
@@ -262,7 +267,11 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         if result.rows:
             yield USER_ROWS_TAG, encode_record(result.rows)
         if result.item_event is not None:
-            yield ITEM_EVENT_TAG, Row(result.item_event.item_id, result.item_event)
+            item_event = result.item_event
+            yield (
+                ITEM_EVENT_TAG,
+                (Row(item_event.item_id, item_event), item_event.event.event_time_ms),
+            )
         if result.outcome is not None:
             outcome = result.outcome
             yield OUTCOME_TAG, Row(outcome.properties.get(REC_ID_PROPERTY, ""), outcome)
@@ -284,9 +293,10 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
 class ItemFeatures(KeyedProcessFunction):
     """Keyed by item: popularity windows, trending score, co-visitation neighbours and the
     item half of the online MF (``ItemStep``). One changelog record per changed item
-    (its ``item_stats`` and ``item_cf`` rows); new factors also go to the feed side
-    output. The neighbours are a state of their own: pickling them alone is much cheaper
-    than the whole item state, and only events with links touch them."""
+    (its ``item_stats`` and ``item_cf`` rows) to the ``ITEM_ROWS_TAG`` side output; new
+    factors are the main output (the feed, stamped with the event's time). The
+    neighbours are a state of their own: pickling them alone is much cheaper than the
+    whole item state, and only events with links touch them."""
 
     def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
         self.step = steps.ItemStep(cfg, learning)
@@ -316,13 +326,11 @@ class ItemFeatures(KeyedProcessFunction):
             neighbors = result.neighbors if record.links else self.neighbors.value()
             row = self.step.render(item, neighbors)
             if not result.learned:
-                yield row.to_json()
+                yield ITEM_ROWS_TAG, row.to_json()
                 return
-            yield encode_record([row, self.step.cf_row(item)])
-            yield (
-                ITEM_FACTORS_TAG,
-                item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors),
-            )
+            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
+            # Main output: stamped with the item event's time (side outputs are not).
+            yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
 
 
 class AttributionJoin(KeyedCoProcessFunction):

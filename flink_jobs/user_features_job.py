@@ -57,7 +57,7 @@ from flink_jobs.operators import (
     IMPRESSION_TAG,
     ITEM_EVENT_TAG,
     ITEM_FACTORS_STATE,
-    ITEM_FACTORS_TAG,
+    ITEM_ROWS_TAG,
     OUTCOME_TAG,
     USER_ROWS_TAG,
     AttributionJoin,
@@ -246,15 +246,21 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("user features + triggers + CF (user half)")
         .uid("user-features")
     )
-    item_rows = (
-        keyed(side_output(user_op, ITEM_EVENT_TAG))
+    # Re-stamped with the event's time (a side output drops it), so the item operator's
+    # main output, the feed, carries event time into its Kafka timestamps.
+    item_events = with_event_time(
+        side_output(user_op, ITEM_EVENT_TAG), _watermarks(settings), KEYED_RECORD
+    )
+    item_events = item_events.name("item event time").uid("item-event-time")
+    item_op = (
+        keyed(item_events)
         .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
         .name("item popularity + CF (item half)")
         .uid("item-features")
     )
-    side_output(item_rows, ITEM_FACTORS_TAG).sink_to(
-        kafka_sink(settings, k.item_factors_topic)
-    ).name("kafka: item factors").uid("sink-item-factors")
+    item_op.sink_to(kafka_sink(settings, k.item_factors_topic)).name("kafka: item factors").uid(
+        "sink-item-factors"
+    )
 
     user_op.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
         "kafka: triggers"
@@ -281,9 +287,11 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("propensity-learner")
     )
 
-    side_output(user_op, USER_ROWS_TAG).union(item_rows, model_versions).sink_to(
-        kafka_sink(settings, k.feature_updates_topic)
-    ).name("kafka: feature_updates").uid("sink-feature-updates")
+    side_output(user_op, USER_ROWS_TAG).union(
+        side_output(item_op, ITEM_ROWS_TAG), model_versions
+    ).sink_to(kafka_sink(settings, k.feature_updates_topic)).name("kafka: feature_updates").uid(
+        "sink-feature-updates"
+    )
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
         "kafka: events_dlq"
     ).uid("sink-dlq")

@@ -58,17 +58,8 @@ def derived_settings(base: Settings, tag: str) -> Settings:
     data = base.model_dump()
     data["run_dir"] = str(run_dir)
     kafka = data["kafka"]
-    for field in (
-        "clickstream_topic",
-        "purchase_topic",
-        "engagement_topic",
-        "dlq_topic",
-        "triggers_topic",
-        "feature_updates_topic",
-        "audit_topic",
-        "exposures_topic",
-        "ab_outcomes_topic",
-    ):
+    # Every topic field, so a topic added to the settings is isolated too.
+    for field in [name for name in kafka if name.endswith("_topic")]:
         kafka[field] = f"{kafka[field]}-deploy-{tag}"
     kafka["flink_consumer_group"] = f"pz-deploy-features-{tag}"
     kafka["writer_consumer_group"] = f"pz-deploy-writer-{tag}"
