@@ -12,8 +12,12 @@
     personalize deploy [--cluster-up]                             submit the job to a Flink cluster
     personalize ab-results [--experiment NAME]                    A/B figures with significance
     personalize dashboard [--port P]                              live metrics dashboard, foreground
+    personalize keys create --id NAME --scopes collect,recommend  new API key (printed once)
+    personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
+``recommend`` and ``profile`` send ``--api-key`` (default ``$PERSONALIZE_API_KEY``) to a
+server with access control on.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from personalization.settings import Settings, load_settings
+
+# The key the CLI's own gRPC calls present to a server with access control on.
+API_KEY_ENV = "PERSONALIZE_API_KEY"
 
 
 def _say(message: str) -> None:
@@ -81,7 +90,11 @@ class ProgressReporter:
         self._reader = UserFeatureReader(settings)
         self._producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
         target = f"{settings.serving.host}:{settings.serving.port}"
-        self._client = RecommenderClient(target, deadline_s=settings.serving.client_deadline_s)
+        self._client = RecommenderClient(
+            target,
+            deadline_s=settings.serving.client_deadline_s,
+            api_key=os.environ.get(API_KEY_ENV, ""),
+        )
         self._next = 0.0
 
     def __call__(self, progress: Any) -> None:
@@ -292,7 +305,8 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
     from serving.client import RecommenderClient
 
     target = f"{settings.serving.host}:{settings.serving.port}"
-    with RecommenderClient(target, deadline_s=settings.serving.client_deadline_s) as client:
+    deadline = settings.serving.client_deadline_s
+    with RecommenderClient(target, deadline_s=deadline, api_key=args.api_key) as client:
         response = client.recommend(args.user, k=args.k)
     print(
         f"strategy={response.strategy} personalized={response.personalized} "
@@ -309,7 +323,8 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
     from serving.client import RecommenderClient
 
     target = f"{settings.serving.host}:{settings.serving.port}"
-    with RecommenderClient(target, deadline_s=settings.serving.client_deadline_s) as client:
+    deadline = settings.serving.client_deadline_s
+    with RecommenderClient(target, deadline_s=deadline, api_key=args.api_key) as client:
         print(MessageToJson(client.get_user_profile(args.user)))
     return 0
 
@@ -384,6 +399,58 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_file(settings: Settings, file: str | None) -> Path:
+    """``--file``, else ``serving.api_keys_file``, else ``<run_dir>/api_keys.json``."""
+    return Path(file or settings.serving.api_keys_file or settings.run_path / "api_keys.json")
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys; the file holds hashes only (personalization/access.py)."""
+    from personalization import access
+
+    path = keys_file(settings, args.file)
+
+    def note(message: str) -> None:  # stderr: stdout carries only the new key
+        print(f"[personalize] {message}", file=sys.stderr, flush=True)
+
+    try:
+        if args.action == "create":
+            if not args.id or not args.scopes:
+                note("keys create needs --id NAME and --scopes SCOPE[,SCOPE...]")
+                return 2
+            created: list[str] = []
+
+            def add(keys: tuple[access.ApiKey, ...]) -> tuple[access.ApiKey, ...]:
+                updated, key = access.create_key(keys, args.id, args.scopes)
+                created.append(key)
+                return updated
+
+            access.update_keys_file(path, add)
+            print(created[0], flush=True)
+            note(f"key {args.id!r} written to {path} (as its hash; the key is shown only now)")
+            if str(path) != settings.serving.api_keys_file:
+                note(f"serving reads it with PZ_SERVING__API_KEYS_FILE={path}")
+        elif args.action == "revoke":
+            if not args.id:
+                note("keys revoke needs --id NAME")
+                return 2
+            access.update_keys_file(path, lambda keys: access.revoke_key(keys, args.id))
+            note(f"key {args.id!r} revoked in {path} (servers drop it within seconds)")
+        else:
+            keys = access.load_keys_file(path) if path.exists() else ()
+            print(f"{'id':<24}{'created (UTC)':<22}{'hash':<24}scopes")
+            for key in keys:
+                print(
+                    f"{key.id:<24}{key.created or '-':<22}{key.hash[:19] + '...':<24}"
+                    f"{','.join(sorted(key.scopes))}"
+                )
+            note(f"{len(keys)} keys in {path}")
+    except ValueError as exc:  # KeysFileError included: it names the file and entry
+        note(f"error: {exc}")
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personalize", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -442,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="show a user's online features")
     prof.add_argument("user")
     prof.set_defaults(func=cmd_profile)
+    for client_command in (rec, prof):
+        client_command.add_argument(
+            "--api-key",
+            default=os.environ.get(API_KEY_ENV, ""),
+            help=f"API key for a server with access control on (default ${API_KEY_ENV})",
+        )
     ab = sub.add_parser("ab-results", help="per-variant A/B figures with significance tests")
     ab.add_argument("--experiment", default="", help="only this experiment")
     ab.add_argument("--control", default=None, help="variant to compare with")
@@ -461,6 +534,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", default="", help="rollback: default the previous; promote: the newest"
     )
     model.set_defaults(func=cmd_model)
+    keys = sub.add_parser("keys", help="API keys of the gRPC services: create, list, revoke")
+    keys.add_argument("action", choices=("create", "list", "revoke"))
+    keys.add_argument("--id", default="", help="the key's name (create, revoke)")
+    keys.add_argument(
+        "--scopes",
+        default="",
+        help="create: comma-separated, of collect, recommend, profile:read, admin",
+    )
+    keys.add_argument(
+        "--file",
+        default=None,
+        help="keys file (default serving.api_keys_file, else <run_dir>/api_keys.json)",
+    )
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

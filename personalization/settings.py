@@ -248,6 +248,14 @@ class ServingSettings(_Section):
     # TLS: PEM files of the server certificate chain and key; empty = plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Access control (personalization/access.py, README "Access control"): a JSON file of
+    # API key hashes and their scopes, managed with `personalize keys`. Empty = every RPC
+    # is open, as without it. The file is re-read when it changes (looked at every
+    # api_keys_reload_s), so keys rotate without a restart.
+    api_keys_file: str = ""
+    api_keys_reload_s: float = Field(default=1.0, gt=0)
+    # With access control on, server reflection needs a key too (any scope).
+    reflection_requires_key: bool = False
     # How often serving checks the model registry for a new active version.
     model_refresh_s: float = 1.0
     # In-flight RPCs get this long to finish on shutdown (SIGTERM).
@@ -271,7 +279,9 @@ class PrivacySettings(_Section):
     # An erased user's store entry keeps only a tombstone (so replayed older rows cannot
     # resurrect it) for this long; longer than the feature_updates topic retention.
     erasure_tombstone_ttl_s: int = 14 * 24 * 3600
-    # Bearer token for admin RPCs (forget, consent override); empty disables them.
+    # Bearer token for admin RPCs (forget, consent override, model version). Without
+    # serving.api_keys_file it is the only way in (empty disables them); with it, keys
+    # with the `admin` scope work too and this token still does (personalization/access.py).
     admin_token: str = ""
 
 

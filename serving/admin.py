@@ -2,8 +2,13 @@
 
 Every call must carry ``authorization: Bearer <privacy.admin_token>``; without a token
 configured the service answers FAILED_PRECONDITION ("disabled"), a wrong or missing
-token UNAUTHENTICATED. Each action writes an audit record to the audit topic before it
-returns, so nothing is erased or changed without a trace.
+token UNAUTHENTICATED. With access control on (``serving.api_keys_file``, see
+``personalization/access.py``) a key with the ``admin`` scope works as well as the token;
+then a missing or unknown credential is UNAUTHENTICATED, a key without the scope
+PERMISSION_DENIED, and the audit record names the key (``key:<id>``) or ``admin-token``.
+
+Each action writes an audit record to the audit topic before it returns, so nothing is
+erased or changed without a trace.
 
 ForgetUser acts twice: at once on the online store (a tombstone replaces the user's row,
 see ``writer/process.py``), and through the stream (an ``erasure`` event clears
@@ -22,6 +27,7 @@ import grpc
 from confluent_kafka import Producer
 
 from feature_repo.names import USER_PROFILE
+from personalization.access import ADMIN, AccessPolicy, Outcome
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
 from personalization.feature_updates import FeatureUpdate
 from personalization.model_registry import ModelRegistry, UnknownVersion
@@ -48,8 +54,10 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         *,
         store_writer: OnlineStoreWriter | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        access: AccessPolicy | None = None,
     ) -> None:
         self._settings = settings
+        self._access = access
         self._token = settings.privacy.admin_token
         self._collector = collector
         self._writer = store_writer or OnlineStoreWriter(settings)
@@ -70,6 +78,19 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         self._now_ms = now_ms
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
+        """The actor of the call (for its audit record), or abort."""
+        if self._access is not None:
+            # The interceptor checked already; checking here too keeps the servicer safe
+            # on its own and tells which key acted (a cache hit, no second hash).
+            decision = self._access.authorize(context.invocation_metadata(), ADMIN)
+            if decision.allowed and decision.key is not None:
+                return decision.key.actor
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if decision.outcome is Outcome.PERMISSION_DENIED
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            context.abort(code, decision.reason)
         if not self._token:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "admin API disabled (no token)")
         if not hmac.compare_digest(bearer_token(context), self._token):

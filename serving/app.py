@@ -2,7 +2,8 @@
 
 :class:`ServingApp` builds the components (recommender, catalog refresh, model watcher,
 event collector, admin), serves them with health and reflection, and stops them in
-order. :func:`serve` runs one until SIGTERM/SIGINT and exposes the metrics of
+order; with ``serving.api_keys_file`` set every call passes ``serving/auth.py``'s access
+check first. :func:`serve` runs one until SIGTERM/SIGINT and exposes the metrics of
 ``serving/metrics.py`` (RPC latency and errors, Recommend fallbacks, the catalog's size
 and age) on ``http://<metrics.host>:<metrics.serving_port>/metrics``.
 
@@ -33,6 +34,7 @@ from personalization.v1 import recommender_pb2_grpc
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
 from serving.async_handlers import add_servicer
+from serving.auth import AccessControl
 from serving.catalog import ItemCatalog
 from serving.collector import EventCollector
 from serving.exposure_log import ExposureLog
@@ -72,6 +74,8 @@ class ServingApp:
     ) -> None:
         self.settings = settings
         cfg = settings.serving
+        # First: a keys file that does not load stops the server before anything starts.
+        self.access = AccessControl.from_settings(settings)
         self.health_servicer = health.aio.HealthServicer()
         self.health = HealthState(self.health_servicer)
         if collector is None and enable_collector:
@@ -97,7 +101,9 @@ class ServingApp:
         self.recommender = recommender
         self.admin: AdminServicer | None = None
         if collector is not None:
-            self.admin = AdminServicer(settings, collector)
+            self.admin = AdminServicer(
+                settings, collector, access=self.access.policy if self.access else None
+            )
         # Blocking methods (Kafka acks, audit writes) run here, off the event loop.
         self._executor = futures.ThreadPoolExecutor(
             max_workers=cfg.max_workers, thread_name_prefix="grpc"
@@ -123,6 +129,7 @@ class ServingApp:
     async def _build_server(self) -> tuple[grpc.aio.Server, int]:
         cfg = self.settings.serving
         server = grpc.aio.server(
+            interceptors=[self.access.interceptor] if self.access is not None else None,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -203,6 +210,8 @@ class ServingApp:
             self.health.set(COLLECTOR_SERVICE, True)
         self._monitor = threading.Thread(target=self._watch_catalog, daemon=True)
         self._monitor.start()
+        if self.access is not None:
+            self.access.start()
         self._on_loop(self.server.start())
         log.info("serving on %s", self.target)
         return self
@@ -216,6 +225,8 @@ class ServingApp:
         self._on_loop(self.server.stop(grace))
         self._close_loop()
         self._stop_monitor.set()
+        if self.access is not None:
+            self.access.stop()
         serving_metrics.CATALOG.unwatch(self.recommender.catalog)
         self.recommender.catalog.stop()
         if self.recommender.models is not None:

@@ -2,8 +2,11 @@
 
 Every call carries a deadline (``deadline_s``), so a stuck server costs the caller a
 bounded wait. Errors surface as ``grpc.RpcError`` with the server's status code.
+With ``api_key`` every call carries it (``x-api-key`` metadata) for a server with access
+control on (UNAUTHENTICATED without a known key, PERMISSION_DENIED without the method's
+scope); Admin calls also carry ``admin_token`` (``authorization: Bearer``) when given.
 
-    with RecommenderClient("127.0.0.1:50051", deadline_s=0.2) as client:
+    with RecommenderClient("127.0.0.1:50051", deadline_s=0.2, api_key=key) as client:
         response = client.recommend("u-7", k=10)
 """
 
@@ -30,6 +33,7 @@ class RecommenderClient:
         max_message_bytes: int | None = None,
         admin_token: str = "",
         tls_root_cert: bytes | None = None,
+        api_key: str = "",
     ) -> None:
         options: list[tuple[str, Any]] = []
         if max_message_bytes:
@@ -40,7 +44,10 @@ class RecommenderClient:
         self.deadline_s = deadline_s
         # Collect waits for Kafka acks server-side, so it needs a longer deadline.
         self.collect_deadline_s = collect_deadline_s or deadline_s
-        self._admin_token = admin_token
+        self._metadata: tuple[tuple[str, str], ...] = (("x-api-key", api_key),) if api_key else ()
+        self._admin_metadata = self._metadata + (
+            (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        )
         if tls_root_cert is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
             self._channel = grpc.secure_channel(target, credentials, options=options)
@@ -51,7 +58,7 @@ class RecommenderClient:
         self._admin = recommender_pb2_grpc.AdminStub(self._channel)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RecommenderClient:
+    def from_settings(cls, settings: Settings, *, api_key: str = "") -> RecommenderClient:
         cfg = settings.serving
         return cls(
             f"{cfg.host}:{cfg.port}",
@@ -59,6 +66,7 @@ class RecommenderClient:
             collect_deadline_s=cfg.collect_ack_timeout_s + cfg.client_deadline_s,
             max_message_bytes=cfg.max_message_bytes,
             admin_token=settings.privacy.admin_token,
+            api_key=api_key,
         )
 
     def recommend(
@@ -78,7 +86,7 @@ class RecommenderClient:
         elif context:
             request.context.CopyFrom(events_pb2.EventContext(**dict(context)))
         response: recommender_pb2.RecommendResponse = self._recommender.Recommend(
-            request, timeout=deadline_s or self.deadline_s
+            request, timeout=deadline_s or self.deadline_s, metadata=self._metadata
         )
         return response
 
@@ -88,6 +96,7 @@ class RecommenderClient:
         profile: recommender_pb2.UserProfile = self._recommender.GetUserProfile(
             recommender_pb2.GetUserProfileRequest(user_id=user_id),
             timeout=deadline_s or self.deadline_s,
+            metadata=self._metadata,
         )
         return profile
 
@@ -105,20 +114,18 @@ class RecommenderClient:
         response: recommender_pb2.CollectResponse = self._collector.Collect(
             recommender_pb2.CollectRequest(events=protos),
             timeout=deadline_s or self.collect_deadline_s,
+            metadata=self._metadata,
         )
         return response
-
-    def _admin_metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self._admin_token}")] if self._admin_token else []
 
     def forget_user(
         self, user_id: str, reason: str = "", *, deadline_s: float | None = None
     ) -> recommender_pb2.AdminReply:
-        """Erase a user everywhere (admin token required); returns the audit id."""
+        """Erase a user everywhere (admin token or `admin` key); returns the audit id."""
         reply: recommender_pb2.AdminReply = self._admin.ForgetUser(
             recommender_pb2.ForgetUserRequest(user_id=user_id, reason=reason),
             timeout=deadline_s or self.collect_deadline_s,
-            metadata=self._admin_metadata(),
+            metadata=self._admin_metadata,
         )
         return reply
 
@@ -131,13 +138,13 @@ class RecommenderClient:
         *,
         deadline_s: float | None = None,
     ) -> recommender_pb2.AdminReply:
-        """Roll a model back or promote a version (admin token required)."""
+        """Roll a model back or promote a version (admin token or `admin` key)."""
         reply: recommender_pb2.AdminReply = self._admin.SetModelVersion(
             recommender_pb2.SetModelVersionRequest(
                 model=model, action=action, version=version, reason=reason
             ),
             timeout=deadline_s or self.collect_deadline_s,
-            metadata=self._admin_metadata(),
+            metadata=self._admin_metadata,
         )
         return reply
 
@@ -154,7 +161,7 @@ class RecommenderClient:
                 user_id=user_id, personalization=personalization, reason=reason
             ),
             timeout=deadline_s or self.collect_deadline_s,
-            metadata=self._admin_metadata(),
+            metadata=self._admin_metadata,
         )
         return reply
 

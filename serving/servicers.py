@@ -11,6 +11,9 @@ Status codes:
   ``rejected`` and dead-lettered (see ``serving/collector.py``).
 - UNAVAILABLE: Kafka did not acknowledge a Collect batch in time; GetUserProfile while
   Redis is unreachable (a profile has no meaningful fallback).
+- UNAUTHENTICATED / PERMISSION_DENIED: with access control on (``serving.api_keys_file``),
+  a call without a known key / without the method's scope, refused before any servicer
+  runs (``serving/auth.py``).
 - Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
   GetUserProfile with ``found=false``.
 

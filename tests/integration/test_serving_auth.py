@@ -1,0 +1,423 @@
+"""Access control on the real asyncio gRPC server (in process) against the session's Redis.
+
+Every RPC of every service is called with no key, an unknown key, a key holding every
+scope but the method's, and a key with the method's scope: UNAUTHENTICATED,
+UNAUTHENTICATED, PERMISSION_DENIED, and then the servicer's own answer (Kafka is a port
+nobody listens on, so Collect with events is UNAVAILABLE; an empty batch is OK). Health
+stays open; reflection is open unless configured; malformed metadata never yields
+INTERNAL; keys rotate (revoke + create in the file) without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ops.infra.processes import free_port
+from personalization.access import (
+    ADMIN,
+    COLLECT,
+    METHOD_SCOPES,
+    PROFILE_READ,
+    RECOMMEND,
+    SCOPES,
+    create_key,
+    revoke_key,
+    update_keys_file,
+    write_keys_file,
+)
+from personalization.settings import Settings
+from personalization.v1 import recommender_pb2, recommender_pb2_grpc
+from serving.app import ServingApp
+from serving.client import RecommenderClient
+from tests.conftest import ADMIN_TOKEN
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+OK = grpc.StatusCode.OK
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+def _settings(base: Settings, keys_file: Path, **serving: Any) -> Settings:
+    return base.model_copy(
+        update={
+            # Nothing listens there: Collect and audit writes time out quickly.
+            "kafka": base.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+            ),
+            "serving": base.serving.model_copy(
+                update={
+                    "port": 0,
+                    "api_keys_file": str(keys_file),
+                    "api_keys_reload_s": 0.1,
+                    "collect_ack_timeout_s": 0.3,
+                    **serving,
+                }
+            ),
+        }
+    )
+
+
+@dataclass
+class Server:
+    app: ServingApp
+    keys_file: Path
+    # Scope -> a key holding exactly that scope / every scope but that one.
+    only: dict[str, str]
+    all_but: dict[str, str]
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.app.target)
+
+
+def _write_scoped_keys(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    keys: tuple = ()
+    only: dict[str, str] = {}
+    all_but: dict[str, str] = {}
+    for scope in SCOPES:
+        name = scope.replace(":", "-")
+        keys, only[scope] = create_key(keys, f"only-{name}", [scope])
+        others = [s for s in SCOPES if s != scope]
+        keys, all_but[scope] = create_key(keys, f"all-but-{name}", others)
+    write_keys_file(path, keys)
+    return only, all_but
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    keys_file = tmp_path_factory.mktemp("auth") / "api_keys.json"
+    only, all_but = _write_scoped_keys(keys_file)
+    app = ServingApp(_settings(redis_server, keys_file)).start()
+    try:
+        yield Server(app, keys_file, only, all_but)
+    finally:
+        app.stop(grace_s=0.5)
+
+
+@dataclass(frozen=True)
+class Rpc:
+    name: str
+    scope: str
+    call: Callable[[grpc.Channel, list[tuple[str, Any]]], Any]
+    # The servicer's answer once the call is let through.
+    passed: grpc.StatusCode
+
+
+def _recommend(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+        recommender_pb2.RecommendRequest(user_id="auth-user", k=3), metadata=metadata, timeout=5
+    )
+
+
+def _profile(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.RecommenderStub(channel).GetUserProfile(
+        recommender_pb2.GetUserProfileRequest(user_id="auth-user"), metadata=metadata, timeout=5
+    )
+
+
+def _collect(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.CollectorStub(channel).Collect(
+        recommender_pb2.CollectRequest(), metadata=metadata, timeout=5
+    )
+
+
+def _forget(channel: grpc.Channel, metadata: list) -> Any:
+    # No user id: INVALID_ARGUMENT once the servicer has accepted the caller.
+    return recommender_pb2_grpc.AdminStub(channel).ForgetUser(
+        recommender_pb2.ForgetUserRequest(user_id=""), metadata=metadata, timeout=5
+    )
+
+
+def _consent(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.AdminStub(channel).SetConsent(
+        recommender_pb2.SetConsentRequest(user_id="", personalization=True),
+        metadata=metadata,
+        timeout=5,
+    )
+
+
+def _model_version(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.AdminStub(channel).SetModelVersion(
+        recommender_pb2.SetModelVersionRequest(model="no-such-model", action="promote"),
+        metadata=metadata,
+        timeout=5,
+    )
+
+
+RPCS = [
+    Rpc("Recommend", RECOMMEND, _recommend, OK),
+    Rpc("GetUserProfile", PROFILE_READ, _profile, OK),
+    Rpc("Collect", COLLECT, _collect, OK),
+    Rpc("ForgetUser", ADMIN, _forget, grpc.StatusCode.INVALID_ARGUMENT),
+    Rpc("SetConsent", ADMIN, _consent, grpc.StatusCode.INVALID_ARGUMENT),
+    Rpc("SetModelVersion", ADMIN, _model_version, grpc.StatusCode.NOT_FOUND),
+]
+
+
+def _code(call: Callable[[grpc.Channel, list], Any], channel: grpc.Channel, metadata: list) -> Any:
+    try:
+        call(channel, metadata)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return OK
+
+
+def test_the_matrix_covers_every_method():
+    assert len(RPCS) == len(METHOD_SCOPES)
+    assert {(name.rsplit("/", 1)[1], scope) for name, scope in METHOD_SCOPES.items()} == {
+        (r.name, r.scope) for r in RPCS
+    }
+
+
+@pytest.mark.parametrize("rpc", RPCS, ids=lambda r: r.name)
+@pytest.mark.parametrize("case", ["no key", "unknown key", "wrong scope", "right scope"])
+def test_every_rpc_by_key(server: Server, rpc: Rpc, case: str):
+    metadata = {
+        "no key": [],
+        "unknown key": [("x-api-key", "not-a-key-of-this-server-0123456789")],
+        "wrong scope": [("x-api-key", server.all_but[rpc.scope])],
+        "right scope": [("authorization", f"Bearer {server.only[rpc.scope]}")],
+    }[case]
+    expected = {
+        "no key": UNAUTHENTICATED,
+        "unknown key": UNAUTHENTICATED,
+        "wrong scope": PERMISSION_DENIED,
+        "right scope": rpc.passed,
+    }[case]
+    with server.channel() as channel:
+        assert _code(rpc.call, channel, metadata) == expected
+
+
+def test_collect_with_events_reaches_kafka(server: Server):
+    """The collect key gets as far as Kafka (which is not there: UNAVAILABLE)."""
+    event = {"user_id": "u", "event_type": "page_view", "event_time": 1_700_000_000_000}
+    with RecommenderClient(server.app.target, api_key=server.only[COLLECT]) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.collect([event])
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_typed_client_sends_its_key_on_every_call(server: Server):
+    everything = server.all_but[ADMIN]  # collect, recommend, profile:read
+    with RecommenderClient(server.app.target, deadline_s=5, api_key=everything) as client:
+        assert client.recommend("auth-user", k=3).items is not None
+        assert not client.get_user_profile("auth-user").found
+        assert client.collect([]).accepted == 0
+        with pytest.raises(grpc.RpcError) as err:
+            client.set_model_version("no-such-model", "promote")
+        assert err.value.code() == PERMISSION_DENIED
+    with RecommenderClient(server.app.target, deadline_s=5) as keyless:
+        with pytest.raises(grpc.RpcError) as err:
+            keyless.recommend("auth-user", k=3)
+        assert err.value.code() == UNAUTHENTICATED
+
+
+def test_legacy_admin_token_still_works_for_admin_only(server: Server):
+    bearer = [("authorization", f"Bearer {ADMIN_TOKEN}")]
+    with server.channel() as channel:
+        assert _code(_model_version, channel, bearer) == grpc.StatusCode.NOT_FOUND
+        assert _code(_forget, channel, bearer) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(_recommend, channel, bearer) == PERMISSION_DENIED
+    # A client with an API key and the token: Admin calls carry both and pass.
+    with RecommenderClient(
+        server.app.target, deadline_s=5, api_key=server.only[RECOMMEND], admin_token=ADMIN_TOKEN
+    ) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.set_model_version("no-such-model", "promote")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _Metadata:
+    """What the Admin servicer sees of a call: its metadata, and abort."""
+
+    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+        self._metadata = metadata
+        self.aborted: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self._metadata
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = code
+        raise RuntimeError(details)
+
+
+def test_audit_records_name_the_acting_key(server: Server):
+    admin = server.app.admin
+    assert admin is not None
+    assert admin._authorize(_Metadata([("x-api-key", server.only[ADMIN])])) == "key:only-admin"
+    legacy = _Metadata([("authorization", f"Bearer {ADMIN_TOKEN}")])
+    assert admin._authorize(legacy) == "admin-token"
+    denied = _Metadata([("x-api-key", server.only[COLLECT])])
+    with pytest.raises(RuntimeError):
+        admin._authorize(denied)
+    assert denied.aborted == PERMISSION_DENIED
+
+
+def test_health_is_open_without_a_key(server: Server):
+    with server.channel() as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "personalization.v1.Recommender"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+def _list_services(channel: grpc.Channel, metadata: list) -> list[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=5)
+    return [s.name for reply in replies for s in reply.list_services_response.service]
+
+
+def test_reflection_is_open_by_default(server: Server):
+    with server.channel() as channel:
+        assert "personalization.v1.Recommender" in _list_services(channel, [])
+
+
+def test_reflection_can_require_a_key(redis_server: Settings, tmp_path: Path):
+    keys_file = tmp_path / "keys.json"
+    keys, key = create_key((), "ingest", "collect")
+    write_keys_file(keys_file, keys)
+    settings = _settings(redis_server, keys_file, reflection_requires_key=True)
+    app = ServingApp(settings, enable_collector=False).start()
+    try:
+        with grpc.insecure_channel(app.target) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                _list_services(channel, [])
+            assert err.value.code() == UNAUTHENTICATED
+            # Any valid key will do, whatever its scopes.
+            assert "personalization.v1.Recommender" in _list_services(channel, [("x-api-key", key)])
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        app.stop(grace_s=0.5)
+
+
+MALFORMED: list[tuple[str, list[tuple[str, Any]], set[grpc.StatusCode]]] = [
+    ("huge value under gRPC's limit", [("x-api-key", "a" * 6_000)], {UNAUTHENTICATED}),
+    # gRPC itself refuses metadata past its limit (8 KiB soft, 16 KiB hard) before any
+    # interceptor runs.
+    (
+        "huge value over gRPC's limit",
+        [("authorization", "Bearer " + "b" * 40_000)],
+        {UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED},
+    ),
+    ("many headers", [("x-api-key", f"guess-{i}") for i in range(50)], {UNAUTHENTICATED}),
+    ("repeated unknown", [("x-api-key", "nope-1"), ("x-api-key", "nope-1")], {UNAUTHENTICATED}),
+    ("binary header with a key", [("x-api-key-bin", b"\xff\x00\xfe")], {UNAUTHENTICATED}),
+    ("binary authorization", [("authorization-bin", b"Bearer \x80")], {UNAUTHENTICATED}),
+    ("empty bearer", [("authorization", "Bearer ")], {UNAUTHENTICATED}),
+    ("other scheme", [("authorization", "Basic dXNlcjpwYXNz")], {UNAUTHENTICATED}),
+    ("empty x-api-key", [("x-api-key", "")], {UNAUTHENTICATED}),
+    ("spaces only", [("x-api-key", "     ")], {UNAUTHENTICATED}),
+    ("punctuation", [("x-api-key", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")], {UNAUTHENTICATED}),
+]
+
+
+@pytest.mark.parametrize(("name", "metadata", "codes"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_metadata_is_refused_never_internal(
+    server: Server, name: str, metadata: list, codes: set[grpc.StatusCode]
+):
+    with server.channel() as channel:
+        for rpc in RPCS:
+            code = _code(rpc.call, channel, metadata)
+            assert code in codes, f"{rpc.name}: {code}"
+        # The server is fine afterwards.
+        assert _code(_recommend, channel, [("x-api-key", server.only[RECOMMEND])]) == OK
+
+
+def test_a_valid_key_passes_beside_malformed_metadata(server: Server):
+    key = server.only[RECOMMEND]
+    metadata = [
+        ("x-api-key-bin", b"\x00\xff"),
+        ("x-api-key", "unknown-key-1"),
+        ("authorization", "Basic zzz"),
+        ("x-api-key", key),
+        ("x-api-key", key),
+    ]
+    with server.channel() as channel:
+        assert _code(_recommend, channel, metadata) == OK
+
+
+def test_non_ascii_text_metadata_never_leaves_a_grpc_client(server: Server):
+    """Text metadata is ASCII by the gRPC spec: grpc refuses to send anything else, so
+    it cannot reach the server as text (the policy still copes with it, see
+    tests/unit/test_access.py)."""
+    with server.channel() as channel, pytest.raises(ValueError, match="metadata was invalid"):
+        _recommend(channel, [("x-api-key", "ключ")])
+
+
+def test_keys_rotate_without_a_restart(
+    redis_server: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    keys_file = tmp_path / "keys.json"
+    keys, old_key = create_key((), "shop", "recommend")
+    write_keys_file(keys_file, keys)
+    app = ServingApp(_settings(redis_server, keys_file), enable_collector=False).start()
+    target = app.target
+
+    def code(key: str) -> Any:
+        with grpc.insecure_channel(target) as channel:
+            return _code(_recommend, channel, [("x-api-key", key)])
+
+    try:
+        assert code(old_key) == OK
+        new_keys: list[str] = []
+
+        def rotate(current: tuple) -> tuple:
+            updated, key = create_key(revoke_key(current, "shop"), "shop-2", "recommend")
+            new_keys.append(key)
+            return updated
+
+        update_keys_file(keys_file, rotate)
+        new_key = new_keys[0]
+        wait_for(lambda: code(old_key) == UNAUTHENTICATED, 5, "the revoked key to be refused")
+        assert code(new_key) == OK
+
+        # A file that does not parse keeps the keys in force and says why.
+        caplog.set_level(logging.ERROR, logger="serving.auth")
+        keys_file.write_text('{"keys": [{"id": "half-written"')
+        wait_for(
+            lambda: any("keeping the previous keys" in r.getMessage() for r in caplog.records),
+            5,
+            "the parse error to be logged",
+        )
+        assert code(new_key) == OK and code(old_key) == UNAUTHENTICATED
+
+        # Scopes change too: the same key loses recommend once the file says so.
+        write_keys_file(keys_file, ())
+        wait_for(lambda: code(new_key) == UNAUTHENTICATED, 5, "the emptied file to apply")
+    finally:
+        app.stop(grace_s=0.5)
+
+
+def test_without_the_setting_every_rpc_stays_open(
+    redis_server: Settings, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="serving.auth")
+    settings = _settings(redis_server, Path("unused"), api_keys_file="")
+    app = ServingApp(settings, enable_collector=False).start()
+    try:
+        assert app.access is None
+        with grpc.insecure_channel(app.target) as channel:
+            assert _code(_recommend, channel, []) == OK
+            assert _code(_profile, channel, [("x-api-key", "anything")]) == OK
+        warnings = [r.getMessage() for r in caplog.records if r.name == "serving.auth"]
+        assert len(warnings) == 1 and "every RPC is open" in warnings[0]
+    finally:
+        app.stop(grace_s=0.5)
