@@ -116,8 +116,9 @@ class KafkaSettings(_Section):
     exposures_topic: str = "exposures"
     ab_outcomes_topic: str = "ab_outcomes"
     # The job's own loop: item CF factors from the item operator back to the user
-    # operator (flink_jobs/item_factor_feed.py). Time-based retention is enough: the job
-    # keeps the latest of each item in broadcast state, checkpointed.
+    # operator (flink_jobs/item_factor_feed.py). Kept by size, not time: its timestamps
+    # are event times (its watermarks); the job keeps the latest of each item in broadcast
+    # state, checkpointed (ops.infra.kafka_broker.topic_configs).
     item_factors_topic: str = "item_factors"
     # Partitions of every pipeline topic: the most source subtasks that get work, so at
     # least the job's parallelism (flink.parallelism) and a multiple of it; 4 covers

@@ -30,7 +30,15 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
 
 from ops.infra.jars import ensure_jars, java_env, java_executable
 from ops.infra.processes import ManagedProcess, split_host_port, wait_until
@@ -228,9 +236,60 @@ def healthy(settings: Settings, timeout_s: float = 2.0) -> bool:
     return bool(md.brokers)
 
 
+# The item-factor feed is kept by size: its records' timestamps are the item events'
+# times (they are its watermarks), far in the past when old events are replayed, and
+# time-based retention would delete them at once. A partition keeps its newest
+# FEED_RETENTION_BYTES (the job holds each item's latest factors in broadcast state).
+FEED_RETENTION_BYTES = 256 * 1024 * 1024
+FEED_SEGMENT_BYTES = 32 * 1024 * 1024
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Per-topic settings ``ensure_topics`` applies beside the broker's defaults.
+
+    The job's output topics take the broker's append time as their record timestamps:
+    Flink stamps a main-output record with its event time, and a replay of events
+    older than the retention (the tests, backfills) would otherwise be deleted by the
+    next retention check while consumers still read it. The feed keeps event time
+    (its watermarks) and is retained by size."""
+    k = settings.kafka
+    append_time = {"message.timestamp.type": "LogAppendTime"}
+    configs = {
+        topic: dict(append_time)
+        for topic in (k.triggers_topic, k.dlq_topic, k.feature_updates_topic, k.ab_outcomes_topic)
+    }
+    configs[k.item_factors_topic] = {
+        "message.timestamp.type": "CreateTime",
+        "retention.ms": "-1",
+        "retention.bytes": str(FEED_RETENTION_BYTES),
+        "segment.bytes": str(FEED_SEGMENT_BYTES),
+    }
+    return configs
+
+
+def _apply_topic_configs(
+    admin: AdminClient, configs: dict[str, dict[str, str]], timeout_s: float
+) -> None:
+    """Set ``configs`` on existing topics (a run dir from before a setting existed)."""
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            topic,
+            incremental_configs=[
+                ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+                for name, value in entries.items()
+            ],
+        )
+        for topic, entries in configs.items()
+    ]
+    for fut in admin.incremental_alter_configs(resources, request_timeout=timeout_s).values():
+        fut.result()
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every ``settings.kafka.all_topics`` topic that is missing, with
-    ``settings.kafka.partitions`` partitions (existing topics with fewer get more).
+    ``settings.kafka.partitions`` partitions (existing topics with fewer get more) and
+    :func:`topic_configs` (set on existing topics too).
     Returns the topics created. Idempotent.
 
     Growing a topic (a run dir from when the default was 2) moves keys to other
@@ -241,10 +300,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     admin = _admin(settings)
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [t for t in k.all_topics if t not in existing]
+    configs = topic_configs(settings)
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=k.partitions, replication_factor=1) for t in missing],
+            [
+                NewTopic(t, k.partitions, replication_factor=1, config=configs.get(t, {}))
+                for t in missing
+            ],
             operation_timeout=timeout_s,
             request_timeout=timeout_s,
         )
@@ -273,6 +336,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         return True
 
     wait_until(all_have_leaders, timeout_s, interval_s=0.2, what="topic leaders")
+    present = {t: c for t, c in configs.items() if t in existing}
+    if present:
+        _apply_topic_configs(admin, present, timeout_s)
     if created:
         log.info("created kafka topics: %s", ", ".join(created))
     return created

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from ops import cli, stack
 from ops.infra import kafka_broker as kafka_mod
@@ -55,6 +55,44 @@ def test_kafka_topics_created(kafka_broker: Settings) -> None:
         assert len(topics[name].partitions) == kafka_broker.kafka.partitions
     # Idempotent: a second call creates nothing.
     assert kafka_mod.ensure_topics(kafka_broker) == []
+
+
+def test_kafka_topic_configs(kafka_broker: Settings) -> None:
+    """The job's outputs take append time (a replay of old events is not deleted by the
+    next retention check); the item-factor feed keeps event time and is kept by size."""
+    k = kafka_broker.kafka
+    admin = AdminClient({"bootstrap.servers": k.bootstrap_servers})
+    wanted = kafka_mod.topic_configs(kafka_broker)
+    assert set(wanted) >= {k.triggers_topic, k.dlq_topic, k.feature_updates_topic}
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in wanted]
+    for resource, fut in admin.describe_configs(resources).items():
+        got = {name: entry.value for name, entry in fut.result(timeout=15).items()}
+        for name, value in wanted[resource.name].items():
+            assert got[name] == value, (resource.name, name, got[name])
+    feed = wanted[k.item_factors_topic]
+    assert feed["message.timestamp.type"] == "CreateTime" and feed["retention.ms"] == "-1"
+    # A record stamped 1970 by its producer is read back with the broker's time.
+    delivered: list[tuple[int, int]] = []
+    producer = Producer({"bootstrap.servers": k.bootstrap_servers})
+    producer.produce(
+        k.triggers_topic,
+        value=b"{}",
+        partition=0,
+        timestamp=1_000,
+        on_delivery=lambda err, msg: delivered.append((msg.partition(), msg.offset())),
+    )
+    assert producer.flush(15) == 0 and delivered
+    consumer = Consumer(
+        {"bootstrap.servers": k.bootstrap_servers, "group.id": f"t-{uuid.uuid4().hex}"}
+    )
+    try:
+        consumer.assign([TopicPartition(k.triggers_topic, *delivered[0])])
+        msg = consumer.poll(15)
+        assert msg is not None and msg.error() is None
+        kind, stamp = msg.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME and stamp > 1_000_000_000_000, (kind, stamp)
+    finally:
+        consumer.close()
 
 
 def test_kafka_produce_consume_round_trip(kafka_broker: Settings) -> None:
