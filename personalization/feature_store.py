@@ -38,6 +38,14 @@ def item_index_key(project: str) -> str:
     return f"{project}:item_index"
 
 
+def key_ttl_s(settings: Settings) -> int | None:
+    """TTL of an entity's Redis hash, set again by every write (``privacy.retention_days``;
+    None = no TTL). Feast's online store issues the EXPIRE in the write's own pipeline,
+    right after the entity's HSET on the same key (one slot on a cluster)."""
+    days = settings.privacy.retention_days
+    return days * 24 * 3600 if days > 0 else None
+
+
 def repo_config(settings: Settings) -> RepoConfig:
     settings.registry_file.parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
@@ -48,6 +56,7 @@ def repo_config(settings: Settings) -> RepoConfig:
             type="redis",
             redis_type=RedisType(settings.redis.redis_type),
             connection_string=settings.redis.connection_string,
+            key_ttl_seconds=key_ttl_s(settings),
         ),
         entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
         repo_path=str(settings.feature_repo_path),

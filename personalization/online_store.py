@@ -6,6 +6,12 @@ layout: Feast's ``RedisOnlineStore.online_write_batch`` (one hash per entity, ro
 newer than the stored ones skipped, which makes replays harmless), the
 ``{project}:item_index`` sorted set that serving's catalog refresh reads, model versions
 to the model registry, and erasure tombstones.
+
+Every entity hash written carries a TTL of ``privacy.retention_days``, set again by each
+write (``feature_store.key_ttl_s``: Feast adds the EXPIRE to the write's pipeline), so a
+user or item nobody wrote for that long disappears from Redis; a tombstone's TTL is
+``privacy.erasure_tombstone_ttl_s``. The model registry and the item index are written
+with plain commands and never expire.
 """
 
 from __future__ import annotations

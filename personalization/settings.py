@@ -120,12 +120,34 @@ class KafkaSettings(_Section):
     # are event times (its watermarks); the job keeps the latest of each item in broadcast
     # state, checkpointed (ops.infra.kafka_broker.topic_configs).
     item_factors_topic: str = "item_factors"
+    # Time-based retention of each topic (ops.infra.kafka_broker.topic_configs; README
+    # "Privacy and security"), in ms. Input topics hold raw user ids and the changelog
+    # replays into Redis, so they are kept only as long as a stopped job or writer may
+    # need to catch up (retention_ms). Dead letters keep refused payloads, raw ids
+    # included: shortest (dlq_retention_ms). Exposures and A/B outcomes (pseudonyms) live
+    # an experiment's analysis window (ab_retention_ms). The privacy audit trail is kept
+    # longest (audit_retention_ms; -1 = forever). item_factors is kept by size instead.
+    retention_ms: int = Field(default=3 * 24 * 3600 * 1000, gt=0)
+    dlq_retention_ms: int = Field(default=24 * 3600 * 1000, gt=0)
+    ab_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, gt=0)
+    audit_retention_ms: int = Field(default=365 * 24 * 3600 * 1000, ge=-1)
     # Partitions of every pipeline topic: the most source subtasks that get work, so at
     # least the job's parallelism (flink.parallelism) and a multiple of it; 4 covers
     # parallelism 1, 2 and 4. Existing topics with fewer are grown (ops.infra.kafka_broker).
     partitions: int = Field(default=4, ge=1)
     flink_consumer_group: str = "pz-user-features"
     writer_consumer_group: str = "pz-online-store-writer"
+
+    @model_validator(mode="after")
+    def _retention_order(self) -> KafkaSettings:
+        if self.dlq_retention_ms > min(self.retention_ms, self.ab_retention_ms):
+            raise ValueError("dlq_retention_ms must be the shortest topic retention")
+        if self.audit_retention_ms == 0 or (
+            self.audit_retention_ms > 0
+            and self.audit_retention_ms < max(self.retention_ms, self.ab_retention_ms)
+        ):
+            raise ValueError("audit_retention_ms must be the longest topic retention (or -1)")
+        return self
 
     @property
     def event_topics(self) -> tuple[str, str, str]:
@@ -280,6 +302,10 @@ class PrivacySettings(_Section):
     # An erased user's store entry keeps only a tombstone (so replayed older rows cannot
     # resurrect it) for this long; longer than the feature_updates topic retention.
     erasure_tombstone_ttl_s: int = 14 * 24 * 3600
+    # Users inactive this long are forgotten: every online-store write sets this TTL on
+    # the entity's Redis hash (refreshed by each write; model registry keys never expire),
+    # and the job drops the keyed state of users idle this long. 0 = keep forever.
+    retention_days: int = Field(default=90, ge=0)
     # Bearer token for admin RPCs (forget, consent override, model version). Without
     # serving.api_keys_file it is the only way in (empty disables them); with it, keys
     # with the `admin` scope work too and this token still does (personalization/access.py).
@@ -433,6 +459,16 @@ class Settings(BaseSettings):
     ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _tombstones_outlive_the_changelog(self) -> Settings:
+        # A replayed changelog row older than an erasure must meet its tombstone.
+        if self.privacy.erasure_tombstone_ttl_s * 1000 <= self.kafka.retention_ms:
+            raise ValueError(
+                "privacy.erasure_tombstone_ttl_s must be longer than kafka.retention_ms "
+                "(the feature_updates changelog)"
+            )
+        return self
 
     # --- derived paths -------------------------------------------------------------
 

@@ -251,13 +251,24 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     Flink stamps a main-output record with its event time, and a replay of events
     older than the retention (the tests, backfills) would otherwise be deleted by the
     next retention check while consumers still read it. The feed keeps event time
-    (its watermarks) and is retained by size."""
+    (its watermarks) and is retained by size.
+
+    Every other topic has a time retention from ``KafkaSettings`` (README "Privacy and
+    security"): input events, triggers and the feature changelog ``retention_ms``; dead
+    letters (raw payloads, raw ids) ``dlq_retention_ms``, the shortest; exposures and A/B
+    outcomes ``ab_retention_ms``; the privacy audit trail ``audit_retention_ms``, the
+    longest. A segment is deleted once its newest record is older than that (checked
+    every ``log.retention.check.interval.ms``)."""
     k = settings.kafka
-    append_time = {"message.timestamp.type": "LogAppendTime"}
-    configs = {
-        topic: dict(append_time)
-        for topic in (k.triggers_topic, k.dlq_topic, k.feature_updates_topic, k.ab_outcomes_topic)
-    }
+    retention = {topic: k.retention_ms for topic in (*k.event_topics, k.triggers_topic)}
+    retention[k.feature_updates_topic] = k.retention_ms
+    retention[k.dlq_topic] = k.dlq_retention_ms
+    retention[k.exposures_topic] = k.ab_retention_ms
+    retention[k.ab_outcomes_topic] = k.ab_retention_ms
+    retention[k.audit_topic] = k.audit_retention_ms
+    configs = {topic: {"retention.ms": str(ms)} for topic, ms in retention.items()}
+    for topic in (k.triggers_topic, k.dlq_topic, k.feature_updates_topic, k.ab_outcomes_topic):
+        configs[topic]["message.timestamp.type"] = "LogAppendTime"
     configs[k.item_factors_topic] = {
         "message.timestamp.type": "CreateTime",
         "retention.ms": "-1",

@@ -59,11 +59,31 @@ def test_kafka_topics_created(kafka_broker: Settings) -> None:
 
 def test_kafka_topic_configs(kafka_broker: Settings) -> None:
     """The job's outputs take append time (a replay of old events is not deleted by the
-    next retention check); the item-factor feed keeps event time and is kept by size."""
+    next retention check); the item-factor feed keeps event time and is kept by size;
+    every other topic has its configured time retention, dead letters the shortest and
+    the audit trail the longest."""
     k = kafka_broker.kafka
     admin = AdminClient({"bootstrap.servers": k.bootstrap_servers})
     wanted = kafka_mod.topic_configs(kafka_broker)
     assert set(wanted) >= {k.triggers_topic, k.dlq_topic, k.feature_updates_topic}
+    # Every topic of the pipeline is configured, each with a retention of its own.
+    assert set(wanted) == set(k.all_topics)
+    timed = {t: int(c["retention.ms"]) for t, c in wanted.items() if t != k.item_factors_topic}
+    assert all(ms > 0 for ms in timed.values()), timed
+    assert timed[k.dlq_topic] == k.dlq_retention_ms == min(timed.values())
+    assert timed[k.audit_topic] == k.audit_retention_ms == max(timed.values())
+    assert k.dlq_retention_ms < k.retention_ms < k.audit_retention_ms
+    for topic in (*k.event_topics, k.triggers_topic, k.feature_updates_topic):
+        assert timed[topic] == k.retention_ms, topic
+    assert timed[k.exposures_topic] == timed[k.ab_outcomes_topic] == k.ab_retention_ms
+    # Erasure tombstones outlive every changelog row a writer could still replay.
+    assert kafka_broker.privacy.erasure_tombstone_ttl_s * 1000 > timed[k.feature_updates_topic]
+    # A topic of an older run dir, with another retention, is set right by ensure_topics.
+    kafka_mod._apply_topic_configs(admin, {k.dlq_topic: {"retention.ms": "604800000"}}, 15)
+    assert kafka_mod.ensure_topics(kafka_broker) == []
+    dlq = ConfigResource(ResourceType.TOPIC, k.dlq_topic)
+    got = admin.describe_configs([dlq])[dlq].result(timeout=15)
+    assert got["retention.ms"].value == str(k.dlq_retention_ms)
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in wanted]
     for resource, fut in admin.describe_configs(resources).items():
         got = {name: entry.value for name, entry in fut.result(timeout=15).items()}
