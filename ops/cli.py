@@ -8,6 +8,9 @@
     personalize feast-apply                                       register feature definitions
     personalize job | writer | serve                              one component, foreground
     personalize send [--file PATH] [--rate R] [--count N]         traffic into Kafka
+                     [--speed X|max] [--keep-times]               replay pace / own event times
+                     [--map event_time=ts,user_id=uid,...]        any CSV (+ --event-types,
+                                                                  --time-format, --columns)
     personalize recommend USER [-k 10] | profile USER             ask the gRPC server
     personalize deploy [--cluster-up]                             submit the job to a Flink cluster
     personalize ab-results [--experiment NAME]                    A/B figures with significance
@@ -45,12 +48,21 @@ def _say(message: str) -> None:
 # --- traffic ---------------------------------------------------------------------------
 
 
-def traffic_source(settings: Settings, file: str | None, rate: float, seed: int) -> Iterable[dict]:
-    """Events to send: a dataset file replayed, or the built-in shopping simulation."""
+def traffic_source(
+    settings: Settings,
+    file: str | None,
+    rate: float,
+    seed: int,
+    *,
+    reader: Any = None,
+    bad_rows: Any = None,
+) -> Iterable[dict]:
+    """Events to send: a dataset file replayed (in time order, through ``reader``, by
+    default the file's detected format), or the built-in shopping simulation."""
     if file:
         from traffic.replay import iter_events
 
-        return iter_events(file, sort_by_time=True)
+        return iter_events(file, sort_by_time=True, reader=reader, bad_rows=bad_rows)
     from traffic.generator import GeneratorConfig, TrafficGenerator
 
     # The simulation's own timeline, sent at exactly the requested rate: the sender
@@ -132,27 +144,60 @@ def send_traffic(
     count: int | None,
     seed: int = 7,
     report: bool = True,
+    speed: float = math.inf,
+    keep_times: bool = False,
+    reader: Any = None,
 ) -> Any:
-    from traffic.sender import TrafficSender
+    """Send traffic. ``speed``: the source's time gaps divided by it, the first event
+    stamped now (``math.inf``: every event stamped when sent, gaps collapsed);
+    ``keep_times``: the events' own times (paced by ``speed`` when finite), with a
+    warning for those outside the job's admission window; ``reader``: an
+    :class:`traffic.replay.EventReader` for ``file`` (e.g. a mapped CSV)."""
+    from personalization.events import ValidationLimits
+    from traffic.replay import BadRows
+    from traffic.sender import AdmissionCheck, TrafficSender
 
     last_user = LastUser()
-    events = last_user.watch(traffic_source(settings, file, rate, seed))
+    bad_rows = BadRows()
+    events = traffic_source(settings, file, rate, seed, reader=reader, bad_rows=bad_rows)
+    admission = None
+    if keep_times:
+        admission = AdmissionCheck(
+            ValidationLimits.from_settings(settings.features), warn=lambda m: _say(f"warning: {m}")
+        )
+        events = admission.watch(events)
+    events = last_user.watch(events)
     reporter = ProgressReporter(settings, last_user) if report else None
     sender = TrafficSender(
         settings,
         rate=rate,
-        rewrite_time_to_now=True,
-        speed=math.inf,
+        rewrite_time_to_now=not keep_times,
+        keep_times=keep_times,
+        speed=speed,
         max_events=count,
         max_duration_s=duration,
         progress=reporter,
-        event_id_suffix=f"-{int(time.time())}" if file else "",
+        # A replay re-timed to now counts again; a backfill of the same times and ids
+        # is the same events (the job dedupes them).
+        event_id_suffix=f"-{int(time.time())}" if file and not keep_times else "",
     )
     stats = sender.send(events)
     _say(
         f"sent {stats.sent} events in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s), "
         f"delivered {stats.delivered}, errors {stats.errors}"
     )
+    if bad_rows.count:
+        _say(f"{file}: skipped {bad_rows.summary()}")
+    if bad_rows.skipped:
+        skipped = ", ".join(f"{t} {n}" for t, n in bad_rows.skipped.most_common())
+        _say(f"{file}: skipped on purpose (event types mapped to -): {skipped}")
+    if admission is not None and admission.refused:
+        _say(
+            f"warning: {sum(admission.refused.values())} of {admission.checked} events are "
+            f"outside the admission window ({dict(admission.refused)}) and go to "
+            f"{settings.kafka.dlq_topic}; widen it with PZ_FEATURES__MAX_EVENT_AGE_S "
+            "(the job's setting, restart it) or replay without --keep-times"
+        )
     if reporter and reporter.freshness:
         ordered = sorted(reporter.freshness)
         _say(
@@ -289,15 +334,62 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_speed(text: str) -> float:
+    """``--speed``: a factor > 0 (1 = real time) or ``max`` (gaps collapsed)."""
+    if text.strip().lower() in ("max", "inf"):
+        return math.inf
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number > 0 or max") from None
+    if not (speed > 0 and math.isfinite(speed)):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number > 0 or max")
+    return speed
+
+
+def send_reader(args: argparse.Namespace) -> Any:
+    """The generic CSV reader when ``--map`` is given (None: the file's own format)."""
+    csv_options = (args.event_types, args.time_format, args.columns, args.delimiter)
+    if not args.map:
+        if any(csv_options):
+            raise SystemExit("--event-types, --time-format, --columns and --delimiter need --map")
+        return None
+    if not args.file:
+        raise SystemExit("--map needs --file")
+    from traffic.replay import CsvMapping, MappedCsvReader
+
+    try:
+        mapping = CsvMapping.parse(
+            args.map,
+            event_types=args.event_types or "",
+            time_format=args.time_format or "auto",
+            columns=args.columns or "",
+            delimiter=args.delimiter or "",
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return MappedCsvReader(mapping)
+
+
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    stats = send_traffic(
-        settings,
-        file=args.file,
-        rate=args.rate,
-        duration=args.duration,
-        count=args.count,
-        report=not args.quiet,
-    )
+    reader = send_reader(args)
+    rate = args.rate
+    if rate is None:  # paced by the file's own gaps: no cap unless asked
+        rate = 0.0 if math.isfinite(args.speed) else 200.0
+    try:
+        stats = send_traffic(
+            settings,
+            file=args.file,
+            rate=rate,
+            duration=args.duration,
+            count=args.count,
+            report=not args.quiet,
+            speed=args.speed,
+            keep_times=args.keep_times,
+            reader=reader,
+        )
+    except ValueError as exc:  # a file that cannot be read as its format / mapping
+        raise SystemExit(f"personalize send: {exc}") from None
     return 0 if stats.errors == 0 else 1
 
 
@@ -500,7 +592,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the gRPC server").set_defaults(func=cmd_serve)
     send = sub.add_parser("send", help="send traffic to Kafka")
     traffic_args(send, 200.0, None)
+    send.set_defaults(rate=None)  # 200 ev/s, or no cap with a finite --speed
     send.add_argument("--quiet", action="store_true", help="no progress probes")
+    send.add_argument(
+        "--speed",
+        type=parse_speed,
+        default=math.inf,
+        help="replay the events' time gaps divided by X (1 = real time), the first event "
+        "stamped now; max (default) = every event stamped when sent, gaps collapsed",
+    )
+    send.add_argument(
+        "--keep-times",
+        action="store_true",
+        help="send the events' own times (backfill); warns about events outside the "
+        "job's admission window (features.max_event_age_s)",
+    )
+    send.add_argument(
+        "--map",
+        help="read --file as a CSV with this column mapping: "
+        "event_time=COL,user_id=COL,event_type=COL[,item_id=COL,category=COL,price=COL,"
+        "quantity=COL,event_id=COL,device=COL,country=COL,...,properties.NAME=COL]",
+    )
+    send.add_argument(
+        "--event-types",
+        help="with --map: source values to event types, e.g. pv=product_view,buy=purchase"
+        ",search=- (- skips the row)",
+    )
+    send.add_argument(
+        "--time-format",
+        help="with --map: auto (default), s, ms, iso or a strptime pattern",
+    )
+    send.add_argument(
+        "--columns", help="with --map: the file has no header; these are its column names"
+    )
+    send.add_argument("--delimiter", help="with --map: , ; | or \\t (default: sniffed)")
     send.set_defaults(func=cmd_send)
     rec = sub.add_parser("recommend", help="ask for recommendations")
     rec.add_argument("user")

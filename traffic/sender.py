@@ -12,6 +12,9 @@
   nothing is sent ahead of its time. ``speed=math.inf`` stamps every event with the
   time it is sent (gaps collapsed, no waiting). Out-of-order input is sent at once,
   keeping its (shifted) earlier time.
+* ``keep_times``: send the events' own times (a backfill). With a finite ``speed``
+  the sends are still paced by the events' gaps divided by ``speed`` (the first at
+  once); with ``math.inf`` only ``rate`` paces them.
 * Bounded by ``max_events`` and/or ``max_duration_s``; a progress callback runs about
   every ``progress_interval_s`` with events sent, the achieved rate and delivery
   errors; the producer is flushed at the end and :class:`SendStats` returned.
@@ -26,7 +29,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +99,59 @@ class TimeShift:
         return self.wall_start_ms + round((event_time_ms - self.source_start_ms) / self.speed)
 
 
+# --- the job's admission window (pure verdict + a counting pass-through) ---------------
+
+
+def admission_verdict(event_time_ms: int, now_ms: int, limits: ev.ValidationLimits) -> str | None:
+    """The job's rejection reason for an event of this time seen at ``now_ms``, or None
+    (the same rule as :func:`personalization.events.validate_event`)."""
+    if event_time_ms > now_ms + limits.max_future_skew_ms:
+        return "event_time_in_future"
+    if event_time_ms < now_ms - limits.max_event_age_ms:
+        return "event_time_too_old"
+    return None
+
+
+@dataclass(slots=True)
+class AdmissionCheck:
+    """Counts the events whose own times the job will refuse (to the dead-letter topic):
+    older than ``features.max_event_age_s`` or further ahead than ``max_future_skew_s``.
+
+    :meth:`watch` passes events through unchanged; ``warn`` is called once, at the
+    first such event (a time-sorted replay meets its oldest event first).
+    """
+
+    limits: ev.ValidationLimits
+    warn: Callable[[str], None] | None = None
+    wall_clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+    checked: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def check(self, event: dict[str, Any]) -> str | None:
+        try:
+            event_ms = ev.parse_event_time_ms(event.get("event_time", event.get("event_time_ms")))
+        except ev.EventRejected:
+            return None  # refused for another reason; not the window's business
+        self.checked += 1
+        verdict = admission_verdict(event_ms, self.wall_clock_ms(), self.limits)
+        if verdict is not None:
+            if not self.refused and self.warn is not None:
+                self.warn(
+                    f"event {event.get('event_id', '?')} at {event_ms} ms is outside the job's "
+                    f"admission window ({verdict}: max age "
+                    f"{self.limits.max_event_age_ms // 1000} s, future skew "
+                    f"{self.limits.max_future_skew_ms // 1000} s); such events go to the "
+                    "dead-letter topic"
+                )
+            self.refused[verdict] += 1
+        return verdict
+
+    def watch(self, events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for event in events:
+            self.check(event)
+            yield event
+
+
 # --- stats -----------------------------------------------------------------------------
 
 
@@ -154,6 +210,7 @@ class TrafficSender:
         rate: float = 0.0,
         burst: float | None = None,
         rewrite_time_to_now: bool = False,
+        keep_times: bool = False,
         speed: float = 1.0,
         max_events: int | None = None,
         max_duration_s: float | None = None,
@@ -171,11 +228,14 @@ class TrafficSender:
             raise ValueError("rate must be >= 0")
         if speed <= 0:
             raise ValueError("speed must be > 0 (math.inf collapses the gaps)")
+        if rewrite_time_to_now and keep_times:
+            raise ValueError("rewrite_time_to_now and keep_times exclude each other")
         self.settings = settings or load_settings()
         self.rate = rate
         # Default burst: a tenth of a second of traffic, at least one event.
         self.burst = burst if burst is not None else max(1.0, rate / 10.0)
         self.rewrite_time_to_now = rewrite_time_to_now
+        self.keep_times = keep_times
         self.speed = speed
         self.max_events = max_events
         self.max_duration_s = max_duration_s
@@ -275,8 +335,8 @@ class TrafficSender:
                 break
             out = dict(event)
             due_ms: int | None = None
-            if self.rewrite_time_to_now:
-                shift, due_ms = self._rewrite(out, shift)
+            if self.rewrite_time_to_now or (self.keep_times and not math.isinf(self.speed)):
+                shift, due_ms = self._schedule(out, shift)
                 if due_ms is not None and not math.isinf(self.speed):
                     ahead_ms = due_ms - self._wall_clock_ms()
                     if ahead_ms > 0 and not wait(ahead_ms / 1000.0):
@@ -286,7 +346,7 @@ class TrafficSender:
             if pause > 0 and not wait(pause):
                 stats.stopped_by = "max_duration"
                 break
-            if due_ms is not None and math.isinf(self.speed):
+            if due_ms is not None and self.rewrite_time_to_now and math.isinf(self.speed):
                 out["event_time"] = self._wall_clock_ms()
             if self.event_id_suffix and out.get("event_id"):
                 out["event_id"] = f"{out['event_id']}{self.event_id_suffix}"
@@ -302,10 +362,11 @@ class TrafficSender:
         report(self._clock(), force=True)
         return stats
 
-    def _rewrite(
+    def _schedule(
         self, event: dict[str, Any], shift: TimeShift | None
     ) -> tuple[TimeShift | None, int | None]:
-        """Shift the event's time in place: (the shift, when it is due in ms).
+        """(the shift, when the event is due in wall-clock ms); with
+        ``rewrite_time_to_now`` the event's time becomes that due time (in place).
 
         The first event with a readable time fixes the shift. An event without one
         is left as is (the pipeline rejects it) and is due at once (None).
@@ -317,8 +378,9 @@ class TrafficSender:
         if shift is None:
             shift = TimeShift(source_ms, self._wall_clock_ms(), self.speed)
         new_ms = shift.map(source_ms)
-        event.pop("event_time_ms", None)
-        event["event_time"] = new_ms
+        if self.rewrite_time_to_now:
+            event.pop("event_time_ms", None)
+            event["event_time"] = new_ms
         return shift, new_ms
 
     def _produce(
