@@ -10,7 +10,10 @@
 #      pyproject.toml changed since the last bootstrap);
 #   4. the Kafka broker jars and the Flink Kafka connector (Maven, infra/pom.xml).
 # With --tests (or CI=true, or PZ_BOOTSTRAP_TESTS=1) also what only the tests need:
-# Debian's chromium, which the dashboard e2e test drives headless.
+# Debian's chromium, which the dashboard e2e test drives headless; Debian's prometheus
+# (promtool tests the alert rules, the server scrapes a test stack) with its packaged
+# service kept off like redis-server's; Debian's docker-compose, which parses
+# docker-compose.yml without a Docker engine.
 # Safe with CI=true and no stdin. Prints a summary of what it did.
 set -euo pipefail
 
@@ -53,10 +56,16 @@ fi
 if [ "$for_tests" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   missing+=(chromium)
 fi
+if [ "$for_tests" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+  missing+=(prometheus)
+fi
+if [ "$for_tests" = 1 ] && ! command -v docker-compose >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
-  # Keep maintainer scripts from starting services (the packaged redis-server on 6379)
-  # while installing: policy-rc.d exit 101 = "action forbidden".
+  # Keep maintainer scripts from starting services (the packaged redis-server on 6379,
+  # prometheus on 9090) while installing: policy-rc.d exit 101 = "action forbidden".
   policy=/usr/sbin/policy-rc.d
   made_policy=0
   if [ ! -e "$policy" ]; then
@@ -71,7 +80,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   note "installed: ${missing[*]}"
 else
   extra=""
-  [ "$for_tests" = 1 ] && extra=", chromium"
+  [ "$for_tests" = 1 ] && extra=", chromium, promtool, docker-compose"
   note "system packages already present (redis-server, java, mvn, python3.11$extra)"
 fi
 
@@ -89,6 +98,23 @@ if [ -e /lib/systemd/system/redis-server.service ] || [ -e /etc/init.d/redis-ser
   fi
   if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/redis-server ]; then
     as_root update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
+fi
+
+# --- 2b. the packaged prometheus service stays off too (tests run their own) -----------
+if [ -e /lib/systemd/system/prometheus.service ] || [ -e /etc/init.d/prometheus ]; then
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    if systemctl is-enabled --quiet prometheus 2>/dev/null \
+      || systemctl is-active --quiet prometheus 2>/dev/null; then
+      as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+      note "stopped and disabled the system prometheus service"
+    fi
+  elif [ -e /run/prometheus/prometheus.pid ] && kill -0 "$(cat /run/prometheus/prometheus.pid)" 2>/dev/null; then
+    as_root service prometheus stop >/dev/null 2>&1 || true
+    note "stopped the system prometheus service"
+  fi
+  if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/prometheus ]; then
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
   fi
 fi
 
