@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable
 
 import grpc
-from confluent_kafka import Producer
 
 from feature_repo.names import USER_PROFILE
 from personalization.access import ADMIN, AccessPolicy, Outcome
@@ -36,6 +35,7 @@ from personalization.privacy import audit_record, pseudonymizer
 from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.audit import AuditLog, AuditUnavailable
 from serving.collector import CollectUnavailable, EventCollector
 
 
@@ -55,6 +55,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         store_writer: OnlineStoreWriter | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         access: AccessPolicy | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
         self._access = access
@@ -67,14 +68,8 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
             settings.feast.project,
             keep=settings.learning.registry_keep_versions,
         )
-        self._audit = Producer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "acks": "all",
-                "enable.idempotence": True,
-                "client.id": "pz-admin-audit",
-            }
-        )
+        # Shared with GetUserProfile's audit when the app passes one (serving/app.py).
+        self._audit = audit or AuditLog(settings)
         self._now_ms = now_ms
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
@@ -98,9 +93,10 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         return "admin-token"
 
     def _write_audit(self, record: str, context: grpc.ServicerContext) -> None:
-        self._audit.produce(self._settings.kafka.audit_topic, value=record.encode())
-        if self._audit.flush(self._settings.serving.collect_ack_timeout_s) != 0:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "audit record not acknowledged")
+        try:
+            self._audit.write(record)
+        except AuditUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     def _send_control(self, event: events_pb2.Event, context: grpc.ServicerContext) -> None:
         try:
@@ -194,7 +190,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         )
 
     def close(self) -> None:
-        self._audit.flush(5)
+        self._audit.close()
 
 
 def _audit_id(record: str) -> str:

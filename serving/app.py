@@ -34,6 +34,7 @@ from personalization.v1 import recommender_pb2_grpc
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
 from serving.async_handlers import add_servicer
+from serving.audit import AuditLog
 from serving.auth import AccessControl
 from serving.catalog import ItemCatalog
 from serving.collector import EventCollector
@@ -60,8 +61,9 @@ class ServingApp:
     """The asyncio gRPC server and the components behind it; ``start`` / ``stop``.
 
     The server runs on its own event loop in a background thread, so callers (the CLI,
-    tests, benchmarks) keep a synchronous API. Recommend and GetUserProfile run on that
-    loop; Collect and the Admin methods in a thread pool (see ``async_handlers``).
+    tests, benchmarks) keep a synchronous API. Recommend runs on that loop; Collect,
+    GetUserProfile (it waits for its audit record) and the Admin methods in a thread pool
+    (see ``async_handlers``).
     """
 
     def __init__(
@@ -100,10 +102,19 @@ class ServingApp:
             )
         self.recommender = recommender
         self.admin: AdminServicer | None = None
+        # The privacy audit trail (Admin actions, profile reads) needs Kafka, as the
+        # collector does: a server without one serves profiles unaudited.
+        self.audit: AuditLog | None = None
         if collector is not None:
+            self.audit = AuditLog(settings)
             self.admin = AdminServicer(
-                settings, collector, access=self.access.policy if self.access else None
+                settings,
+                collector,
+                access=self.access.policy if self.access else None,
+                audit=self.audit,
             )
+        else:
+            log.warning("profile reads are not audited: this server has no Kafka (no collector)")
         # Blocking methods (Kafka acks, audit writes) run here, off the event loop.
         self._executor = futures.ThreadPoolExecutor(
             max_workers=cfg.max_workers, thread_name_prefix="grpc"
@@ -140,9 +151,14 @@ class ServingApp:
         names = add_servicer(
             server,
             recommender_pb2_grpc.add_RecommenderServicer_to_server,
-            RecommenderServicer(self.settings, self.recommender),
+            RecommenderServicer(
+                self.settings,
+                self.recommender,
+                audit=self.audit,
+                access=self.access.policy if self.access else None,
+            ),
             executor=self._executor,
-            inline=("Recommend", "GetUserProfile"),
+            inline=("Recommend",),
         )
         if self.collector is not None:
             names += add_servicer(
@@ -232,7 +248,7 @@ class ServingApp:
         if self.recommender.models is not None:
             self.recommender.models.stop()
         if self.admin is not None:
-            self.admin.close()
+            self.admin.close()  # flushes the audit log it shares
         if self.collector is not None:
             self.collector.close(timeout_s=grace)
         self.recommender.reader.close()

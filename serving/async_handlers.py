@@ -12,8 +12,8 @@ module adapts their methods to async behaviours:
   (Recommend: one Redis round trip bounded by ``redis.socket_timeout_s``, and the reader
   stops touching a Redis that timed out for a while; see ``online_features``). Handing
   them to a thread would cost more than they do.
-- the others (Collect waits for Kafka acks, Admin writes audit records) run in a small
-  thread pool so a slow broker cannot stall the loop.
+- the others (Collect waits for Kafka acks, Admin and GetUserProfile write audit
+  records) run in a small thread pool so a slow broker cannot stall the loop.
 - a sync ``context.abort(code, details)`` raises :class:`Aborted`; the async behaviour
   turns it into the call's status.
 - a request whose bytes do not decode is answered INVALID_ARGUMENT (grpcio would say

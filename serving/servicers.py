@@ -10,12 +10,20 @@ Status codes:
 - Collect answers OK for a batch with invalid events: they are reported per index in
   ``rejected`` and dead-lettered (see ``serving/collector.py``).
 - UNAVAILABLE: Kafka did not acknowledge a Collect batch in time; GetUserProfile while
-  Redis is unreachable (a profile has no meaningful fallback).
+  Redis is unreachable (a profile has no meaningful fallback) or while its audit record
+  is not acknowledged.
 - UNAUTHENTICATED / PERMISSION_DENIED: with access control on (``serving.api_keys_file``),
   a call without a known key / without the method's scope, refused before any servicer
   runs (``serving/auth.py``).
 - Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
   GetUserProfile with ``found=false``.
+
+A profile read is audited (``serving/audit.py``): before the profile is read, a
+``profile:read`` record naming the reader (``key:<id>``, or ``anonymous`` without access
+control) and the user (the stored pseudonym) is acknowledged by the audit topic. A
+server without Kafka (``--no-collector``) has no audit log and serves profiles unaudited
+(it logs a WARNING at start). Recommend is not audited: it runs on the event loop and
+writes its exposure record instead.
 
 The servicers are plain synchronous classes (unit tests call them directly);
 ``serving/async_handlers.py`` serves them on the asyncio server.
@@ -27,20 +35,35 @@ import time
 
 import grpc
 
-from personalization.privacy import pseudonymizer
+from personalization.access import PROFILE_READ, AccessPolicy, Outcome
+from personalization.privacy import audit_record, pseudonymizer
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.audit import AuditLog, AuditUnavailable
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable
 from serving.proto_mapping import collect_response, profile_message, recommend_response
 from serving.recommender import Recommender
 
-__all__ = ["CollectorServicer", "RecommenderServicer"]
+__all__ = ["ANONYMOUS", "PROFILE_READ_ACTION", "CollectorServicer", "RecommenderServicer"]
+
+# How the audit trail names a profile read, and its reader without access control.
+PROFILE_READ_ACTION = "profile:read"
+ANONYMOUS = "anonymous"
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, settings: Settings, recommender: Recommender) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        recommender: Recommender,
+        *,
+        audit: AuditLog | None = None,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self._recommender = recommender
+        self._audit = audit
+        self._access = access
         # Features are stored under the pseudonym the job derived (privacy.hmac_secret).
         self._stored_id = pseudonymizer(settings.privacy.hmac_secret)
         self._default_k = settings.serving.default_k
@@ -68,11 +91,34 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         user_id = request.user_id.strip()
         if not user_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        subject = self._stored_id(user_id)
+        if self._audit is not None:
+            record = audit_record(PROFILE_READ_ACTION, subject, actor=self._reader(context))
+            try:
+                self._audit.write(record)
+            except AuditUnavailable as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         try:
-            features = self._recommender.user_features(self._stored_id(user_id))
+            features = self._recommender.user_features(subject)
         except StoreUnavailable as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return profile_message(user_id, features, int(time.time() * 1000))
+
+    def _reader(self, context: grpc.ServicerContext) -> str:
+        """Who reads (for the audit record): the caller's key, or ``anonymous``."""
+        if self._access is None:
+            return ANONYMOUS
+        # The interceptor let the call through; this finds which key (a cache hit).
+        decision = self._access.authorize(context.invocation_metadata(), PROFILE_READ)
+        if decision.allowed and decision.key is not None:
+            return decision.key.actor
+        code = (
+            grpc.StatusCode.PERMISSION_DENIED
+            if decision.outcome is Outcome.PERMISSION_DENIED
+            else grpc.StatusCode.UNAUTHENTICATED
+        )
+        context.abort(code, decision.reason)
+        raise AssertionError("context.abort returned")  # it raises
 
 
 class CollectorServicer(recommender_pb2_grpc.CollectorServicer):

@@ -1,13 +1,17 @@
 """Traffic for the pipeline: a session generator, dataset replay and a Kafka sender.
 
 * :mod:`.generator`: deterministic, realistic shopping sessions (wire-format dicts).
-* :mod:`.replay`: Taobao UserBehavior, MovieLens and JSON-lines files as events.
+* :mod:`.replay`: Taobao UserBehavior, MovieLens and JSON-lines files as events, and
+  any CSV through a column mapping (:class:`MappedCsvReader`); one reader interface.
 * :mod:`.sender`: :class:`TrafficSender` produces events to the Kafka input topics
   at a target rate, optionally re-timed so a replay looks live.
 """
 
 from traffic.generator import GeneratorConfig, TrafficGenerator, generate_events
 from traffic.replay import (
+    BadRows,
+    CsvMapping,
+    MappedCsvReader,
     dataset_path,
     detect_format,
     iter_events,
@@ -17,7 +21,10 @@ from traffic.replay import (
 from traffic.sender import SendProgress, SendStats, TrafficSender, take_token
 
 __all__ = [
+    "BadRows",
+    "CsvMapping",
     "GeneratorConfig",
+    "MappedCsvReader",
     "SendProgress",
     "SendStats",
     "TrafficGenerator",

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from personalization.settings import Settings
 from serving.client import RecommenderClient
@@ -57,26 +57,39 @@ def answered_total(client: RecommenderClient, user: str) -> int:
 
 
 def audit_records(settings: Settings, subject: str) -> list[dict]:
+    """The subject's records in the audit topic, read to the topic's current end (audit
+    writes are acknowledged before the RPC answers, so every record of a call is there)."""
+    topic = settings.kafka.audit_topic
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": f"audit-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([settings.kafka.audit_topic])
     found: list[dict] = []
-    deadline = time.monotonic() + 20
     try:
-        while time.monotonic() < deadline and not found:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        pending = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=500, timeout=0.5):
-                if msg.error() is None:
-                    record = json.loads(msg.value())
-                    if record["subject"] == subject:
-                        found.append(record)
+                if msg.error() is not None:
+                    continue
+                record = json.loads(msg.value())
+                if record["subject"] == subject:
+                    found.append(record)
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    pending.discard(msg.partition())
+        assert not pending, f"audit partitions not read to their end: {pending}"
     finally:
         consumer.close()
-    return found
+    return sorted(found, key=lambda r: r["time_ms"])
 
 
 def test_forget_user_erases_store_state_and_audits(client: RecommenderClient, grpc_server):
@@ -90,7 +103,12 @@ def test_forget_user_erases_store_state_and_audits(client: RecommenderClient, gr
     # The store forgets at once ...
     assert answered_total(client, user) in (-1, 0)
     audit = audit_records(grpc_server, stored_id(grpc_server, user))
-    assert [r["action"] for r in audit] == ["forget"] and audit[0]["detail"] == "ticket-42"
+    actions = [r for r in audit if r["action"] != "profile:read"]
+    assert [r["action"] for r in actions] == ["forget"] and actions[0]["detail"] == "ticket-42"
+    # Every profile read above left a record too: who (no keys in this stack), whose, when.
+    reads = [r for r in audit if r["action"] == "profile:read"]
+    assert reads and all(r["actor"] == "anonymous" for r in reads)
+    assert reads[0]["time_ms"] >= now - 1_000
 
     # ... and the job's keyed state too: the next event starts a brand-new profile.
     later = now + 60_000

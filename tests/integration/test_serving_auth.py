@@ -3,14 +3,19 @@
 Every RPC of every service is called with no key, an unknown key, a key holding every
 scope but the method's, and a key with the method's scope: UNAUTHENTICATED,
 UNAUTHENTICATED, PERMISSION_DENIED, and then the servicer's own answer (Kafka is a port
-nobody listens on, so Collect with events is UNAVAILABLE; an empty batch is OK). Health
-stays open; reflection is open unless configured; malformed metadata never yields
-INTERNAL; keys rotate (revoke + create in the file) without a restart.
+nobody listens on, so Collect with events is UNAVAILABLE, and so is GetUserProfile,
+whose audit record cannot be written; an empty batch is OK). Health stays open;
+reflection is open unless configured; malformed metadata never yields INTERNAL; keys
+rotate (revoke + create in the file) without a restart. With a real Kafka, a profile
+read leaves an audit record naming the key (or ``anonymous``) and the pseudonym.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -39,6 +45,7 @@ from personalization.v1 import recommender_pb2, recommender_pb2_grpc
 from serving.app import ServingApp
 from serving.client import RecommenderClient
 from tests.conftest import ADMIN_TOKEN
+from tests.identity import stored_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -156,7 +163,8 @@ def _model_version(channel: grpc.Channel, metadata: list) -> Any:
 
 RPCS = [
     Rpc("Recommend", RECOMMEND, _recommend, OK),
-    Rpc("GetUserProfile", PROFILE_READ, _profile, OK),
+    # Let through, it writes its audit record first: no Kafka here, so UNAVAILABLE.
+    Rpc("GetUserProfile", PROFILE_READ, _profile, grpc.StatusCode.UNAVAILABLE),
     Rpc("Collect", COLLECT, _collect, OK),
     Rpc("ForgetUser", ADMIN, _forget, grpc.StatusCode.INVALID_ARGUMENT),
     Rpc("SetConsent", ADMIN, _consent, grpc.StatusCode.INVALID_ARGUMENT),
@@ -211,7 +219,9 @@ def test_the_typed_client_sends_its_key_on_every_call(server: Server):
     everything = server.all_but[ADMIN]  # collect, recommend, profile:read
     with RecommenderClient(server.app.target, deadline_s=5, api_key=everything) as client:
         assert client.recommend("auth-user", k=3).items is not None
-        assert not client.get_user_profile("auth-user").found
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_user_profile("auth-user")  # past the key check, to the audit write
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert client.collect([]).accepted == 0
         with pytest.raises(grpc.RpcError) as err:
             client.set_model_version("no-such-model", "promote")
@@ -421,3 +431,83 @@ def test_without_the_setting_every_rpc_stays_open(
         assert len(warnings) == 1 and "every RPC is open" in warnings[0]
     finally:
         app.stop(grace_s=0.5)
+
+
+def _audit_trail(settings: Settings) -> list[dict[str, Any]]:
+    """Every record of the audit topic up to its current end (writes are acknowledged
+    before the RPC answers, so what the calls wrote is all there)."""
+    topic = settings.kafka.audit_topic
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"audit-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        records: list[dict[str, Any]] = []
+        pending = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=500, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                records.append(json.loads(msg.value()))
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    pending.discard(msg.partition())
+        assert not pending, f"audit partitions not read to their end: {pending}"
+        return records
+    finally:
+        consumer.close()
+
+
+def test_profile_reads_are_audited(redis_server: Settings, kafka_broker: Settings, tmp_path: Path):
+    """who (the key, or anonymous without access control), whose (the pseudonym), when;
+    refused calls and Recommend leave no record."""
+    keys_file = tmp_path / "keys.json"
+    keys, reader_key = create_key((), "support-desk", [PROFILE_READ])
+    keys, shop_key = create_key(keys, "web-shop", [RECOMMEND])
+    write_keys_file(keys_file, keys)
+    base = kafka_broker.model_copy(
+        update={"serving": kafka_broker.serving.model_copy(update={"port": 0})}
+    )
+    secured = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"api_keys_file": str(keys_file)})}
+    )
+    user, other = f"audited-{uuid.uuid4().hex[:8]}", f"audited-{uuid.uuid4().hex[:8]}"
+    started_ms = int(time.time() * 1000)
+    app = ServingApp(secured).start()
+    try:
+        with RecommenderClient(app.target, deadline_s=10, api_key=reader_key) as client:
+            assert not client.get_user_profile(user).found
+        with RecommenderClient(app.target, deadline_s=10, api_key=shop_key) as client:
+            assert client.recommend(user, k=3).items is not None
+            with pytest.raises(grpc.RpcError) as err:
+                client.get_user_profile(user)
+            assert err.value.code() == PERMISSION_DENIED
+    finally:
+        app.stop(grace_s=0.5)
+    open_app = ServingApp(base).start()
+    try:
+        with RecommenderClient(open_app.target, deadline_s=10) as client:
+            assert not client.get_user_profile(other).found
+    finally:
+        open_app.stop(grace_s=0.5)
+    ended_ms = int(time.time() * 1000)
+
+    trail = _audit_trail(base)
+    subject = stored_id(base, user)
+    assert subject != user
+    mine = [r for r in trail if r["subject"] == subject]
+    assert len(mine) == 1, mine  # the denied read and Recommend wrote nothing
+    assert mine[0]["action"] == "profile:read" and mine[0]["actor"] == "key:support-desk"
+    assert started_ms <= mine[0]["time_ms"] <= ended_ms
+    # Only the pseudonym is written, never the raw id.
+    assert not [r for r in trail if user in json.dumps(r) or other in json.dumps(r)]
+    anonymous = [r for r in trail if r["subject"] == stored_id(base, other)]
+    assert [(r["action"], r["actor"]) for r in anonymous] == [("profile:read", "anonymous")]
