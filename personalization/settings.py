@@ -249,8 +249,8 @@ class FeatureSettings(_Section):
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 50051
-    # Threads for the calls that block (Collect waits for Kafka acks, Admin for its
-    # audit record); Recommend and GetUserProfile run on the asyncio event loop.
+    # Threads for the calls that block (Collect waits for Kafka acks, Admin and
+    # GetUserProfile for their audit records); Recommend runs on the asyncio event loop.
     max_workers: int = 16
     catalog_refresh_s: float = 2.0
     catalog_size: int = 20_000

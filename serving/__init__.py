@@ -6,6 +6,7 @@ __all__ = [
     "admin",
     "app",
     "async_handlers",
+    "audit",
     "auth",
     "candidates",
     "catalog",
