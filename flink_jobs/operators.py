@@ -282,12 +282,19 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._sample_watermark(ctx)
         user = self.state.value()
-        fired = self.step.on_timer(user, timestamp)
-        if fired:
+        if user is None:
+            return
+        armed = user.timer_ms
+        fired, timers = self.step.on_timer(user, timestamp)
+        if fired or timers or user.timer_ms != armed:
             self.state.update(user)
-            for trigger in fired:
-                self.metrics.triggers.labels(trigger.trigger).inc()
-                yield trigger.to_json()
+        if timers:
+            service = ctx.timer_service()
+            for due in timers:
+                service.register_event_time_timer(due)
+        for trigger in fired:
+            self.metrics.triggers.labels(trigger.trigger).inc()
+            yield trigger.to_json()
 
 
 class ItemFeatures(KeyedProcessFunction):

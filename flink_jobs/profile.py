@@ -110,6 +110,10 @@ class UserState:
     # the user half of the partitioned online MF (flink_jobs/learning.py). Appended last:
     # older states load with it empty (compact_pickle).
     cf_factors: bytes = b""
+    # The event-time timer armed for this user (0: none): a new one is armed only when
+    # something is due before it, since each registration and each firing is a call
+    # between the JVM and Python (flink_jobs/steps.py, UserStep.arm).
+    timer_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

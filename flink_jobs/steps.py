@@ -183,7 +183,7 @@ class UserStep:
             t = event.event_time_ms
             links = covisitation.links_for(user.covisit, event.item_id, t, 1.0, self.covisit)
             covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
-        result.timers = profile.due_timers(user, self.cfg)
+        result.timers = self.arm(user)
         result.rows.append(self.row(user))
         if interacted:
             user_factors = b""
@@ -209,11 +209,31 @@ class UserStep:
             return UserResult(previous, duplicate=outcome.duplicate)
         return UserResult(user, changed=True, impression=True, rows=[self.row(user)])
 
-    def on_timer(self, user: profile.UserState | None, timestamp: int) -> list[Trigger]:
-        """Triggers due at ``timestamp`` (event time); ``user`` is updated in place."""
-        if user is None:
+    def arm(self, user: profile.UserState) -> list[int]:
+        """The timer to register, if any: the earliest due time, unless the timer already
+        armed fires no later (it re-arms then, from :meth:`on_timer`). A session's end
+        moves with every event; registering it each time meant one registration and one
+        firing per event, both calls into the JVM."""
+        due = profile.due_timers(user, self.cfg)
+        if not due:
             return []
-        return profile.advance_time(user, timestamp, self.cfg)
+        first = min(due)
+        if user.timer_ms and user.timer_ms <= first:
+            return []
+        user.timer_ms = first
+        return [first]
+
+    def on_timer(
+        self, user: profile.UserState | None, timestamp: int
+    ) -> tuple[list[Trigger], list[int]]:
+        """Triggers due at ``timestamp`` (event time) and the timer to arm next; ``user``
+        is updated in place."""
+        if user is None:
+            return [], []
+        if user.timer_ms and timestamp >= user.timer_ms:
+            user.timer_ms = 0  # the armed timer fired
+        fired = profile.advance_time(user, timestamp, self.cfg)
+        return fired, self.arm(user)
 
 
 # --- item ------------------------------------------------------------------------------

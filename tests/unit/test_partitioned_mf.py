@@ -161,3 +161,31 @@ def test_denied_consent_learns_nothing():
     pipe.send(raw_event("u1", "a", t + 1000, event_id="v"))
     assert pipe.cf_updates == 0
     assert not [r for r in pipe.output.rows if r.view in (USER_CF, ITEM_CF)]
+
+
+def test_a_user_arms_one_timer_until_it_fires():
+    from flink_jobs import profile, steps
+    from personalization.events import Event
+
+    settings = Settings()
+    step = steps.UserStep(settings.features, settings.privacy, settings.learning)
+    gap = settings.features.session_gap_s * 1000
+    user = None
+    registered: list[int] = []
+    for n in range(20):  # one session: its end moves with every event
+        event = Event(
+            event_id=f"e{n}", user_id="u", event_type="page_view", event_time_ms=T0 + n * 1000
+        )
+        result = step.on_event(user, event)
+        user = result.state
+        registered += result.timers
+    assert len(registered) == 1  # armed once, not once per event
+    assert T0 + gap <= registered[0] <= T0 + gap + 1
+    assert user is not None
+    fired, timers = step.on_timer(user, registered[0])
+    assert fired == []  # the session went on: nothing ended at the first arming
+    # Re-armed once, at the session's real end.
+    assert timers == profile.due_timers(user, settings.features)
+    assert T0 + 19_000 + gap <= timers[0] <= T0 + 19_000 + gap + 1
+    fired, timers = step.on_timer(user, timers[0])
+    assert timers == [] and user.timer_ms == 0
