@@ -19,8 +19,10 @@
     personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
-``recommend`` and ``profile`` send ``--api-key`` (default ``$PERSONALIZE_API_KEY``) to a
-server with access control on.
+``up`` serves with access control on: without ``serving.api_keys_file`` it makes a local
+key with every scope (``ops/local_key.py``: ``<run_dir>/api_keys.json``, the key in
+``<run_dir>/api_key``). ``recommend`` and ``profile`` send ``--api-key`` (default
+``$PERSONALIZE_API_KEY``, else ``<run_dir>/api_key``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ops.local_key import API_KEY_ENV, default_api_key
 from personalization.settings import Settings, load_settings
-
-# The key the CLI's own gRPC calls present to a server with access control on.
-API_KEY_ENV = "PERSONALIZE_API_KEY"
 
 
 def _say(message: str) -> None:
@@ -105,7 +105,7 @@ class ProgressReporter:
         self._client = RecommenderClient(
             target,
             deadline_s=settings.serving.client_deadline_s,
-            api_key=os.environ.get(API_KEY_ENV, ""),
+            api_key=default_api_key(settings),
         )
         self._next = 0.0
 
@@ -235,6 +235,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         f"flink job: parallelism {n} "
         + ("(local MiniCluster)" if n == 1 else f"(standalone cluster, {n} TaskManagers x 1 slot)")
     )
+    settings = _local_access(settings)
     started = time.monotonic()
     stack.start_all(settings, _say)
     _say(
@@ -258,6 +259,26 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say("traffic stopped")
     return 0
+
+
+def _local_access(settings: Settings) -> Settings:
+    """``up``'s settings with access control on: the local key (ops/local_key.py), made
+    and shown once if needed, unless ``serving.api_keys_file`` names the operator's file."""
+    from ops.local_key import ensure_local_access
+
+    local = ensure_local_access(settings)
+    if local is None:
+        _say(f"access control: keys from {settings.serving.api_keys_file}")
+        return settings
+    if local.created:
+        _say(f"new local API key (every scope; shown once, kept in {local.key_file}):")
+        print(f"    {local.key}", flush=True)
+    _say(
+        f"access control on ({local.keys_file}): `personalize recommend|profile` use "
+        f"{local.key_file}; other clients send 'x-api-key: <key>', e.g. "
+        f"export {API_KEY_ENV}=$(cat {local.key_file})"
+    )
+    return local.settings
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
@@ -398,7 +419,8 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
 
     target = f"{settings.serving.host}:{settings.serving.port}"
     deadline = settings.serving.client_deadline_s
-    with RecommenderClient(target, deadline_s=deadline, api_key=args.api_key) as client:
+    api_key = args.api_key or default_api_key(settings)
+    with RecommenderClient(target, deadline_s=deadline, api_key=api_key) as client:
         response = client.recommend(args.user, k=args.k)
     print(
         f"strategy={response.strategy} personalized={response.personalized} "
@@ -416,7 +438,8 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
 
     target = f"{settings.serving.host}:{settings.serving.port}"
     deadline = settings.serving.client_deadline_s
-    with RecommenderClient(target, deadline_s=deadline, api_key=args.api_key) as client:
+    api_key = args.api_key or default_api_key(settings)
+    with RecommenderClient(target, deadline_s=deadline, api_key=api_key) as client:
         print(MessageToJson(client.get_user_profile(args.user)))
     return 0
 
@@ -521,7 +544,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             print(created[0], flush=True)
             note(f"key {args.id!r} written to {path} (as its hash; the key is shown only now)")
             if str(path) != settings.serving.api_keys_file:
-                note(f"serving reads it with PZ_SERVING__API_KEYS_FILE={path}")
+                note(
+                    f"serving reads it with PZ_SERVING__API_KEYS_FILE={path}"
+                    + (" (`personalize up` does by itself)" if not args.file else "")
+                )
         elif args.action == "revoke":
             if not args.id:
                 note("keys revoke needs --id NAME")
@@ -638,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
         client_command.add_argument(
             "--api-key",
             default=os.environ.get(API_KEY_ENV, ""),
-            help=f"API key for a server with access control on (default ${API_KEY_ENV})",
+            help=f"API key for a server with access control on (default ${API_KEY_ENV}, "
+            "else the local key `personalize up` wrote to <run_dir>/api_key)",
         )
     ab = sub.add_parser("ab-results", help="per-variant A/B figures with significance tests")
     ab.add_argument("--experiment", default="", help="only this experiment")

@@ -511,3 +511,41 @@ def test_profile_reads_are_audited(redis_server: Settings, kafka_broker: Setting
     assert not [r for r in trail if user in json.dumps(r) or other in json.dumps(r)]
     anonymous = [r for r in trail if r["subject"] == stored_id(base, other)]
     assert [(r["action"], r["actor"]) for r in anonymous] == [("profile:read", "anonymous")]
+
+
+def test_the_cli_uses_the_local_key_of_up(
+    redis_server: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    """What `personalize up` sets up (ops/local_key.py) lets `personalize recommend` and
+    `profile` through with no key given; without it they are refused."""
+    from ops import cli
+
+    monkeypatch.delenv(cli.API_KEY_ENV, raising=False)
+    # Validated anew (not model_copy): run_path is cached from the run_dir it was built with.
+    data = redis_server.model_dump()
+    data["run_dir"] = str(tmp_path / "run")
+    data["serving"]["port"] = 0
+    served = cli._local_access(Settings.model_validate(data))
+    assert served.run_path == (tmp_path / "run").resolve()
+    assert served.serving.api_keys_file
+    app = ServingApp(served, enable_collector=False).start()
+    try:
+        client_settings = served.model_copy(
+            update={"serving": served.serving.model_copy(update={"port": app.port})}
+        )
+        parser = cli.build_parser()
+        capsys.readouterr()
+        assert cli.cmd_recommend(client_settings, parser.parse_args(["recommend", "cli-u"])) == 0
+        assert "strategy=" in capsys.readouterr().out
+        assert cli.cmd_profile(client_settings, parser.parse_args(["profile", "cli-u"])) == 0
+        assert '"userId": "cli-u"' in capsys.readouterr().out
+        # The same commands without the local key file: refused.
+        (tmp_path / "run" / "api_key").unlink()
+        with pytest.raises(grpc.RpcError) as err:
+            cli.cmd_recommend(client_settings, parser.parse_args(["recommend", "cli-u"]))
+        assert err.value.code() == UNAUTHENTICATED
+    finally:
+        app.stop(grace_s=0.5)
