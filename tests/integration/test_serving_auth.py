@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import hypothesis
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import strategies as st
 
 from ops.infra.processes import free_port
 from personalization.access import (
@@ -43,6 +45,7 @@ from personalization.access import (
 from personalization.settings import Settings
 from personalization.v1 import recommender_pb2, recommender_pb2_grpc
 from serving.app import ServingApp
+from serving.auth import status_code
 from serving.client import RecommenderClient
 from tests.conftest import ADMIN_TOKEN
 from tests.identity import stored_id
@@ -549,3 +552,58 @@ def test_the_cli_uses_the_local_key_of_up(
         assert err.value.code() == UNAUTHENTICATED
     finally:
         app.stop(grace_s=0.5)
+
+
+# Over the wire gRPC carries lower-case names and, in text headers, printable ASCII only
+# (the client refuses anything else: see above); binary (-bin) headers carry any bytes,
+# UTF-8 of non-ASCII text included. Sizes stay under gRPC's 8 KiB metadata soft limit,
+# past which gRPC itself may refuse the call (RESOURCE_EXHAUSTED, before any interceptor).
+_WIRE_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+_WIRE_FAKES = st.one_of(
+    st.sampled_from(["Bearer ", "Bearer", "bearer", "", "   ", "Basic dXNlcjpwYXNz"]),
+    _WIRE_TEXT,
+    st.builds(lambda v: "Bearer " + v, _WIRE_TEXT),
+    st.builds(lambda n, c: c * n, st.integers(0, 1_200), st.sampled_from(["k", "~", " "])),
+)
+_WIRE_BINARY = st.one_of(st.binary(max_size=64), st.just("ключ".encode()))
+
+
+def _wire_metadata(server: Server) -> st.SearchStrategy[list[tuple[str, Any]]]:
+    keys = [*server.only.values(), *server.all_but.values()]
+    key = st.sampled_from(keys)
+    text_value = st.one_of(_WIRE_FAKES, key, st.builds(lambda k: f"Bearer {k}", key))
+    text = st.tuples(st.sampled_from(["x-api-key", "authorization", "user-agent-x"]), text_value)
+    binary = st.tuples(st.sampled_from(["x-api-key-bin", "authorization-bin"]), _WIRE_BINARY)
+    return st.lists(st.one_of(text, binary), max_size=6)
+
+
+def test_malformed_metadata_over_the_wire_is_ok_unauthenticated_or_denied(server: Server):
+    """Hypothesis over real calls: huge values, repeated x-api-key / authorization
+    headers, empty bearers, binary headers with non-ASCII bytes, valid keys among them.
+    The answer is the policy's (OK, UNAUTHENTICATED or PERMISSION_DENIED), never INTERNAL."""
+    policy = server.app.access.policy if server.app.access else None
+    assert policy is not None
+    calls = {
+        "/personalization.v1.Recommender/Recommend": _recommend,
+        "/personalization.v1.Collector/Collect": _collect,  # an empty batch: OK when let in
+    }
+    seen: set[grpc.StatusCode] = set()
+
+    @hypothesis.settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    )
+    @hypothesis.given(metadata=_wire_metadata(server), method=st.sampled_from(sorted(calls)))
+    def check(metadata: list[tuple[str, Any]], method: str) -> None:
+        with server.channel() as channel:
+            code = _code(calls[method], channel, metadata)
+        seen.add(code)
+        assert code in (OK, UNAUTHENTICATED, PERMISSION_DENIED), (code, metadata)
+        assert code == status_code(policy.decide(metadata, method)), (code, metadata)
+
+    check()
+    # The draws reached every outcome (a test that only ever saw one proves little).
+    assert seen == {OK, UNAUTHENTICATED, PERMISSION_DENIED}, seen
+    with server.channel() as channel:
+        assert _code(_recommend, channel, [("x-api-key", server.only[RECOMMEND])]) == OK

@@ -4,6 +4,7 @@ access control off when the setting is empty."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -12,17 +13,26 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from personalization.access import (
+    COLLECT,
+    OPEN,
+    PROFILE_READ,
+    RECOMMEND,
     AccessPolicy,
     KeysFileError,
     create_key,
+    hash_key,
     load_keys_file,
+    method_requirements,
+    parse_keys,
     revoke_key,
     write_keys_file,
 )
 from personalization.settings import Settings
-from serving.auth import AccessControl, AccessInterceptor, KeysFileWatcher
+from serving.auth import AccessControl, AccessInterceptor, KeysFileWatcher, status_code
 
 RECOMMEND_METHOD = "/personalization.v1.Recommender/Recommend"
 
@@ -212,3 +222,80 @@ def test_a_policy_that_raises_refuses_instead_of_failing(keys_file: tuple[Path, 
 
     refusal = _intercept(Broken(()), RECOMMEND_METHOD, (), None)
     assert _refusal_status(refusal)[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- malformed metadata through the interceptor (property) ------------------------------
+
+_READER = "reader-key-0123456789"
+_INGEST = "ingest-key-0123456789"
+_CREDENTIAL_NAMES = ("x-api-key", "authorization")
+_NAMES = st.sampled_from(
+    [
+        *_CREDENTIAL_NAMES,
+        "X-API-KEY",
+        "Authorization",
+        "x-api-key-bin",
+        "authorization-bin",
+        "user-agent",
+    ]
+)
+_VALUES = st.one_of(
+    st.sampled_from(
+        [_READER, _INGEST, f"Bearer {_READER}", f"bearer  {_INGEST} ", "Bearer ", "Bearer", ""]
+    ),
+    st.text(max_size=40),  # non-ASCII, control characters, lone surrogates
+    st.builds(lambda v: "Bearer " + v, st.text(max_size=40)),
+    st.builds(lambda n, c: c * n, st.integers(0, 40_000), st.sampled_from(["k", "é", "\x00", " "])),
+    st.binary(max_size=64),
+    st.none(),
+)
+_METADATA = st.lists(st.tuples(_NAMES, _VALUES), max_size=10)
+_ANY_METHOD = st.sampled_from([*method_requirements(), "/x.Y/Z", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(metadata=_METADATA, method=_ANY_METHOD)
+def test_interceptor_answers_ok_unauthenticated_or_denied_whatever_the_metadata(
+    metadata: list, method: str
+):
+    policy = AccessPolicy(
+        parse_keys(
+            json.dumps(
+                {
+                    "keys": [
+                        {
+                            "id": "reader",
+                            "hash": hash_key(_READER),
+                            "scopes": [RECOMMEND, PROFILE_READ],
+                        },
+                        {"id": "ingest", "hash": hash_key(_INGEST), "scopes": [COLLECT]},
+                    ]
+                }
+            )
+        )
+    )
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: None)
+    result = _intercept(policy, method, metadata, handler)  # never raises
+    decision = policy.decide(metadata, method)
+    if result is handler:
+        assert decision.allowed
+        code = grpc.StatusCode.OK
+    else:
+        code, details = _refusal_status(result)
+        assert code == status_code(decision) and isinstance(details, str)
+    assert code in (
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    # Without a known key among the credential headers, a method that needs one is refused
+    # as UNAUTHENTICATED (never PERMISSION_DENIED, never let through).
+    presented = " ".join(
+        str(value) for name, value in metadata if name.lower() in _CREDENTIAL_NAMES
+    )
+    if method_requirements().get(method) != OPEN and not (
+        _READER in presented or _INGEST in presented
+    ):
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    if method_requirements().get(method) == OPEN:
+        assert code == grpc.StatusCode.OK
