@@ -19,6 +19,7 @@ from flink_jobs import impressions as impressions_mod
 from flink_jobs import sessions as sessions_mod
 from flink_jobs import windows
 from flink_jobs.covisitation import History
+from flink_jobs.dedup import SeenIds
 from flink_jobs.impressions import Impression, ImpressionLog
 from flink_jobs.sessions import Sessions, new_sessions
 from flink_jobs.triggers import TriggerRules
@@ -96,8 +97,9 @@ class UserState:
     # Trigger bookkeeping: recent product view (time, item, category).
     recent_views: list[tuple[int, str, str]] = field(default_factory=list)
     browse_fired_ms: int = -1
-    # Dedup: event id -> event time, bounded by horizon and count.
-    seen_ids: dict[str, int] = field(default_factory=dict)
+    # Dedup: hashes of recent event ids with their event times, bounded by horizon and
+    # count (flink_jobs/dedup.py; states written before it hold an {id: time} dict).
+    seen_ids: SeenIds = field(default_factory=SeenIds)
     # Monotonic row version (µs) so Feast never skips a newer row at an equal time.
     version_us: int = 0
     # "granted" or "denied" (personalization consent, see personalization/privacy.py).
@@ -146,20 +148,21 @@ def _apply_consent(state: UserState, event: Event) -> None:
 # --- dedup ---------------------------------------------------------------------------
 
 
+def _seen_ids(state: UserState) -> SeenIds:
+    seen = state.seen_ids
+    if isinstance(seen, dict):  # keyed state from before SeenIds (a checkpoint)
+        seen = state.seen_ids = SeenIds.from_dict(seen)
+    return seen
+
+
 def is_duplicate(state: UserState, event: Event | Impression, cfg: FeatureSettings) -> bool:
-    return event.event_id in state.seen_ids
+    return event.event_id in _seen_ids(state)
 
 
 def remember_id(state: UserState, event: Event | Impression, cfg: FeatureSettings) -> None:
-    seen = state.seen_ids
     t = event.time_ms if isinstance(event, Impression) else event.event_time_ms
-    seen[event.event_id] = t
     horizon = max(state.last_seen_ms, t) - cfg.dedup_horizon_s * 1000
-    if len(seen) > cfg.dedup_max_ids or next(iter(seen.values())) < horizon:
-        for stale in [k for k, t in seen.items() if t < horizon]:
-            del seen[stale]
-        while len(seen) > cfg.dedup_max_ids:
-            del seen[next(iter(seen))]  # insertion order: oldest first
+    _seen_ids(state).add(event.event_id, t, horizon, cfg.dedup_max_ids)
 
 
 # --- transitions ---------------------------------------------------------------------
