@@ -69,8 +69,9 @@ ITEM_EVENT_TAG = OutputTag("item-events", exchanges.timed_record(exchanges.KEYED
 OUTCOME_TAG = OutputTag("rec-outcomes", exchanges.KEYED_RECORD)
 # Labelled shown items from the attribution join, for the propensity trainer.
 EXAMPLE_TAG = OutputTag("propensity-examples", exchanges.KEYED_RECORD)
-# Exposures as the user's impressions, from the exposure router to the user operator.
-IMPRESSION_TAG = OutputTag("impressions", exchanges.KEYED_RECORD)
+# Exposures as the user's impressions, from the exposure parser to the user operator
+# (with their time: a side output drops the record's timestamp).
+IMPRESSION_TAG = OutputTag("impressions", exchanges.timed_record(exchanges.KEYED_RECORD))
 
 # The item operator's changelog records (its main output is the item-factor feed).
 ITEM_ROWS_TAG = OutputTag("item-rows", Types.STRING())
@@ -416,8 +417,17 @@ class AttributionJoin(KeyedCoProcessFunction):
 
 
 class ParseExposures(ProcessFunction):
-    """Exposure records from serving -> ``(Exposure, its time)`` for the JVM's timestamps;
-    malformed ones go to the DLQ like bad events."""
+    """Exposure records from serving, keyed both ways in the one call that parses them:
+    ``(Row(rec_id, exposure), time)`` for the A/B attribution join (main output) and,
+    when ``impressions_on``, ``(Row(user_id, impression), time)`` for the user operator's
+    counts (frequency capping) to ``IMPRESSION_TAG``; both get their event time in the
+    JVM (``exchanges.with_event_time``). Malformed records go to the DLQ like bad events.
+
+    Parsing and routing were two Python operators: every Recommend answer comes back
+    here, so each one saved is a Python <-> JVM round trip per answer."""
+
+    def __init__(self, impressions_on: bool = True) -> None:
+        self.impressions_on = impressions_on
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
         exposure = parse_exposure(value)
@@ -426,22 +436,11 @@ class ParseExposures(ProcessFunction):
             rejection = Rejection("invalid_exposure", "not an exposure record")
             metrics.job_metrics().dead_letters.labels(rejection.reason).inc()
             yield DLQ_TAG, dead_letter(value, rejection, source="exposures", now_ms=now_ms)
-        else:
-            yield exposure, exposure.time_ms
-
-
-class RouteExposures(ProcessFunction):
-    """A timed exposure, keyed both ways in one call: ``Row(rec_id, exposure)`` for the
-    A/B attribution join, and (when ``impressions``) ``Row(user_id, impression)`` to the
-    impression side output, for the user operator's counts (frequency capping)."""
-
-    def __init__(self, impressions_on: bool) -> None:
-        self.impressions_on = impressions_on
-
-    def process_element(self, value: Exposure, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        yield Row(value.rec_id, value)
+            return
+        yield Row(exposure.rec_id, exposure), exposure.time_ms
         if self.impressions_on:
-            yield IMPRESSION_TAG, Row(value.user_id, impressions.from_exposure(value))
+            impression = impressions.from_exposure(exposure)
+            yield IMPRESSION_TAG, (Row(exposure.user_id, impression), exposure.time_ms)
 
 
 class PropensityTraining(KeyedProcessFunction):

@@ -11,8 +11,8 @@
                                    ──► feature_updates (item_stats, item_cf)
                                    └ new item factors ──► item_factors (Kafka) ──► feed
     exposures (Kafka, from serving)
-      -> impressions ─► UserFeatures (frequency capping, fatigue)
-      -> key_by(rec_id) AttributionJoin(+ outcomes) ──► ab_outcomes
+      -> ParseExposures: impressions ─► UserFeatures (frequency capping, fatigue)
+         + key_by(rec_id) AttributionJoin(+ outcomes) ──► ab_outcomes
                         └ labelled shown items ─► PropensityTraining ─► model versions
                                                   (on feature_updates, to the registry)
 
@@ -65,7 +65,6 @@ from flink_jobs.operators import (
     ParseEvents,
     ParseExposures,
     PropensityTraining,
-    RouteExposures,
     UserFeatures,
 )
 from flink_jobs.python_env import embedded_python_path
@@ -205,22 +204,21 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("kafka: exposures")
         .uid("source-exposures")
     )
-    exposures = exposures_raw.process(
-        ParseExposures(), output_type=timed_record(Types.PICKLED_BYTE_ARRAY())
-    )
-    exposures = exposures.name("parse exposures").uid("parse-exposures")
-    timed_exposures = with_event_time(exposures, _watermarks(settings), Types.PICKLED_BYTE_ARRAY())
-    timed_exposures = timed_exposures.name("exposure time").uid("exposure-time")
     impressions_on = features_cfg.impression_window_s > 0
-    routed_exposures = timed_exposures.process(
-        RouteExposures(impressions_on), output_type=KEYED_RECORD
+    exposures = exposures_raw.process(
+        ParseExposures(impressions_on), output_type=timed_record(KEYED_RECORD)
     )
-    routed_exposures = routed_exposures.name("exposure -> rec id, impression").uid("impressions")
+    exposures = exposures.name("parse exposures -> rec id, impression").uid("parse-exposures")
+    routed_exposures = with_event_time(exposures, _watermarks(settings), KEYED_RECORD)
+    routed_exposures = routed_exposures.name("exposure time").uid("exposure-time")
     user_input = events
     if impressions_on:
         # The user operator's watermark becomes the minimum of both inputs; an idle
         # exposures source (no Recommend traffic) is ignored after source_idleness_ms.
-        user_input = events.union(side_output(routed_exposures, IMPRESSION_TAG))
+        impressions = with_event_time(
+            side_output(exposures, IMPRESSION_TAG), _watermarks(settings), KEYED_RECORD
+        )
+        user_input = events.union(impressions.name("impression time").uid("impression-time"))
 
     # The item CF factors the item operators publish, back to every user subtask: the
     # online MF is partitioned (user half keyed by user, item half by item) and a Flink
