@@ -48,6 +48,7 @@ from serving.health import (
 from serving.online_features import UserFeatureReader
 from serving.propensity import ModelWatcher
 from serving.recommender import Recommender
+from serving.reflection import MethodAwarePool
 from serving.servicers import CollectorServicer, RecommenderServicer
 
 __all__ = ["ServingApp", "serve"]
@@ -175,7 +176,10 @@ class ServingApp:
                 executor=self._executor,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME], server)
+        # MethodAwarePool: ghz asks reflection for the method's symbol (serving/reflection.py).
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME], server, pool=MethodAwarePool()
+        )
         address = f"{cfg.host}:{cfg.port}"
         try:
             if cfg.tls_cert_file:
