@@ -6,7 +6,7 @@
     personalize status
     personalize infra start|stop|status|reset [redis|kafka|flink|all]   default: Redis + Kafka
     personalize feast-apply                                       register feature definitions
-    personalize job | writer | serve                              one component, foreground
+    personalize job | writer | serve [--workers N]                one component, foreground
     personalize send [--file PATH] [--rate R] [--count N]         traffic into Kafka
                      [--speed X|max] [--keep-times]               replay pace / own event times
                      [--map event_time=ts,user_id=uid,...]        any CSV (+ --event-types,
@@ -245,6 +245,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     _say(f"dashboard: {stack.dashboard_url(settings)}")
     for name, url in stack.metrics_urls(settings).items():
         _say(f"metrics of {name}: {url}")
+    if settings.serving.workers > 1:
+        ports = ", ".join(str(p) for p in settings.serving_metrics_ports)
+        _say(f"{settings.serving.workers} serving workers, metrics on ports {ports}")
     if args.no_traffic:
         return 0
     source = args.file or "built-in shopping simulation"
@@ -351,8 +354,7 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from serving import server
 
-    server.serve(settings, block=True)
-    return 0
+    return server.run(settings, args.workers)
 
 
 def parse_speed(text: str) -> float:
@@ -615,7 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--restore", default="latest", help="latest | none | checkpoint path")
     job.set_defaults(func=cmd_job)
     sub.add_parser("writer", help="run the online-store writer").set_defaults(func=cmd_writer)
-    sub.add_parser("serve", help="run the gRPC server").set_defaults(func=cmd_serve)
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="serving processes sharing the port via SO_REUSEPORT, metrics on "
+        "metrics.serving_port + index (default: serving.workers, PZ_SERVING__WORKERS)",
+    )
+    serve.set_defaults(func=cmd_serve)
     send = sub.add_parser("send", help="send traffic to Kafka")
     traffic_args(send, 200.0, None)
     send.set_defaults(rate=None)  # 200 ev/s, or no cap with a finite --speed

@@ -252,6 +252,10 @@ class ServingSettings(_Section):
     # Threads for the calls that block (Collect waits for Kafka acks, Admin and
     # GetUserProfile for their audit records); Recommend runs on the asyncio event loop.
     max_workers: int = 16
+    # Serving processes sharing `port` (SO_REUSEPORT), forked by `python -m serving.server`
+    # (serving/workers.py); each has its own catalog and its metrics endpoint on
+    # metrics.serving_port + its index (Settings.serving_metrics_ports).
+    workers: int = Field(default=1, ge=1)
     catalog_refresh_s: float = 2.0
     catalog_size: int = 20_000
     default_k: int = 10
@@ -469,6 +473,24 @@ class Settings(BaseSettings):
                 "(the feature_updates changelog)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _serving_metrics_ports_are_free(self) -> Settings:
+        others = {self.metrics.job_port, self.metrics.writer_port, self.metrics.dashboard_port}
+        taken = others.intersection(self.serving_metrics_ports)
+        if taken:
+            raise ValueError(
+                f"metrics ports {sorted(taken)} are both another endpoint's and a serving "
+                "worker's (metrics.serving_port + 0 .. serving.workers - 1)"
+            )
+        return self
+
+    @property
+    def serving_metrics_ports(self) -> list[int]:
+        """The metrics port of each serving worker: ``metrics.serving_port`` + its index
+        (none when the endpoint is off)."""
+        base = self.metrics.serving_port
+        return [base + i for i in range(self.serving.workers)] if base > 0 else []
 
     # --- derived paths -------------------------------------------------------------
 

@@ -74,8 +74,11 @@ class ServingApp:
         recommender: Recommender | None = None,
         collector: EventCollector | None = None,
         enable_collector: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        # True only for serving/workers.py: N processes share the port on purpose.
+        self._reuse_port = reuse_port
         cfg = settings.serving
         # First: a keys file that does not load stops the server before anything starts.
         self.access = AccessControl.from_settings(settings)
@@ -145,8 +148,9 @@ class ServingApp:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
-                # Fail loudly if the port is taken instead of sharing it with another server.
-                ("grpc.so_reuseport", 0),
+                # Fail loudly if the port is taken instead of sharing it with another server
+                # (unless this is one of several workers, serving/workers.py).
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
             ],
         )
         names = add_servicer(

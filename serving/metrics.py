@@ -10,6 +10,8 @@
     pz_serving_catalog_items                          items in the in-process catalog
     pz_serving_catalog_age_seconds                    wall clock - last successful refresh
     pz_serving_catalog_consecutive_failures
+    pz_serving_worker{worker,pid}                     1 in each of several serving processes
+                                                      (``--workers N``: one endpoint each)
 
 Latency and errors are recorded around every unary call by ``serving/async_handlers.py``
 (``RPC_DURATION``, :func:`count_error`, :func:`count_response`), the catalog figures
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -80,6 +82,12 @@ FALLBACKS = Counter(
 STORE_READS_SKIPPED = Counter(
     "pz_serving_store_reads_skipped",
     "Request-path Redis reads not attempted while the circuit breaker was open",
+)
+# Set by each of several serving processes (serving/workers.py): which one answers here.
+WORKER = Gauge(
+    "pz_serving_worker",
+    "1 for the serving worker behind this endpoint: its index and pid",
+    ["worker", "pid"],
 )
 CATALOG_REFRESHES = Counter(
     "pz_serving_catalog_refreshes",

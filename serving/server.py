@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from typing import Any
 
-from personalization.settings import load_settings
+from personalization.settings import Settings, load_settings
 from serving.app import ServingApp, serve
 from serving.health import (
     ADMIN_SERVICE,
@@ -41,6 +43,7 @@ __all__ = [
     "ServingApp",
     "main",
     "profile_message",
+    "run",
     "serve",
 ]
 
@@ -50,12 +53,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-collector", action="store_true", help="serve recommendations only (no Kafka)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="serving processes sharing the port (default: serving.workers, "
+        "PZ_SERVING__WORKERS; see serving/workers.py)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
-    serve(load_settings(), block=True, enable_collector=not args.no_collector)
+    sys.exit(run(load_settings(), args.workers, enable_collector=not args.no_collector))
+
+
+def run(settings: Settings, workers: int | None = None, **kwargs: Any) -> int:
+    """Serve until SIGTERM/SIGINT with ``workers`` processes (default
+    ``serving.workers``); the exit code."""
+    n = settings.serving.workers if workers is None else workers
+    if n < 1:
+        raise ValueError(f"--workers must be at least 1, not {n}")
+    if n == 1:
+        serve(settings, block=True, **kwargs)
+        return 0
+    # Forks before any gRPC object or thread exists in this process.
+    from serving.workers import serve_workers
+
+    return serve_workers(settings, n, **kwargs)
 
 
 if __name__ == "__main__":
