@@ -1,7 +1,7 @@
 """Benchmarks of the personalization platform on a private local stack.
 
     python -m bench freshness [--rate 1000] [--duration 60]
-    python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500]
+    python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500] [--workers 1 2]
     python -m bench all
     python -m bench soak      [--minutes 10] [--rate 150] [--rps 80]
     python -m bench ingest    [--events 50000] [--dataset movielens|taobao|PATH]
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--deadline", type=float, default=1.0)
     s.add_argument("--feast-iterations", type=int, default=1000)
     s.add_argument("--no-ghz", action="store_true")
+    s.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="serving processes (serving/workers.py); several counts = one run each, "
+        "compared (ratio to the first, ours / floor)",
+    )
+    s.add_argument(
+        "--no-floor", action="store_true", help="skip the floor server (bench/floor_server.py)"
+    )
     s.add_argument(
         "--strategy", default="", help="ranking strategy to serve (default: the settings')"
     )
@@ -236,7 +247,36 @@ def serving_tables(r: dict[str, Any]) -> str:
         f"{p['channels']} connections, closed loop c={p['closed_loop_concurrency']}, "
         f"{p['phase_duration_s']:g}s per phase after {p['warmup_s']:g}s warm-up"
     )
-    return f"{load}\n\n{feast}\n\n{seed_line}"
+    workers = ""
+    if r.get("workers"):
+        workers = "\n\n" + format_table(
+            [
+                "serving processes",
+                "closed-loop rps",
+                "ratio",
+                "p99 ms",
+                "server cpu%",
+                "floor rps",
+                "floor ratio",
+                "floor p99 ms",
+                "ours / floor",
+            ],
+            [
+                (
+                    f"{w['workers']} ({w['tool']})",
+                    w["closed_rps"],
+                    w.get("ratio"),
+                    w["closed_p99_ms"],
+                    w["server_cpu_pct"],
+                    w["floor_rps"],
+                    w.get("floor_ratio"),
+                    w["floor_p99_ms"],
+                    w["of_floor"],
+                )
+                for w in r["workers"]
+            ],
+        )
+    return f"{load}{workers}\n\n{feast}\n\n{seed_line}"
 
 
 # --- main ------------------------------------------------------------------------------

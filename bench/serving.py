@@ -9,16 +9,22 @@
    batches; items go through ``OnlineStoreWriter.write`` (rows + the item index).
 2. Start the gRPC server process and wait until its catalog answers.
 3. Drive load from a separate process (``bench.loadgen``; and ``ghz`` when found):
-   open loop at fixed rates, then closed loop to saturation.
+   open loop at fixed rates, then closed loop to saturation. With ``--workers 1 2``
+   steps 2-3 run once per process count (``serving/workers.py``), each followed by the
+   floor server (``bench/floor_server.py``) with as many processes under the same
+   closed loop: the table reports each count's rate, its ratio to the first count's
+   and ours / floor.
 4. In process, time Feast's ``FeatureStore.get_online_features`` for the same rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +37,7 @@ from bench.stats import latency_summary
 from feature_repo.names import ITEM_STATS, USER_PROFILE
 from personalization import feature_store as fs
 from personalization.settings import PROJECT_ROOT, Settings
+from serving.workers import with_workers
 
 USER_PREFIX = "bu-"
 ITEM_PREFIX = "bsku-"
@@ -229,9 +236,12 @@ def find_ghz() -> str | None:
     found = shutil.which("ghz")
     if found:
         return found
-    gopath = os.environ.get("GOPATH") or str(Path.home() / "go")
-    candidate = Path(gopath) / "bin" / "ghz"
-    return str(candidate) if candidate.exists() else None
+    # `go install` puts it in $GOPATH/bin, ~/go/bin by default.
+    for gopath in (os.environ.get("GOPATH"), str(Path.home() / "go")):
+        candidate = Path(gopath) / "bin" / "ghz" if gopath else None
+        if candidate is not None and candidate.exists():
+            return str(candidate)
+    return None
 
 
 def run_ghz(
@@ -420,76 +430,42 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
         ranking = settings.ranking.model_copy(update={"strategy": args.strategy})
         bench.settings = settings = settings.model_copy(update={"ranking": ranking})
     say(f"ranking strategy: {settings.ranking.strategy}")
-    bench.start_component(BENCH_SERVER)
-    from ops import stack
-
-    stack.wait_server_ready(settings)
-    waited = wait_catalog(settings)
-    say(f"server catalog loaded ({waited:.1f}s after health SERVING)")
-
-    sessions = {"grpc server": bench.component_pid(BENCH_SERVER) or 0}
-    redis_pid = bench.service_pid("redis")
-    if redis_pid:
-        sessions["redis"] = redis_pid
-    for name in ("flink-job", "online-store-writer"):
-        pid = _component_pid(bench, name)
-        if pid:
-            sessions[name] = pid
-
-    common = {
-        "users": args.users,
-        "k": args.k,
-        "deadline": args.deadline,
-        "duration": args.phase_duration,
-        "warmup": args.warmup,
-        "channels": args.channels,
-    }
-    phases: list[dict[str, Any]] = []
+    worker_counts = list(dict.fromkeys(getattr(args, "workers", None) or [1]))
     plan: list[tuple[str, float]] = [("open", r) for r in args.rps]
     plan.append(("closed", 0.0))
-    for mode, rate in plan:
-        opts = dict(common, mode=mode)
-        if mode == "open":
-            opts["rate"] = rate
-        else:
-            opts["concurrency"] = args.concurrency
-        label = f"open {rate:g} rps" if mode == "open" else f"closed c={args.concurrency}"
-        say(f"python load: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
-        result = run_loadgen(settings, opts, sessions)
-        result["phase"] = label
-        phases.append(result)
-        _say_phase(result)
-
     ghz_path = None if args.no_ghz else find_ghz()
+    if not ghz_path:
+        say("ghz not found (PATH, $GOPATH/bin, ~/go/bin): python load generator numbers only")
+
+    phases: list[dict[str, Any]] = []
     ghz_phases: list[dict[str, Any]] = []
-    if ghz_path:
-        for mode, rate in plan:
-            label = f"open {rate:g} rps" if mode == "open" else f"closed c={args.concurrency}"
-            say(f"ghz: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
-            try:
-                result = run_ghz(
-                    ghz_path,
-                    settings,
-                    mode=mode,
-                    rate=rate,
-                    concurrency=args.ghz_concurrency if mode == "open" else args.concurrency,
-                    connections=args.channels,
-                    duration=args.phase_duration,
-                    warmup=args.warmup,
-                    n_users=args.users,
-                    k=args.k,
-                    deadline=args.deadline,
-                    sessions=sessions,
-                )
-            except Exception as exc:
-                say(f"ghz {label} failed: {exc!r}")
-                ghz_phases.append({"phase": label, "tool": "ghz", "failed": repr(exc)})
-                continue
-            result["phase"] = label
-            ghz_phases.append(result)
-            _say_phase(result)
-    else:
-        say("ghz not found (PATH, $GOPATH/bin): python load generator numbers only")
+    comparison: list[dict[str, Any]] = []
+    waited = 0.0
+    for n in worker_counts:
+        bench.settings = settings = with_workers(settings, n)
+        say(f"--- serving with {n} worker process(es) ---")
+        bench.start_component(BENCH_SERVER)
+        from ops import stack
+
+        stack.wait_server_ready(settings)
+        waited = wait_catalog(settings)
+        say(f"server catalog loaded ({waited:.1f}s after health SERVING)")
+        sessions = _sessions(bench)
+        prefix = f"w={n} " if len(worker_counts) > 1 else ""
+        python_run, ghz_run = _load_phases(settings, args, plan, sessions, ghz_path, prefix)
+        phases += python_run
+        ghz_phases += ghz_run
+        bench.stop_component(BENCH_SERVER)
+        floor = None if getattr(args, "no_floor", False) else _floor(bench, args, n, ghz_path)
+        comparison.append(_compare(n, python_run, ghz_run, floor))
+
+    _ratios(comparison)
+    for row in comparison:
+        say(
+            f"workers {row['workers']}: closed loop {row['closed_rps']} rps ({row['tool']}), "
+            f"x{row['ratio']} of {comparison[0]['workers']} worker(s); floor "
+            f"{row['floor_rps']} rps, ours/floor {row['of_floor']}"
+        )
 
     say("feast comparison (in process, server idle)")
     feast = feast_comparison(settings, args.users, args.items, args.feast_iterations, args.seed)
@@ -506,7 +482,10 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
             "channels": args.channels,
             "phase_duration_s": args.phase_duration,
             "warmup_s": args.warmup,
-            "server": "serving.server --no-collector (grpc.aio, Recommend on the event loop)",
+            "workers": worker_counts,
+            "server": "serving.server --no-collector (grpc.aio, Recommend on the event loop; "
+            "--workers N: N processes on one port, serving/workers.py)",
+            "floor": "bench/floor_server.py (grpc.aio, one HMGET + numpy items x 32 + top-k)",
             "strategy": settings.ranking.strategy,
             "target": target(settings),
         },
@@ -515,8 +494,218 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
         "python_load": phases,
         "ghz": ghz_phases,
         "ghz_path": ghz_path,
+        "workers": comparison,
         "feast_in_process": feast,
     }
+
+
+def _sessions(bench: BenchStack) -> dict[str, int]:
+    # The workers are forked into the supervisor's session: its CPU includes theirs.
+    sessions = {"grpc server": bench.component_pid(BENCH_SERVER) or 0}
+    redis_pid = bench.service_pid("redis")
+    if redis_pid:
+        sessions["redis"] = redis_pid
+    for name in ("flink-job", "online-store-writer"):
+        pid = _component_pid(bench, name)
+        if pid:
+            sessions[name] = pid
+    return sessions
+
+
+def _load_phases(
+    settings: Settings,
+    args: Any,
+    plan: list[tuple[str, float]],
+    sessions: dict[str, int],
+    ghz_path: str | None,
+    prefix: str = "",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The python load generator's phases, then ghz's (when found), on one server."""
+    common = {
+        "users": args.users,
+        "k": args.k,
+        "deadline": args.deadline,
+        "duration": args.phase_duration,
+        "warmup": args.warmup,
+        "channels": args.channels,
+    }
+    phases: list[dict[str, Any]] = []
+    for mode, rate in plan:
+        opts = dict(common, mode=mode)
+        if mode == "open":
+            opts["rate"] = rate
+        else:
+            opts["concurrency"] = args.concurrency
+        label = prefix + _label(mode, rate, args.concurrency)
+        say(f"python load: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
+        result = run_loadgen(settings, opts, sessions)
+        result["phase"] = label
+        phases.append(result)
+        _say_phase(result)
+    ghz_phases: list[dict[str, Any]] = []
+    for mode, rate in plan if ghz_path else []:
+        assert ghz_path is not None
+        label = prefix + _label(mode, rate, args.concurrency)
+        say(f"ghz: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
+        try:
+            result = _ghz_phase(ghz_path, settings, args, mode, rate, sessions)
+        except Exception as exc:
+            say(f"ghz {label} failed: {exc!r}")
+            ghz_phases.append({"phase": label, "tool": "ghz", "failed": repr(exc)})
+            continue
+        result["phase"] = label
+        ghz_phases.append(result)
+        _say_phase(result)
+    return phases, ghz_phases
+
+
+def _label(mode: str, rate: float, concurrency: int) -> str:
+    return f"open {rate:g} rps" if mode == "open" else f"closed c={concurrency}"
+
+
+def _ghz_phase(
+    ghz_path: str,
+    settings: Settings,
+    args: Any,
+    mode: str,
+    rate: float,
+    sessions: dict[str, int],
+) -> dict[str, Any]:
+    return run_ghz(
+        ghz_path,
+        settings,
+        mode=mode,
+        rate=rate,
+        concurrency=args.ghz_concurrency if mode == "open" else args.concurrency,
+        connections=args.channels,
+        duration=args.phase_duration,
+        warmup=args.warmup,
+        n_users=args.users,
+        k=args.k,
+        deadline=args.deadline,
+        sessions=sessions,
+    )
+
+
+def _closed(phases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for phase in phases:
+        if phase.get("mode") == "closed" and not phase.get("failed"):
+            return phase
+    return None
+
+
+def _floor(bench: BenchStack, args: Any, workers: int, ghz_path: str | None) -> dict[str, Any]:
+    """The floor server (bench/floor_server.py) with ``workers`` processes, closed loop
+    with the same tool as the comparison (ghz when found)."""
+    from ops.infra.processes import free_port
+
+    settings = bench.settings
+    port = free_port()
+    floor_settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"port": port})}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.floor_server",
+        "--port",
+        str(port),
+        "--redis-host",
+        settings.redis.host,
+        "--redis-port",
+        str(settings.redis.port),
+        "--project",
+        settings.feast.project,
+        "--items",
+        str(args.items),
+        "--workers",
+        str(workers),
+    ]
+    log = (settings.run_path / "logs" / f"floor-{workers}.log").open("w")
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        _wait_answering(target(floor_settings), proc)
+        sessions = {"grpc server": proc.pid}
+        label = f"floor w={workers} closed c={args.concurrency}"
+        say(f"floor: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
+        if ghz_path:
+            result = _ghz_phase(ghz_path, floor_settings, args, "closed", 0.0, sessions)
+        else:
+            opts = {
+                "users": args.users,
+                "k": args.k,
+                "deadline": args.deadline,
+                "duration": args.phase_duration,
+                "warmup": args.warmup,
+                "channels": args.channels,
+                "mode": "closed",
+                "concurrency": args.concurrency,
+            }
+            result = run_loadgen(floor_settings, opts, sessions)
+        result["phase"] = label
+        _say_phase(result)
+        return result
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+def _wait_answering(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    import grpc
+
+    from personalization.v1 import recommender_pb2, recommender_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"floor server exited with {proc.returncode}")
+            try:
+                stub.Recommend(recommender_pb2.RecommendRequest(user_id="x", k=10), timeout=1.0)
+                return
+            except grpc.RpcError:
+                time.sleep(0.2)
+    raise TimeoutError(f"floor server on {address} did not answer in {timeout_s:.0f}s")
+
+
+def _compare(
+    workers: int,
+    python_run: list[dict[str, Any]],
+    ghz_run: list[dict[str, Any]],
+    floor: dict[str, Any] | None,
+) -> dict[str, Any]:
+    ours = _closed(ghz_run) or _closed(python_run)
+    rps = ours["achieved_rps"] if ours else None
+    floor_rps = floor.get("achieved_rps") if floor else None
+    return {
+        "workers": workers,
+        "tool": ours["tool"] if ours else None,
+        "closed_rps": rps,
+        "closed_p99_ms": ours["latency"].get("p99_ms") if ours else None,
+        "server_cpu_pct": (ours.get("cpu_pct") or {}).get("grpc server") if ours else None,
+        "floor_rps": floor_rps,
+        "floor_p99_ms": floor["latency"].get("p99_ms") if floor else None,
+        "of_floor": round(rps / floor_rps, 2) if rps and floor_rps else None,
+    }
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's closed-loop rate (and the floor's) over the first worker count's."""
+    base, floor_base = rows[0]["closed_rps"], rows[0]["floor_rps"]
+    for row in rows:
+        row["ratio"] = round(row["closed_rps"] / base, 2) if row["closed_rps"] and base else None
+        row["floor_ratio"] = (
+            round(row["floor_rps"] / floor_base, 2) if row["floor_rps"] and floor_base else None
+        )
 
 
 def _component_pid(bench: BenchStack, name: str) -> int | None:
