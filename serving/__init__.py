@@ -25,9 +25,11 @@ __all__ = [
     "ranking",
     "ranking_types",
     "recommender",
+    "reflection",
     "rules",
     "selection",
     "server",
     "servicers",
     "strategies",
+    "workers",
 ]
