@@ -35,7 +35,7 @@ from flink_jobs.learning import (
 )
 from flink_jobs.local import LocalPipeline
 from personalization.events import Event, EventRejected, validate_event
-from personalization.settings import FeatureSettings, Settings
+from personalization.settings import FeatureSettings, PrivacySettings, Settings
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
 from serving.online_features import UserFeatures, features_from_row
 from serving.ranking import RankingParams, rank
@@ -225,8 +225,13 @@ def evaluate(
     features = (features or FeatureSettings()).model_copy(
         update={"trending_half_life_s": popularity_half_life_s}
     )
+    # No retention: a dataset spans months of event time, and forgetting users inactive
+    # for privacy.retention_days would measure the privacy setting, not the recommender.
     pipeline = LocalPipeline(
-        Settings(features=features), learner=learner, covisit=covisit, keep_rows=False
+        Settings(features=features, privacy=PrivacySettings(retention_days=0)),
+        learner=learner,
+        covisit=covisit,
+        keep_rows=False,
     )
     steps_seconds = 0.0
     catalog = _catalog(events, learner.factors, item_tags)

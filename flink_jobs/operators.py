@@ -285,6 +285,15 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         user = self.state.value()
         if user is None:
             return
+        if self.step.expired(user, timestamp) is not None:
+            # Inactive past privacy.retention_days: the keyed state goes (its pending
+            # timers find nothing). No erasure row from here: this operator sends what
+            # on_timer yields to its main output (see USER_ROWS_TAG), so the user's
+            # Redis rows go by their key TTL, the same retention counted from the last
+            # write; a user who comes back first starts from nothing (UserStep.expired).
+            self.state.clear()
+            self.metrics.expired_users.inc()
+            return
         armed = user.timer_ms
         fired, timers = self.step.on_timer(user, timestamp)
         if fired or timers or user.timer_ms != armed:

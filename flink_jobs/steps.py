@@ -151,9 +151,28 @@ class UserStep:
         learning_cfg = learning_cfg or LearningSettings()
         self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
         self.default_consent = privacy.default_consent
+        # A user inactive this long (event time) is forgotten: state and stored rows.
+        self.retention_ms = privacy.retention_days * 86_400_000
         self.cf = CFStep(learning_cfg, learner)
         self.known_items = self.cf.new_known_items()
         self.quality = self.cf.new_monitor()
+
+    def expires_at(self, user: profile.UserState) -> int | None:
+        """Event time at which ``user`` has been inactive for the retention period: their
+        last change (an event, an impression, a consent decision) is the version's time."""
+        if not self.retention_ms or not user.version_us:
+            return None
+        return user.version_us // 1000 + self.retention_ms
+
+    def expired(self, user: profile.UserState | None, now_ms: int) -> FeatureUpdate | None:
+        """The erasure of ``user`` when it is past retention at ``now_ms``, else None."""
+        if user is None:
+            return None
+        due = self.expires_at(user)
+        if due is None or now_ms < due:
+            return None
+        version = next_version_us(now_ms, user.version_us)
+        return FeatureUpdate(USER_PROFILE, user.user_id, version, {}, erase=True)
 
     def row(self, user: profile.UserState) -> FeatureUpdate:
         return FeatureUpdate(
@@ -166,13 +185,30 @@ class UserStep:
             version = next_version_us(event.event_time_ms, previous.version_us if previous else 0)
             erase = FeatureUpdate(USER_PROFILE, event.user_id, version, {}, erase=True)
             return UserResult(None, changed=True, rows=[erase])
+        # Past retention, a user starts from nothing, as if the retention timer had
+        # fired first (in the job it fires once the watermark passes; a replay in order
+        # decides it here, so both give the same rows).
+        expired = self.expired(previous, event.event_time_ms)
+        if expired is not None:
+            previous = None
         user = previous or profile.new_state(event.user_id, self.default_consent)
+        consent_before = user.consent
         outcome = profile.apply_event(user, event, self.cfg)
         if not outcome.changed:
+            if expired is not None:  # a duplicate or an opted-out user's: still forget
+                return UserResult(None, changed=True, rows=[expired])
             return UserResult(
                 previous, duplicate=outcome.duplicate, opted_out=not outcome.duplicate
             )
         result = UserResult(user, changed=True, triggers=list(outcome.triggers))
+        if expired is None and user.consent == "denied" and consent_before != "denied":
+            # Consent withdrawn: the state kept nothing; the store keeps nothing either
+            # (the learned factors are another view of the same entity: an erasure
+            # clears them all, then the user's new row says "denied").
+            expired = FeatureUpdate(USER_PROFILE, user.user_id, user.version_us, {}, erase=True)
+        if expired is not None:
+            result.rows.append(expired)
+            user.version_us = next_version_us(event.event_time_ms, expired.version_us)
         interacted = bool(event.item_id) and user.consent != "denied"
         links: tuple[tuple[str, float, int], ...] = ()
         if interacted:
@@ -215,6 +251,8 @@ class UserStep:
         moves with every event; registering it each time meant one registration and one
         firing per event, both calls into the JVM."""
         due = profile.due_timers(user, self.cfg)
+        if (expiry := self.expires_at(user)) is not None:
+            due.append(expiry)
         if not due:
             return []
         first = min(due)

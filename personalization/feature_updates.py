@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from feature_repo.names import ENTITY_OF_VIEW
 from personalization.model_versions import ModelVersion
 
 # Rows are the job's largest output (four per rated item, ~40 features each): orjson
@@ -109,11 +110,31 @@ def is_model_version(update: FeatureUpdate) -> bool:
 
 
 def coalesce(updates: list[FeatureUpdate]) -> list[FeatureUpdate]:
-    """Keep only the newest row per (view, entity): fewer writes, same final state."""
+    """Keep only the newest row per (view, entity): fewer writes, same final state.
+
+    An erasure clears the whole entity (every view of it), so it is kept beside the
+    newest rows rather than replaced by them: a consent withdrawal or an expiry erases
+    and then writes the entity's new row in one record. Rows older than their entity's
+    erasure go with it."""
     newest: dict[tuple[str, str], FeatureUpdate] = {}
+    erased: dict[tuple[str, str], FeatureUpdate] = {}
     for update in updates:
         key = (update.view, update.entity_id)
+        if update.erase:
+            key = (ENTITY_OF_VIEW.get(update.view, update.view), update.entity_id)
+            current = erased.get(key)
+            if current is None or update.version_us > current.version_us:
+                erased[key] = update
+            continue
         current = newest.get(key)
         if current is None or update.version_us > current.version_us:
             newest[key] = update
-    return list(newest.values())
+    if not erased:
+        return list(newest.values())
+    kept = [
+        row
+        for row in newest.values()
+        if (e := erased.get((ENTITY_OF_VIEW.get(row.view, row.view), row.entity_id))) is None
+        or row.version_us > e.version_us
+    ]
+    return list(erased.values()) + kept

@@ -154,6 +154,7 @@ class JobMetrics:
     duplicates: Counter
     opted_out: Counter
     impressions: Counter
+    expired_users: Counter
     watermark: _Watermark
 
     def observe_watermark(self, watermark_ms: int) -> None:
@@ -198,6 +199,10 @@ def job_metrics() -> JobMetrics:
                 impressions=Counter(
                     "pz_job_impressions",
                     "Recommend answers counted in user state (frequency capping, fatigue)",
+                ),
+                expired_users=Counter(
+                    "pz_job_users_expired",
+                    "Users forgotten after privacy.retention_days without activity",
                 ),
                 watermark=watermark,
             )

@@ -26,7 +26,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from feature_repo.names import ITEM_STATS
+from feature_repo.names import ENTITY_OF_VIEW, ITEM_STATS
 from personalization import feature_store as fs
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, coalesce, is_model_version
@@ -107,11 +107,17 @@ class OnlineStoreWriter:
             if stored is not None and fs.timestamp_us(stored) >= row.version_us:
                 continue  # a newer write (or tombstone) is already there
             self.redis.delete(key)
-            tombstone = (
-                fs.entity_key(row.view, row.entity_id),
-                fs.encode_row(row.view, {"consent": "erased"}),
-                datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC),
-                None,
-            )
-            self.store.online_write_batch(self.config, fs.feature_view(row.view), [tombstone], None)
+            stamp = datetime.fromtimestamp(row.version_us / 1_000_000, tz=UTC)
+            # Every view of the entity gets the erasure's timestamp (one hash holds them
+            # all): an older row of any of them replayed later is skipped by Feast.
+            entity = ENTITY_OF_VIEW[row.view]
+            for view in [v for v, e in ENTITY_OF_VIEW.items() if e == entity]:
+                values = {"consent": "erased"} if view == row.view else {}
+                tombstone = (
+                    fs.entity_key(view, row.entity_id),
+                    fs.encode_row(view, values),
+                    stamp,
+                    None,
+                )
+                self.store.online_write_batch(self.config, fs.feature_view(view), [tombstone], None)
             self.redis.expire(key, ttl)

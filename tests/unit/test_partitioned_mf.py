@@ -188,4 +188,9 @@ def test_a_user_arms_one_timer_until_it_fires():
     assert timers == profile.due_timers(user, settings.features)
     assert T0 + 19_000 + gap <= timers[0] <= T0 + 19_000 + gap + 1
     fired, timers = step.on_timer(user, timers[0])
-    assert timers == [] and user.timer_ms == 0
+    # Then only the retention expiry is due: the user's last change + retention_days.
+    expiry = user.version_us // 1000 + settings.privacy.retention_days * 86_400_000
+    assert timers == [expiry] and user.timer_ms == expiry
+    assert step.expired(user, expiry - 1) is None
+    erase = step.expired(user, expiry)
+    assert erase is not None and erase.erase and erase.version_us > user.version_us
