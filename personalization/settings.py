@@ -275,6 +275,9 @@ class ServingSettings(_Section):
     # TLS: PEM files of the server certificate chain and key; empty = plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Mutual TLS: a PEM file of the CA certificates whose client certificates are
+    # accepted; set, every client must present one (needs tls_cert_file). Empty = none.
+    tls_client_ca_file: str = ""
     # Access control (personalization/access.py, README "Access control"): a JSON file of
     # API key hashes and their scopes, managed with `personalize keys`. Empty = every RPC
     # is open, as without it. The file is re-read when it changes (looked at every

@@ -186,9 +186,18 @@ class ServingApp:
         )
         address = f"{cfg.host}:{cfg.port}"
         try:
+            if cfg.tls_client_ca_file and not cfg.tls_cert_file:
+                raise RuntimeError("serving.tls_client_ca_file needs serving.tls_cert_file")
             if cfg.tls_cert_file:
+                # With a client CA, mutual TLS: the handshake refuses a client without
+                # a certificate that CA signed, before any RPC (or API key) is looked at.
+                client_ca = (
+                    Path(cfg.tls_client_ca_file).read_bytes() if cfg.tls_client_ca_file else None
+                )
                 credentials = grpc.ssl_server_credentials(
-                    [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())]
+                    [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())],
+                    root_certificates=client_ca,
+                    require_client_auth=client_ca is not None,
                 )
                 port = server.add_secure_port(address, credentials)
             else:

@@ -34,6 +34,8 @@ class RecommenderClient:
         admin_token: str = "",
         tls_root_cert: bytes | None = None,
         api_key: str = "",
+        tls_client_cert: bytes | None = None,
+        tls_client_key: bytes | None = None,
     ) -> None:
         options: list[tuple[str, Any]] = []
         if max_message_bytes:
@@ -49,7 +51,12 @@ class RecommenderClient:
             (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         )
         if tls_root_cert is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
+            # A client certificate and key for servers that require mutual TLS.
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls_root_cert,
+                private_key=tls_client_key,
+                certificate_chain=tls_client_cert,
+            )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)

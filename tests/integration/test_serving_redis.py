@@ -360,6 +360,114 @@ def test_tls_server_accepts_tls_clients_only(local_redis: Settings, tmp_path: Pa
         app.stop(grace_s=0.5)
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _signed(tmp_path: Path, name: str, ca: tuple[Path, Path], *, server: bool) -> tuple[Path, Path]:
+    """A key and a certificate for ``name`` signed by the CA ``(ca_key, ca_cert)``."""
+    key, csr, cert = (tmp_path / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={name}",
+    )
+    ext = tmp_path / f"{name}.ext"
+    ext.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[1]),
+        "-CAkey",
+        str(ca[0]),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        str(cert),
+        "-extfile",
+        str(ext),
+    )
+    return key, cert
+
+
+def _ca(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-subj",
+        f"/CN={name}",
+    )
+    return key, cert
+
+
+def test_mutual_tls_accepts_only_clients_with_a_certificate_of_the_client_ca(
+    local_redis: Settings, tmp_path: Path
+):
+    """serving.tls_client_ca_file: the handshake refuses a client without a certificate,
+    or with one another CA signed; a client the CA signed gets answers."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed (needed only to make test certificates)")
+    ca = _ca(tmp_path, "pz-test-ca")
+    server_key, server_cert = _signed(tmp_path, "localhost", ca, server=True)
+    client_key, client_cert = _signed(tmp_path, "shop-backend", ca, server=False)
+    other_key, other_cert = _signed(tmp_path, "intruder", _ca(tmp_path, "other-ca"), server=False)
+    data = local_redis.model_dump()
+    data["serving"].update(
+        tls_cert_file=str(server_cert), tls_key_file=str(server_key), tls_client_ca_file=str(ca[1])
+    )
+    settings = Settings.model_validate(data)
+    _write_items(settings, ITEMS)
+    app = ServingApp(settings, enable_collector=False).start()
+    root = ca[1].read_bytes()
+    try:
+        with RecommenderClient(
+            app.target,
+            deadline_s=2.0,
+            tls_root_cert=root,
+            tls_client_cert=client_cert.read_bytes(),
+            tls_client_key=client_key.read_bytes(),
+        ) as trusted:
+            assert trusted.recommend("anyone", k=3).items
+        for cert, key in ((None, None), (other_cert.read_bytes(), other_key.read_bytes())):
+            with (
+                RecommenderClient(
+                    app.target,
+                    deadline_s=2.0,
+                    tls_root_cert=root,
+                    tls_client_cert=cert,
+                    tls_client_key=key,
+                ) as refused,
+                pytest.raises(grpc.RpcError) as err,
+            ):
+                refused.recommend("anyone", k=3)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        app.stop(grace_s=0.5)
+
+
 def test_stalled_redis_opens_the_breaker_and_recovery_closes_it(local_redis: Settings):
     """A Redis that stops answering (SIGSTOP) costs the request path a few timeouts, not
     one per request: the breaker opens, reads are skipped, answers fall back; once Redis
