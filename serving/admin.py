@@ -26,7 +26,7 @@ from collections.abc import Callable
 import grpc
 
 from feature_repo.names import USER_PROFILE
-from personalization.access import ADMIN, AccessPolicy, Outcome
+from personalization.access import ADMIN, AccessPolicy
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
 from personalization.feature_updates import FeatureUpdate
 from personalization.model_registry import ModelRegistry, UnknownVersion
@@ -36,6 +36,7 @@ from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.audit import AuditLog, AuditUnavailable
+from serving.auth import actor_or_abort
 from serving.collector import CollectUnavailable, EventCollector
 
 
@@ -75,17 +76,7 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
     def _authorize(self, context: grpc.ServicerContext) -> str:
         """The actor of the call (for its audit record), or abort."""
         if self._access is not None:
-            # The interceptor checked already; checking here too keeps the servicer safe
-            # on its own and tells which key acted (a cache hit, no second hash).
-            decision = self._access.authorize(context.invocation_metadata(), ADMIN)
-            if decision.allowed and decision.key is not None:
-                return decision.key.actor
-            code = (
-                grpc.StatusCode.PERMISSION_DENIED
-                if decision.outcome is Outcome.PERMISSION_DENIED
-                else grpc.StatusCode.UNAUTHENTICATED
-            )
-            context.abort(code, decision.reason)
+            return actor_or_abort(self._access, context, ADMIN)
         if not self._token:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "admin API disabled (no token)")
         if not hmac.compare_digest(bearer_token(context), self._token):

@@ -39,7 +39,13 @@ from personalization.access import (
 from personalization.settings import Settings
 from serving import metrics as serving_metrics
 
-__all__ = ["AccessControl", "AccessInterceptor", "KeysFileWatcher", "status_code"]
+__all__ = [
+    "AccessControl",
+    "AccessInterceptor",
+    "KeysFileWatcher",
+    "actor_or_abort",
+    "status_code",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,17 @@ def status_code(decision: Decision) -> grpc.StatusCode:
     if decision.outcome is Outcome.PERMISSION_DENIED:
         return grpc.StatusCode.PERMISSION_DENIED
     return grpc.StatusCode.UNAUTHENTICATED
+
+
+def actor_or_abort(access: AccessPolicy, context: grpc.ServicerContext, scope: str) -> str:
+    """The actor (``key:<id>``) of a call the interceptor let through, found again from
+    its metadata (a cache hit, no second hash), for audit records; or abort with the
+    policy's status, so a servicer is safe on its own too."""
+    decision = access.authorize(context.invocation_metadata(), scope)
+    if decision.allowed and decision.key is not None:
+        return decision.key.actor
+    context.abort(status_code(decision), decision.reason)
+    raise AssertionError("context.abort returned")  # it raises
 
 
 def _refusal(

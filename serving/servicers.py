@@ -35,11 +35,12 @@ import time
 
 import grpc
 
-from personalization.access import PROFILE_READ, AccessPolicy, Outcome
+from personalization.access import PROFILE_READ, AccessPolicy
 from personalization.privacy import audit_record, pseudonymizer
 from personalization.settings import Settings
 from personalization.v1 import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.audit import AuditLog, AuditUnavailable
+from serving.auth import actor_or_abort
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable
 from serving.proto_mapping import collect_response, profile_message, recommend_response
@@ -108,17 +109,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         """Who reads (for the audit record): the caller's key, or ``anonymous``."""
         if self._access is None:
             return ANONYMOUS
-        # The interceptor let the call through; this finds which key (a cache hit).
-        decision = self._access.authorize(context.invocation_metadata(), PROFILE_READ)
-        if decision.allowed and decision.key is not None:
-            return decision.key.actor
-        code = (
-            grpc.StatusCode.PERMISSION_DENIED
-            if decision.outcome is Outcome.PERMISSION_DENIED
-            else grpc.StatusCode.UNAUTHENTICATED
-        )
-        context.abort(code, decision.reason)
-        raise AssertionError("context.abort returned")  # it raises
+        return actor_or_abort(self._access, context, PROFILE_READ)
 
 
 class CollectorServicer(recommender_pb2_grpc.CollectorServicer):
