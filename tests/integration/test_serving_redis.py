@@ -320,31 +320,10 @@ def test_online_store_health_follows_redis(local_redis: Settings):
 
 def test_tls_server_accepts_tls_clients_only(local_redis: Settings, tmp_path: Path):
     """TLS option: a client trusting the certificate gets answers; plaintext does not."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not installed (needed only to make a test certificate)")
-    key, cert = tmp_path / "server.key", tmp_path / "server.crt"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
+    key, cert = _self_signed(
+        tmp_path, "localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"
     )
     data = local_redis.model_dump()
     data["serving"].update(tls_cert_file=str(cert), tls_key_file=str(key))
@@ -403,7 +382,9 @@ def _signed(tmp_path: Path, name: str, ca: tuple[Path, Path], *, server: bool) -
     return key, cert
 
 
-def _ca(tmp_path: Path, name: str) -> tuple[Path, Path]:
+def _self_signed(tmp_path: Path, name: str, *extra: str) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for ``name`` (a CA, or a server with
+    ``extra`` options such as its subjectAltName)."""
     key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
     _openssl(
         "req",
@@ -419,6 +400,7 @@ def _ca(tmp_path: Path, name: str) -> tuple[Path, Path]:
         str(cert),
         "-subj",
         f"/CN={name}",
+        *extra,
     )
     return key, cert
 
@@ -430,10 +412,12 @@ def test_mutual_tls_accepts_only_clients_with_a_certificate_of_the_client_ca(
     or with one another CA signed; a client the CA signed gets answers."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not installed (needed only to make test certificates)")
-    ca = _ca(tmp_path, "pz-test-ca")
+    ca = _self_signed(tmp_path, "pz-test-ca")
     server_key, server_cert = _signed(tmp_path, "localhost", ca, server=True)
     client_key, client_cert = _signed(tmp_path, "shop-backend", ca, server=False)
-    other_key, other_cert = _signed(tmp_path, "intruder", _ca(tmp_path, "other-ca"), server=False)
+    other_key, other_cert = _signed(
+        tmp_path, "intruder", _self_signed(tmp_path, "other-ca"), server=False
+    )
     data = local_redis.model_dump()
     data["serving"].update(
         tls_cert_file=str(server_cert), tls_key_file=str(server_key), tls_client_ca_file=str(ca[1])
