@@ -3,6 +3,7 @@ the :class:`~ops.infra.service.Service` interface and ``personalize infra``."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -94,9 +95,12 @@ def test_kafka_topic_configs(kafka_broker: Settings) -> None:
     # A record stamped 1970 by its producer is read back with the broker's time.
     delivered: list[tuple[int, int]] = []
     producer = Producer({"bootstrap.servers": k.bootstrap_servers})
+    # A well-formed record of its own user: the topic is the session's, and other tests
+    # read every trigger in it.
+    probe = {"user_id": f"topic-config-probe-{uuid.uuid4().hex[:8]}", "trigger": "probe"}
     producer.produce(
         k.triggers_topic,
-        value=b"{}",
+        value=json.dumps(probe).encode(),
         partition=0,
         timestamp=1_000,
         on_delivery=lambda err, msg: delivered.append((msg.partition(), msg.offset())),

@@ -81,12 +81,22 @@ def test_a_batch_sets_the_ttl_of_every_entity(writer: OnlineStoreWriter) -> None
         FeatureUpdate(ITEM_STATS, i, now_us, {"category": "books", "last_event_ms": now_us // 1000})
         for i in items
     ]
-    assert writer.write(rows) == len(rows)
-    ttls = [_ttl(writer, USER_PROFILE, u) for u in users]
-    ttls += [_ttl(writer, ITEM_STATS, i) for i in items]
-    assert all(RETENTION_S - 60 <= t <= RETENTION_S for t in ttls), sorted(set(ttls))
-    # The item index is one sorted set for the catalog: it never expires.
-    assert writer.redis.ttl(fs.item_index_key(writer.project)) == -1
+    index = fs.item_index_key(writer.project)
+    try:
+        assert writer.write(rows) == len(rows)
+        ttls = [_ttl(writer, USER_PROFILE, u) for u in users]
+        ttls += [_ttl(writer, ITEM_STATS, i) for i in items]
+        assert all(RETENTION_S - 60 <= t <= RETENTION_S for t in ttls), sorted(set(ttls))
+        # The item index is one sorted set for the catalog: it never expires.
+        assert writer.redis.ttl(index) == -1
+    finally:
+        # The store is the session's: leave no items for other tests' catalogs (the
+        # Redis Cluster test counts what its catalog refresh finds).
+        writer.redis.zrem(index, *items)
+        for key in [fs.redis_key(writer.project, ITEM_STATS, i) for i in items] + [
+            fs.redis_key(writer.project, USER_PROFILE, u) for u in users
+        ]:
+            writer.redis.delete(key)
 
 
 def test_tombstones_keep_their_ttl_and_models_never_expire(writer: OnlineStoreWriter) -> None:
