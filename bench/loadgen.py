@@ -78,12 +78,26 @@ async def record_call(
         rec.personalized += 1
 
 
-async def open_channels(target: str, n: int) -> list[grpc.aio.Channel]:
+class _ApiKey(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Presents an API key on every call (a server with access control on)."""
+
+    def __init__(self, key: str) -> None:
+        self.metadata = (("x-api-key", key),)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        details = details._replace(metadata=tuple(details.metadata or ()) + self.metadata)
+        return await continuation(details, request)
+
+
+async def open_channels(target: str, n: int, api_key: str = "") -> list[grpc.aio.Channel]:
     """``n`` channels to ``target``, each ready: separate subchannel pools, so each
-    channel is its own TCP/HTTP2 connection."""
+    channel is its own TCP/HTTP2 connection; each call presents ``api_key`` if given."""
+    interceptors = [_ApiKey(api_key)] if api_key else None
     channels = [
         grpc.aio.insecure_channel(
-            target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)]
+            target,
+            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", i)],
+            interceptors=interceptors,
         )
         for i in range(n)
     ]
@@ -144,7 +158,11 @@ def _request(rng: random.Random, n_users: int, prefix: str, k: int) -> Any:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     rng = random.Random(args.seed)
-    channels = await open_channels(args.target, args.channels)
+    api_key = ""
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="ascii") as f:
+            api_key = f.read().strip()
+    channels = await open_channels(args.target, args.channels, api_key)
     stubs = [recommender_pb2_grpc.RecommenderStub(ch) for ch in channels]
     start = loop.time() + 0.05
     count_from = start + args.warmup
@@ -228,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--deadline", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--api-key-file", default="", help="a file holding the API key to present (if any)"
+    )
     args = p.parse_args(argv)
     t0 = time.monotonic()
     result = asyncio.run(run(args))

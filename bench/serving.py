@@ -181,6 +181,29 @@ def target(settings: Settings) -> str:
     return f"{settings.serving.host}:{settings.serving.port}"
 
 
+def with_access_control(settings: Settings) -> Settings:
+    """The bench's server runs as ``personalize up`` serves: with access control on (the
+    interceptor is on the request path), a key of every scope in the run dir; the load
+    generators present it from files, never on a command line."""
+    from ops.local_key import ensure_local_access
+
+    access = ensure_local_access(settings)
+    if access is None:  # an operator's keys file: the bench has no key of it
+        raise RuntimeError("bench serving makes its own keys: unset serving.api_keys_file")
+    metadata = settings.run_path / "ghz-metadata.json"
+    fd = os.open(metadata, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(json.dumps({"x-api-key": access.key}))
+    return access.settings
+
+
+def api_key_file(settings: Settings) -> Path | None:
+    """The key file of a server with access control on (None: the server is open)."""
+    from ops.local_key import key_file
+
+    return key_file(settings) if settings.serving.api_keys_file else None
+
+
 def wait_catalog(settings: Settings, timeout_s: float = 60.0) -> float:
     """Poll Recommend for an unknown user until items come back; seconds waited."""
     import grpc
@@ -189,7 +212,9 @@ def wait_catalog(settings: Settings, timeout_s: float = 60.0) -> float:
 
     t0 = time.monotonic()
     deadline = t0 + timeout_s
-    with RecommenderClient(target(settings), deadline_s=1.0) as client:
+    key_path = api_key_file(settings)
+    api_key = key_path.read_text(encoding="ascii").strip() if key_path else ""
+    with RecommenderClient(target(settings), deadline_s=1.0, api_key=api_key) as client:
         while time.monotonic() < deadline:
             try:
                 if client.recommend(UNKNOWN_USER, k=10).items:
@@ -205,6 +230,8 @@ def wait_catalog(settings: Settings, timeout_s: float = 60.0) -> float:
 
 def run_loadgen(settings: Settings, opts: dict[str, Any], sessions: dict[str, int]) -> dict:
     cmd = [sys.executable, "-m", "bench.loadgen", "--target", target(settings)]
+    if (key_path := api_key_file(settings)) is not None:
+        cmd += ["--api-key-file", str(key_path)]
     for key, value in opts.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(
@@ -284,6 +311,8 @@ def run_ghz(
         "-O",
         "json",
     ]
+    if api_key_file(settings) is not None:
+        cmd += ["--metadata-file", str(settings.run_path / "ghz-metadata.json")]
     if mode == "open":
         # --async: a request is sent on schedule whether or not earlier ones answered.
         cmd += ["--rps", f"{rate:g}", "--async", "-c", str(concurrency)]
@@ -429,7 +458,8 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
     if getattr(args, "strategy", ""):
         ranking = settings.ranking.model_copy(update={"strategy": args.strategy})
         bench.settings = settings = settings.model_copy(update={"ranking": ranking})
-    say(f"ranking strategy: {settings.ranking.strategy}")
+    bench.settings = settings = with_access_control(settings)
+    say(f"ranking strategy: {settings.ranking.strategy}; access control on (API key)")
     worker_counts = list(dict.fromkeys(getattr(args, "workers", None) or [1]))
     plan: list[tuple[str, float]] = [("open", r) for r in args.rps]
     plan.append(("closed", 0.0))
