@@ -21,8 +21,6 @@ the server logs one WARNING saying so.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,10 +30,10 @@ import grpc
 from personalization.access import (
     AccessPolicy,
     Decision,
-    KeysFileError,
     Outcome,
     load_keys_file,
 )
+from personalization.keys_watcher import KeysFileWatcher, file_signature
 from personalization.settings import Settings
 from serving import metrics as serving_metrics
 
@@ -120,78 +118,6 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         return _refusal(await continuation(handler_call_details), code, decision.reason)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """What changes when the file is replaced or edited (None: it is missing)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-class KeysFileWatcher:
-    """Reloads the policy's keys when the keys file changes."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        policy: AccessPolicy,
-        interval_s: float = 1.0,
-        *,
-        loaded: tuple[int, int, int] | None = None,
-    ) -> None:
-        """``loaded``: the file's signature when the policy's keys were read from it
-        (default: now)."""
-        self.path = Path(path)
-        self._policy = policy
-        self._interval_s = interval_s
-        self._seen = loaded if loaded is not None else _signature(self.path)
-        # The last state reported as a problem, so a bad file is logged once, not every poll.
-        self._reported: tuple[int, int, int] | str | None = "ok"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> bool:
-        """Reload if the file changed; True if new keys are in force."""
-        signature = _signature(self.path)
-        if signature == self._seen:
-            return False
-        self._seen = signature
-        if signature is None:
-            if self._reported != signature:
-                self._reported = signature
-                log.error("api keys file %s is missing; keeping the previous keys", self.path)
-            return False
-        try:
-            keys = load_keys_file(self.path)
-        except KeysFileError as exc:
-            if self._reported != signature:
-                self._reported = signature
-                log.error("%s; keeping the previous keys", exc)
-            return False
-        self._reported = "ok"
-        self._policy.replace_keys(keys)
-        log.info("api keys reloaded from %s: %d keys", self.path, len(keys))
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.check()
-            except Exception:  # a watcher that dies would freeze the keys silently
-                log.exception("api keys reload of %s failed", self.path)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="api-keys", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
 class AccessControl:
     """The policy, its file watcher and the interceptor of one server."""
 
@@ -214,7 +140,7 @@ class AccessControl:
             )
             return None
         path = Path(cfg.api_keys_file)
-        loaded = _signature(path)  # before reading: a change while reading is seen later
+        loaded = file_signature(path)  # before reading: a change while reading is seen later
         keys = load_keys_file(path)
         policy = AccessPolicy(
             keys,
