@@ -54,6 +54,7 @@ __all__ = [
     "RECOMMEND",
     "REFLECTION_METHOD",
     "SCOPES",
+    "TRIGGERS_READ",
     "AccessPolicy",
     "ApiKey",
     "Decision",
@@ -77,7 +78,9 @@ COLLECT: Final = "collect"
 RECOMMEND: Final = "recommend"
 PROFILE_READ: Final = "profile:read"
 ADMIN: Final = "admin"
-SCOPES: Final = (COLLECT, RECOMMEND, PROFILE_READ, ADMIN)
+# Subscribe to the dispatcher's trigger stream (dispatcher/subscribe.py).
+TRIGGERS_READ: Final = "triggers:read"
+SCOPES: Final = (COLLECT, RECOMMEND, PROFILE_READ, ADMIN, TRIGGERS_READ)
 
 # Requirements that are not scopes (their spelling cannot be a scope's).
 OPEN: Final = "(open)"  # no key needed
@@ -90,6 +93,8 @@ METHOD_SCOPES: Final[Mapping[str, str]] = {
     "/personalization.v1.Admin/ForgetUser": ADMIN,
     "/personalization.v1.Admin/SetConsent": ADMIN,
     "/personalization.v1.Admin/SetModelVersion": ADMIN,
+    "/personalization.v1.Triggers/Subscribe": TRIGGERS_READ,
+    "/personalization.v1.Triggers/ResolveUser": ADMIN,
 }
 # Load balancers and orchestrators probe health without credentials.
 HEALTH_METHODS: Final = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")

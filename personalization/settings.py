@@ -107,6 +107,9 @@ class KafkaSettings(_Section):
     engagement_topic: str = "engagement_metrics"
     dlq_topic: str = "events_dlq"
     triggers_topic: str = "triggers"
+    # Triggers the dispatcher could not deliver to a webhook, with the reason
+    # (dispatcher/dead_letters.py).
+    triggers_dlq_topic: str = "triggers_dlq"
     # Changelog of computed feature rows: the Flink job appends, the online-store
     # writer applies them to Feast's Redis store (see writer/process.py).
     feature_updates_topic: str = "feature_updates"
@@ -159,6 +162,7 @@ class KafkaSettings(_Section):
             *self.event_topics,
             self.dlq_topic,
             self.triggers_topic,
+            self.triggers_dlq_topic,
             self.feature_updates_topic,
             self.audit_topic,
             self.exposures_topic,
@@ -436,6 +440,97 @@ class MetricsSettings(_Section):
     rate_window_s: float = 5.0
 
 
+class WebhookSettings(_Section):
+    """One HTTP endpoint the dispatcher POSTs triggers to (README "Trigger delivery").
+
+    The signing secret is read from ``secret_file`` or the environment variable named by
+    ``secret_env``, never given inline, so it stays off command lines and out of
+    ``PZ_SETTINGS_JSON``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    url: str = Field(pattern=r"^https?://")
+    secret_file: str = ""
+    secret_env: str = ""
+    # Rule names delivered to this endpoint; empty = every rule.
+    rules: tuple[str, ...] = ()
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    # Retry n waits a uniform random time in [0, min(backoff_max_s, backoff_base_s * 2**(n-1))].
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # Requests in flight to this endpoint at most.
+    concurrency: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> WebhookSettings:
+        if bool(self.secret_file) == bool(self.secret_env):
+            raise ValueError(f"webhook {self.name!r}: set exactly one of secret_file, secret_env")
+        return self
+
+
+class DispatcherSettings(_Section):
+    """The trigger dispatcher (``python -m dispatcher``): webhooks, ``Triggers`` gRPC."""
+
+    # A JSON list of WebhookSettings: PZ_DISPATCHER__WEBHOOKS='[{"name": ..., "url": ...}]'.
+    webhooks: tuple[WebhookSettings, ...] = ()
+    consumer_group: str = "pz-trigger-dispatcher"
+    # Triggers taken from Kafka per batch; offsets are committed once all are settled.
+    batch_size: int = Field(default=500, ge=1)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    # The Triggers gRPC service (Subscribe, ResolveUser).
+    host: str = "127.0.0.1"
+    port: int = 50053
+    max_subscribers: int = Field(default=16, ge=1)
+    # Prometheus endpoint of the dispatcher; 0 = off.
+    metrics_port: int = 9470
+    # Deliver a consenting user's raw id instead of the pseudonym (needs identity_directory;
+    # without privacy.hmac_secret ids are raw anyway).
+    raw_user_ids: bool = False
+    # Keep pseudonym -> raw id in Redis (from the event topics), for raw_user_ids and the
+    # admin-scoped Triggers.ResolveUser. Off: no raw id is kept anywhere.
+    identity_directory: bool = False
+    identity_consumer_group: str = "pz-identity-directory"
+
+    @model_validator(mode="after")
+    def _raw_ids_need_the_directory(self) -> DispatcherSettings:
+        if self.raw_user_ids and not self.identity_directory:
+            raise ValueError("dispatcher.raw_user_ids needs dispatcher.identity_directory")
+        names = [hook.name for hook in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhook names must be unique: {names}")
+        return self
+
+
+class CatalogSettings(_Section):
+    """The item catalog: ingestion, availability, cold start, SimilarItems (README "Item
+    catalog")."""
+
+    # Consumer group of the writer's catalog consumer (writer/catalog.py).
+    consumer_group: str = "pz-catalog-writer"
+    batch_size: int = Field(default=500, ge=1)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    # Items per Catalog.UpsertItems / DeleteItems call at most.
+    max_batch_items: int = Field(default=1000, ge=1)
+    # How long Catalog RPCs wait for Kafka to acknowledge the records.
+    ack_timeout_s: float = Field(default=5.0, gt=0)
+    # An item created this recently that no event has mentioned yet is "new": it gets a
+    # content-based cold-start score (serving/cold_start.py).
+    new_item_days: float = Field(default=14.0, gt=0)
+    # Slots of a Recommend list at most that new items take (the last ones), and the
+    # content match a new item needs with the user to take one (0..1).
+    new_item_slots: int = Field(default=2, ge=0)
+    new_item_min_score: float = Field(default=0.2, ge=0, le=1)
+    # Weights of an item's content features in content similarity (weighted Jaccard):
+    # the category path's levels, the brand, each free tag.
+    category_weight: float = Field(default=1.0, ge=0)
+    brand_weight: float = Field(default=1.0, ge=0)
+    tag_weight: float = Field(default=0.5, ge=0)
+    # SimilarItems: blend weights of co-visitation, content and CF neighbours.
+    similar_covisitation_weight: float = Field(default=1.0, ge=0)
+    similar_content_weight: float = Field(default=0.6, ge=0)
+    similar_cf_weight: float = Field(default=0.4, ge=0)
+
+
 class FeastSettings(_Section):
     project: str = "personalization"
     # Empty = <project root>/feature_repo.
@@ -466,6 +561,7 @@ class Settings(BaseSettings):
     ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
     metrics: MetricsSettings = MetricsSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
 
     @model_validator(mode="after")
     def _tombstones_outlive_the_changelog(self) -> Settings:

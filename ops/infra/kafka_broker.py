@@ -262,6 +262,8 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     k = settings.kafka
     retention = {topic: k.retention_ms for topic in (*k.event_topics, k.triggers_topic)}
     retention[k.feature_updates_topic] = k.retention_ms
+    # Undelivered triggers (pseudonyms, like triggers) wait as long as the triggers do.
+    retention[k.triggers_dlq_topic] = k.retention_ms
     retention[k.dlq_topic] = k.dlq_retention_ms
     retention[k.exposures_topic] = k.ab_retention_ms
     retention[k.ab_outcomes_topic] = k.ab_retention_ms

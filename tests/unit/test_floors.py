@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 CORE = {"feature_repo", "personalization"}
-PROCESSES = {"flink_jobs", "writer", "serving"}
+PROCESSES = {"flink_jobs", "writer", "serving", "dispatcher"}
 TOOLING = {"ops", "traffic", "analysis", "dashboard", "bench"}
 PACKAGES = CORE | PROCESSES | TOOLING
 
@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "flink_jobs": CORE,
     "writer": CORE,
     "serving": CORE,
+    "dispatcher": CORE,
     # Traffic and analysis are tooling that the others use; they stand on the core and,
     # for analysis, on the per-record logic of the processes it replays offline.
     "traffic": CORE,

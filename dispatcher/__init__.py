@@ -1,0 +1,1 @@
+"""The trigger dispatcher: delivers the job's ``triggers`` to webhooks and gRPC subscribers."""

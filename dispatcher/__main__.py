@@ -1,0 +1,3 @@
+from dispatcher.process import main
+
+main()
