@@ -15,7 +15,14 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
-from feature_repo.names import ENTITY_OF_VIEW, ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
+from feature_repo.names import (
+    ENTITY_OF_VIEW,
+    ITEM_CATALOG,
+    ITEM_CF,
+    ITEM_STATS,
+    USER_CF,
+    USER_PROFILE,
+)
 
 _DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -167,6 +174,38 @@ item_cf = FeatureView(
     description="Online matrix-factorisation factors of each item.",
 )
 
+# Item metadata from the catalog topic (personalization/catalog_records.py), written by
+# the writer's catalog consumer into the item's hash beside item_stats, so serving's
+# catalog refresh reads both in one HMGET. A deleted item keeps a tombstone row
+# (deleted=1, available=0): a replayed older upsert is not newer and is skipped.
+item_catalog = FeatureView(
+    name=ITEM_CATALOG,
+    entities=[item],
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="title", dtype=String),
+        Field(name="category_path", dtype=Array(String), description="broadest first"),
+        Field(name="brand", dtype=String),
+        Field(name="list_price", dtype=Float64, description="the catalog's price"),
+        Field(name="tags", dtype=Array(String)),
+        Field(name="available", dtype=Int64, description="1 = may be sold, 0 = not"),
+        Field(name="stock", dtype=Int64, description="units in stock, -1 = not tracked"),
+        Field(name="created_ms", dtype=Int64, description="when the item was created"),
+        Field(name="updated_ms", dtype=Int64, description="time of the record"),
+        Field(name="deleted", dtype=Int64, description="1 = deleted (a tombstone)"),
+    ],
+    source=PushSource(
+        name="item_catalog_push",
+        batch_source=FileSource(
+            name="item_catalog_batch",
+            path=str(_DATA_DIR / "item_catalog.parquet"),
+            timestamp_field="event_timestamp",
+        ),
+    ),
+    online=True,
+    description="Item metadata: title, category path, brand, price, tags, stock.",
+)
+
 # What the recommender reads for a user.
 recommender_features = FeatureService(
     name="recommender",
@@ -174,6 +213,8 @@ recommender_features = FeatureService(
     description="Features the gRPC recommender reads on the request path.",
 )
 
-FEATURE_VIEWS = {view.name: view for view in (user_profile, item_stats, user_cf, item_cf)}
+FEATURE_VIEWS = {
+    view.name: view for view in (user_profile, item_stats, user_cf, item_cf, item_catalog)
+}
 
 __all__ = ["ENTITY_OF_VIEW", "FEATURE_VIEWS"]

@@ -8,6 +8,8 @@ USER_PROFILE = "user_profile"
 ITEM_STATS = "item_stats"
 USER_CF = "user_cf"
 ITEM_CF = "item_cf"
+# Item metadata from the catalog topic (writer/catalog.py), not from events.
+ITEM_CATALOG = "item_catalog"
 
 # The entity key column of each view.
 ENTITY_OF_VIEW = {
@@ -15,9 +17,18 @@ ENTITY_OF_VIEW = {
     ITEM_STATS: "item_id",
     USER_CF: "user_id",
     ITEM_CF: "item_id",
+    ITEM_CATALOG: "item_id",
 }
 
 # Views keyed by user: what an erasure or an opt-out clears.
 USER_VIEWS = tuple(view for view, entity in ENTITY_OF_VIEW.items() if entity == "user_id")
 
-__all__ = ["ENTITY_OF_VIEW", "ITEM_CF", "ITEM_STATS", "USER_CF", "USER_PROFILE", "USER_VIEWS"]
+__all__ = [
+    "ENTITY_OF_VIEW",
+    "ITEM_CATALOG",
+    "ITEM_CF",
+    "ITEM_STATS",
+    "USER_CF",
+    "USER_PROFILE",
+    "USER_VIEWS",
+]

@@ -38,6 +38,14 @@ def item_index_key(project: str) -> str:
     return f"{project}:item_index"
 
 
+def catalog_index_key(project: str) -> str:
+    """Sorted set of item ids scored by the time the writer last applied their catalog
+    record (``writer/catalog.py``): serving's catalog refresh reads it beside the item
+    index, with a high-water mark of its own, so wall-clock catalog times never hide
+    event-time item rows (or the other way round)."""
+    return f"{project}:catalog_index"
+
+
 def key_ttl_s(settings: Settings) -> int | None:
     """TTL of an entity's Redis hash, set again by every write (``privacy.retention_days``;
     None = no TTL). Feast's online store issues the EXPIRE in the write's own pipeline,

@@ -107,6 +107,9 @@ class KafkaSettings(_Section):
     engagement_topic: str = "engagement_metrics"
     dlq_topic: str = "events_dlq"
     triggers_topic: str = "triggers"
+    # Item metadata (JSON lines, keyed by item id, compacted): `personalize catalog
+    # import` and Catalog.UpsertItems produce, the writer's catalog consumer applies.
+    catalog_topic: str = "catalog"
     # Triggers the dispatcher could not deliver to a webhook, with the reason
     # (dispatcher/dead_letters.py).
     triggers_dlq_topic: str = "triggers_dlq"
@@ -162,6 +165,7 @@ class KafkaSettings(_Section):
             *self.event_topics,
             self.dlq_topic,
             self.triggers_topic,
+            self.catalog_topic,
             self.triggers_dlq_topic,
             self.feature_updates_topic,
             self.audit_topic,
@@ -531,6 +535,36 @@ class CatalogSettings(_Section):
     similar_cf_weight: float = Field(default=0.4, ge=0)
 
 
+class CatalogSettings(_Section):
+    """The item catalog: ingestion, availability, cold start, SimilarItems (README "Item
+    catalog")."""
+
+    # Consumer group of the writer's catalog consumer (writer/catalog.py).
+    consumer_group: str = "pz-catalog-writer"
+    batch_size: int = Field(default=500, ge=1)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    # Items per Catalog.UpsertItems / DeleteItems call at most.
+    max_batch_items: int = Field(default=1000, ge=1)
+    # How long Catalog RPCs wait for Kafka to acknowledge the records.
+    ack_timeout_s: float = Field(default=5.0, gt=0)
+    # An item created this recently that no event has mentioned yet is "new": it gets a
+    # content-based cold-start score (serving/cold_start.py).
+    new_item_days: float = Field(default=14.0, gt=0)
+    # Slots of a Recommend list at most that new items take (the last ones), and the
+    # content match a new item needs with the user to take one (0..1).
+    new_item_slots: int = Field(default=2, ge=0)
+    new_item_min_score: float = Field(default=0.2, ge=0, le=1)
+    # Weights of an item's content features in content similarity (weighted Jaccard):
+    # the category path's levels, the brand, each free tag.
+    category_weight: float = Field(default=1.0, ge=0)
+    brand_weight: float = Field(default=1.0, ge=0)
+    tag_weight: float = Field(default=0.5, ge=0)
+    # SimilarItems: blend weights of co-visitation, content and CF neighbours.
+    similar_covisitation_weight: float = Field(default=1.0, ge=0)
+    similar_content_weight: float = Field(default=0.6, ge=0)
+    similar_cf_weight: float = Field(default=0.4, ge=0)
+
+
 class FeastSettings(_Section):
     project: str = "personalization"
     # Empty = <project root>/feature_repo.
@@ -561,6 +595,7 @@ class Settings(BaseSettings):
     ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
     metrics: MetricsSettings = MetricsSettings()
+    catalog: CatalogSettings = CatalogSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
 
     @model_validator(mode="after")

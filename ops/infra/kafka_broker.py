@@ -271,6 +271,9 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     configs = {topic: {"retention.ms": str(ms)} for topic, ms in retention.items()}
     for topic in (k.triggers_topic, k.dlq_topic, k.feature_updates_topic, k.ab_outcomes_topic):
         configs[topic]["message.timestamp.type"] = "LogAppendTime"
+    # The catalog is state, not a stream: compacted by item id, the latest record of
+    # every item is kept, so a new online store can be rebuilt from the topic.
+    configs[k.catalog_topic] = {"cleanup.policy": "compact"}
     configs[k.item_factors_topic] = {
         "message.timestamp.type": "CreateTime",
         "retention.ms": "-1",
