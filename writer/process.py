@@ -161,7 +161,16 @@ def main() -> None:
     metrics.start_metrics_server(
         settings.metrics.host, settings.metrics.writer_port, what="writer metrics"
     )
+    # The catalog topic has its own consumer (writer/catalog.py): a slow feature backlog
+    # never delays a stock change, nor the other way round.
+    from writer.catalog import run_catalog_consumer
+
+    catalog = threading.Thread(
+        target=run_catalog_consumer, args=(settings, stop), name="catalog-consumer", daemon=True
+    )
+    catalog.start()
     stats = run_writer(settings, stop)
+    catalog.join(timeout=10)
     log.info("writer stopped: %s", stats)
 
 
