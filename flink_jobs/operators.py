@@ -78,9 +78,6 @@ ITEM_ROWS_TAG = OutputTag("item-rows", Types.STRING())
 # The user operators' copy of the fed item factors: item id -> a feed record.
 ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.STRING())
 
-# The propensity learner's constant key (one subtask).
-PROPENSITY_KEY = "propensity"
-
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
 
@@ -359,8 +356,9 @@ class AttributionJoin(KeyedCoProcessFunction):
     def __init__(self, cfg: FeatureSettings, learning_cfg: LearningSettings | None = None) -> None:
         self.window_ms = cfg.attribution_window_s * 1000
         self.wait_ms = cfg.attribution_wait_for_exposure_s * 1000
-        label_s = (learning_cfg or LearningSettings()).propensity_label_window_s
-        self.label_ms = min(label_s * 1000, self.window_ms)
+        learning = learning_cfg or LearningSettings()
+        self.label_ms = min(learning.propensity_label_window_s * 1000, self.window_ms)
+        self.shards = learning.propensity_shards
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -414,7 +412,7 @@ class AttributionJoin(KeyedCoProcessFunction):
         label_due = attribution.label_time(state, self.label_ms)
         if label_due is not None and timestamp >= label_due:
             for example in attribution.labelled_examples(state, self.label_ms):
-                yield EXAMPLE_TAG, Row(PROPENSITY_KEY, example)
+                yield EXAMPLE_TAG, Row(propensity.shard_key(example.rec_id, self.shards), example)
             self.state.update(state)
         due = attribution.close_time(state, self.window_ms, self.wait_ms)
         if due is None or timestamp < due:
@@ -453,10 +451,11 @@ class ParseExposures(ProcessFunction):
 
 
 class PropensityTraining(KeyedProcessFunction):
-    """One click-propensity model (constant key): learns every labelled shown item and
-    publishes a version every ``propensity_publish_every`` examples as a
-    ``model:propensity`` record on the feature_updates changelog (the writer puts it in
-    the model registry). The River model is pickled in keyed state with its metrics."""
+    """The click-propensity model, one learner per shard key
+    (``learning.propensity_shards``, ``flink_jobs/propensity.py``): each learns its
+    labelled shown items and publishes its shard's version on the feature_updates
+    changelog as a ``model:propensity`` record; the writer's model registry publishes
+    the shards' average. The River model is pickled in keyed state with its metrics."""
 
     def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
         self.cfg = cfg
@@ -474,8 +473,13 @@ class PropensityTraining(KeyedProcessFunction):
     ) -> Iterator[str]:
         trainer = self.state.value() or propensity.new_trainer(self.cfg)
         propensity.learn(trainer, example)
-        if propensity.due(trainer, self.cfg.propensity_publish_every):
-            version = propensity.cut_version(trainer)
+        shards = self.cfg.propensity_shards
+        if propensity.due(
+            trainer, propensity.shard_publish_every(self.cfg.propensity_publish_every, shards)
+        ):
+            key = ctx.get_current_key()  # Row(key) from exchanges.keyed
+            shard = propensity.shard_of_key(str(key[0] if isinstance(key, Row) else key))
+            version = propensity.cut_version(trainer, shard, shards)
             for name, value in version.metrics.items():
                 self.model_metrics.set_prequential(propensity.MODEL_NAME, name, value)
             self.model_metrics.set_version(propensity.MODEL_NAME, version.version)

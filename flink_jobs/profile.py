@@ -86,6 +86,9 @@ class UserState:
     cart_added_ms: dict[str, int] = field(default_factory=dict)
     cart_removed_ms: dict[str, int] = field(default_factory=dict)
     cart_activity_ms: int = 0
+    # Unused since trigger rules moved to the rule file (their bookkeeping is in
+    # ``rule_state``); kept in place so keyed state of older jobs restores (compact_pickle
+    # reads fields by position).
     cart_abandon_fired: bool = False
     purchased_items: list[str] = field(default_factory=list)  # newest first, distinct
     purchase_count: int = 0
@@ -94,7 +97,7 @@ class UserState:
     last_device: str = ""
     last_country: str = ""
     demographics: dict[str, str] = field(default_factory=dict)
-    # Trigger bookkeeping: recent product view (time, item, category).
+    # Unused, as cart_abandon_fired above (browse_intent's bookkeeping before rule files).
     recent_views: list[tuple[int, str, str]] = field(default_factory=list)
     browse_fired_ms: int = -1
     # Dedup: hashes of recent event ids with their event times, bounded by horizon and
@@ -116,6 +119,10 @@ class UserState:
     # something is due before it, since each registration and each firing is a call
     # between the JVM and Python (flink_jobs/steps.py, UserStep.arm).
     timer_ms: int = 0
+    # Trigger rules' bookkeeping: rule name -> [definition fingerprint, last fired, ...]
+    # (flink_jobs/trigger_rule.py). Keyed state, so it survives restarts; a rule whose
+    # definition changed starts afresh, the others keep theirs.
+    rule_state: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +256,7 @@ def due_timers(state: UserState, cfg: FeatureSettings) -> list[int]:
     session_end = sessions_mod.next_end(state.sessions, cfg.session_gap_s * 1000)
     if session_end is not None:
         due.append(session_end)
-    if state.cart and not state.cart_abandon_fired:
-        due.append(state.cart_activity_ms + cfg.cart_abandon_idle_s * 1000)
+    due.extend(TriggerRules(cfg).due(state))
     return due
 
 
@@ -317,7 +323,6 @@ def _update_items(state: UserState, event: Event, cfg: FeatureSettings) -> None:
         _push_recent(state.recent_items, item, cfg.recent_items)
     if kind in CART_TYPES:
         state.cart_activity_ms = max(state.cart_activity_ms, event.event_time_ms)
-        state.cart_abandon_fired = False
     t = event.event_time_ms
     if kind == ADD_TO_CART:
         if t >= state.cart_removed_ms.get(item, -1):

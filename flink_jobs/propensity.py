@@ -25,13 +25,19 @@ clicked (``y > 0``) or not. The functions below (:func:`learn`, :func:`due`,
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from river import linear_model, metrics, optim
 
 from personalization.compact_pickle import compact_pickle
-from personalization.model_versions import PROPENSITY_MODEL, ModelVersion
+from personalization.model_versions import (
+    PROPENSITY_MODEL,
+    SHARD_PARAM,
+    SHARDS_PARAM,
+    ModelVersion,
+)
 from personalization.settings import LearningSettings
 
 MODEL_NAME = PROPENSITY_MODEL
@@ -133,17 +139,28 @@ class Trainer:
             "positive_rate": round(self.positives / n, 6),
         }
 
-    def cut_version(self) -> ModelVersion:
-        """The current weights as a registry version (marks it published)."""
+    def cut_version(self, shard: int | None = None, shards: int = 1) -> ModelVersion:
+        """The current weights as a registry version (marks it published); with
+        ``shard``, the version of that shard of ``shards`` (the registry publishes the
+        average of the shards' newest versions)."""
         self.published = self.examples
         weights = {str(k): round(float(v), 8) for k, v in sorted(self.model.weights.items())}
+        params: dict[str, object] = {
+            "weights": weights,
+            "intercept": round(float(self.model.intercept), 8),
+        }
+        version = f"v{self.examples:09d}"
+        if shard is not None:
+            params[SHARD_PARAM] = shard
+            params[SHARDS_PARAM] = shards
+            version = f"s{shard}-{version}"
         return ModelVersion(
             model=MODEL_NAME,
-            version=f"v{self.examples:09d}",
+            version=version,
             created_ms=self.last_time_ms,
             examples=self.examples,
             metrics=self.quality(),
-            params={"weights": weights, "intercept": round(float(self.model.intercept), 8)},
+            params=params,
         )
 
     def _predict(self, x: dict[str, float]) -> float:
@@ -177,6 +194,32 @@ def quality(trainer: Trainer) -> dict[str, float]:
     return trainer.quality()
 
 
-def cut_version(trainer: Trainer) -> ModelVersion:
+def cut_version(trainer: Trainer, shard: int | None = None, shards: int = 1) -> ModelVersion:
     """The current weights as a registry version (marks it published)."""
-    return trainer.cut_version()
+    return trainer.cut_version(shard, shards)
+
+
+# --- shards: the learner is keyed by shard, never by a constant ---
+#
+# Examples are spread over ``shards`` keyed learners by a stable hash of their rec id,
+# so the learner runs on as many subtasks as the job has (up to ``shards``) and a
+# rescaled job finds every shard's state under the same key. Each shard publishes every
+# ``publish_every / shards`` of its examples; the registry averages the shards' newest
+# versions (``personalization/model_versions.py``).
+SHARD_KEY_PREFIX = "propensity/"
+
+
+def shard_key(rec_id: str, shards: int) -> str:
+    """The key of the learner that learns the examples of ``rec_id``."""
+    return f"{SHARD_KEY_PREFIX}{zlib.crc32(rec_id.encode()) % max(shards, 1)}"
+
+
+def shard_of_key(key: str) -> int | None:
+    """The shard number of a learner's key; None for the single learner of old jobs."""
+    tail = key.removeprefix(SHARD_KEY_PREFIX)
+    return int(tail) if tail != key and tail.isdigit() else None
+
+
+def shard_publish_every(every: int, shards: int) -> int:
+    """Examples between a shard's versions, so the model as a whole keeps its cadence."""
+    return 0 if every <= 0 else max(1, math.ceil(every / max(shards, 1)))

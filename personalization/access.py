@@ -45,6 +45,7 @@ from typing import Any, Final
 __all__ = [
     "ADMIN",
     "ANY_KEY",
+    "CATALOG",
     "COLLECT",
     "HEALTH_METHODS",
     "LEGACY_ADMIN_ID",
@@ -78,9 +79,11 @@ COLLECT: Final = "collect"
 RECOMMEND: Final = "recommend"
 PROFILE_READ: Final = "profile:read"
 ADMIN: Final = "admin"
+# Write item metadata (Catalog.UpsertItems / DeleteItems): a shop's back office.
+CATALOG: Final = "catalog"
 # Subscribe to the dispatcher's trigger stream (dispatcher/subscribe.py).
 TRIGGERS_READ: Final = "triggers:read"
-SCOPES: Final = (COLLECT, RECOMMEND, PROFILE_READ, ADMIN, TRIGGERS_READ)
+SCOPES: Final = (COLLECT, RECOMMEND, PROFILE_READ, ADMIN, TRIGGERS_READ, CATALOG)
 
 # Requirements that are not scopes (their spelling cannot be a scope's).
 OPEN: Final = "(open)"  # no key needed
@@ -89,6 +92,9 @@ ANY_KEY: Final = "(any key)"  # a valid key, whatever its scopes
 METHOD_SCOPES: Final[Mapping[str, str]] = {
     "/personalization.v1.Recommender/Recommend": RECOMMEND,
     "/personalization.v1.Recommender/GetUserProfile": PROFILE_READ,
+    "/personalization.v1.Recommender/SimilarItems": RECOMMEND,
+    "/personalization.v1.Catalog/UpsertItems": CATALOG,
+    "/personalization.v1.Catalog/DeleteItems": CATALOG,
     "/personalization.v1.Collector/Collect": COLLECT,
     "/personalization.v1.Admin/ForgetUser": ADMIN,
     "/personalization.v1.Admin/SetConsent": ADMIN,

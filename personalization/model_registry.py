@@ -5,6 +5,12 @@ Layout per model name (``<project>`` is the Feast project, so stacks never mix):
     pz:<project>:model:{<name>}:versions  HASH  version id -> version record (JSON)
     pz:<project>:model:{<name>}:order     ZSET  version id scored by its creation time
     pz:<project>:model:{<name>}:active    STRING {"version", "pinned", "by", "at_ms"}
+    pz:<project>:model:{<name>}:shards    HASH  shard -> newest version of that shard
+
+A model trained by keyed shards (``personalization/model_versions.py``) publishes one
+version per shard; the registry keeps the newest of each in ``shards`` and publishes
+their example-weighted average as the model's version, so serving and ops only ever
+see whole-model versions.
 
 The braces are a Redis Cluster hash tag: the three keys of a model hash to one slot, so
 the publish script (one EVAL over all three) also runs on a cluster. Keys of the layout
@@ -32,7 +38,7 @@ from dataclasses import asdict, dataclass
 import redis
 import redis.cluster
 
-from personalization.model_versions import ModelVersion
+from personalization.model_versions import ModelVersion, averaged, shard_of
 
 # Atomic "publish and follow unless pinned": a rollback in between cannot be overridden.
 _PUBLISH = """
@@ -63,6 +69,17 @@ if follow then return 1 else return 0 end
 """
 
 
+# Keep a shard's version unless the stored one has learnt more (a replay after a restore
+# re-sends older versions); returns every stored shard version.
+_PUBLISH_SHARD = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if (not stored) or tonumber(cjson.decode(stored)['examples']) <= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('HVALS', KEYS[1])
+"""
+
+
 class UnknownVersion(KeyError):
     """No such model version in the registry."""
 
@@ -85,6 +102,7 @@ class ModelRegistry:
         self._keep = keep
         self._migrated: set[str] = set()
         self._publish = client.register_script(_PUBLISH)
+        self._publish_shard = client.register_script(_PUBLISH_SHARD)
 
     def _keys(self, model: str) -> tuple[str, str, str]:
         base = f"{self._prefix}{{{model}}}"
@@ -105,7 +123,13 @@ class ModelRegistry:
         self._migrated.add(model)
 
     def publish(self, version: ModelVersion) -> bool:
-        """Store ``version``; True when it became the active one (nothing pinned)."""
+        """Store ``version``; True when it became the active one (nothing pinned).
+
+        A shard's version is kept as its shard's newest, and the average of the newest
+        versions of every shard (of the same shard count) is what gets published."""
+        shard = shard_of(version)
+        if shard is not None:
+            version = self._merge_shard(version, *shard)
         versions, order, active = self._keys(version.model)
         pointer = ActivePointer(version.version, False, "publish", int(time.time() * 1000))
         followed = self._publish(
@@ -119,6 +143,15 @@ class ModelRegistry:
             ],
         )
         return bool(followed)
+
+    def _merge_shard(self, version: ModelVersion, shard: int, shards: int) -> ModelVersion:
+        base = f"{self._prefix}{{{version.model}}}"
+        stored = self._publish_shard(
+            keys=[f"{base}:shards"], args=[str(shard), version.to_json(), version.examples]
+        )
+        latest = [ModelVersion.from_json(raw) for raw in stored]  # type: ignore[union-attr]
+        # Shards of another shard count are of an earlier job configuration: left out.
+        return averaged([v for v in latest if (shard_of(v) or (0, 0))[1] == shards])
 
     def active(self, model: str) -> ActivePointer | None:
         raw = self._redis.get(self._keys(model)[2])

@@ -219,6 +219,24 @@ class FlinkSettings(_Section):
     rpc_port: int = 6123
 
 
+class TriggerSettings(_Section):
+    """Trigger rules (YAML; format in personalization/trigger_rules.py, README "Trigger
+    rules"). Nested in FeatureSettings (PZ_FEATURES__TRIGGERS__RULES_FILE) because the
+    job's per-user step receives those settings: no new plumbing through the job."""
+
+    # Empty = personalization/default_triggers.yaml (browse_intent, cart_abandoned,
+    # quick_exit). Read once when the job starts.
+    rules_file: str = ""
+    # The file's text as read at job start (flink_jobs.triggers.with_rules_loaded): it
+    # travels with the settings, so TaskManagers need no copy of the file. Wins over
+    # rules_file when set.
+    rules_yaml: str = ""
+
+    @property
+    def rules_path(self) -> Path:
+        return Path(self.rules_file or PROJECT_ROOT / "personalization" / "default_triggers.yaml")
+
+
 class FeatureSettings(_Section):
     """Definitions of the online features and behavioural triggers."""
 
@@ -235,11 +253,8 @@ class FeatureSettings(_Section):
     max_future_skew_s: int = 24 * 3600
     max_event_age_s: int = 100 * 365 * 24 * 3600
     max_event_bytes: int = 64 * 1024
-    # Triggers.
-    browse_views: int = 3
-    browse_window_s: int = 10 * 60
-    cart_abandon_idle_s: int = 30 * 60
-    quick_exit_max_s: int = 10
+    # The rules that fire triggers (their windows and thresholds are in the rule file).
+    triggers: TriggerSettings = TriggerSettings()
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
     # A/B attribution: outcomes count within this long after the exposure; outcomes
@@ -327,6 +342,40 @@ class PrivacySettings(_Section):
     admin_token: str = ""
 
 
+class HistorySettings(_Section):
+    """Feature history: the writer appends every applied row to parquet files by view and
+    date, the feature views' FileSources (personalization/offline_store.py, README
+    "Feature history")."""
+
+    enabled: bool = True
+    # Empty = <run_dir>/history.
+    dir: str = ""
+    # A file per flush: whichever comes first. The writer commits its Kafka offsets only
+    # after a flush, so a longer interval also delays the commit (replays are harmless).
+    flush_rows: int = Field(default=50_000, gt=0)
+    flush_interval_s: float = Field(default=5.0, gt=0)
+    # `personalize history compact` drops date partitions older than this (0 = keep all).
+    keep_days: int = Field(default=30, ge=0)
+
+
+class SegmentSettings(_Section):
+    """Rule segments from a YAML file and streaming clustering of user profiles
+    (personalization/segments.py, flink_jobs/clustering.py, README "Segments")."""
+
+    # Empty = personalization/segments.yaml (the seven default rules).
+    rules_file: str = ""
+    # Online k-means over interests + RFM; 0 clusters = off.
+    clusters: int = Field(default=8, ge=0, le=64)
+    # Category interests are hashed into this many dimensions of the profile vector.
+    category_dims: int = Field(default=16, ge=1, le=256)
+    # A user's vector is (re)assigned at a session end or every N events, never per event.
+    update_every_events: int = Field(default=20, ge=1)
+    # Step size of a centroid towards an assigned vector: max(min_rate, 1 / count).
+    min_learning_rate: float = Field(default=0.01, gt=0, le=1)
+    # Centroids are published (a model version) and re-averaged every N assignments.
+    publish_every: int = Field(default=200, ge=1)
+
+
 class LearningSettings(_Section):
     """Online collaborative filtering and co-visitation (flink_jobs/learning.py,
     flink_jobs/covisitation.py). Defaults are the ones tuned on the MovieLens replay
@@ -365,6 +414,14 @@ class LearningSettings(_Section):
     propensity_l2: float = 0.0
     propensity_label_window_s: int = 5 * 60
     propensity_publish_every: int = 500
+    # The learned blend's head in the offline replay (analysis/blend_learner.py): the
+    # same learner, refreshed every N tested events, with N random negatives per event
+    # besides the shown items and each source's best.
+    blend_refresh_every: int = 100
+    blend_random_negatives: int = 10
+    # Keyed learners the propensity model is trained by (examples spread by rec id, the
+    # registry publishes their example-weighted average): its parallelism, up to this.
+    propensity_shards: int = Field(default=4, ge=1, le=128)
     # Versions kept per model in the registry (personalization/model_registry.py).
     registry_keep_versions: int = 50
 
@@ -388,6 +445,16 @@ def _default_strategies() -> dict[str, dict[str, float]]:
             "trending": 0.1,
             "content": 0.05,
             "propensity": 0.3,
+        },
+        # The learned blend (serving/strategies.py LearnedStrategy): these are only its
+        # prior, the weights of the sources' scores until a learned head exists.
+        "learned_v1": {
+            "cf": 0.3,
+            "covisitation": 1.0,
+            "interest": 0.1,
+            "trending": 0.1,
+            "content": 0.05,
+            "session": 0.0,
         },
     }
 
@@ -535,36 +602,6 @@ class CatalogSettings(_Section):
     similar_cf_weight: float = Field(default=0.4, ge=0)
 
 
-class CatalogSettings(_Section):
-    """The item catalog: ingestion, availability, cold start, SimilarItems (README "Item
-    catalog")."""
-
-    # Consumer group of the writer's catalog consumer (writer/catalog.py).
-    consumer_group: str = "pz-catalog-writer"
-    batch_size: int = Field(default=500, ge=1)
-    poll_timeout_s: float = Field(default=0.05, gt=0)
-    # Items per Catalog.UpsertItems / DeleteItems call at most.
-    max_batch_items: int = Field(default=1000, ge=1)
-    # How long Catalog RPCs wait for Kafka to acknowledge the records.
-    ack_timeout_s: float = Field(default=5.0, gt=0)
-    # An item created this recently that no event has mentioned yet is "new": it gets a
-    # content-based cold-start score (serving/cold_start.py).
-    new_item_days: float = Field(default=14.0, gt=0)
-    # Slots of a Recommend list at most that new items take (the last ones), and the
-    # content match a new item needs with the user to take one (0..1).
-    new_item_slots: int = Field(default=2, ge=0)
-    new_item_min_score: float = Field(default=0.2, ge=0, le=1)
-    # Weights of an item's content features in content similarity (weighted Jaccard):
-    # the category path's levels, the brand, each free tag.
-    category_weight: float = Field(default=1.0, ge=0)
-    brand_weight: float = Field(default=1.0, ge=0)
-    tag_weight: float = Field(default=0.5, ge=0)
-    # SimilarItems: blend weights of co-visitation, content and CF neighbours.
-    similar_covisitation_weight: float = Field(default=1.0, ge=0)
-    similar_content_weight: float = Field(default=0.6, ge=0)
-    similar_cf_weight: float = Field(default=0.4, ge=0)
-
-
 class FeastSettings(_Section):
     project: str = "personalization"
     # Empty = <project root>/feature_repo.
@@ -594,6 +631,8 @@ class Settings(BaseSettings):
     learning: LearningSettings = LearningSettings()
     ranking: RankingSettings = RankingSettings()
     privacy: PrivacySettings = PrivacySettings()
+    history: HistorySettings = HistorySettings()
+    segments: SegmentSettings = SegmentSettings()
     metrics: MetricsSettings = MetricsSettings()
     catalog: CatalogSettings = CatalogSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
@@ -654,6 +693,11 @@ class Settings(BaseSettings):
     def registry_file(self) -> Path:
         return Path(self.feast.registry_path or self.run_path / "feast" / "registry.db").resolve()
 
+    @property
+    def history_path(self) -> Path:
+        """Root of the feature history (Feast's offline store)."""
+        return Path(self.history.dir or self.run_path / "history").resolve()
+
     def feast_env(self) -> dict[str, str]:
         """Variables that ``feature_repo/feature_store.yaml`` expands."""
         return {
@@ -661,6 +705,8 @@ class Settings(BaseSettings):
             "PZ_FEAST_REGISTRY": str(self.registry_file),
             "PZ_REDIS_CONNECTION": self.redis.connection_string,
             "PZ_REDIS_TYPE": self.redis.redis_type,
+            # feature_repo/features.py: the FileSources' folder (the feature history).
+            "PZ_HISTORY_DIR": str(self.history_path),
         }
 
 

@@ -30,13 +30,14 @@ from grpc_reflection.v1alpha import reflection
 from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.settings import Settings
-from personalization.v1 import recommender_pb2_grpc
+from personalization.v1 import catalog_pb2_grpc, recommender_pb2_grpc
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
 from serving.async_handlers import add_servicer
 from serving.audit import AuditLog
 from serving.auth import AccessControl
 from serving.catalog import ItemCatalog
+from serving.catalog_service import CatalogServicer
 from serving.collector import EventCollector
 from serving.exposure_log import ExposureLog
 from serving.health import (
@@ -163,13 +164,20 @@ class ServingApp:
                 access=self.access.policy if self.access else None,
             ),
             executor=self._executor,
-            inline=("Recommend",),
+            inline=("Recommend", "SimilarItems"),
         )
         if self.collector is not None:
             names += add_servicer(
                 server,
                 recommender_pb2_grpc.add_CollectorServicer_to_server,
                 CollectorServicer(self.settings, self.collector),
+                executor=self._executor,
+            )
+            # Catalog writes wait for Kafka acks, like Collect: in the thread pool.
+            names += add_servicer(
+                server,
+                catalog_pb2_grpc.add_CatalogServicer_to_server,
+                CatalogServicer(self.settings, self.collector),
                 executor=self._executor,
             )
             assert self.admin is not None

@@ -17,8 +17,9 @@ covisitation   recency-weighted neighbour weights of the    viewed together with
 interest       interest(category) x (1 + popularity in it)  because you like Y /
                / 2 (the blend_v1 term)                      popular in Y
 trending       decayed trending / catalog maximum           trending now
-content        recency-weighted Jaccard of tags (or same    similar to X
-               category) with the user's recent items
+content        recency-weighted Jaccard of tags (catalog:   similar to X
+               path, brand, tags; or same category) with
+               the user's recent items
 =============  ===========================================  ==============================
 
 Scores are only normalised over ``allowed`` items, so a user's purchases or just-seen
@@ -36,6 +37,7 @@ import numpy as np
 
 from personalization.content import jaccard_rows
 from serving.catalog_snapshot import CatalogSnapshot
+from serving.item_content import snapshot_content
 from serving.online_features import UserFeatures
 
 __all__ = [
@@ -279,6 +281,22 @@ class ContentSource:
 
             def anchor(i: int) -> str:  # only asked for the few items picked: no [n] argmax
                 return catalog.item_ids[rows[int(weighted[:, i].argmax())]]
+
+        elif catalog.meta:
+            # Catalog metadata: weighted Jaccard of category path, brand and tags
+            # (serving/item_content.py), sparse, so only items sharing a feature cost.
+            index = snapshot_content(catalog)
+            scores = _max_normalised(index.similarity(rows, weights.tolist()), ctx.allowed)
+
+            per_row: list[np.ndarray] = []  # each anchor's similarities, on first ask
+
+            def anchor(i: int) -> str:  # the recent item contributing most to item i
+                if not per_row:
+                    per_row.extend(
+                        w * index.similarity([r])
+                        for r, w in zip(rows, weights.tolist(), strict=True)
+                    )
+                return catalog.item_ids[rows[max(range(len(rows)), key=lambda r: per_row[r][i])]]
 
         else:
             # Same category: a weight per category code, gathered per item (no anchors x n).

@@ -1,18 +1,24 @@
 """The item catalog held in process, refreshed from Redis by a background thread.
 
 The online-store writer keeps ``{project}:item_index``, a Redis sorted set of item ids
-scored by the ``last_event_ms`` of the ``item_stats`` row it last wrote. A background
-thread reads the index from its high-water mark (minus an overlap for rows written out
-of order), fetches those rows with pipelined HMGETs of Feast's own hashes and merges
-them. Each refresh builds a new immutable :class:`CatalogSnapshot` (the pure column
-arrays of ``serving/catalog_snapshot.py``) and swaps one attribute, so request threads
-read a consistent snapshot without taking a lock.
+scored by the ``last_event_ms`` of the ``item_stats`` row it last wrote, and its catalog
+consumer ``{project}:catalog_index``, scored by the time it applied an item's catalog
+record (``writer/catalog.py``). A background thread reads each index from its own
+high-water mark (minus an overlap for rows written out of order), fetches those items
+with pipelined HMGETs of Feast's own hashes (item_stats, item_cf and item_catalog
+fields in one) and merges them. An item's category is its events' category when it has
+events (what users' interests are keyed by), else its catalog leaf category.
+
+Each refresh builds a new immutable :class:`CatalogSnapshot` (the pure column arrays of
+``serving/catalog_snapshot.py``) and swaps one attribute, so request threads read a
+consistent snapshot without taking a lock.
 
 The snapshot's names are re-exported here because callers have always found them here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -21,8 +27,10 @@ from dataclasses import dataclass
 
 import redis
 
-from feature_repo.names import ITEM_CF, ITEM_STATS
+from feature_repo.names import ITEM_CATALOG, ITEM_CF, ITEM_STATS
+from personalization.catalog_records import item_from_features
 from personalization.feature_store import (
+    catalog_index_key,
     decode_fields,
     feature_kinds,
     field_key,
@@ -41,6 +49,8 @@ from serving.catalog_snapshot import (
     most_trending,
     row_from_features,
 )
+from serving.cold_start import content_weights
+from serving.item_content import CONTENT_INDEX, item_content
 from serving.online_features import redis_client
 
 __all__ = [
@@ -60,6 +70,17 @@ log = logging.getLogger(__name__)
 
 VIEW = ITEM_STATS
 CF_VIEW = ITEM_CF
+META_VIEW = ITEM_CATALOG
+
+
+class _IndexCursor:
+    """Where the refresh is in one sorted-set index: its high-water mark and the score
+    of every member fetched (owned by the refreshing thread)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.high_water_ms = 0
+        self.indexed: dict[str, float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +109,10 @@ class ItemCatalog:
     ) -> None:
         cfg = settings.serving
         self._project = settings.feast.project
-        self._index_key = item_index_key(self._project)
+        self._cursors = (
+            _IndexCursor(item_index_key(self._project)),
+            _IndexCursor(catalog_index_key(self._project)),
+        )
         self._client = client if client is not None else redis_client(settings)
         self._refresh_s = cfg.catalog_refresh_s
         self._capacity = cfg.catalog_size
@@ -100,6 +124,10 @@ class ItemCatalog:
         # The item's CF factors live in view item_cf of the same Redis hash: one HMGET.
         self._fields = [field_key(VIEW, name) for name in self._names]
         self._fields.append(field_key(CF_VIEW, "cf_vector"))
+        # The item's catalog record (title, path, brand, tags, stock) is in the same hash.
+        self._meta_names = tuple(feature_kinds(META_VIEW))
+        self._fields.extend(field_key(META_VIEW, name) for name in self._meta_names)
+        self._content_weights = content_weights(settings)
         # Model data per item, attached to every snapshot (see CatalogSnapshot.with_models).
         self._factors: dict[str, list[float]] = {}
         self._covisit: dict[str, tuple[list[str], list[float]]] = {}
@@ -107,8 +135,6 @@ class ItemCatalog:
 
         self._snapshot: CatalogSnapshot = EMPTY_SNAPSHOT
         self._rows: dict[str, ItemRow] = {}  # owned by the refreshing thread
-        self._indexed: dict[str, float] = {}  # index score of each fetched row
-        self._high_water_ms = 0
         self._last_full_ms = 0
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,7 +157,7 @@ class ItemCatalog:
             last_success_ms=self._last_success_ms,
             last_error=self._last_error,
             consecutive_failures=self._failures,
-            high_water_ms=self._high_water_ms,
+            high_water_ms=self._cursors[0].high_water_ms,
         )
 
     # --- refresh --------------------------------------------------------------------
@@ -155,19 +181,19 @@ class ItemCatalog:
             self._last_success_ms = now_ms
             return read
 
-    def _refresh_locked(self, now_ms: int) -> int:
-        full = self._last_full_ms == 0 or now_ms - self._last_full_ms >= self._full_resync_ms
-        low = -math.inf if full else float(self._high_water_ms - self._overlap_ms)
-        fresh: dict[str, ItemRow] = {}
-        gone: list[str] = []
+    def _changed_ids(self, cursor: _IndexCursor, full: bool) -> tuple[list[str], dict[str, float]]:
+        """Ids whose index score moved since they were fetched (all on a full pass), and
+        the scores seen; advances the cursor's high-water mark."""
+        low = -math.inf if full else float(cursor.high_water_ms - self._overlap_ms)
+        ids: list[str] = []
         seen: dict[str, float] = {}
-        high_water = self._high_water_ms
+        high_water = cursor.high_water_ms
         # Page by score, not by rank: members whose score rises while we page move
         # behind us and shift ranks, which would make a rank offset skip members.
         offset = 0  # members already read that carry exactly the score ``low``
         while True:
             page: list[tuple[bytes, float]] = self._client.zrangebyscore(  # type: ignore[assignment]
-                self._index_key, low, "+inf", start=offset, num=self._batch, withscores=True
+                cursor.key, low, "+inf", start=offset, num=self._batch, withscores=True
             )
             if not page:
                 break
@@ -181,34 +207,60 @@ class ItemCatalog:
             # The overlap window re-lists recently indexed items on every refresh; a
             # member whose score did not move since we fetched it has no newer row, so
             # only new (member, score) pairs cost an HMGET (all of them on a full pass).
-            ids = []
             for member, score in page:
                 item_id = member.decode() if isinstance(member, bytes) else str(member)
                 seen[item_id] = score
-                if full or self._indexed.get(item_id) != score:
+                if full or cursor.indexed.get(item_id) != score:
                     ids.append(item_id)
-            if ids:
-                with self._client.pipeline(transaction=False) as pipe:
-                    for item_id in ids:
-                        key = redis_key(self._project, VIEW, item_id)
-                        pipe.execute_command("HMGET", key, *self._fields)
-                    replies = pipe.execute()
-                for item_id, values in zip(ids, replies, strict=True):
-                    if all(v is None for v in values):
-                        gone.append(item_id)  # indexed but the row expired or was deleted
-                        continue
-                    features = decode_fields(VIEW, self._names, values[:-1])
-                    fresh[item_id] = row_from_features(item_id, features)
-                    self._remember_models(item_id, features, values[-1])
             if len(page) < self._batch:
                 break
-        self._high_water_ms = high_water
+        cursor.high_water_ms = high_water
+        return ids, seen
+
+    def _refresh_locked(self, now_ms: int) -> int:
+        full = self._last_full_ms == 0 or now_ms - self._last_full_ms >= self._full_resync_ms
+        wanted: dict[str, None] = {}
+        seen_by_cursor = []
+        for cursor in self._cursors:
+            ids, seen = self._changed_ids(cursor, full)
+            wanted.update(dict.fromkeys(ids))
+            seen_by_cursor.append(seen)
+        fresh: dict[str, ItemRow] = {}
+        gone: list[str] = []
+        ids = list(wanted)
+        n_stats = len(self._names)
+        for lo in range(0, len(ids), self._batch):
+            chunk = ids[lo : lo + self._batch]
+            with self._client.pipeline(transaction=False) as pipe:
+                for item_id in chunk:
+                    key = redis_key(self._project, VIEW, item_id)
+                    pipe.execute_command("HMGET", key, *self._fields)
+                replies = pipe.execute()
+            for item_id, values in zip(chunk, replies, strict=True):
+                if all(v is None for v in values):
+                    gone.append(item_id)  # indexed but the row expired or was deleted
+                    continue
+                features = decode_fields(VIEW, self._names, values[:n_stats])
+                meta = item_from_features(
+                    item_id, decode_fields(META_VIEW, self._meta_names, values[n_stats + 1 :])
+                )
+                row = row_from_features(item_id, features)
+                if meta is not None:
+                    # Events name the category users' interests are keyed by; an item
+                    # no event has reached yet takes its catalog leaf category.
+                    row = dataclasses.replace(
+                        row, category=row.category or meta.category, meta=meta
+                    )
+                fresh[item_id] = row
+                self._remember_models(item_id, features, values[n_stats])
         if full:
-            self._indexed = seen
+            for cursor, seen in zip(self._cursors, seen_by_cursor, strict=True):
+                cursor.indexed = seen
             self._last_full_ms = now_ms
             self._install(fresh, now_ms, rebuild=True)
             return len(fresh)
-        self._indexed.update(seen)
+        for cursor, seen in zip(self._cursors, seen_by_cursor, strict=True):
+            cursor.indexed.update(seen)
         changed = {i: row for i, row in fresh.items() if self._rows.get(i) != row}
         removed = [i for i in gone if i in self._rows]
         if not changed and not removed:
@@ -251,16 +303,29 @@ class ItemCatalog:
             rows = {r.item_id: r for r in kept}
             rebuild = True
         self._rows = rows
+        # Readers see only the finished snapshot (models and content index included).
+        previous = self._snapshot
         if rebuild or changed is None:
-            self._snapshot = build_snapshot(rows.values(), built_ms=now_ms)
+            snapshot = build_snapshot(rows.values(), built_ms=now_ms)
         else:
             # Same items in the same categories: copy the columns and patch changed
             # rows, which costs far less than re-sorting the whole catalog.
-            self._snapshot = self._snapshot.with_updates(changed.values(), built_ms=now_ms)
+            snapshot = self._snapshot.with_updates(changed.values(), built_ms=now_ms)
         if self._factors or self._covisit:
-            self._snapshot = self._snapshot.with_models(
+            snapshot = snapshot.with_models(
                 item_factors=self._factors or None, covisitation=self._covisit or None
             )
+        # The content index (cold start, content similarity, SimilarItems) is built here,
+        # in the refresh thread, not by the first request that needs it; a patch that
+        # moved no item and changed no catalog record keeps the previous one.
+        if (
+            not rebuild
+            and changed is not None
+            and all(previous.meta.get(i) == row.meta for i, row in changed.items())
+        ):
+            snapshot.adopt(previous, CONTENT_INDEX)
+        item_content(snapshot, self._content_weights)
+        self._snapshot = snapshot
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from personalization.catalog_records import CatalogItem
+
 __all__ = [
     "COUNT_FEATURES",
     "EMPTY_SNAPSHOT",
@@ -34,6 +36,7 @@ COUNT_FEATURES = ("views_1h", "views_24h", "carts_1h", "carts_24h", "purchases_1
 _EMPTY_MATRIX = np.zeros((0, 0), dtype=np.float32)
 _EMPTY_MASK = np.zeros(0, dtype=bool)
 _EMPTY_VECTOR = np.zeros(0, dtype=np.float32)
+_EMPTY_INT = np.zeros(0, dtype=np.int64)
 
 
 def decay_factors(ref_ms: np.ndarray, now_ms: int, half_life_s: float) -> np.ndarray:
@@ -80,6 +83,17 @@ class ItemRow:
     trending_ref_ms: int = 0
     last_event_ms: int = 0
     counts: tuple[int, ...] = (0,) * len(COUNT_FEATURES)
+    # The item's catalog record (title, path, brand, tags, stock), None when it has none.
+    meta: CatalogItem | None = None
+
+    @property
+    def available(self) -> bool:
+        """May be recommended (an item without a catalog record is assumed to be)."""
+        return self.meta is None or self.meta.sellable
+
+    @property
+    def created_ms(self) -> int:
+        return self.meta.created_ms if self.meta is not None else 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +114,11 @@ class CatalogSnapshot:
     last_event_ms: np.ndarray  # int64 [n]
     counts: np.ndarray  # int64 [n, len(COUNT_FEATURES)]
     built_ms: int = 0
+    # Catalog metadata: may be recommended (bool [n]), creation time (int64 [n], 0 =
+    # unknown) and the catalog records by item id (only items that have one).
+    available: np.ndarray = field(default_factory=lambda: _EMPTY_MASK)
+    created_ms: np.ndarray = field(default_factory=lambda: _EMPTY_INT)
+    meta: Mapping[str, CatalogItem] = field(default_factory=dict)
     index_of: dict[str, int] = field(default_factory=dict)
     code_of: dict[str, int] = field(default_factory=dict)
     # Optional model data, empty when absent (then the sources using it add nothing).
@@ -116,6 +135,8 @@ class CatalogSnapshot:
     _derived: dict[tuple[str, float], np.ndarray] = field(
         default_factory=dict, init=False, repr=False
     )
+    # Derived structures that are not one column (see :meth:`derived`).
+    _objects: dict[str, object] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -231,6 +252,32 @@ class CatalogSnapshot:
             cached = self._derived[key] = compute(self)
         return cached
 
+    def derived(self, name: str, compute: Callable[[CatalogSnapshot], object]) -> object:
+        """A derived structure (e.g. the content index), computed once per snapshot."""
+        cached = self._objects.get(name)
+        if cached is None:
+            cached = self._objects[name] = compute(self)
+        return cached
+
+    def adopt(self, previous: CatalogSnapshot, prefix: str) -> None:
+        """Take over ``previous``'s derived structures named ``prefix...``: for a snapshot
+        whose positions and inputs of those structures are unchanged (the refresh knows)."""
+        for name, value in previous._objects.items():
+            if name.startswith(prefix):
+                self._objects.setdefault(name, value)
+
+    def unavailable_positions(self) -> np.ndarray:
+        """Positions of the items that must not be recommended, cached per snapshot."""
+        key = ("unavailable", 0.0)
+        cached = self._derived.get(key)
+        if cached is None:
+            if self.available.shape[0] == len(self.item_ids):
+                cached = np.flatnonzero(~self.available)
+            else:
+                cached = np.empty(0, dtype=np.int64)
+            self._derived[key] = cached
+        return cached
+
     def category_indices(self, category: str) -> np.ndarray:
         """Positions of the items of one category (empty for an unknown category)."""
         code = self.code_of.get(category)
@@ -248,6 +295,9 @@ class CatalogSnapshot:
         trending_ref = self.trending_ref_ms.copy()
         last_event = self.last_event_ms.copy()
         counts = self.counts.copy()
+        available = self.available.copy()
+        created = self.created_ms.copy()
+        meta = dict(self.meta)
         for row in rows:
             i = self.index_of[row.item_id]
             price[i] = row.price
@@ -255,6 +305,12 @@ class CatalogSnapshot:
             trending_ref[i] = row.trending_ref_ms
             last_event[i] = row.last_event_ms
             counts[i] = row.counts
+            available[i] = row.available
+            created[i] = row.created_ms
+            if row.meta is not None:
+                meta[row.item_id] = row.meta
+            else:
+                meta.pop(row.item_id, None)
         return dataclasses.replace(
             self,
             price=price,
@@ -262,6 +318,9 @@ class CatalogSnapshot:
             trending_ref_ms=trending_ref,
             last_event_ms=last_event,
             counts=counts,
+            available=available,
+            created_ms=created,
+            meta=meta,
             built_ms=built_ms,
         )
 
@@ -277,6 +336,7 @@ class CatalogSnapshot:
             trending_ref_ms=int(self.trending_ref_ms[i]),
             last_event_ms=int(self.last_event_ms[i]),
             counts=tuple(int(c) for c in self.counts[i]),
+            meta=self.meta.get(item_id),
         )
 
 
@@ -302,6 +362,9 @@ def build_snapshot(rows: Iterable[ItemRow], built_ms: int = 0) -> CatalogSnapsho
         last_event_ms=np.array([r.last_event_ms for r in ordered], dtype=np.int64),
         counts=counts,
         built_ms=built_ms,
+        available=np.fromiter((r.available for r in ordered), dtype=bool, count=len(ordered)),
+        created_ms=np.fromiter((r.created_ms for r in ordered), dtype=np.int64, count=len(ordered)),
+        meta={r.item_id: r.meta for r in ordered if r.meta is not None},
         index_of={item_id: i for i, item_id in enumerate(item_ids)},
         code_of=code_of,
     )

@@ -189,6 +189,28 @@ class EventCollector:
             rejected=[(index, rejection.reason) for index, rejection, _ in split.invalid],
         )
 
+    def produce_acked(self, records: Sequence[tuple[str, str | None, str]]) -> None:
+        """Produce ``(topic, key, value)`` records; returns once Kafka acknowledged all
+        (the Catalog RPCs). Raises :class:`CollectUnavailable` as :meth:`collect` does."""
+        batch = _PendingBatch(len(records))
+        try:
+            for topic, key, value in records:
+                self._producer.produce(
+                    topic,
+                    key=key.encode() if key is not None else None,
+                    value=value.encode(),
+                    on_delivery=batch.on_delivery,
+                )
+        except BufferError as exc:
+            raise CollectUnavailable(f"producer queue full: {exc}") from exc
+        if not batch.done.wait(self._ack_timeout_s):
+            raise CollectUnavailable(
+                f"Kafka acknowledged {len(records) - batch.pending} of {len(records)} records"
+                f" within {self._ack_timeout_s}s"
+            )
+        if batch.errors:
+            raise CollectUnavailable(f"Kafka refused records: {batch.errors[0]}")
+
     def publish(self, topic: str, key: str, value: str) -> bool:
         """Fire-and-forget produce (exposure records): never blocks a request; a full
         local queue drops the record and says so."""

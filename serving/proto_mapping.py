@@ -9,9 +9,10 @@ from __future__ import annotations
 from personalization.v1 import recommender_pb2
 from serving.collector import CollectResult
 from serving.online_features import UserFeatures
+from serving.ranking_types import RankedItem
 from serving.recommender import Recommendation
 
-__all__ = ["collect_response", "profile_message", "recommend_response"]
+__all__ = ["collect_response", "profile_message", "recommend_response", "similar_response"]
 
 
 def recommend_response(rec: Recommendation) -> recommender_pb2.RecommendResponse:
@@ -26,6 +27,20 @@ def recommend_response(rec: Recommendation) -> recommender_pb2.RecommendResponse
     )
     add = response.items.add  # in place: cheaper than building and copying messages
     for item in rec.items:
+        add(
+            item_id=item.item_id,
+            score=item.score,
+            reason=item.reason,
+            category=item.category,
+            source=item.source,
+        )
+    return response
+
+
+def similar_response(item_id: str, items: list[RankedItem]) -> recommender_pb2.SimilarItemsResponse:
+    response = recommender_pb2.SimilarItemsResponse(item_id=item_id)
+    add = response.items.add
+    for item in items:
         add(
             item_id=item.item_id,
             score=item.score,

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from personalization.experiments import Assignment, Experiment, assignment_for, load_experiments
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
+from serving.cold_start import ColdStartParams, merge_new_items, new_items_for
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
 from serving.propensity import ModelWatcher
 from serving.ranking import OPTED_OUT, STORE_UNAVAILABLE, RankedItem, RankingParams, rank
+from serving.similar import SimilarParams, similar_items
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Recommender:
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_store_state = on_store_state
         self._models = models
+        self._cold_start = ColdStartParams.from_settings(settings)
+        self._similar = SimilarParams.from_settings(settings)
 
     @property
     def reader(self) -> UserFeatureReader:
@@ -102,9 +106,11 @@ class Recommender:
         recommendation_id = uuid.uuid4().hex
         assignment = assignment_for(self._experiments, user_id, now_ms)
         params = self._strategy_params[assignment.strategy] if assignment else self._params
+        snapshot = self._catalog.snapshot
+        exclude = tuple(exclude)  # read twice: ranking and the new items
         ranking = rank(
             user,
-            self._catalog.snapshot,
+            snapshot,
             k,
             now_ms,
             exclude=exclude,
@@ -115,8 +121,14 @@ class Recommender:
             # Read once: a swap by the model watcher lands between requests.
             propensity=self._models.current if self._models is not None else None,
         )
+        items, logged = ranking.items, tuple(ranking.logged_features)
+        if ranking.personalized:
+            # New items no event has reached yet take the last places of a personal list
+            # by content (serving/cold_start.py): no strategy could rank them otherwise.
+            new = new_items_for(user, snapshot, now_ms, self._cold_start, exclude=exclude)
+            items, logged = merge_new_items(items, logged, new, k)
         recommendation = Recommendation(
-            items=ranking.items,
+            items=items,
             strategy=ranking.strategy,
             personalized=ranking.personalized,
             fallback_reason=ranking.fallback_reason,
@@ -124,11 +136,32 @@ class Recommender:
             features_age_ms=user.features_age_ms if user is not None else -1,
             experiment=assignment.experiment if assignment else "",
             variant=assignment.variant if assignment else "",
-            logged_features=tuple(ranking.logged_features),
+            logged_features=logged,
         )
         if self._on_exposure is not None and recommendation.items:
             self._on_exposure(recommendation, user_id, now_ms)
         return recommendation
+
+    def similar(
+        self, item_id: str, k: int, user_id: str = "", exclude: Iterable[str] = ()
+    ) -> list[RankedItem]:
+        """Items like ``item_id`` (serving/similar.py); with a user, not what they bought.
+        Raises ``serving.similar.UnknownItem`` for an item the catalog does not hold.
+
+        The user's row is one HMGET, as for Recommend; with Redis down the list is still
+        served, without the purchase exclusion (logged)."""
+        banned = list(exclude)
+        if user_id:
+            try:
+                user = self._reader.read(user_id, self._now_ms())
+            except StoreUnavailable as exc:
+                log.warning("similar items for %s: %s; purchases not excluded", user_id, exc)
+                self._report_store(False)
+            else:
+                self._report_store(True)
+                if user is not None:
+                    banned.extend(user.purchased_items)
+        return similar_items(self._catalog.snapshot, item_id, k, self._similar, exclude=banned)
 
     def assignment(self, user_id: str) -> Assignment | None:
         return assignment_for(self._experiments, user_id, self._now_ms())

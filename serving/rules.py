@@ -7,7 +7,8 @@ order. Every stage implements :class:`RuleStage`:
 =============  =======================================================================
 stage          rule
 =============  =======================================================================
-exclusion      excluded and purchased items (with ``just_seen``: also the user's
+exclusion      excluded, purchased and unavailable items (deleted, not available or
+               out of stock in the catalog; with ``just_seen`` also the user's
                ``exclude_recent`` most recent) never appear: their score is ``-inf``
 fatigue        items and categories shown in the impression window lose score
                (``serving/fatigue.py``); items shown ``max_item_impressions`` times
@@ -104,8 +105,15 @@ class ExclusionStage:
             recent = request.params.exclude_recent
             if self.just_seen and recent > 0:
                 banned.update(user.recent_items[:recent])
-        index_of = request.catalog.index_of
-        return [index_of[i] for i in banned if i in index_of]
+        catalog = request.catalog
+        index_of = catalog.index_of
+        positions = [index_of[i] for i in banned if i in index_of]
+        # Unavailable items are banned for everyone, fallbacks included (cached per
+        # snapshot, so the common case costs one empty array).
+        unavailable = catalog.unavailable_positions()
+        if unavailable.size:
+            positions = sorted(set(positions).union(unavailable.tolist()))
+        return positions
 
     def depth(self, request: RankRequest) -> int:
         return 0

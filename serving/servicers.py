@@ -17,6 +17,8 @@ Status codes:
   runs (``serving/auth.py``).
 - Unknown users are not NOT_FOUND: Recommend answers with the trending fallback and
   GetUserProfile with ``found=false``.
+- SimilarItems: INVALID_ARGUMENT for an empty ``item_id`` or ``k`` out of range,
+  NOT_FOUND for an item the catalog does not hold.
 
 A profile read is audited (``serving/audit.py``): before the profile is read, a
 ``profile:read`` record naming the reader (``key:<id>``, or ``anonymous`` without access
@@ -43,8 +45,14 @@ from serving.audit import AuditLog, AuditUnavailable
 from serving.auth import actor_or_abort
 from serving.collector import CollectUnavailable, EventCollector
 from serving.online_features import StoreUnavailable
-from serving.proto_mapping import collect_response, profile_message, recommend_response
+from serving.proto_mapping import (
+    collect_response,
+    profile_message,
+    recommend_response,
+    similar_response,
+)
 from serving.recommender import Recommender
+from serving.similar import UnknownItem
 
 __all__ = ["ANONYMOUS", "PROFILE_READ_ACTION", "CollectorServicer", "RecommenderServicer"]
 
@@ -85,6 +93,28 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             self._stored_id(user_id), k, exclude=request.exclude_item_ids
         )
         return recommend_response(rec)
+
+    def SimilarItems(
+        self, request: recommender_pb2.SimilarItemsRequest, context: grpc.ServicerContext
+    ) -> recommender_pb2.SimilarItemsResponse:
+        item_id = request.item_id.strip()
+        if not item_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "item_id is required")
+        if request.k < 0 or request.k > self._max_k:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"k must be 0..{self._max_k} (0 = default)"
+            )
+        user_id = request.user_id.strip()
+        try:
+            items = self._recommender.similar(
+                item_id,
+                request.k or self._default_k,
+                self._stored_id(user_id) if user_id else "",
+                exclude=request.exclude_item_ids,
+            )
+        except UnknownItem:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no item {item_id[:128]!r} in the catalog")
+        return similar_response(item_id, items)
 
     def GetUserProfile(
         self, request: recommender_pb2.GetUserProfileRequest, context: grpc.ServicerContext

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from personalization.v1 import events_pb2 as personalization_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$personalization/v1/recommender.proto\x12\x12personalization.v1\x1a\x1fpersonalization/v1/events.proto\"{\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .personalization.v1.EventContext\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\"c\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xe1\x01\n\x11RecommendResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.personalization.v1.RecommendedItem\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x19\n\x11recommendation_id\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x65\x61tures_age_ms\x18\x06 \x01(\x03\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\"(\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x10\x43\x61tegoryInterest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\x98\x04\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12;\n\x06\x63ounts\x18\x03 \x03(\x0b\x32+.personalization.v1.UserProfile.CountsEntry\x12\x37\n\tinterests\x18\x04 \x03(\x0b\x32$.personalization.v1.CategoryInterest\x12\x14\n\x0crecent_items\x18\x05 \x03(\t\x12\x12\n\ncart_items\x18\x06 \x03(\t\x12\x17\n\x0fpurchased_items\x18\x07 \x03(\t\x12\x15\n\rsession_count\x18\x08 \x01(\x03\x12\x16\n\x0esession_events\x18\t \x01(\x03\x12\x1a\n\x12session_duration_s\x18\n \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x0b \x01(\x03\x12\x14\n\x0crecency_days\x18\x0c \x01(\x01\x12\x11\n\tfrequency\x18\r \x01(\x03\x12\x10\n\x08monetary\x18\x0e \x01(\x01\x12\x10\n\x08segments\x18\x0f \x03(\t\x12\x13\n\x0blast_device\x18\x10 \x01(\t\x12\x14\n\x0clast_country\x18\x11 \x01(\t\x12\x17\n\x0f\x66\x65\x61tures_age_ms\x18\x12 \x01(\x03\x12\x0f\n\x07\x63onsent\x18\x13 \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\";\n\x0e\x43ollectRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.personalization.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x0f\x43ollectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x33\n\x08rejected\x18\x02 \x03(\x0b\x32!.personalization.v1.RejectedEvent\"X\n\x16SetModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\x11SetConsentRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0fpersonalization\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\nAdminReply\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t2\xc5\x01\n\x0bRecommender\x12X\n\tRecommend\x12$.personalization.v1.RecommendRequest\x1a%.personalization.v1.RecommendResponse\x12\\\n\x0eGetUserProfile\x12).personalization.v1.GetUserProfileRequest\x1a\x1f.personalization.v1.UserProfile2_\n\tCollector\x12R\n\x07\x43ollect\x12\".personalization.v1.CollectRequest\x1a#.personalization.v1.CollectResponse2\x90\x02\n\x05\x41\x64min\x12S\n\nForgetUser\x12%.personalization.v1.ForgetUserRequest\x1a\x1e.personalization.v1.AdminReply\x12S\n\nSetConsent\x12%.personalization.v1.SetConsentRequest\x1a\x1e.personalization.v1.AdminReply\x12]\n\x0fSetModelVersion\x12*.personalization.v1.SetModelVersionRequest\x1a\x1e.personalization.v1.AdminReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$personalization/v1/recommender.proto\x12\x12personalization.v1\x1a\x1fpersonalization/v1/events.proto\"{\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .personalization.v1.EventContext\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\"c\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"\xe1\x01\n\x11RecommendResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.personalization.v1.RecommendedItem\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x14\n\x0cpersonalized\x18\x03 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x19\n\x11recommendation_id\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x65\x61tures_age_ms\x18\x06 \x01(\x03\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\"\x8f\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .personalization.v1.EventContext\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\"[\n\x14SimilarItemsResponse\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x32\n\x05items\x18\x02 \x03(\x0b\x32#.personalization.v1.RecommendedItem\"(\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"3\n\x10\x43\x61tegoryInterest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\x98\x04\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12;\n\x06\x63ounts\x18\x03 \x03(\x0b\x32+.personalization.v1.UserProfile.CountsEntry\x12\x37\n\tinterests\x18\x04 \x03(\x0b\x32$.personalization.v1.CategoryInterest\x12\x14\n\x0crecent_items\x18\x05 \x03(\t\x12\x12\n\ncart_items\x18\x06 \x03(\t\x12\x17\n\x0fpurchased_items\x18\x07 \x03(\t\x12\x15\n\rsession_count\x18\x08 \x01(\x03\x12\x16\n\x0esession_events\x18\t \x01(\x03\x12\x1a\n\x12session_duration_s\x18\n \x01(\x03\x12\x14\n\x0clast_seen_ms\x18\x0b \x01(\x03\x12\x14\n\x0crecency_days\x18\x0c \x01(\x01\x12\x11\n\tfrequency\x18\r \x01(\x03\x12\x10\n\x08monetary\x18\x0e \x01(\x01\x12\x10\n\x08segments\x18\x0f \x03(\t\x12\x13\n\x0blast_device\x18\x10 \x01(\t\x12\x14\n\x0clast_country\x18\x11 \x01(\t\x12\x17\n\x0f\x66\x65\x61tures_age_ms\x18\x12 \x01(\x03\x12\x0f\n\x07\x63onsent\x18\x13 \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\";\n\x0e\x43ollectRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.personalization.v1.Event\".\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x0f\x43ollectResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x33\n\x08rejected\x18\x02 \x03(\x0b\x32!.personalization.v1.RejectedEvent\"X\n\x16SetModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"M\n\x11SetConsentRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0fpersonalization\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\nAdminReply\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t2\xa8\x02\n\x0bRecommender\x12X\n\tRecommend\x12$.personalization.v1.RecommendRequest\x1a%.personalization.v1.RecommendResponse\x12\\\n\x0eGetUserProfile\x12).personalization.v1.GetUserProfileRequest\x1a\x1f.personalization.v1.UserProfile\x12\x61\n\x0cSimilarItems\x12\'.personalization.v1.SimilarItemsRequest\x1a(.personalization.v1.SimilarItemsResponse2_\n\tCollector\x12R\n\x07\x43ollect\x12\".personalization.v1.CollectRequest\x1a#.personalization.v1.CollectResponse2\x90\x02\n\x05\x41\x64min\x12S\n\nForgetUser\x12%.personalization.v1.ForgetUserRequest\x1a\x1e.personalization.v1.AdminReply\x12S\n\nSetConsent\x12%.personalization.v1.SetConsentRequest\x1a\x1e.personalization.v1.AdminReply\x12]\n\x0fSetModelVersion\x12*.personalization.v1.SetModelVersionRequest\x1a\x1e.personalization.v1.AdminReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -30,32 +30,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDEDITEM']._serialized_end=317
   _globals['_RECOMMENDRESPONSE']._serialized_start=320
   _globals['_RECOMMENDRESPONSE']._serialized_end=545
-  _globals['_GETUSERPROFILEREQUEST']._serialized_start=547
-  _globals['_GETUSERPROFILEREQUEST']._serialized_end=587
-  _globals['_CATEGORYINTEREST']._serialized_start=589
-  _globals['_CATEGORYINTEREST']._serialized_end=640
-  _globals['_USERPROFILE']._serialized_start=643
-  _globals['_USERPROFILE']._serialized_end=1179
-  _globals['_USERPROFILE_COUNTSENTRY']._serialized_start=1134
-  _globals['_USERPROFILE_COUNTSENTRY']._serialized_end=1179
-  _globals['_COLLECTREQUEST']._serialized_start=1181
-  _globals['_COLLECTREQUEST']._serialized_end=1240
-  _globals['_REJECTEDEVENT']._serialized_start=1242
-  _globals['_REJECTEDEVENT']._serialized_end=1288
-  _globals['_COLLECTRESPONSE']._serialized_start=1290
-  _globals['_COLLECTRESPONSE']._serialized_end=1378
-  _globals['_SETMODELVERSIONREQUEST']._serialized_start=1380
-  _globals['_SETMODELVERSIONREQUEST']._serialized_end=1468
-  _globals['_FORGETUSERREQUEST']._serialized_start=1470
-  _globals['_FORGETUSERREQUEST']._serialized_end=1522
-  _globals['_SETCONSENTREQUEST']._serialized_start=1524
-  _globals['_SETCONSENTREQUEST']._serialized_end=1601
-  _globals['_ADMINREPLY']._serialized_start=1603
-  _globals['_ADMINREPLY']._serialized_end=1650
-  _globals['_RECOMMENDER']._serialized_start=1653
-  _globals['_RECOMMENDER']._serialized_end=1850
-  _globals['_COLLECTOR']._serialized_start=1852
-  _globals['_COLLECTOR']._serialized_end=1947
-  _globals['_ADMIN']._serialized_start=1950
-  _globals['_ADMIN']._serialized_end=2222
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=548
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=691
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=693
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=784
+  _globals['_GETUSERPROFILEREQUEST']._serialized_start=786
+  _globals['_GETUSERPROFILEREQUEST']._serialized_end=826
+  _globals['_CATEGORYINTEREST']._serialized_start=828
+  _globals['_CATEGORYINTEREST']._serialized_end=879
+  _globals['_USERPROFILE']._serialized_start=882
+  _globals['_USERPROFILE']._serialized_end=1418
+  _globals['_USERPROFILE_COUNTSENTRY']._serialized_start=1373
+  _globals['_USERPROFILE_COUNTSENTRY']._serialized_end=1418
+  _globals['_COLLECTREQUEST']._serialized_start=1420
+  _globals['_COLLECTREQUEST']._serialized_end=1479
+  _globals['_REJECTEDEVENT']._serialized_start=1481
+  _globals['_REJECTEDEVENT']._serialized_end=1527
+  _globals['_COLLECTRESPONSE']._serialized_start=1529
+  _globals['_COLLECTRESPONSE']._serialized_end=1617
+  _globals['_SETMODELVERSIONREQUEST']._serialized_start=1619
+  _globals['_SETMODELVERSIONREQUEST']._serialized_end=1707
+  _globals['_FORGETUSERREQUEST']._serialized_start=1709
+  _globals['_FORGETUSERREQUEST']._serialized_end=1761
+  _globals['_SETCONSENTREQUEST']._serialized_start=1763
+  _globals['_SETCONSENTREQUEST']._serialized_end=1840
+  _globals['_ADMINREPLY']._serialized_start=1842
+  _globals['_ADMINREPLY']._serialized_end=1889
+  _globals['_RECOMMENDER']._serialized_start=1892
+  _globals['_RECOMMENDER']._serialized_end=2188
+  _globals['_COLLECTOR']._serialized_start=2190
+  _globals['_COLLECTOR']._serialized_end=2285
+  _globals['_ADMIN']._serialized_start=2288
+  _globals['_ADMIN']._serialized_end=2560
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,28 @@ class RecommendResponse(_message.Message):
     variant: str
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., strategy: _Optional[str] = ..., personalized: bool = ..., fallback_reason: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., features_age_ms: _Optional[int] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k", "context", "user_id", "exclude_item_ids")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    context: _events_pb2.EventContext
+    user_id: str
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Union[_events_pb2.EventContext, _Mapping]] = ..., user_id: _Optional[str] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("item_id", "items")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    def __init__(self, item_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+
 class GetUserProfileRequest(_message.Message):
     __slots__ = ("user_id",)
     USER_ID_FIELD_NUMBER: _ClassVar[int]

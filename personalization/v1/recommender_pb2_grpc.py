@@ -50,6 +50,11 @@ class RecommenderStub(object):
                 request_serializer=personalization_dot_v1_dot_recommender__pb2.GetUserProfileRequest.SerializeToString,
                 response_deserializer=personalization_dot_v1_dot_recommender__pb2.UserProfile.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/personalization.v1.Recommender/SimilarItems',
+                request_serializer=personalization_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=personalization_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
@@ -70,6 +75,16 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """Items like one item: co-visitation, content (category path, brand, tags) and CF
+        neighbours blended, each with a reason ("often viewed together", "same brand",
+        "similar"); never the item itself, unavailable items, nor (with user_id) what the
+        user bought. NOT_FOUND for an item the catalog does not hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +97,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetUserProfile,
                     request_deserializer=personalization_dot_v1_dot_recommender__pb2.GetUserProfileRequest.FromString,
                     response_serializer=personalization_dot_v1_dot_recommender__pb2.UserProfile.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=personalization_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=personalization_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +159,33 @@ class Recommender(object):
             '/personalization.v1.Recommender/GetUserProfile',
             personalization_dot_v1_dot_recommender__pb2.GetUserProfileRequest.SerializeToString,
             personalization_dot_v1_dot_recommender__pb2.UserProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.v1.Recommender/SimilarItems',
+            personalization_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+            personalization_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

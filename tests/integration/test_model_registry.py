@@ -155,3 +155,41 @@ def test_untagged_keys_of_the_older_layout_are_taken_over(redis_server: Settings
         assert not reg.publish(version(6))
     finally:
         client.close()
+
+
+def shard_version(shard: int, n: int, weight: float, shards: int = 2) -> ModelVersion:
+    return ModelVersion(
+        model=MODEL_NAME,
+        version=f"s{shard}-v{n:09d}",
+        created_ms=1_700_000_000_000 + n,
+        examples=n,
+        metrics={"roc_auc": 0.6},
+        params={"weights": {"src_cf": weight}, "intercept": -1.0, "shard": shard, "shards": shards},
+    )
+
+
+def test_shard_versions_publish_their_example_weighted_average(registry):
+    """The propensity learner runs as keyed shards; serving only ever sees their average."""
+    reg, _ = registry
+    assert reg.publish(shard_version(0, 30, 1.0))
+    only = reg.active_version(MODEL_NAME)
+    assert only is not None and only.version == "v000000030"
+    assert only.params["weights"] == {"src_cf": 1.0}
+    assert reg.publish(shard_version(1, 10, 3.0))
+    both = reg.active_version(MODEL_NAME)
+    assert both is not None and both.version == "v000000040" and both.examples == 40
+    assert both.params["weights"]["src_cf"] == pytest.approx((30 * 1.0 + 10 * 3.0) / 40)
+    assert "shard" not in both.params
+    # A replay of an older shard version after a job restore does not move it back.
+    reg.publish(shard_version(1, 5, 9.0))
+    again = reg.active_version(MODEL_NAME)
+    assert again is not None and again.version == "v000000040"
+    assert again.params == both.params
+    # Shards of another shard count (an earlier configuration) are left out.
+    assert reg.publish(shard_version(0, 50, 2.0, shards=1))
+    assert reg.active_version(MODEL_NAME).params["weights"]["src_cf"] == pytest.approx(2.0)
+    assert [v.version for v in reg.versions(MODEL_NAME)] == [
+        "v000000030",
+        "v000000040",
+        "v000000050",
+    ][-4:]

@@ -36,7 +36,7 @@ from personalization.access import (
     update_keys_file,
     write_keys_file,
 )
-from personalization.v1 import recommender_pb2, triggers_pb2
+from personalization.v1 import catalog_pb2, recommender_pb2, triggers_pb2
 
 RECOMMEND_METHOD = "/personalization.v1.Recommender/Recommend"
 PROFILE_METHOD = "/personalization.v1.Recommender/GetUserProfile"
@@ -71,7 +71,7 @@ def policy() -> AccessPolicy:
 def test_every_method_of_our_services_has_a_scope():
     ours = {
         f"/{service.full_name}/{method.name}"
-        for module in (recommender_pb2, triggers_pb2)
+        for module in (recommender_pb2, triggers_pb2, catalog_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
