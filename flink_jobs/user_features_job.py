@@ -68,6 +68,7 @@ from flink_jobs.operators import (
     UserFeatures,
 )
 from flink_jobs.python_env import embedded_python_path
+from flink_jobs.triggers import with_rules_loaded
 from personalization.settings import Settings, load_settings, settings_from_json
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """The operators and exchanges. Every Python operator yields records ready for the
     next exchange (``Row(key, value)``, ``(value, time)``), so the plan has no hidden
     Python operators between them (``flink_jobs/exchanges.py``)."""
-    features_cfg = settings.features
+    # The trigger rule file is read and validated here, once, and travels in the settings.
+    features_cfg = with_rules_loaded(settings.features)
     k = settings.kafka
     raw: DataStream = (
         env.from_source(

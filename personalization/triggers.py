@@ -3,7 +3,10 @@
 The job's trigger rules (``flink_jobs/triggers.py``) emit one record each time a rule
 fires for a user; whatever consumes the topic (CRM, notifications, the fault tests)
 reads it back with :func:`parse_trigger`. ``time`` is the event time the rule fired at,
-so a replay of the same events writes the same records.
+so a replay of the same events writes the same records. ``trigger`` names the rule (its
+``name`` in the rule file), ``kind`` its kind (count, absence, sequence, threshold;
+absent in records of jobs before rule files), ``evidence`` what made it fire: the event
+ids, items and counts the rule saw.
 
 Examples
 --------
@@ -14,6 +17,8 @@ Examples
 True
 >>> parse_trigger('{"user_id": "u1"}') is None
 True
+>>> Trigger("u1", "browse_intent", 1_000, {}, kind="count").to_json()
+'{"evidence":{},"kind":"count","time":1000,"trigger":"browse_intent","user_id":"u1"}'
 """
 
 from __future__ import annotations
@@ -32,18 +37,19 @@ class Trigger:
     time_ms: int
     # JSON-native values only (str, numbers, lists, dicts), so a record parses back equal.
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The rule's kind; "" (and left out of the JSON) for records that do not say.
+    kind: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "user_id": self.user_id,
-                "trigger": self.trigger,
-                "time": self.time_ms,
-                "evidence": self.evidence,
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        )
+        record: dict[str, Any] = {
+            "user_id": self.user_id,
+            "trigger": self.trigger,
+            "time": self.time_ms,
+            "evidence": self.evidence,
+        }
+        if self.kind:
+            record["kind"] = self.kind
+        return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
 
 def parse_trigger(raw: str | bytes) -> Trigger | None:
@@ -52,6 +58,7 @@ def parse_trigger(raw: str | bytes) -> Trigger | None:
         data = json.loads(raw)
         user_id, name, time_ms = data["user_id"], data["trigger"], data["time"]
         evidence = data.get("evidence", {})
+        kind = data.get("kind", "")
     except (ValueError, KeyError, TypeError):
         return None
     # Checked rather than coerced: a record that only looks like a trigger after str()
@@ -60,6 +67,6 @@ def parse_trigger(raw: str | bytes) -> Trigger | None:
         return None
     if not isinstance(time_ms, int) or isinstance(time_ms, bool):
         return None
-    if not isinstance(evidence, dict):
+    if not isinstance(evidence, dict) or not isinstance(kind, str):
         return None
-    return Trigger(user_id, name, time_ms, evidence)
+    return Trigger(user_id, name, time_ms, evidence, kind)

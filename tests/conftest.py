@@ -46,6 +46,7 @@ from personalization.settings import (
     PrivacySettings,
     RedisSettings,
     Settings,
+    TriggerSettings,
 )
 from tests.identity import TEST_HMAC_SECRET
 
@@ -54,6 +55,9 @@ from tests.identity import TEST_HMAC_SECRET
 SHARED_JARS_DIR = PROJECT_ROOT / ".run" / "jars"
 # Admin RPCs (forget, consent) are enabled in test stacks with this token.
 ADMIN_TOKEN = "test-admin-token"
+# The default trigger rules plus one rule of each other shape
+# (tests/integration/test_trigger_rules_job.py).
+TEST_TRIGGER_RULES = Path(__file__).resolve().parent / "integration" / "trigger_rules.yaml"
 
 
 def _distinct_free_ports(n: int) -> list[int]:
@@ -83,7 +87,11 @@ def services_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         # User ids are pseudonymised end to end in every test stack (tests/identity.py).
         privacy=PrivacySettings(admin_token=ADMIN_TOKEN, hmac_secret=TEST_HMAC_SECRET),
         # A/B attribution windows short enough for a test to wait them out.
-        features=FeatureSettings(attribution_window_s=15, attribution_wait_for_exposure_s=15),
+        features=FeatureSettings(
+            attribution_window_s=15,
+            attribution_wait_for_exposure_s=15,
+            triggers=TriggerSettings(rules_file=str(TEST_TRIGGER_RULES)),
+        ),
         # Propensity labels and versions soon enough for a test to see several.
         learning=LearningSettings(propensity_label_window_s=2, propensity_publish_every=20),
         metrics=MetricsSettings(

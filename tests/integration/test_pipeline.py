@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from flink_jobs import windows
+from flink_jobs.triggers import load_rules
 from personalization.feature_store import feature_store
 from personalization.settings import Settings
 from tests.identity import stored_id
@@ -293,7 +294,8 @@ def test_triggers_browse_intent_and_abandoned_cart(pipeline: Settings):
     # tests may already have moved it past these (late) events. Timers registered in
     # the past fire with the next watermark, so one more event at the current time
     # (and past the cart's idle deadline and the session gap) must follow.
-    later = t0 + 4 * minute + cfg.cart_abandon_idle_s * 1000 + cfg.session_gap_s * 1000
+    (idle_ms,) = [r.within_ms for r in load_rules(cfg.triggers) if r.name == "cart_abandoned"]  # type: ignore[attr-defined]
+    later = t0 + 4 * minute + idle_ms + cfg.session_gap_s * 1000
     TrafficSender(pipeline, rate=0).send(events)
     time.sleep(1.0)  # the clock event must not overtake them (another topic/partition)
     clock = {
@@ -314,7 +316,7 @@ def test_triggers_browse_intent_and_abandoned_cart(pipeline: Settings):
     assert by_name["browse_intent"]["time"] == t0 + 2 * minute
     assert by_name["browse_intent"]["evidence"]["items"] == ["sku-0", "sku-1", "sku-2"]
     abandoned = by_name["cart_abandoned"]
-    assert abandoned["time"] == t0 + 4 * minute + cfg.cart_abandon_idle_s * 1000
+    assert abandoned["time"] == t0 + 4 * minute + idle_ms
     assert abandoned["evidence"]["items"] == ["sku-2"]
 
 

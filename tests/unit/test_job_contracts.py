@@ -1,8 +1,9 @@
 """Contract tests of the stream job's roles: every registered learner and trigger rule.
 
 As River's ``river/checks`` run one set of checks over every estimator, these run over
-the registries, ``flink_jobs.learner.LEARNERS`` and ``flink_jobs.triggers.RULES``: a
-newly registered implementation is checked without a line added here. The stream is
+the registries, ``flink_jobs.learner.LEARNERS`` and ``flink_jobs.triggers.KINDS`` (a
+rule of every kind: the default rule file and a contract rule of each other shape): a
+newly registered learner is checked without a line added here. The stream is
 real: the first ratings of MovieLens 100k (``traffic.replay.dataset_path``).
 
 Learners (see ``flink_jobs/learner.py``): ``learn_one`` leaves its inputs alone; unknown
@@ -14,7 +15,7 @@ Trigger rules (see ``flink_jobs/triggers.py``), each run alone inside the real p
 state machine (``flink_jobs.profile``): each fires on the stream, only under its name,
 at event times; the same events give the same triggers, also with the state pickled
 between events as Flink keeps it; nothing fires on an empty state; a hook writes only
-the rule's declared bookkeeping and never its event or session; records round-trip
+its own slot of ``rule_state`` and never its event or session; records round-trip
 through ``personalization.triggers``; all rules together fire the union of each alone.
 """
 
@@ -36,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flink_jobs import profile, triggers
 from flink_jobs.covisitation import CoVisitation
 from flink_jobs.learner import LEARNERS, Learner
 from flink_jobs.sessions import Session
-from flink_jobs.triggers import RULES, TriggerRule, TriggerRules, TriggerState
+from flink_jobs.triggers import KINDS, TriggerRule, TriggerRules, TriggerState, load_rules
 from personalization.events import ADD_TO_CART, PRODUCT_VIEW, Event
-from personalization.settings import FeatureSettings, LearningSettings
+from personalization.settings import FeatureSettings, LearningSettings, TriggerSettings
 from personalization.triggers import Trigger, parse_trigger
 from traffic.replay import dataset_path, iter_events
 
@@ -277,10 +279,55 @@ def _fields(state: TriggerState) -> dict[str, Any]:
     return {f.name: copy.deepcopy(getattr(state, f.name)) for f in dataclasses.fields(state)}  # type: ignore[arg-type]
 
 
+# The default rule file plus one rule of every other shape, each tuned to fire on the
+# stream (views and add-to-carts, never a purchase).
+CONTRACT_RULES = yaml.safe_load(FEATURES.triggers.rules_path.read_text())["rules"] + [
+    {
+        "name": "view_then_cart",
+        "kind": "sequence",
+        "first": {"events": ["product_view"]},
+        "then": {"events": ["add_to_cart"]},
+        "within": "10m",
+    },
+    {
+        "name": "cart_never_bought",
+        "kind": "sequence",
+        "first": {"events": ["add_to_cart"]},
+        "then": {"events": ["purchase"]},
+        "within": "5m",
+        "negate": True,
+        "cooldown": "1h",
+    },
+    {
+        "name": "two_in_cart",
+        "kind": "threshold",
+        "feature": "cart_items",
+        "milestones": [2, 5],
+    },
+    {
+        "name": "bulk_add",
+        "kind": "threshold",
+        "events": ["add_to_cart"],
+        "field": "quantity",
+        "at_least": 1,
+        "cooldown": "1d",
+    },
+    {"name": "went_quiet", "kind": "absence", "of": "activity", "within": "2h"},
+]
+CONTRACT_NAMES = sorted(rule["name"] for rule in CONTRACT_RULES)
+
+
+def settings_with(*names: str) -> FeatureSettings:
+    """Feature settings whose rule file holds just the named contract rules."""
+    chosen = [rule for rule in CONTRACT_RULES if rule["name"] in names]
+    text = yaml.safe_dump({"version": 1, "rules": chosen})
+    return FeatureSettings(triggers=TriggerSettings(rules_yaml=text))
+
+
 def checked(rule: type[TriggerRule]) -> type[TriggerRule]:
     """``rule`` with every hook call checked: its inputs stay as they were, it writes
-    only the state fields in its ``writes`` and nothing in itself (one rule object
-    serves every user), its records carry its name and user."""
+    only its own slot of ``rule_state`` and nothing in itself (one rule object serves
+    every user), its records carry its name, kind and user."""
 
     def call(
         self: TriggerRule, state: TriggerState, hook: Callable[[], list[Trigger]]
@@ -289,18 +336,23 @@ def checked(rule: type[TriggerRule]) -> type[TriggerRule]:
         fired = hook()
         after = _fields(state)
         wrote = {name for name in before if before[name] != after[name]}
-        assert wrote <= rule.writes, f"{rule.name} wrote {sorted(wrote - rule.writes)}"
-        assert vars(self) == own, f"{rule.name} keeps state in itself, not in the user's"
+        assert wrote <= rule.writes, f"{self.name} wrote {sorted(wrote - rule.writes)}"
+        others = {k: v for k, v in before["rule_state"].items() if k in self.active}
+        others.pop(self.name, None)
+        kept = {k: v for k, v in after["rule_state"].items() if k != self.name}
+        assert kept == others, f"{self.name} wrote another rule's slot"
+        assert vars(self) == own, f"{self.name} keeps state in itself, not in the user's"
         for record in fired:
             assert isinstance(record, Trigger)
-            assert (record.trigger, record.user_id) == (rule.name, state.user_id), record
+            assert (record.trigger, record.user_id) == (self.name, state.user_id), record
+            assert record.kind == rule.kind, record
         return fired
 
     class Checked(rule):  # type: ignore[valid-type,misc]
         def on_event(self, state: TriggerState, event: Event) -> list[Trigger]:
             given = copy.deepcopy(event)
             fired = call(self, state, lambda: super(Checked, self).on_event(state, event))
-            assert event == given, f"{rule.name} changed the event"
+            assert event == given, f"{self.name} changed the event"
             assert all(r.time_ms <= event.event_time_ms for r in fired), "fired in the future"
             return fired
 
@@ -312,13 +364,15 @@ def checked(rule: type[TriggerRule]) -> type[TriggerRule]:
         def on_session_end(self, state: TriggerState, session: Session) -> list[Trigger]:
             given = dataclasses.replace(session)
             fired = call(self, state, lambda: super(Checked, self).on_session_end(state, session))
-            assert session == given, f"{rule.name} changed the session"
+            assert session == given, f"{self.name} changed the session"
             return fired
 
     return Checked
 
 
-def drive(stream: Sequence[Event], *, pickled: bool = False) -> list[Trigger]:
+def drive(
+    stream: Sequence[Event], cfg: FeatureSettings = FEATURES, *, pickled: bool = False
+) -> list[Trigger]:
     """The user operator's calls: each event through ``profile.apply_event`` (which
     first decides what was due), then the timers once event time is a week past the
     end. ``pickled``: the state goes through pickle between calls, as Flink keeps it."""
@@ -327,41 +381,46 @@ def drive(stream: Sequence[Event], *, pickled: bool = False) -> list[Trigger]:
     first = horizon = stream[0].event_time_ms
     for event in stream:
         state = states.get(event.user_id) or profile.new_state(event.user_id)
-        outcome = profile.apply_event(state, event, FEATURES)
+        outcome = profile.apply_event(state, event, cfg)
         states[event.user_id] = pickle.loads(pickle.dumps(state)) if pickled else state
         horizon = max(horizon, event.event_time_ms)
         fired.extend(outcome.triggers)
     end = horizon + WEEK_MS
     for state in states.values():
-        fired.extend(profile.advance_time(state, end, FEATURES))
+        fired.extend(profile.advance_time(state, end, cfg))
     # Event time, not the wall clock: nothing before the stream or after its timers.
     assert all(first <= record.time_ms <= end for record in fired), fired
     return fired
 
 
-@pytest.fixture(params=sorted(RULES))
-def only_rule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Registry holding just this rule (checked), so the job's calls run it alone."""
-    name: str = request.param
-    monkeypatch.setattr(triggers, "RULES", {name: checked(RULES[name])})
-    return name
+@pytest.fixture(params=CONTRACT_NAMES)
+def only_rule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FeatureSettings:
+    """Settings whose rule file holds just this rule, its kind checked, so the job's
+    calls run it alone."""
+    monkeypatch.setattr(triggers, "KINDS", {k: checked(v) for k, v in KINDS.items()})
+    return settings_with(request.param)
 
 
-def test_the_rule_fires_on_the_stream_under_its_name(only_rule: str) -> None:
-    fired = drive(events())
+def test_every_kind_has_a_contract_rule() -> None:
+    assert {rule["kind"] for rule in CONTRACT_RULES} == set(KINDS)
+
+
+def test_the_rule_fires_on_the_stream_under_its_name(only_rule: FeatureSettings) -> None:
+    (name,) = [rule.name for rule in TriggerRules(only_rule).rules]
+    fired = drive(events(), only_rule)
     # The other checks mean little for a rule the stream never sets off.
-    assert fired, f"{only_rule} never fires on {RATINGS} MovieLens ratings: extend the stream"
-    assert {record.trigger for record in fired} == {only_rule}
+    assert fired, f"{name} never fires on {RATINGS} MovieLens ratings: extend the stream"
+    assert {record.trigger for record in fired} == {name}
 
 
-def test_same_events_same_triggers(only_rule: str) -> None:
-    first = [record.to_json() for record in drive(events())]
-    assert [record.to_json() for record in drive(events())] == first
-    assert [record.to_json() for record in drive(events(), pickled=True)] == first
+def test_same_events_same_triggers(only_rule: FeatureSettings) -> None:
+    first = [record.to_json() for record in drive(events(), only_rule)]
+    assert [record.to_json() for record in drive(events(), only_rule)] == first
+    assert [record.to_json() for record in drive(events(), only_rule, pickled=True)] == first
 
 
-def test_records_round_trip_through_the_wire_format(only_rule: str) -> None:
-    for record in drive(events()):
+def test_records_round_trip_through_the_wire_format(only_rule: FeatureSettings) -> None:
+    for record in drive(events(), only_rule):
         wire = record.to_json()
         assert parse_trigger(wire) == record
         assert parse_trigger(wire.encode()) == record
@@ -369,35 +428,38 @@ def test_records_round_trip_through_the_wire_format(only_rule: str) -> None:
         assert parsed is not None and parsed.to_json() == wire
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
 def test_nothing_fires_on_an_empty_state(name: str) -> None:
-    rule = checked(RULES[name])(FEATURES)
+    cfg = settings_with(name)
+    (spec,) = load_rules(cfg.triggers)
+    rule = checked(KINDS[spec.kind])(spec, cfg, frozenset({name}))
     state = profile.new_state("u1")
     t0 = events()[0].event_time_ms
     for now_ms in (0, t0, t0 + WEEK_MS, t0 + 52 * WEEK_MS):
         assert rule.on_time(state, now_ms) == []
-    assert TriggerRules(FEATURES).on_time(profile.new_state("u1"), t0 + WEEK_MS) == []
+    assert TriggerRules(cfg).on_time(profile.new_state("u1"), t0 + WEEK_MS) == []
 
 
-def test_rules_are_independent(monkeypatch: pytest.MonkeyPatch) -> None:
-    together = Counter(record.to_json() for record in drive(events()))
+def test_rules_are_independent() -> None:
+    together = Counter(
+        record.to_json() for record in drive(events(), settings_with(*CONTRACT_NAMES))
+    )
     alone: Counter[str] = Counter()
-    for name, rule in list(RULES.items()):
-        monkeypatch.setattr(triggers, "RULES", {name: rule})
-        alone.update(record.to_json() for record in drive(events()))
+    for name in CONTRACT_NAMES:
+        alone.update(record.to_json() for record in drive(events(), settings_with(name)))
     assert together == alone
 
 
 class _WritesOthersBookkeeping(TriggerRule):
-    name = "greedy"  # declares no writes, yet marks the cart as handled
+    kind = "greedy"  # marks another rule's cart burst as handled
 
     def on_time(self, state: TriggerState, now_ms: int) -> list[Trigger]:
-        state.cart_abandon_fired = True
+        state.rule_state["cart_abandoned"] = [0, -1, True]
         return []
 
 
 class _RemembersInItself(TriggerRule):
-    name = "forgetful"  # its memory would be shared by all users and lost on restore
+    kind = "forgetful"  # its memory would be shared by all users and lost on restore
 
     def on_time(self, state: TriggerState, now_ms: int) -> list[Trigger]:
         self.last_ms = now_ms
@@ -406,12 +468,17 @@ class _RemembersInItself(TriggerRule):
 
 @pytest.mark.parametrize(
     ("bad", "complaint"),
-    [(_WritesOthersBookkeeping, "greedy wrote"), (_RemembersInItself, "keeps state in itself")],
+    [
+        (_WritesOthersBookkeeping, "greedy wrote another"),
+        (_RemembersInItself, "keeps state in itself"),
+    ],
 )
 def test_the_rule_checks_catch_a_rule_that_breaks_them(
     bad: type[TriggerRule], complaint: str
 ) -> None:
-    rule = checked(bad)(FEATURES)
+    (spec,) = load_rules(settings_with("browse_intent").triggers)
+    spec = dataclasses.replace(spec, name=bad.kind)
+    rule = checked(bad)(spec, FEATURES, frozenset({bad.kind, "cart_abandoned"}))
     with pytest.raises(AssertionError, match=complaint):
         rule.on_time(profile.new_state("u1"), 0)
 

@@ -6,11 +6,13 @@ import pickle
 import random
 
 from flink_jobs import profile, windows
-from flink_jobs.triggers import BROWSE_INTENT, CART_ABANDONED, QUICK_EXIT
+from flink_jobs.triggers import BROWSE_INTENT, CART_ABANDONED, QUICK_EXIT, load_rules
 from personalization.events import Event
 from personalization.settings import FeatureSettings
 
 CFG = FeatureSettings()
+# The default rule file's cart_abandoned idle time.
+CART_IDLE_MS = next(r for r in load_rules(CFG.triggers) if r.name == CART_ABANDONED).within_ms  # type: ignore[attr-defined]
 T0 = 1_700_000_000_000
 MIN = 60_000
 
@@ -149,7 +151,7 @@ def test_browse_intent_needs_views_within_window():
 def test_cart_abandoned_fires_from_timer_once():
     state, _ = run([ev("add_to_cart", T0, item="a")])
     due = profile.due_timers(state, CFG)
-    cart_due = T0 + CFG.cart_abandon_idle_s * 1000
+    cart_due = T0 + CART_IDLE_MS
     assert cart_due in due
     assert profile.advance_time(state, cart_due - 1, CFG) == []
     fired = profile.advance_time(state, cart_due, CFG)
@@ -159,11 +161,11 @@ def test_cart_abandoned_fires_from_timer_once():
 
 
 def test_cart_abandoned_detected_by_later_event_at_due_time():
-    late = T0 + CFG.cart_abandon_idle_s * 1000 + 5 * MIN
+    late = T0 + CART_IDLE_MS + 5 * MIN
     _, fired = run([ev("add_to_cart", T0, item="a"), ev("page_view", late)])
     abandoned = [t for t in fired if t.trigger == CART_ABANDONED]
     assert len(abandoned) == 1
-    assert abandoned[0].time_ms == T0 + CFG.cart_abandon_idle_s * 1000
+    assert abandoned[0].time_ms == T0 + CART_IDLE_MS
 
 
 def test_no_abandonment_after_purchase():
