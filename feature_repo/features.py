@@ -131,6 +131,10 @@ item_stats = FeatureView(
         Field(name="purchases_24h", dtype=Int64),
         Field(name="covisit_items", dtype=Array(String), description="co-visited, strongest first"),
         Field(name="covisit_scores", dtype=Array(Float64), description="decayed pair weights"),
+        # Popularity per context value ("c=DE", "d=mobile", "c=DE&d=mobile"; strongest
+        # first), decayed like trending_score to trending_ref_ms.
+        Field(name="context_keys", dtype=Array(String), description="country / device keys"),
+        Field(name="context_scores", dtype=Array(Float64), description="decayed popularity"),
     ],
     source=item_stats_push,
     online=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flink_jobs import windows
+from flink_jobs import context_popularity, windows
 from flink_jobs.covisitation import CoVisitConfig, Neighbors
 from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor, decayed
@@ -54,10 +54,16 @@ class ItemState:
     # The item's CF factors (float32 bytes; empty until learnt): the item half of the
     # partitioned online MF (flink_jobs/learning.py).
     cf_factors: bytes = b""
+    # Popularity per context value (flink_jobs/context_popularity.py), as of
+    # ``trending_ref_ms``. Appended last: older states load with it empty.
+    contexts: dict[str, float] = field(default_factory=dict)
 
 
-def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool:
-    """Fold an event about this item; False when it says nothing about popularity."""
+def apply_item_event(
+    state: ItemState, event: Event, half_life_s: float, max_contexts: int = 0
+) -> bool:
+    """Fold an event about this item; False when it says nothing about popularity.
+    ``max_contexts``: context values kept per item (0: no popularity per context)."""
     weight = POPULARITY_WEIGHTS.get(event.event_type)
     if event.category:
         state.category = event.category
@@ -70,11 +76,15 @@ def apply_item_event(state: ItemState, event: Event, half_life_s: float) -> bool
         return changed
     t = event.event_time_ms
     if t > state.trending_ref_ms:
-        state.trending *= decay_factor(t - state.trending_ref_ms, half_life_s)
+        factor = decay_factor(t - state.trending_ref_ms, half_life_s)
+        state.trending *= factor
+        if state.contexts:
+            context_popularity.decay(state.contexts, factor)
         state.trending_ref_ms = t
     else:
         weight *= decay_factor(state.trending_ref_ms - t, half_life_s)
     state.trending += weight
+    context_popularity.add(state.contexts, event, weight, max_contexts)
     reference = max(state.last_event_ms, t)
     kind = ITEM_COUNTED.get(event.event_type)
     if kind:
@@ -108,6 +118,7 @@ def item_feature_row(
         "trending_score": round(state.trending, 6),
         "trending_ref_ms": state.trending_ref_ms,
         "last_event_ms": state.last_event_ms,
+        **context_popularity.row_fields(state.contexts),
     }
     for kind in ITEM_COUNTED.values():
         per_kind = state.window_buckets.get(kind, {})

@@ -303,6 +303,7 @@ class ItemStep:
         learner: learning.LearnerConfig | None = None,
     ) -> None:
         self.half_life_s = cfg.trending_half_life_s
+        self.max_contexts = cfg.context.max_per_item
         learning_cfg = learning_cfg or LearningSettings()
         self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
         self.cf = CFStep(learning_cfg, learner)
@@ -334,7 +335,7 @@ class ItemStep:
             result.neighbors = self.link(neighbors, record.links)
             result.neighbors_changed = True
         state = item or items.ItemState(event.item_id)
-        if items.apply_item_event(state, event, self.half_life_s):
+        if items.apply_item_event(state, event, self.half_life_s, self.max_contexts):
             result.item = state
             result.item_changed = True
         if record.cf_weight > 0 and record.user_factors:

@@ -237,6 +237,21 @@ class TriggerSettings(_Section):
         return Path(self.rules_file or PROJECT_ROOT / "personalization" / "default_triggers.yaml")
 
 
+class ContextSettings(_Section):
+    """Popularity per request context (country, device) beside global trending
+    (flink_jobs/context_popularity.py in the job, serving/context_trending.py in serving;
+    README "Context")."""
+
+    # Context values (country, device, country+device) kept per item: its strongest by
+    # decayed popularity, decayed like trending (features.trending_half_life_s).
+    max_per_item: int = Field(default=8, ge=0, le=64)
+    # Serving uses a context's own trending list once at least min_items catalogued items
+    # carry popularity in it summing to at least min_weight (a view weighs 1, a purchase
+    # 5, decayed); a thinner context falls back to a broader one, then to global.
+    min_items: int = Field(default=3, ge=1)
+    min_weight: float = Field(default=5.0, ge=0)
+
+
 class FeatureSettings(_Section):
     """Definitions of the online features and behavioural triggers."""
 
@@ -255,6 +270,8 @@ class FeatureSettings(_Section):
     max_event_bytes: int = 64 * 1024
     # The rules that fire triggers (their windows and thresholds are in the rule file).
     triggers: TriggerSettings = TriggerSettings()
+    # Popularity per country / device (items) and its use by serving.
+    context: ContextSettings = ContextSettings()
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
     # A/B attribution: outcomes count within this long after the exposure; outcomes

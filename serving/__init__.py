@@ -17,6 +17,7 @@ __all__ = [
     "codec",
     "cold_start",
     "collector",
+    "context_trending",
     "exposure_log",
     "fatigue",
     "health",

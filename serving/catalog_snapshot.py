@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from personalization.catalog_records import CatalogItem
+from serving.context_trending import (
+    ContextIndex,
+    ItemContexts,
+    build_index,
+    item_contexts,
+    update_index,
+)
 
 __all__ = [
     "COUNT_FEATURES",
@@ -85,6 +92,8 @@ class ItemRow:
     counts: tuple[int, ...] = (0,) * len(COUNT_FEATURES)
     # The item's catalog record (title, path, brand, tags, stock), None when it has none.
     meta: CatalogItem | None = None
+    # Popularity per context value (serving/context_trending.py), strongest first.
+    contexts: ItemContexts = ()
 
     @property
     def available(self) -> bool:
@@ -131,6 +140,10 @@ class CatalogSnapshot:
     # Derived from tag_matrix once, so a request's Jaccard costs one small matmul.
     tag_columns: np.ndarray = field(default_factory=lambda: _EMPTY_MATRIX)  # [tags, n], C order
     tag_sizes: np.ndarray = field(default_factory=lambda: _EMPTY_VECTOR)  # float32 [n]
+    # Popularity per context: each position's pairs, and context key -> {position: score}
+    # (serving/context_trending.py), kept up to date by the refresh, read by requests.
+    contexts: tuple[ItemContexts, ...] = ()
+    context_index: ContextIndex = field(default_factory=dict)
     # Per-snapshot derived columns (see :meth:`trending_relative`); not copied by replace.
     _derived: dict[tuple[str, float], np.ndarray] = field(
         default_factory=dict, init=False, repr=False
@@ -298,8 +311,14 @@ class CatalogSnapshot:
         available = self.available.copy()
         created = self.created_ms.copy()
         meta = dict(self.meta)
+        contexts: list[ItemContexts] = (
+            list(self.contexts) if self.contexts else [()] * len(self.item_ids)
+        )
+        context_changes = []
         for row in rows:
             i = self.index_of[row.item_id]
+            context_changes.append((i, contexts[i], row.contexts))
+            contexts[i] = row.contexts
             price[i] = row.price
             trending[i] = row.trending_score
             trending_ref[i] = row.trending_ref_ms
@@ -322,6 +341,8 @@ class CatalogSnapshot:
             created_ms=created,
             meta=meta,
             built_ms=built_ms,
+            contexts=tuple(contexts),
+            context_index=update_index(self.context_index, context_changes),
         )
 
     def row(self, item_id: str) -> ItemRow | None:
@@ -337,6 +358,7 @@ class CatalogSnapshot:
             last_event_ms=int(self.last_event_ms[i]),
             counts=tuple(int(c) for c in self.counts[i]),
             meta=self.meta.get(item_id),
+            contexts=self.contexts[i] if self.contexts else (),
         )
 
 
@@ -367,6 +389,8 @@ def build_snapshot(rows: Iterable[ItemRow], built_ms: int = 0) -> CatalogSnapsho
         meta={r.item_id: r.meta for r in ordered if r.meta is not None},
         index_of={item_id: i for i, item_id in enumerate(item_ids)},
         code_of=code_of,
+        contexts=tuple(r.contexts for r in ordered),
+        context_index=build_index(r.contexts for r in ordered),
     )
 
 
@@ -386,6 +410,7 @@ def row_from_features(item_id: str, values: dict[str, object]) -> ItemRow:
         trending_ref_ms=int(num("trending_ref_ms")),
         last_event_ms=int(num("last_event_ms")),
         counts=tuple(int(num(name)) for name in COUNT_FEATURES),
+        contexts=item_contexts(values.get("context_keys"), values.get("context_scores")),
     )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 from serving import propensity as propensity_mod
 from serving.catalog_snapshot import CatalogSnapshot
+from serving.context_trending import ContextQuery
 from serving.online_features import UserFeatures
 from serving.ranking_types import (
     CATALOG_EMPTY,
@@ -86,6 +87,7 @@ def rank(
     fallback_reason: str = "",
     seed: int = 0,
     propensity: propensity_mod.PropensityModel | None = None,
+    context: ContextQuery | None = None,
 ) -> Ranking:
     """Top ``k`` catalog items for ``user`` (None = unknown: trending fallback), ranked
     by the strategy ``params.strategy`` names.
@@ -104,5 +106,6 @@ def rank(
         fallback_reason=fallback_reason,
         seed=seed,
         propensity=propensity,
+        context=context,
     )
     return strategy_for(params.strategy).rank(request)

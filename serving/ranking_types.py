@@ -13,6 +13,7 @@ from serving import candidates as cand
 from serving import fatigue as fatigue_mod
 from serving import propensity as propensity_mod
 from serving.catalog_snapshot import CatalogSnapshot
+from serving.context_trending import ContextQuery
 from serving.online_features import UserFeatures
 
 __all__ = [
@@ -136,6 +137,8 @@ class RankRequest:
     fallback_reason: str = ""
     seed: int = 0
     propensity: propensity_mod.PropensityModel | None = None
+    # The request's country / device: trending of that context where it has enough data.
+    context: ContextQuery | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from personalization.experiments import Assignment, Experiment, assignment_for, 
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
 from serving.cold_start import ColdStartParams, merge_new_items, new_items_for
+from serving.context_trending import ContextQuery
 from serving.online_features import StoreUnavailable, UserFeatureReader, UserFeatures
 from serving.propensity import ModelWatcher
 from serving.ranking import OPTED_OUT, STORE_UNAVAILABLE, RankedItem, RankingParams, rank
@@ -89,7 +90,11 @@ class Recommender:
         """The user's features; raises StoreUnavailable (profile reads have no fallback)."""
         return self._reader.read(user_id, self._now_ms())
 
-    def recommend(self, user_id: str, k: int, exclude: Iterable[str] = ()) -> Recommendation:
+    def recommend(
+        self, user_id: str, k: int, exclude: Iterable[str] = (), country: str = "", device: str = ""
+    ) -> Recommendation:
+        """``country`` / ``device``: the request's context; its own trending list replaces
+        the global one where the job has seen enough of it (serving/context_trending.py)."""
         now_ms = self._now_ms()
         forced = ""
         user: UserFeatures | None = None
@@ -120,6 +125,7 @@ class Recommender:
             seed=int(recommendation_id[:8], 16),
             # Read once: a swap by the model watcher lands between requests.
             propensity=self._models.current if self._models is not None else None,
+            context=ContextQuery.of(country, device, self._settings.features.context),
         )
         items, logged = ranking.items, tuple(ranking.logged_features)
         if ranking.personalized:

@@ -90,7 +90,11 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
             )
         k = request.k or self._default_k
         rec = self._recommender.recommend(
-            self._stored_id(user_id), k, exclude=request.exclude_item_ids
+            self._stored_id(user_id),
+            k,
+            exclude=request.exclude_item_ids,
+            country=request.context.country,
+            device=request.context.device,
         )
         return recommend_response(rec)
 

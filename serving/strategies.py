@@ -24,6 +24,7 @@ import numpy as np
 
 from serving import candidates as cand
 from serving import propensity as propensity_mod
+from serving.context_trending import context_trending
 from serving.ranking_types import (
     CATALOG_EMPTY,
     EXPLORATION_REASON,
@@ -79,6 +80,11 @@ class RankingStrategy(Protocol):
         ...
 
     def rank(self, request: RankRequest) -> Ranking: ...
+
+
+# Weight of global trending beside a context's own list (serving/context_trending.py):
+# small, so it only orders the items the context has no data on and fills the list.
+_GLOBAL_UNDER_CONTEXT = 0.01
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:
@@ -147,6 +153,11 @@ class BlendStrategy:
             f"blend_trend:{half_life}:{trending_weight}",
             lambda c: trending_weight * _normalised(c.trending_relative(half_life)),
         )
+        # The request's context (country, device) with enough data of its own: its
+        # trending list leads, global trending only orders what it has not seen.
+        local = context_trending(catalog, request.context, half_life)
+        if local is not None:
+            trend_part = trending_weight * local[0] + _GLOBAL_UNDER_CONTEXT * trend_part
         interest = cand.interest_by_code(user, catalog)
         personalized = bool(interest.any())
         popularity = interest_part = np.zeros_like(trend_part)
@@ -176,6 +187,8 @@ class BlendStrategy:
                     reason = f"popular in {category}"
                 else:
                     reason = f"because you like {category}"
+            elif local is not None and local[0][i] > 0:
+                source, reason = SOURCE_TRENDING, local[1]  # "popular in DE", ...
             else:
                 source, reason = SOURCE_TRENDING, "trending now"
             items.append(
