@@ -90,7 +90,7 @@ def _metrics_settings(given: MetricsSettings | None) -> MetricsSettings:
 def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
     """The process's job metrics and its /metrics endpoint, started once per process (in
     thread mode all Python operators of a TaskManager share one interpreter)."""
-    metrics.start_metrics_server(cfg.host, cfg.job_port, what="job metrics")
+    metrics.start_metrics_server(cfg.host, metrics.job_metrics_port(cfg), what="job metrics")
     return metrics.job_metrics()
 
 

@@ -209,6 +209,15 @@ def metrics_urls(settings: Settings) -> dict[str, str]:
     return {name: f"http://{m.host}:{port}/metrics" for name, port in ports.items() if port > 0}
 
 
+def job_metrics_urls(settings: Settings) -> list[str]:
+    """The job's Prometheus endpoints: one per TaskManager of the local cluster at
+    parallelism N > 1 (``MetricsSettings.taskmanager_job_port``), else the one."""
+    m = settings.metrics
+    n = max(1, settings.flink.parallelism)
+    ports = [m.taskmanager_job_port(index) for index in range(n)]
+    return [f"http://{m.host}:{port}/metrics" for port in ports if port > 0]
+
+
 def wait_dashboard_ready(settings: Settings, timeout_s: float = 30.0) -> None:
     import urllib.request
 

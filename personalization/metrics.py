@@ -50,6 +50,7 @@ and sets real values. Until then the dashboard shows "no data yet" for them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import warnings
@@ -128,6 +129,19 @@ def start_metrics_server(host: str, port: int, *, what: str = "metrics") -> bool
 
 
 # --- job -------------------------------------------------------------------------------
+
+# Set by the local standalone cluster (ops/infra/flink_cluster.py) in each TaskManager's
+# environment: its index, so each TaskManager's interpreter serves job metrics on a port
+# of its own (MetricsSettings.taskmanager_job_port) instead of all but one failing to
+# bind ``job_port``.
+TASKMANAGER_INDEX_ENV = "PZ_TASKMANAGER_INDEX"
+
+
+def job_metrics_port(cfg: Any) -> int:
+    """The job-metrics port of this process (``cfg``: MetricsSettings)."""
+    raw = os.environ.get(TASKMANAGER_INDEX_ENV, "0")
+    index = int(raw) if raw.isdigit() else 0
+    return int(cfg.taskmanager_job_port(index))
 
 
 class _Watermark:

@@ -516,6 +516,10 @@ class MetricsSettings(_Section):
 
     host: str = "127.0.0.1"
     job_port: int = 9464
+    # On the local standalone cluster (N TaskManagers, ops/infra/flink_cluster.py) each
+    # TaskManager's interpreter serves its own job metrics: TaskManager 0 on job_port,
+    # TaskManager i > 0 on taskmanager_port_base + i - 1 (0 = only TaskManager 0 serves).
+    taskmanager_port_base: int = 9470
     writer_port: int = 9465
     serving_port: int = 9466
     dashboard_port: int = 8050
@@ -526,6 +530,12 @@ class MetricsSettings(_Section):
     # ``rate_window_s``.
     quantile_window_s: float = 10.0
     rate_window_s: float = 5.0
+
+    def taskmanager_job_port(self, index: int) -> int:
+        """The job-metrics port TaskManager ``index`` of the local cluster serves."""
+        if index <= 0 or self.job_port <= 0:
+            return self.job_port
+        return self.taskmanager_port_base + index - 1 if self.taskmanager_port_base > 0 else 0
 
 
 class WebhookSettings(_Section):

@@ -203,7 +203,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
         result["cluster"]["vertex_parallelism"] = cluster_job.vertex_parallelism()
         notes.append(
             "parallelism > 1: events consumed from the source vertex's REST metrics; "
-            "cf updates / duplicates scraped from the one TaskManager serving job_port"
+            "cf updates / duplicates summed over every TaskManager's job-metrics endpoint"
         )
     result["loadavg"]["at_end"] = _loadavg()
     result["figures"] = figures(samples, n, windows)

@@ -6,15 +6,13 @@ TaskManagers x 1 slot (``ops.infra.flink_cluster``), the job submitted with ``fl
 -p N`` as ``personalize up --parallelism N`` does, and the trivial baseline job
 (``bench/trivial_job.py``) afterwards on the same cluster at the same parallelism.
 
-What changes in the figures at N > 1: the job's Prometheus endpoint (``job_port``) is
-served by whichever TaskManager's interpreter bound it first -- the others cannot bind
-the same port -- so its counters cover one TaskManager only. Events consumed come from
-the JobManager's REST API instead: ``write-records`` of the source vertex (the chain
-Kafka source -> parse), summed over its subtasks, which is every accepted event plus
-every dead letter, as ``pz_job_events_total + pz_job_dead_letters_total`` at N = 1. CF
-updates and duplicates stay the scraped ones (the CF learner is keyed by one constant
-key, so it runs in one subtask: on the scraped TaskManager or not at all in those
-figures; the report says which). CPU is measured per TaskManager process session.
+What changes in the figures at N > 1: each TaskManager's interpreter serves the job's
+counters on a port of its own (``MetricsSettings.taskmanager_job_port``; the cluster
+tells each TaskManager its index), and the sampler sums them. Events consumed come from
+the JobManager's REST API: ``write-records`` of the source vertex (the chain Kafka
+source -> parse), summed over its subtasks, which is every accepted event plus every
+dead letter, as ``pz_job_events_total + pz_job_dead_letters_total`` at N = 1.
+CPU is measured per TaskManager process session.
 """
 
 from __future__ import annotations

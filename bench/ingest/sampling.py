@@ -154,6 +154,22 @@ class Window:
         }
 
 
+def scrape_job(urls: list[str]) -> tuple[dict[str, float], bool]:
+    """The job's counters summed over its TaskManagers' endpoints; up if any answered
+    (an endpoint is not up until its operators have opened)."""
+    total: dict[str, float] = {}
+    up = False
+    for url in urls:
+        try:
+            got = scrape(url)
+        except OSError:
+            continue
+        up = True
+        for key, value in got.items():
+            total[key] = total.get(key, 0.0) + value
+    return total, up
+
+
 def sample_loop(
     bench: BenchStack,
     n: int,
@@ -173,6 +189,7 @@ def sample_loop(
     else:
         job_sids = tuple(sid for name, sid in sessions.items() if "taskmanager" in name)
     urls = stack.metrics_urls(settings)
+    job_urls = stack.job_metrics_urls(settings)
     offsets = Offsets(settings)
     samples: list[Sample] = []
     notes: list[str] = []
@@ -196,11 +213,7 @@ def sample_loop(
                 cluster_job.check_running()
             elif bench.component_pid(stack.FLINK_JOB) is None:
                 raise RuntimeError("the Flink job exited\n" + bench.log_tail(stack.FLINK_JOB))
-            try:
-                job = scrape(urls[stack.FLINK_JOB.name])
-                up = True
-            except OSError:
-                job, up = {}, False  # endpoint not up yet (operators not opened)
+            job, up = scrape_job(job_urls)
             try:
                 writer = scrape(urls[stack.WRITER.name])
             except OSError:

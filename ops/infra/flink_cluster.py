@@ -64,6 +64,7 @@ from ops.infra.processes import (
     wait_until,
 )
 from ops.infra.service import ServiceStatus
+from personalization.metrics import TASKMANAGER_INDEX_ENV
 from personalization.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -345,9 +346,11 @@ def _run_script(
     *args: str,
     timeout_s: float = 120.0,
     ident: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> str:
     cmd = ["bash", str(bin_dir() / script), *args]
     env = flink_env(settings)
+    env.update(extra_env or {})
     if ident is not None:
         env["FLINK_IDENT_STRING"] = ident
     result = subprocess.run(
@@ -387,7 +390,13 @@ def start_taskmanager(settings: Settings, index: int, timeout_s: float = 30.0) -
     pid = taskmanager_pid(settings, index)
     if pid is not None:
         return pid
-    _run_script(settings, "taskmanager.sh", "start", ident=taskmanager_ident(index))
+    _run_script(
+        settings,
+        "taskmanager.sh",
+        "start",
+        ident=taskmanager_ident(index),
+        extra_env={TASKMANAGER_INDEX_ENV: str(index)},
+    )
 
     def java_running() -> bool:
         # The pid file gets the pid as soon as the script forks; until the fork has

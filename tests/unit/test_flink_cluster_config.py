@@ -35,3 +35,25 @@ def test_up_takes_a_parallelism() -> None:
     assert settings.flink.parallelism == 2
     assert settings.kafka.partitions % settings.flink.parallelism == 0
     assert with_parallelism(settings, None) is settings
+
+
+def test_every_taskmanager_serves_job_metrics_on_a_port_of_its_own(monkeypatch) -> None:
+    from ops.stack import job_metrics_urls
+    from personalization import metrics
+    from personalization.settings import MetricsSettings
+
+    m = MetricsSettings(job_port=9464, taskmanager_port_base=9470)
+    ports = [m.taskmanager_job_port(i) for i in range(3)]
+    assert ports == [9464, 9470, 9471]
+    assert len(set(ports) | {m.writer_port, m.serving_port, m.dashboard_port}) == 6
+    assert MetricsSettings(job_port=0).taskmanager_job_port(1) == 0  # off stays off
+    # The job reads its TaskManager's index from the environment the cluster gives it.
+    monkeypatch.setenv(metrics.TASKMANAGER_INDEX_ENV, "2")
+    assert metrics.job_metrics_port(m) == 9471
+    monkeypatch.delenv(metrics.TASKMANAGER_INDEX_ENV)
+    assert metrics.job_metrics_port(m) == 9464  # MiniCluster / TaskManager 0
+    two = with_parallelism(Settings(metrics=m), 2)
+    assert job_metrics_urls(two) == [
+        "http://127.0.0.1:9464/metrics",
+        "http://127.0.0.1:9470/metrics",
+    ]
