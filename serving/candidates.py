@@ -74,6 +74,9 @@ SOURCES = (CF, COVISITATION, INTEREST, TRENDING, CONTENT)
 PROPENSITY = "propensity"
 BLEND_TERMS = (*SOURCES, PROPENSITY)
 
+# Weight of global trending under a request context's own trending list.
+CONTEXT_GLOBAL_SHARE = 0.01
+
 # Items this popular within their category (relative to its best item) are explained
 # as "popular in <category>" rather than "because you like <category>".
 POPULAR_IN_CATEGORY = 0.5
@@ -90,6 +93,9 @@ class CandidateContext:
     anchors: tuple[int, ...]  # catalog positions of the user's recent items, newest first
     recency_decay: float = 0.7
     trending_half_life_s: float = 6 * 3600.0
+    # The request context's own trending (0..1 over the catalog) and its reason, where
+    # it has enough data (serving/context_trending.py); None: global trending.
+    context_trending: tuple[np.ndarray, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,8 @@ def reason_for(source: str, anchor: str) -> str:
         return anchor or "recommended for you"  # the anchor is the full phrase
     if source == PROPENSITY:
         return "you often pick items like this"
+    if source == TRENDING:
+        return anchor or "trending now"  # the anchor: "popular in DE", ...
     return "trending now"
 
 
@@ -217,7 +225,13 @@ class TrendingSource:
     name: ClassVar[str] = TRENDING
 
     def score(self, ctx: CandidateContext) -> SourceScores:
-        return SourceScores(TRENDING, _max_normalised(decayed_trending(ctx), ctx.allowed))
+        overall = _max_normalised(decayed_trending(ctx), ctx.allowed)
+        if ctx.context_trending is None:
+            return SourceScores(TRENDING, overall)
+        # The context's list leads; global trending only orders what it has not seen.
+        local, reason = ctx.context_trending
+        scores = _max_normalised(local + CONTEXT_GLOBAL_SHARE * overall, ctx.allowed)
+        return SourceScores(TRENDING, scores, anchor=lambda i: reason if local[i] > 0 else "")
 
 
 def interest_by_code(user: UserFeatures | None, catalog: CatalogSnapshot) -> np.ndarray:

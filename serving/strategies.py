@@ -255,6 +255,7 @@ class HybridStrategy:
             anchors=anchors,
             recency_decay=params.recency_decay,
             trending_half_life_s=params.half_life_s,
+            context_trending=context_trending(catalog, request.context, params.half_life_s),
         )
         weights = dict(params.weights) if user is not None else {}
         sources = cand.score_sources(ctx, weights)

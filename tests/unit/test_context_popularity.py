@@ -173,3 +173,19 @@ def test_a_new_visitor_gets_the_trending_list_of_their_context() -> None:
 @pytest.mark.parametrize(("country", "device"), [("de", " Mobile "), ("DE", "mobile")])
 def test_context_keys_are_normalised_as_events_are(country: str, device: str) -> None:
     assert context_keys(country, device)[0] == "c=DE&d=mobile"
+
+
+def test_the_hybrid_blend_falls_back_to_the_context_list_too() -> None:
+    snapshot = build_snapshot(ROWS, built_ms=T0)
+    hybrid = RankingParams(
+        strategy="hybrid_v1",
+        weights=(("cf", 0.3), ("covisitation", 1.0), ("interest", 0.1), ("trending", 0.1)),
+        half_life_s=HALF_LIFE_S,
+        exploration_share=0.0,
+    )
+    german = rank(None, snapshot, 3, T0, params=hybrid, context=ContextQuery.of("DE", "", QUERY))
+    assert [i.item_id for i in german.items] == ["de-1", "de-2", "de-3"]
+    assert {i.reason for i in german.items} == {"popular in DE"}
+    anywhere = rank(None, snapshot, 3, T0, params=hybrid)
+    assert [i.item_id for i in anywhere.items][:2] == ["us-1", "us-2"]
+    assert {i.reason for i in anywhere.items} == {"trending now"}
