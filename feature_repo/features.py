@@ -9,6 +9,7 @@ is the single source of truth for names and types.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from feature_repo.names import (
 )
 
 _DATA_DIR = Path(__file__).resolve().parent / "data"
+# The feature history the online-store writer appends to (personalization/offline_store.py):
+# Settings.history_path, handed over as PZ_HISTORY_DIR by Settings.feast_env() (``feast
+# apply`` stores these paths in the registry; get_historical_features reads them there).
+_HISTORY_DIR = Path(
+    os.environ.get("PZ_HISTORY_DIR") or Path(__file__).resolve().parent.parent / ".run" / "history"
+)
 
 # A shopper or viewer. Ids may be pseudonymised (HMAC) before they reach the store.
 user = Entity(
@@ -42,16 +49,16 @@ item = Entity(
     description="A recommendable item.",
 )
 
-# Offline copies (for training / point-in-time joins). The streaming path never reads
-# them; Feast requires a batch source behind every push source.
+# Offline copies (for training / point-in-time joins): the feature history, one folder
+# per view of parquet files partitioned by date. The streaming path never reads them.
 user_profile_batch = FileSource(
     name="user_profile_batch",
-    path=str(_DATA_DIR / "user_profile.parquet"),
+    path=str(_HISTORY_DIR / USER_PROFILE),
     timestamp_field="event_timestamp",
 )
 item_stats_batch = FileSource(
     name="item_stats_batch",
-    path=str(_DATA_DIR / "item_stats.parquet"),
+    path=str(_HISTORY_DIR / ITEM_STATS),
     timestamp_field="event_timestamp",
 )
 
@@ -154,7 +161,7 @@ user_cf = FeatureView(
         name="user_cf_push",
         batch_source=FileSource(
             name="user_cf_batch",
-            path=str(_DATA_DIR / "user_cf.parquet"),
+            path=str(_HISTORY_DIR / USER_CF),
             timestamp_field="event_timestamp",
         ),
     ),
@@ -170,7 +177,7 @@ item_cf = FeatureView(
         name="item_cf_push",
         batch_source=FileSource(
             name="item_cf_batch",
-            path=str(_DATA_DIR / "item_cf.parquet"),
+            path=str(_HISTORY_DIR / ITEM_CF),
             timestamp_field="event_timestamp",
         ),
     ),

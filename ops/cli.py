@@ -17,6 +17,7 @@
     personalize dashboard [--port P]                              live metrics dashboard, foreground
     personalize keys create --id NAME --scopes collect,recommend  new API key (printed once)
     personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
+    personalize history stats | compact [--keep-days N]            feature history on disk
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
 ``up`` serves with access control on: without ``serving.api_keys_file`` it makes a local
@@ -37,6 +38,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ops import history
 from ops.local_key import API_KEY_ENV, default_api_key
 from personalization.settings import Settings, load_settings
 
@@ -710,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keys file (default serving.api_keys_file, else <run_dir>/api_keys.json)",
     )
     keys.set_defaults(func=cmd_keys)
+    history.add_commands(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ from ops.infra.kafka_broker import KAFKA
 from ops.infra.processes import ManagedProcess, wait_until
 from ops.infra.registry import STACK_SERVICES
 from ops.infra.service import Service
+from personalization import offline_store
 from personalization.privacy import pseudonymizer
 from personalization.settings import PROJECT_ROOT, SETTINGS_JSON_ENV, Settings
 
@@ -100,6 +101,8 @@ def ensure_offline_placeholders(settings: Settings) -> None:
 def feast_apply(settings: Settings) -> str:
     """``feast apply`` on the feature repo with settings-derived configuration."""
     ensure_offline_placeholders(settings)
+    # The FileSources of the views the job computes: the feature history's folders.
+    offline_store.ensure_layout(settings.history_path)
     settings.registry_file.parent.mkdir(parents=True, exist_ok=True)
     feast_cli = PROJECT_ROOT / ".venv" / "bin" / "feast"
     cmd = [str(feast_cli)] if feast_cli.exists() else [sys.executable, "-m", "feast.cli.cli"]

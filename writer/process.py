@@ -29,6 +29,7 @@ from personalization.feature_updates import FeatureUpdate, decode_record
 from personalization.online_store import OnlineStoreWriter
 from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
+from writer.history import HistoryBuffer
 
 # A failed write to the online store (single node or cluster): retried with backoff.
 WRITE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
@@ -79,6 +80,10 @@ def run_writer(
     stop = stop or threading.Event()
     stats = WriterStats()
     writer = OnlineStoreWriter(settings)
+    # Feature history (Feast's offline store): offsets are committed after its flush.
+    history = (
+        HistoryBuffer(settings.history_path, settings.history) if settings.history.enabled else None
+    )
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -100,6 +105,8 @@ def run_writer(
                 update_consumer_lag(consumer, m)
             messages = consumer.consume(num_messages=batch_size, timeout=poll_timeout_s)
             if not messages:
+                if history is not None and history.due():
+                    _flush_and_commit(consumer, history, stop)
                 continue
             updates = decode_batch(messages, stats)
             while not stop.is_set():
@@ -116,12 +123,12 @@ def run_writer(
             else:
                 break  # stopping with an unwritten batch: do not commit it
             backoff = 0.05
-            try:
-                consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                # E.g. the group rebalanced while the broker restarted: the batch is in
-                # Redis already and will be redelivered; rewriting it is a no-op.
-                log.warning("offset commit failed (%s); the batch may be applied twice", exc)
+            if history is None:
+                _commit(consumer)
+            else:
+                history.add(updates)
+                if history.due():
+                    _flush_and_commit(consumer, history, stop)
             stats.batches += 1
             stats.rows_in += len(updates)
             stats.rows_written += written
@@ -130,9 +137,44 @@ def run_writer(
             m.last_write.set(stats.last_write_ms / 1000)
             if on_batch:
                 on_batch(stats)
+        else:
+            # Stopped between batches: what was applied goes to the history, then commit.
+            if history is not None:
+                _flush_and_commit(consumer, history, stop=None)
     finally:
         consumer.close()
     return stats
+
+
+def _commit(consumer: Consumer) -> None:
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        # E.g. the group rebalanced while the broker restarted: the batch is in Redis
+        # (and the history) already and will be redelivered; Redis skips it.
+        log.warning("offset commit failed (%s); the batch may be applied twice", exc)
+
+
+def _flush_and_commit(
+    consumer: Consumer, history: HistoryBuffer, stop: threading.Event | None
+) -> None:
+    """Append the buffered rows to the feature history, then commit every offset
+    consumed so far (all of them are in Redis and now in the history). A failed write
+    (disk full, ...) is retried with backoff, holding the stream back, until ``stop``;
+    nothing is committed then, so the rows come again."""
+    backoff = 0.05
+    m = metrics.writer_metrics()
+    while True:
+        try:
+            history.flush()
+            break
+        except OSError as exc:
+            m.write_errors.inc()
+            log.warning("feature history write failed (%s); retrying in %.2fs", exc, backoff)
+            if stop is None or stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 2.0)
+    _commit(consumer)
 
 
 def update_consumer_lag(consumer: Consumer, m: metrics.WriterMetrics) -> None:
