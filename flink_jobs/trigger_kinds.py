@@ -27,6 +27,7 @@ from personalization.trigger_rules import (
     COUNT,
     OF_ACTIVITY,
     OF_CART,
+    OF_SESSION,
     SEQUENCE,
     THRESHOLD,
     AbsenceRule,
@@ -129,7 +130,7 @@ class AbsenceKind(TriggerRule):
 
     def on_session_end(self, state: TriggerState, session: Session) -> list[Trigger]:
         spec = self.spec
-        if spec.of != "session":
+        if spec.of != OF_SESSION:
             return []
         if spec.max_events is not None and session.events > spec.max_events:
             return []
