@@ -101,6 +101,9 @@ user_profile = FeatureView(
         Field(name="monetary", dtype=Float64, description="total spent"),
         Field(name="events_total", dtype=Int64),
         Field(name="segments", dtype=Array(String), description="rule-based segments"),
+        # Streaming clustering of the user's interests + RFM (flink_jobs/clustering.py).
+        Field(name="cluster_id", dtype=Int64, description="learned segment, -1 = none yet"),
+        Field(name="cluster_distance", dtype=Float64, description="distance to its centroid"),
         Field(name="last_device", dtype=String),
         Field(name="last_country", dtype=String),
         Field(name="age_band", dtype=String),

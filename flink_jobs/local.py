@@ -105,7 +105,7 @@ class LocalPipeline:
         self.parse = steps.ParseStep(settings.features, settings.privacy)
         # Explicit learner configs (the offline evaluation sweeps them) win over settings.
         self.user_step = steps.UserStep(
-            settings.features, settings.privacy, settings.learning, learner
+            settings.features, settings.privacy, settings.learning, learner, settings.segments
         )
         self.item_step = steps.ItemStep(settings.features, settings.learning, learner)
         if covisit is not None:

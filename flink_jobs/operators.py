@@ -47,6 +47,7 @@ from personalization.settings import (
     LearningSettings,
     MetricsSettings,
     PrivacySettings,
+    SegmentSettings,
     load_settings,
 )
 
@@ -178,8 +179,11 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         privacy: PrivacySettings,
         metrics_cfg: MetricsSettings | None = None,
         learning: LearningSettings | None = None,
+        segments: SegmentSettings | None = None,
     ) -> None:
-        self.step = steps.UserStep(cfg, privacy, learning)
+        # Built on the client: the segment rules file is read and validated here, once,
+        # and travels inside the pickled operator (TaskManagers need no copy).
+        self.step = steps.UserStep(cfg, privacy, learning, segments=segments)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.state: Any = None
 

@@ -40,6 +40,7 @@ from personalization.events import (
     Event,
 )
 from personalization.feature_updates import next_version_us
+from personalization.segments import DEFAULT_RULES_FILE, SegmentRule, evaluate, load_rules
 from personalization.settings import FeatureSettings
 from personalization.triggers import Trigger
 
@@ -123,6 +124,9 @@ class UserState:
     # (flink_jobs/trigger_rule.py). Keyed state, so it survives restarts; a rule whose
     # definition changed starts afresh, the others keep theirs.
     rule_state: dict[str, list[Any]] = field(default_factory=dict)
+    # Streaming clustering (flink_jobs/clustering.py): (cluster id, distance to its
+    # centroid, events_total when assigned); id -1 = not clustered yet.
+    cluster: tuple[int, float, int] = (-1, 0.0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,29 +371,30 @@ def top_interests(state: UserState, limit: int | None = None) -> list[tuple[str,
     return ranked[:limit] if limit else ranked
 
 
-def segments(state: UserState, counts: dict[str, int], cfg: FeatureSettings) -> list[str]:
-    """Rule-based segments; cheap to compute, useful to target and to explain."""
-    out = []
-    if state.sessions.count <= 1 and state.purchase_count == 0:
-        out.append("new")
-    if state.purchase_count >= 1:
-        out.append("buyer")
-    if state.purchase_count >= 3:
-        out.append("loyal")
-    if state.monetary >= 500:
-        out.append("high_value")
-    if counts.get("product_view_24h", 0) >= 10 and not (
-        counts.get("add_to_cart_24h", 0) or counts.get("purchase_24h", 0)
-    ):
-        out.append("window_shopper")
-    if state.cart:
-        out.append("has_cart")
-    if state.last_device in ("mobile", "app", "ios", "android"):
-        out.append("mobile")
-    return out
+def segments(
+    state: UserState,
+    counts: dict[str, int],
+    cfg: FeatureSettings,
+    rules: tuple[SegmentRule, ...] | None = None,
+) -> list[str]:
+    """Rule segments (``personalization/segments.py``): the rules of ``segments.rules_file``
+    that hold for the user (default: the seven rules of ``personalization/segments.yaml``)."""
+    measures: dict[str, float] = {
+        "sessions": state.sessions.count,
+        "purchases": state.purchase_count,
+        "monetary": state.monetary,
+        "events": state.events_total,
+        "cart_items": len(state.cart),
+    }
+    measures.update(counts)
+    return evaluate(
+        load_rules(DEFAULT_RULES_FILE) if rules is None else rules, measures, state.last_device
+    )
 
 
-def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
+def user_feature_row(
+    state: UserState, cfg: FeatureSettings, rules: tuple[SegmentRule, ...] | None = None
+) -> dict[str, Any]:
     """The ``user_profile`` feature view row (names match feature_repo/features.py)."""
     counts = window_counts(state)
     interests = top_interests(state)
@@ -411,7 +416,9 @@ def user_feature_row(state: UserState, cfg: FeatureSettings) -> dict[str, Any]:
         frequency=state.purchase_count,
         monetary=round(state.monetary, 4),
         events_total=state.events_total,
-        segments=segments(state, counts, cfg),
+        segments=segments(state, counts, cfg, rules),
+        cluster_id=state.cluster[0],
+        cluster_distance=state.cluster[1],
         last_device=state.last_device,
         last_country=state.last_country,
         age_band=state.demographics.get("age_band", ""),

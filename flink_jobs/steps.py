@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
-from flink_jobs import attribution, covisitation, impressions, items, learning, profile
+from flink_jobs import attribution, clustering, covisitation, impressions, items, learning, profile
 from flink_jobs.item_factor_feed import from_bytes, to_bytes
 from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.triggers import Trigger
@@ -35,7 +35,13 @@ from personalization.events import (
 )
 from personalization.feature_updates import FeatureUpdate, next_version_us
 from personalization.privacy import pseudonymizer
-from personalization.settings import FeatureSettings, LearningSettings, PrivacySettings
+from personalization.segments import load_rules, rules_file
+from personalization.settings import (
+    FeatureSettings,
+    LearningSettings,
+    PrivacySettings,
+    SegmentSettings,
+)
 
 __all__ = [
     "CFStep",
@@ -146,11 +152,17 @@ class UserStep:
         privacy: PrivacySettings,
         learning_cfg: LearningSettings | None = None,
         learner: learning.LearnerConfig | None = None,
+        segments: SegmentSettings | None = None,
     ) -> None:
         self.cfg = cfg
         learning_cfg = learning_cfg or LearningSettings()
         self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
         self.default_consent = privacy.default_consent
+        # Rule segments from their file (read once, errors at start); the clusters of
+        # this subtask (flink_jobs/clustering.py), None when segments.clusters is 0.
+        segments = segments or SegmentSettings()
+        self.segment_rules = load_rules(rules_file(segments.rules_file))
+        self.clusters = clustering.Clusters(segments) if segments.clusters > 0 else None
         # A user inactive this long (event time) is forgotten: state and stored rows.
         self.retention_ms = privacy.retention_days * 86_400_000
         self.cf = CFStep(learning_cfg, learner)
@@ -176,8 +188,35 @@ class UserStep:
 
     def row(self, user: profile.UserState) -> FeatureUpdate:
         return FeatureUpdate(
-            USER_PROFILE, user.user_id, user.version_us, profile.user_feature_row(user, self.cfg)
+            USER_PROFILE,
+            user.user_id,
+            user.version_us,
+            profile.user_feature_row(user, self.cfg, self.segment_rules),
         )
+
+    def cluster(self, user: profile.UserState, time_ms: int) -> list[Trigger]:
+        """Re-cluster the user when due (first event, a new session, every N events):
+        most events cost one comparison. Returns ``segment_changed`` if the id moved."""
+        clusters = self.clusters
+        if clusters is None or user.consent == "denied":
+            return []
+        current = user.sessions.current
+        new_session = current is not None and current.events == 1
+        if not clusters.due(user.cluster, user.events_total, new_session):
+            return []
+        vector = clustering.profile_vector(
+            user.interests,
+            user.purchase_count,
+            user.monetary,
+            user.events_total,
+            user.last_purchase_ms,
+            user.last_seen_ms,
+            clusters.dims,
+        )
+        user.cluster, fired = clusters.update(
+            user.user_id, user.cluster, vector, user.events_total, time_ms
+        )
+        return fired
 
     def on_event(self, previous: profile.UserState | None, event: Event) -> UserResult:
         if event.event_type == ERASURE:
@@ -219,6 +258,7 @@ class UserStep:
             t = event.event_time_ms
             links = covisitation.links_for(user.covisit, event.item_id, t, 1.0, self.covisit)
             covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
+        result.triggers += self.cluster(user, event.event_time_ms)
         result.timers = self.arm(user)
         result.rows.append(self.row(user))
         if interacted:

@@ -240,7 +240,13 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         keyed(user_input)
         .connect(item_factors.broadcast(ITEM_FACTORS_STATE))
         .process(
-            UserFeatures(features_cfg, settings.privacy, settings.metrics, settings.learning),
+            UserFeatures(
+                features_cfg,
+                settings.privacy,
+                settings.metrics,
+                settings.learning,
+                segments=settings.segments,
+            ),
             output_type=Types.STRING(),
         )
         .name("user features + triggers + CF (user half)")

@@ -381,16 +381,17 @@ class SegmentSettings(_Section):
 
     # Empty = personalization/segments.yaml (the seven default rules).
     rules_file: str = ""
-    # Online k-means over interests + RFM; 0 clusters = off.
-    clusters: int = Field(default=8, ge=0, le=64)
+    # Online k-means over interests + RFM; 0 clusters = off. Seeds are anchored: cluster
+    # j starts on interest bucket j mod category_dims, RFM tier j div category_dims
+    # (flink_jobs/clustering.py), so 16 over 8 buckets = a browser and a buyer seed each.
+    clusters: int = Field(default=16, ge=0, le=64)
     # Category interests are hashed into this many dimensions of the profile vector.
-    category_dims: int = Field(default=16, ge=1, le=256)
+    category_dims: int = Field(default=8, ge=1, le=256)
     # A user's vector is (re)assigned at a session end or every N events, never per event.
     update_every_events: int = Field(default=20, ge=1)
-    # Step size of a centroid towards an assigned vector: max(min_rate, 1 / count).
+    # Step of a cell's centroid towards a vector in it: max(min_learning_rate, 1 / count),
+    # a running mean that keeps following a drifting population.
     min_learning_rate: float = Field(default=0.01, gt=0, le=1)
-    # Centroids are published (a model version) and re-averaged every N assignments.
-    publish_every: int = Field(default=200, ge=1)
 
 
 class LearningSettings(_Section):

@@ -80,6 +80,9 @@ class UserFeatures:
     # item / category -> (times shown, last shown ms). See flink_jobs/impressions.py.
     item_impressions: dict[str, tuple[int, int]] = field(default_factory=dict)
     category_impressions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Learned segment (flink_jobs/clustering.py): cluster id (-1 = none yet), distance.
+    cluster_id: int = -1
+    cluster_distance: float = 0.0
 
     @property
     def may_personalize(self) -> bool:
@@ -131,6 +134,8 @@ def features_from_row(
         consent=str(row.get("consent") or "granted"),
         item_impressions=_impressions(row, "impressed_items", "impressed_item"),
         category_impressions=_impressions(row, "impressed_categories", "impressed_category"),
+        cluster_id=int(row["cluster_id"]) if row.get("cluster_id") is not None else -1,
+        cluster_distance=float(row.get("cluster_distance") or 0.0),
     )
 
 
