@@ -18,6 +18,7 @@
     personalize keys create --id NAME --scopes collect,recommend  new API key (printed once)
     personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
     personalize history stats | compact [--keep-days N]            feature history on disk
+    personalize segments [--days N] [--top 3]                     segment sizes, clusters
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
 ``up`` serves with access control on: without ``serving.api_keys_file`` it makes a local
@@ -38,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ops import history
+from ops import history, segments
 from ops.local_key import API_KEY_ENV, default_api_key
 from personalization.settings import Settings, load_settings
 
@@ -713,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.set_defaults(func=cmd_keys)
     history.add_commands(sub)
+    segments.add_commands(sub)
     return parser
 
 
