@@ -7,6 +7,7 @@ Experiments live in a YAML file (``serving.experiments_file``)::
         start: 2026-11-01T00:00:00Z      # optional; inactive before
         stop: 2026-12-01T00:00:00Z       # optional; inactive from then on
         salt: ""                         # optional; change it to reshuffle users
+        segments: [buyer, cluster:3]     # optional; only users in one of these
         variants:
           - {name: control, strategy: blend_v1, weight: 45}
           - {name: hybrid,  strategy: hybrid_v1, weight: 45}
@@ -17,11 +18,19 @@ those, read as a number in [0, 1), picks the variant by cumulative weight. Every
 process and every session of the user agrees without shared state. The first active
 experiment (in file order) whose traffic includes the user decides the strategy; a
 variant with strategy ``trending`` is a holdout that gets non-personalized content.
+
+Targeting: an experiment with ``segments`` takes only users in at least one of them:
+rule segments by name (``personalization/segments.yaml``) or a learned cluster as
+``cluster:<id>`` (``personalization.segments.user_segments``), as of the user's row when
+the request is served. A user can change segments, and with them experiments; the
+assignment within an experiment stays the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +39,8 @@ from typing import Any
 import yaml
 
 HOLDOUT_STRATEGY = "trending"
+# A rule segment's name or a learned cluster (personalization/segments.py).
+_SEGMENT = re.compile(r"^([a-z][a-z0-9_]{0,47}|cluster:[0-9]{1,4})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,11 @@ class Experiment:
     start_ms: int | None = None
     stop_ms: int | None = None
     salt: str = ""
+    # Targeting: only users in one of these segments take part; empty = everyone.
+    segments: frozenset[str] = frozenset()
+
+    def targets(self, user_segments: Collection[str]) -> bool:
+        return not self.segments or not self.segments.isdisjoint(user_segments)
 
     def active(self, now_ms: int) -> bool:
         if self.start_ms is not None and now_ms < self.start_ms:
@@ -82,9 +98,16 @@ def assign(experiment: Experiment, user_id: str) -> Variant:
     return experiment.variants[-1]
 
 
-def assignment_for(experiments: list[Experiment], user_id: str, now_ms: int) -> Assignment | None:
+def assignment_for(
+    experiments: list[Experiment],
+    user_id: str,
+    now_ms: int,
+    user_segments: Collection[str] = (),
+) -> Assignment | None:
+    """The first active experiment that targets the user decides (``user_segments``: the
+    user's rule segments and ``cluster:<id>``, empty for a user without a row)."""
     for experiment in experiments:
-        if experiment.active(now_ms):
+        if experiment.active(now_ms) and experiment.targets(user_segments):
             variant = assign(experiment, user_id)
             return Assignment(experiment.name, variant.name, variant.strategy)
     return None
@@ -120,6 +143,14 @@ def parse_experiments(data: Any) -> list[Experiment]:
             raise ValueError(f"experiment {name}: needs ≥ 2 variants with positive weights")
         if len({v.name for v in variants}) != len(variants):
             raise ValueError(f"experiment {name}: variant names must be unique")
+        segments = entry.get("segments") or []
+        if not isinstance(segments, list) or not all(
+            isinstance(seg, str) and _SEGMENT.match(seg) for seg in segments
+        ):
+            raise ValueError(
+                f"experiment {name}: segments must be a list of segment names or "
+                f"cluster:<id>, got {segments!r}"
+            )
         out.append(
             Experiment(
                 name=name,
@@ -127,6 +158,7 @@ def parse_experiments(data: Any) -> list[Experiment]:
                 start_ms=_time_ms(entry.get("start")),
                 stop_ms=_time_ms(entry.get("stop")),
                 salt=str(entry.get("salt", "")),
+                segments=frozenset(segments),
             )
         )
     return out

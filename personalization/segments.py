@@ -36,6 +36,8 @@ __all__ = [
     "load_rules",
     "parse_rules",
     "rules_file",
+    "strategy_for",
+    "user_segments",
 ]
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent / "segments.yaml"
@@ -158,3 +160,20 @@ def evaluate(
 ) -> list[str]:
     """Names of the segments whose rule holds, in file order."""
     return [rule.name for rule in rules if rule.matches(measures, device)]
+
+
+def user_segments(rule_segments: list[str], cluster_id: int) -> tuple[str, ...]:
+    """What experiment targeting and per-segment ranking match on: the user's rule
+    segments and their learned cluster as ``cluster:<id>`` (none before the first)."""
+    if cluster_id >= 0:
+        return (*rule_segments, f"cluster:{cluster_id}")
+    return tuple(rule_segments)
+
+
+def strategy_for(strategies: Mapping[str, str], segments: tuple[str, ...]) -> str | None:
+    """The ranking strategy of the first entry of ``segments.strategies`` (file order)
+    the user is in, or None (the default strategy)."""
+    for segment, strategy in strategies.items():
+        if segment in segments:
+            return strategy
+    return None

@@ -392,6 +392,10 @@ class SegmentSettings(_Section):
     # Step of a cell's centroid towards a vector in it: max(min_learning_rate, 1 / count),
     # a running mean that keeps following a drifting population.
     min_learning_rate: float = Field(default=0.01, gt=0, le=1)
+    # Ranking by segment: segment (a rule segment's name or cluster:<id>) -> strategy
+    # (ranking.strategy's choices) for its users when no experiment decides; the first
+    # entry the user is in wins. PZ_SEGMENTS__STRATEGIES='{"loyal": "hybrid_v2"}'.
+    strategies: dict[str, str] = Field(default_factory=dict)
 
 
 class LearningSettings(_Section):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from personalization.experiments import Assignment, Experiment, assignment_for, load_experiments
+from personalization.segments import strategy_for, user_segments
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
 from serving.cold_start import ColdStartParams, merge_new_items, new_items_for
@@ -67,6 +68,9 @@ class Recommender:
             for e in self._experiments
             for v in e.variants
         }
+        # Ranking by segment (segments.strategies), checked at start like the above.
+        for strategy in settings.segments.strategies.values():
+            self._strategy_params[strategy] = RankingParams.from_settings(settings, strategy)
         self._on_exposure = on_exposure
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._on_store_state = on_store_state
@@ -109,8 +113,16 @@ class Recommender:
         if user is not None and not user.may_personalize and not forced:
             forced = OPTED_OUT
         recommendation_id = uuid.uuid4().hex
-        assignment = assignment_for(self._experiments, user_id, now_ms)
-        params = self._strategy_params[assignment.strategy] if assignment else self._params
+        # Targeting and per-segment ranking see the segments of the row just read.
+        segments = user_segments(user.segments, user.cluster_id) if user is not None else ()
+        assignment = assignment_for(self._experiments, user_id, now_ms, segments)
+        by_segment = strategy_for(self._settings.segments.strategies, segments)
+        if assignment:
+            params = self._strategy_params[assignment.strategy]
+        elif by_segment:
+            params = self._strategy_params[by_segment]
+        else:
+            params = self._params
         snapshot = self._catalog.snapshot
         exclude = tuple(exclude)  # read twice: ranking and the new items
         ranking = rank(
