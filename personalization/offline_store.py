@@ -274,6 +274,10 @@ def compact(root: Path, keep_days: int, today: date | None = None) -> Compaction
     erased entities' rows up to their erasure, and merge each partition's files into
     one, duplicates dropped.
 
+    A file written before a feature was added to its view is rewritten with the
+    current schema (the new column null): Feast reads a folder with dask, which takes
+    the columns of the first file it meets.
+
     Safe beside a running writer: it only ever adds new files, and compaction deletes
     exactly the files it read, after the merged file is in place (a reader in between
     sees rows twice, equal values). The erasure log is kept as long as the rows: an
@@ -297,7 +301,11 @@ def compact(root: Path, keep_days: int, today: date | None = None) -> Compaction
                 continue
             table = pa.concat_tables(pq.read_table(p, schema=schema) for p in files)
             kept = _without_erased(table, key, erased)
-            if len(files) == 1 and kept.num_rows == table.num_rows:
+            if (
+                len(files) == 1
+                and kept.num_rows == table.num_rows
+                and pq.read_schema(files[0]).remove_metadata().equals(schema)
+            ):
                 report.files_after += 1
                 continue
             report.erased_rows_dropped += table.num_rows - kept.num_rows

@@ -207,3 +207,27 @@ def test_a_failed_flush_keeps_the_rows(tmp_path: Path) -> None:
     (blocked / USER_PROFILE / "2017-11-26").unlink()
     assert buffer.flush() == 1
     assert buffer.rows == []
+
+
+def test_compaction_brings_old_files_to_the_current_schema(tmp_path: Path) -> None:
+    """A file from before a feature existed (fewer columns) is rewritten with every
+    column of the view, so dask (Feast's reader) sees them in every file."""
+    folder = tmp_path / USER_PROFILE / "2017-11-26"
+    folder.mkdir(parents=True)
+    old = pa.table(
+        {
+            "user_id": ["u1"],
+            "event_timestamp": pa.array([T0_US], pa.int64()).cast(pa.timestamp("us", "UTC")),
+            "events_total": [4],
+        }
+    )
+    pq.write_table(old, folder / "part-1-0.parquet")
+    report = store.compact(tmp_path, keep_days=0)
+    assert report.partitions_merged == 1 and report.files_after == 1
+    (only,) = files_of(tmp_path, USER_PROFILE)
+    schema = pq.read_schema(only).remove_metadata()
+    assert schema.equals(store.arrow_schema(USER_PROFILE))
+    rows = pq.read_table(only).to_pylist()
+    assert rows[0]["events_total"] == 4 and rows[0]["cluster_id"] is None
+    # Now current: compacting again leaves it alone.
+    assert store.compact(tmp_path, keep_days=0).partitions_merged == 0
