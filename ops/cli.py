@@ -18,6 +18,7 @@
     personalize keys create --id NAME --scopes collect,recommend  new API key (printed once)
     personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
     personalize history stats | compact [--keep-days N]            feature history on disk
+    personalize triggers check [FILE]                             validate a trigger rule file
     personalize segments [--days N] [--top 3]                     segment sizes, clusters
 
 Settings come from ``PZ_*`` environment variables (see personalization/settings.py).
@@ -41,6 +42,7 @@ from typing import Any
 
 from ops import history, segments
 from ops.local_key import API_KEY_ENV, default_api_key
+from ops.trigger_rules_cli import add_commands as add_trigger_commands
 from personalization.settings import Settings, load_settings
 
 
@@ -426,7 +428,8 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
     deadline = settings.serving.client_deadline_s
     api_key = args.api_key or default_api_key(settings)
     with RecommenderClient(target, deadline_s=deadline, api_key=api_key) as client:
-        response = client.recommend(args.user, k=args.k)
+        context = {"country": args.country, "device": args.device}
+        response = client.recommend(args.user, k=args.k, context=context)
     print(
         f"strategy={response.strategy} personalized={response.personalized} "
         f"fallback={response.fallback_reason or '-'} id={response.recommendation_id}"
@@ -669,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="ask for recommendations")
     rec.add_argument("user")
     rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--country", default="", help="request context: country (e.g. DE)")
+    rec.add_argument("--device", default="", help="request context: device (e.g. mobile)")
     rec.set_defaults(func=cmd_recommend)
     prof = sub.add_parser("profile", help="show a user's online features")
     prof.add_argument("user")
@@ -714,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.set_defaults(func=cmd_keys)
     history.add_commands(sub)
+    add_trigger_commands(sub)
     segments.add_commands(sub)
     return parser
 

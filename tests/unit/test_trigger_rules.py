@@ -612,3 +612,17 @@ def test_a_rule_file_change_keeps_the_state_of_unchanged_rules() -> None:
     )
     profile.apply_event(state, ev("product_view", T0 + 4 * MIN, 7), fresh)
     assert set(state.rule_state) == {"views2"}
+
+
+def test_the_cli_checks_a_rule_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ops import cli
+
+    good = tmp_path / "good.yaml"
+    good.write_text(VALID)
+    assert cli.main(["triggers", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "5 rule(s) in force" in out and "checkout_no_purchase" in out and "negate=True" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(rule("- {name: x, kind: count, events: [pv], at_least: 3, within: soon}"))
+    assert cli.main(["triggers", "check", str(bad)]) == 1
+    assert "rule 'x', field 'within'" in capsys.readouterr().out
