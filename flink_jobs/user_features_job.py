@@ -293,11 +293,19 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .uid("propensity-learner")
     )
 
-    side_output(user_op, USER_ROWS_TAG).union(
+    # Rebalanced, not forwarded: a forward (pointwise) input makes the sink align its
+    # checkpoint barriers, and at parallelism > 1 that deadlocks in the diamond user op ->
+    # item op -> sink <- user op. The user op aligns (its broadcast input rules out
+    # unaligned checkpoints); the item op, unaligned, forwards the barrier of the first
+    # user subtask done; the sink then blocks the item op's channel until the other user
+    # subtask's barrier arrives, which cannot, as that subtask is backpressured by the
+    # item op. With only all-to-all inputs the sink checkpoints unaligned and never blocks.
+    rows = side_output(user_op, USER_ROWS_TAG).union(
         side_output(item_op, ITEM_ROWS_TAG), model_versions
-    ).sink_to(kafka_sink(settings, k.feature_updates_topic)).name("kafka: feature_updates").uid(
-        "sink-feature-updates"
     )
+    rows.rebalance().sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
+        "kafka: feature_updates"
+    ).uid("sink-feature-updates")
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
         "kafka: events_dlq"
     ).uid("sink-dlq")

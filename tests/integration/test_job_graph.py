@@ -55,7 +55,21 @@ def test_every_exchange_is_a_keyed_hash_or_forward(plan: list[dict[str, object]]
         for n in plan
         for p in n.get("predecessors", [])  # type: ignore[attr-defined]
     }
-    assert strategies <= {"HASH", "FORWARD", "BROADCAST"}
+    assert strategies <= {"HASH", "FORWARD", "BROADCAST", "REBALANCE"}
+
+
+def test_the_changelog_sink_has_only_all_to_all_inputs(plan: list[dict[str, object]]):
+    """A forward input would make the feature_updates sink align checkpoint barriers,
+    which deadlocks at parallelism > 1 (user_features_job.build_pipeline says how)."""
+    by_id = {n["id"]: str(n["type"]) for n in plan}
+    sink_inputs = [
+        (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
+        for n in plan
+        if n["type"] == "kafka: feature_updates: Writer"
+        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
+    ]
+    assert sink_inputs
+    assert {strategy for _, strategy in sink_inputs} == {"REBALANCE"}, sink_inputs
 
 
 def test_cf_is_partitioned_with_the_item_factors_fed_back_by_broadcast(
