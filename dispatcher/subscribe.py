@@ -97,10 +97,11 @@ class TriggersService(triggers_pb2_grpc.TriggersServicer):
         self._m = dispatcher_metrics()
 
     def _authorize(self, context: grpc.ServicerContext, scope: str, *, open_without: bool) -> str:
-        """The caller's actor name, or abort. ``open_without``: allowed with no policy."""
+        """The caller's actor name, or abort. ``open_without``: allowed to anyone when no
+        keys file is configured (the admin token alone guards only ResolveUser)."""
+        if open_without and not self._settings.serving.api_keys_file:
+            return "anonymous"
         if self._policy is None:
-            if open_without:
-                return "anonymous"
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "needs access control configured")
         assert self._policy is not None
         decision = self._policy.authorize(context.invocation_metadata(), scope)

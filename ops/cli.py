@@ -356,6 +356,13 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from dispatcher import process as dispatcher
+
+    dispatcher.main([])
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from serving import server
 
@@ -623,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--restore", default="latest", help="latest | none | checkpoint path")
     job.set_defaults(func=cmd_job)
     sub.add_parser("writer", help="run the online-store writer").set_defaults(func=cmd_writer)
+    sub.add_parser(
+        "dispatch", help="run the trigger dispatcher (webhooks, Triggers.Subscribe)"
+    ).set_defaults(func=cmd_dispatch)
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument(
         "--workers",

@@ -1,5 +1,6 @@
 """The local stack: Redis, Kafka, the Feast registry, the Flink job, the online-store
-writer, the gRPC server and the metrics dashboard, started and stopped as one.
+writer, the gRPC server, the trigger dispatcher and the metrics dashboard, started and
+stopped as one.
 
 The job runs where ``settings.flink.parallelism`` says: at 1 in a local MiniCluster
 (the ``flink-job`` component, one process), above 1 on the local standalone cluster
@@ -59,9 +60,11 @@ class Component:
 FLINK_JOB = Component("flink-job", "flink_jobs.user_features_job", ("--restore", "latest"))
 WRITER = Component("online-store-writer", "writer.process")
 SERVER = Component("grpc-server", "serving.server")
+# Delivers triggers to the webhooks of settings.dispatcher, serves Triggers.Subscribe.
+DISPATCHER = Component("trigger-dispatcher", "dispatcher")
 # Scrapes the job, writer and serving /metrics endpoints (settings.metrics) and plots them.
 DASHBOARD = Component("dashboard", "dashboard")
-APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER, DASHBOARD)
+APP_COMPONENTS = (FLINK_JOB, WRITER, SERVER, DISPATCHER, DASHBOARD)
 
 
 def child_env(settings: Settings, component: str = "") -> dict[str, str]:

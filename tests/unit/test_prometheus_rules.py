@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from personalization.settings import MetricsSettings
+from personalization.settings import DispatcherSettings, MetricsSettings
 from tests import promql
 from tests.system_tools import require_tool
 
@@ -254,6 +254,7 @@ def test_local_scrape_config_uses_the_settings_ports() -> None:
         "pz-job": defaults.job_port,
         "pz-writer": defaults.writer_port,
         "pz-serving": defaults.serving_port,
+        "pz-dispatcher": DispatcherSettings().metrics_port,
     }
     assert set(jobs) == set(expected)
     for name, port in expected.items():
