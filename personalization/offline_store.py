@@ -34,9 +34,11 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from feast import FeatureStore
 
 from feature_repo.features import ENTITY_OF_VIEW
 from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
@@ -53,6 +55,7 @@ __all__ = [
     "history_views",
     "partition_dirs",
     "read_view",
+    "training_set",
     "write_rows",
 ]
 
@@ -350,3 +353,21 @@ def _compact_erasure_log(root: Path, oldest: date | None) -> None:
         )
     for path in files:
         path.unlink()
+
+
+_ROW = "__pz_row"
+
+
+def training_set(store: FeatureStore, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """``store.get_historical_features(entity_df, features).to_df()``, every entity row
+    kept, in ``entity_df``'s order.
+
+    Feast 0.67's file (dask) offline store drops an entity row whose entity has feature
+    rows but all of them later than its timestamp (a label before the user's first
+    event), instead of returning it with nulls as it does for an unknown entity; the
+    rows are merged back here by position, with nulls."""
+    keyed = entity_df.reset_index(drop=True).assign(**{_ROW: range(len(entity_df))})
+    got = store.get_historical_features(entity_df=keyed, features=features).to_df()
+    values = [c for c in got.columns if c not in keyed.columns]
+    merged = keyed.merge(got[[_ROW, *values]], on=_ROW, how="left").sort_values(_ROW)
+    return merged.drop(columns=_ROW).reset_index(drop=True)

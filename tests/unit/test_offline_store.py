@@ -7,14 +7,17 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_repo.names import ITEM_STATS, USER_CF, USER_PROFILE
+from ops import stack
 from personalization import offline_store as store
+from personalization.feature_store import feature_store
 from personalization.feature_updates import FeatureUpdate, model_version_update
 from personalization.model_versions import ModelVersion
-from personalization.settings import HistorySettings
+from personalization.settings import HistorySettings, RedisSettings, Settings
 from writer.history import HistoryBuffer
 
 DAY_US = 86_400_000_000
@@ -231,3 +234,37 @@ def test_compaction_brings_old_files_to_the_current_schema(tmp_path: Path) -> No
     assert rows[0]["events_total"] == 4 and rows[0]["cluster_id"] is None
     # Now current: compacting again leaves it alone.
     assert store.compact(tmp_path, keep_days=0).partitions_merged == 0
+
+
+def test_training_sets_are_point_in_time_and_keep_every_label_row(tmp_path: Path) -> None:
+    """Feast over the history files (feast apply in a subprocess, no Redis needed): each
+    label row gets the entity's newest row at or before its time; a label before the
+    entity's first row gets nulls (Feast 0.67's dask store would drop it)."""
+    # Nothing listens on port 1: feast apply and offline reads never touch Redis.
+    settings = Settings(run_dir=str(tmp_path / "run"), redis=RedisSettings(port=1))
+    stack.feast_apply(settings)
+    minute_us = 60_000_000
+    store.write_rows(
+        settings.history_path,
+        [profile_row(u, T0_US + i * minute_us, i + 1) for u in ("u1", "u3") for i in range(3)],
+    )
+    at = [-30, 30, 30, 150, 150, 10_000]  # seconds after T0
+    labels = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u3", "u1", "u3"],
+            "event_timestamp": pd.to_datetime(
+                [T0_US // 1000 + s * 1000 for s in at], unit="ms", utc=True
+            ),
+            "label": [0, 1, 2, 3, 4, 5],
+        }
+    )
+    got = store.training_set(
+        feature_store(settings), labels, ["user_profile:events_total", "user_profile:monetary"]
+    )
+    assert got["label"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert got["user_id"].tolist() == labels["user_id"].tolist()
+    totals = [None if pd.isna(x) else int(x) for x in got["events_total"]]
+    # before u1's first row; after its first; unknown u2; after u3's third; u1's third;
+    # long after u3's last (within the view's ttl).
+    assert totals == [None, 1, None, 3, 3, 3]
+    assert got["monetary"].tolist()[3] == 7.5
