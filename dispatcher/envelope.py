@@ -53,6 +53,8 @@ class Delivered:
         return {
             "id": self.key,
             "rule": self.trigger.trigger,
+            # count | absence | sequence | threshold; "" for records that do not say.
+            "kind": self.trigger.kind,
             "user": {"id": self.user_id, "kind": self.user_kind},
             "time_ms": self.trigger.time_ms,
             "evidence": self.trigger.evidence,

@@ -156,6 +156,7 @@ class TriggersService(triggers_pb2_grpc.TriggersServicer):
                     self._m.streamed.inc()
                     yield triggers_pb2.TriggerMessage(
                         rule=trigger.trigger,
+                        kind=trigger.kind,
                         user_id=user_id,
                         user_id_kind=kind,
                         time_ms=trigger.time_ms,

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!personalization/v1/triggers.proto\x12\x12personalization.v1\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xb7\x01\n\x10SubscribeRequest\x12\r\n\x05rules\x18\x01 \x03(\t\x12\x36\n\tpositions\x18\x02 \x03(\x0b\x32#.personalization.v1.PartitionOffset\x12\x39\n\x05start\x18\x03 \x01(\x0e\x32*.personalization.v1.SubscribeRequest.Start\"!\n\x05Start\x12\n\n\x06LATEST\x10\x00\x12\x0c\n\x08\x45\x41RLIEST\x10\x01\"\xc0\x01\n\x0eTriggerMessage\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0cuser_id_kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x15\n\revidence_json\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x38\n\x0bresume_from\x18\x07 \x01(\x0b\x32#.personalization.v1.PartitionOffset\"7\n\x12ResolveUserRequest\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x10ResolveUserReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t2\xc0\x01\n\x08Triggers\x12W\n\tSubscribe\x12$.personalization.v1.SubscribeRequest\x1a\".personalization.v1.TriggerMessage0\x01\x12[\n\x0bResolveUser\x12&.personalization.v1.ResolveUserRequest\x1a$.personalization.v1.ResolveUserReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!personalization/v1/triggers.proto\x12\x12personalization.v1\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xb7\x01\n\x10SubscribeRequest\x12\r\n\x05rules\x18\x01 \x03(\t\x12\x36\n\tpositions\x18\x02 \x03(\x0b\x32#.personalization.v1.PartitionOffset\x12\x39\n\x05start\x18\x03 \x01(\x0e\x32*.personalization.v1.SubscribeRequest.Start\"!\n\x05Start\x12\n\n\x06LATEST\x10\x00\x12\x0c\n\x08\x45\x41RLIEST\x10\x01\"\xce\x01\n\x0eTriggerMessage\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0cuser_id_kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x15\n\revidence_json\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x38\n\x0bresume_from\x18\x07 \x01(\x0b\x32#.personalization.v1.PartitionOffset\x12\x0c\n\x04kind\x18\x08 \x01(\t\"7\n\x12ResolveUserRequest\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x10ResolveUserReply\x12\x0f\n\x07user_id\x18\x01 \x01(\t2\xc0\x01\n\x08Triggers\x12W\n\tSubscribe\x12$.personalization.v1.SubscribeRequest\x1a\".personalization.v1.TriggerMessage0\x01\x12[\n\x0bResolveUser\x12&.personalization.v1.ResolveUserRequest\x1a$.personalization.v1.ResolveUserReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -28,11 +28,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST_START']._serialized_start=262
   _globals['_SUBSCRIBEREQUEST_START']._serialized_end=295
   _globals['_TRIGGERMESSAGE']._serialized_start=298
-  _globals['_TRIGGERMESSAGE']._serialized_end=490
-  _globals['_RESOLVEUSERREQUEST']._serialized_start=492
-  _globals['_RESOLVEUSERREQUEST']._serialized_end=547
-  _globals['_RESOLVEUSERREPLY']._serialized_start=549
-  _globals['_RESOLVEUSERREPLY']._serialized_end=584
-  _globals['_TRIGGERS']._serialized_start=587
-  _globals['_TRIGGERS']._serialized_end=779
+  _globals['_TRIGGERMESSAGE']._serialized_end=504
+  _globals['_RESOLVEUSERREQUEST']._serialized_start=506
+  _globals['_RESOLVEUSERREQUEST']._serialized_end=561
+  _globals['_RESOLVEUSERREPLY']._serialized_start=563
+  _globals['_RESOLVEUSERREPLY']._serialized_end=598
+  _globals['_TRIGGERS']._serialized_start=601
+  _globals['_TRIGGERS']._serialized_end=793
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[str]] = ..., positions: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., start: _Optional[_Union[SubscribeRequest.Start, str]] = ...) -> None: ...
 
 class TriggerMessage(_message.Message):
-    __slots__ = ("rule", "user_id", "user_id_kind", "time_ms", "evidence_json", "idempotency_key", "resume_from")
+    __slots__ = ("rule", "user_id", "user_id_kind", "time_ms", "evidence_json", "idempotency_key", "resume_from", "kind")
     RULE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class TriggerMessage(_message.Message):
     EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     rule: str
     user_id: str
     user_id_kind: str
@@ -46,7 +47,8 @@ class TriggerMessage(_message.Message):
     evidence_json: str
     idempotency_key: str
     resume_from: PartitionOffset
-    def __init__(self, rule: _Optional[str] = ..., user_id: _Optional[str] = ..., user_id_kind: _Optional[str] = ..., time_ms: _Optional[int] = ..., evidence_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., resume_from: _Optional[_Union[PartitionOffset, _Mapping]] = ...) -> None: ...
+    kind: str
+    def __init__(self, rule: _Optional[str] = ..., user_id: _Optional[str] = ..., user_id_kind: _Optional[str] = ..., time_ms: _Optional[int] = ..., evidence_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., resume_from: _Optional[_Union[PartitionOffset, _Mapping]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ResolveUserRequest(_message.Message):
     __slots__ = ("pseudonym", "reason")

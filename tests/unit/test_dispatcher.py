@@ -20,7 +20,7 @@ from personalization.settings import DispatcherSettings, WebhookSettings
 from personalization.triggers import Trigger
 
 SECRET = b"whsec-test"
-TRIGGER = Trigger("p-abc", "cart_abandoned", 1_700_000_000_000, {"items": ["i1"]})
+TRIGGER = Trigger("p-abc", "cart_abandoned", 1_700_000_000_000, {"items": ["i1"]}, "absence")
 
 
 # --- signing ----------------------------------------------------------------------------
@@ -90,6 +90,7 @@ def test_body_is_the_same_bytes_every_time_and_names_the_trigger() -> None:
     assert data == {
         "id": idempotency_key(TRIGGER),
         "rule": "cart_abandoned",
+        "kind": "absence",
         "user": {"id": "p-abc", "kind": "pseudonym"},
         "time_ms": TRIGGER.time_ms,
         "evidence": {"items": ["i1"]},
