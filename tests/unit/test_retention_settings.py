@@ -32,6 +32,8 @@ def test_every_topic_has_a_retention_dead_letters_shortest_audit_longest() -> No
     k = settings.kafka
     configs = topic_configs(settings)
     assert set(configs) == set(k.all_topics)
+    # The item catalog is compacted: the newest record of every item is kept, by key.
+    assert configs.pop(k.catalog_topic) == {"cleanup.policy": "compact"}
     assert all("retention.ms" in c for c in configs.values())
     feed = configs.pop(k.item_factors_topic)
     assert feed["retention.ms"] == "-1" and int(feed["retention.bytes"]) > 0
