@@ -219,3 +219,16 @@ def test_secret_from_file_or_environment(tmp_path: Path) -> None:
         load_secret(by_env, {})
     with pytest.raises(ValueError, match="secret file"):
         load_secret(WebhookSettings(name="a", url="http://x/", secret_file=str(path) + ".no"))
+
+
+def test_which_id_without_the_directory() -> None:
+    from dispatcher.identity import IdentityResolver
+    from personalization.settings import PrivacySettings, Settings
+
+    # No HMAC secret: the stored id is the raw id and says so.
+    assert IdentityResolver(Settings()).resolve_many(["u1"]) == [("u1", "raw")]
+    # Pseudonymised, raw ids not asked for: the pseudonym, and no Redis is touched.
+    pseudonymised = Settings(privacy=PrivacySettings(hmac_secret="s"))
+    resolver = IdentityResolver(pseudonymised)
+    assert resolver.resolve_many(["p-1", "p-2"]) == [("p-1", PSEUDONYM), ("p-2", PSEUDONYM)]
+    assert resolver.lookup("p-1") is None
