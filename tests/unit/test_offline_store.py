@@ -53,12 +53,15 @@ def test_rows_land_typed_in_their_view_and_date(tmp_path: Path) -> None:
         profile_row("u2", T0_US + DAY_US, 1),
         FeatureUpdate(USER_CF, "u1", T0_US, {"cf_vector": [0.1, 0.2]}),
     ]
+    # A key the view does not declare (a newer job's feature) is not a column.
+    rows[0].features["not_a_feature"] = 3
     assert store.write_rows(tmp_path, rows) == 4
 
     days = [day for day, _ in store.partition_dirs(tmp_path, USER_PROFILE)]
     assert days == [date(2017, 11, 26), date(2017, 11, 27)]
     table = store.read_view(tmp_path, USER_PROFILE)
     assert table.schema == store.arrow_schema(USER_PROFILE)
+    assert "not_a_feature" not in pq.read_schema(files_of(tmp_path, USER_PROFILE)[0]).names
     assert table.schema.field("events_total").type == pa.int64()
     assert table.schema.field("interest_categories").type == pa.list_(pa.string())
     assert table.schema.field("impressed_item_counts").type == pa.list_(pa.int64())
