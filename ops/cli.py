@@ -17,6 +17,7 @@
     personalize dashboard [--port P]                              live metrics dashboard, foreground
     personalize keys create --id NAME --scopes collect,recommend  new API key (printed once)
     personalize keys list | revoke --id NAME   [--file PATH]       the keys file's entries
+    personalize catalog import FILE [--map F=COL,...] | similar ITEM  item catalog
     personalize history stats | compact [--keep-days N]            feature history on disk
     personalize triggers check [FILE]                             validate a trigger rule file
     personalize segments [--days N] [--top 3]                     segment sizes, clusters
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import history, segments
+from ops.catalog_cli import add_commands as add_catalog_commands
 from ops.local_key import API_KEY_ENV, default_api_key
 from ops.trigger_rules_cli import add_commands as add_trigger_commands
 from personalization.settings import Settings, load_settings
@@ -728,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keys file (default serving.api_keys_file, else <run_dir>/api_keys.json)",
     )
     keys.set_defaults(func=cmd_keys)
+    add_catalog_commands(sub)
     history.add_commands(sub)
     add_trigger_commands(sub)
     segments.add_commands(sub)

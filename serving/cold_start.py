@@ -12,13 +12,15 @@ rank it, so its content does. Its cold-start score for a user (0..1) is the bett
 
 A personalized Recommend list gives its last ``catalog.new_item_slots`` places to the
 best new items scoring at least ``catalog.new_item_min_score`` (fewer if fewer qualify),
-each explained "new in <category>" with the category that matched. Excluded items and
+each explained "new in <category>" with the category that matched (a new item the
+strategy ranked by itself keeps its place, explained the same way). Excluded items and
 unavailable ones never take a slot (the item has no events, so the user cannot have
 bought it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -159,11 +161,21 @@ def merge_new_items(
     k: int,
 ) -> tuple[list[RankedItem], tuple[dict[str, float], ...]]:
     """The list with the new items in its last places (at most ``k`` in all), and the
-    logged ranking features kept parallel to it (a new item was ranked by no feature)."""
+    logged ranking features kept parallel to it (a new item was ranked by no feature).
+
+    A new item the strategy picked by itself keeps its place and score and is explained
+    as new: that it is new is the news."""
+    news = {item.item_id: item for item in new}
+    items = [
+        dataclasses.replace(item, reason=news[item.item_id].reason, source=NEW_ITEM_SOURCE)
+        if item.item_id in news
+        else item
+        for item in items
+    ]
     listed = {item.item_id for item in items}
     fresh = [item for item in new if item.item_id not in listed][:k]
     if not fresh:
-        return list(items), tuple(logged)
+        return items, tuple(logged)
     keep = max(0, min(len(items), k - len(fresh)))
     merged = [*items[:keep], *fresh]
     features = (*logged[:keep], *({} for _ in fresh)) if logged else ()

@@ -271,6 +271,15 @@ def test_new_items_take_the_last_slots_and_keep_features_parallel():
     assert features == ({"f": 0.0}, {"f": 1.0}, {"f": 2.0}, {})
     short, feats = merge_new_items(listed[:2], [], new, k=4)
     assert [i.item_id for i in short] == ["i0", "i1", "n1"] and feats == ()
+    # A new item the strategy picked itself keeps its place and is explained as new.
+    picked = [*listed[:2], RankedItem("n1", 0.5, "because you like c", "c", "interest")]
+    relabelled, _ = merge_new_items(picked, [], new[:1], k=4)
+    assert [(i.item_id, i.reason, i.source) for i in relabelled][2] == (
+        "n1",
+        "new in c",
+        NEW_ITEM_SOURCE,
+    )
+    assert len(relabelled) == 3 and relabelled[2].score == 0.5
 
 
 # --- similar items ------------------------------------------------------------------
