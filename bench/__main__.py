@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-floor", action="store_true", help="skip the floor server (bench/floor_server.py)"
     )
     s.add_argument(
+        "--similar",
+        action="store_true",
+        help="also run the plan for Recommender.SimilarItems (random item, with a user)",
+    )
+    s.add_argument(
         "--strategy", default="", help="ranking strategy to serve (default: the settings')"
     )
     s.add_argument(

@@ -1,4 +1,5 @@
-"""gRPC load generator for Recommend, run as its own process (``python -m bench.loadgen``).
+"""gRPC load generator for Recommend or SimilarItems (``--method``), run as its own
+process (``python -m bench.loadgen``).
 
 Kept out of the driver process so the load it generates does not share a GIL with
 anything else the benchmark does; it still shares the machine's cores with the server,
@@ -57,11 +58,17 @@ async def record_call(
     rec: Recorder,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    """One Recommend call; its outcome and latency (from ``scheduled``) go to ``rec``."""
+    """One Recommend (or SimilarItems, by the request's type) call; its outcome and
+    latency (from ``scheduled``) go to ``rec``."""
     sent = loop.time()
     counted = rec.counts(scheduled)
+    method = (
+        stub.SimilarItems
+        if isinstance(request, recommender_pb2.SimilarItemsRequest)
+        else stub.Recommend
+    )
     try:
-        reply = await stub.Recommend(request, timeout=deadline_s)
+        reply = await method(request, timeout=deadline_s)
     except grpc.aio.AioRpcError as exc:
         if counted:
             rec.errors[exc.code().name] += 1
@@ -74,7 +81,7 @@ async def record_call(
     rec.service.append(done - sent)
     if not reply.items:
         rec.empty += 1
-    if reply.personalized:
+    if getattr(reply, "personalized", False):
         rec.personalized += 1
 
 
@@ -151,8 +158,13 @@ async def open_loop(
         await asyncio.wait(tasks, timeout=deadline_s + 1.0)
 
 
-def _request(rng: random.Random, n_users: int, prefix: str, k: int) -> Any:
-    return recommender_pb2.RecommendRequest(user_id=f"{prefix}{rng.randrange(n_users)}", k=k)
+def _request(rng: random.Random, args: argparse.Namespace) -> Any:
+    user_id = f"{args.user_prefix}{rng.randrange(args.users)}"
+    if args.method == "similar":
+        # With a user: the purchase exclusion costs the same one HMGET as Recommend.
+        item_id = f"{args.item_prefix}{rng.randrange(args.items):06d}"
+        return recommender_pb2.SimilarItemsRequest(item_id=item_id, k=args.k, user_id=user_id)
+    return recommender_pb2.RecommendRequest(user_id=user_id, k=args.k)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "open":
 
         def next_request(scheduled: float) -> tuple[Any, Recorder]:
-            return _request(rng, args.users, args.user_prefix, args.k), rec
+            return _request(rng, args), rec
 
         await open_loop(stubs, start, end, args.rate, args.deadline, next_request)
     else:
@@ -194,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 now = loop.time()
                 if now >= end:
                     return
-                req = _request(wrng, args.users, args.user_prefix, args.k)
+                req = _request(wrng, args)
                 if rec.counts(now):
                     rec.sent_counted += 1
                 await record_call(stub, req, args.deadline, now, rec, loop)
@@ -211,6 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     completed = rec.ok + sum(rec.errors.values())
     return {
         "tool": "python-grpc-aio",
+        "method": args.method,
         "mode": args.mode,
         "target_rps": args.rate if args.mode == "open" else None,
         "concurrency": args.concurrency if args.mode == "closed" else None,
@@ -243,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--users", type=int, required=True)
     p.add_argument("--user-prefix", default="bu-")
+    p.add_argument("--method", choices=("recommend", "similar"), default="recommend")
+    p.add_argument("--items", type=int, default=10_000, help="similar: catalog items")
+    p.add_argument("--item-prefix", default="bsku-sku-", help="similar: id = prefix + %%06d")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--deadline", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)

@@ -1,4 +1,5 @@
-"""Scenario ``serving``: Recommend latency and throughput over gRPC, plus Feast for scale.
+"""Scenario ``serving``: Recommend (and with ``--similar`` SimilarItems) latency and
+throughput over gRPC, plus Feast for scale.
 
 1. Seed Redis: ``n_users`` user rows and a catalog of ``n_items`` items.
    Rows are real: a simulated shop (``traffic.generator``) runs a few
@@ -14,6 +15,9 @@
    floor server (``bench/floor_server.py``) with as many processes under the same
    closed loop: the table reports each count's rate, its ratio to the first count's
    and ours / floor.
+   With ``--similar`` the same plan runs again for ``Recommender.SimilarItems`` (a random
+   catalogued item, k items, with a random user so the purchase exclusion reads the
+   user's row as Recommend does), on the same server: results under ``similar``.
 4. In process, time Feast's ``FeatureStore.get_online_features`` for the same rows.
 """
 
@@ -285,10 +289,18 @@ def run_ghz(
     k: int,
     deadline: float,
     sessions: dict[str, int],
+    method: str = "recommend",
+    n_items: int = 0,
 ) -> dict[str, Any]:
     """One ghz run; percentiles recomputed from its per-request details (for p99.9)."""
     proto_dir = PROJECT_ROOT / "protos"
-    data = json.dumps({"user_id": f"{USER_PREFIX}{{{{randomInt 0 {n_users}}}}}", "k": k})
+    user = f"{USER_PREFIX}{{{{randomInt 0 {n_users}}}}}"
+    call = "personalization.v1.Recommender/Recommend"
+    data = json.dumps({"user_id": user, "k": k})
+    if method == "similar":
+        call = "personalization.v1.Recommender/SimilarItems"
+        item = f'{ITEM_PREFIX}sku-{{{{printf "%06d" (randomInt 0 {n_items})}}}}'
+        data = json.dumps({"item_id": item, "k": k, "user_id": user})
     cmd = [
         ghz,
         "--insecure",
@@ -297,7 +309,7 @@ def run_ghz(
         "--import-paths",
         str(proto_dir),
         "--call",
-        "personalization.v1.Recommender/Recommend",
+        call,
         "-d",
         data,
         "-z",
@@ -359,6 +371,7 @@ def run_ghz(
         measured_s = duration
     return {
         "tool": "ghz",
+        "method": method,
         "mode": mode,
         "target_rps": rate if mode == "open" else None,
         "concurrency": concurrency,
@@ -469,6 +482,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
 
     phases: list[dict[str, Any]] = []
     ghz_phases: list[dict[str, Any]] = []
+    similar: dict[str, list[dict[str, Any]]] = {"python_load": [], "ghz": []}
     comparison: list[dict[str, Any]] = []
     waited = 0.0
     for n in worker_counts:
@@ -485,6 +499,12 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
         python_run, ghz_run = _load_phases(settings, args, plan, sessions, ghz_path, prefix)
         phases += python_run
         ghz_phases += ghz_run
+        if getattr(args, "similar", False):
+            python_sim, ghz_sim = _load_phases(
+                settings, args, plan, sessions, ghz_path, prefix + "SimilarItems ", "similar"
+            )
+            similar["python_load"] += python_sim
+            similar["ghz"] += ghz_sim
         bench.stop_component(BENCH_SERVER)
         floor = None if getattr(args, "no_floor", False) else _floor(bench, args, n, ghz_path)
         comparison.append(_compare(n, python_run, ghz_run, floor))
@@ -525,6 +545,7 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
         "ghz": ghz_phases,
         "ghz_path": ghz_path,
         "workers": comparison,
+        "similar": similar,
         "feast_in_process": feast,
     }
 
@@ -549,9 +570,13 @@ def _load_phases(
     sessions: dict[str, int],
     ghz_path: str | None,
     prefix: str = "",
+    method: str = "recommend",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The python load generator's phases, then ghz's (when found), on one server."""
+    """The python load generator's phases, then ghz's (when found), on one server, for
+    ``method`` (recommend or similar)."""
     common = {
+        "method": method,
+        "items": args.items,
         "users": args.users,
         "k": args.k,
         "deadline": args.deadline,
@@ -578,7 +603,7 @@ def _load_phases(
         label = prefix + _label(mode, rate, args.concurrency)
         say(f"ghz: {label} for {args.phase_duration:g}s (+{args.warmup:g}s warm-up)")
         try:
-            result = _ghz_phase(ghz_path, settings, args, mode, rate, sessions)
+            result = _ghz_phase(ghz_path, settings, args, mode, rate, sessions, method)
         except Exception as exc:
             say(f"ghz {label} failed: {exc!r}")
             ghz_phases.append({"phase": label, "tool": "ghz", "failed": repr(exc)})
@@ -600,6 +625,7 @@ def _ghz_phase(
     mode: str,
     rate: float,
     sessions: dict[str, int],
+    method: str = "recommend",
 ) -> dict[str, Any]:
     return run_ghz(
         ghz_path,
@@ -614,6 +640,8 @@ def _ghz_phase(
         k=args.k,
         deadline=args.deadline,
         sessions=sessions,
+        method=method,
+        n_items=args.items,
     )
 
 
