@@ -1,10 +1,12 @@
 """Benchmarks of the personalization platform on a private local stack.
 
-    python -m bench freshness [--rate 1000] [--duration 60]
+    python -m bench freshness [--rate 1000 [2000 ...]] [--duration 60]
     python -m bench serving   [--users 100000] [--items 10000] [--rps 200 500] [--workers 1 2]
     python -m bench all
     python -m bench soak      [--minutes 10] [--rate 150] [--rps 80]
     python -m bench ingest    [--events 50000] [--dataset movielens|taobao|PATH]
+    python -m bench stack     [--rps 300] [--rate 1000] [--duration 60] [--parallelism 1]
+    python -m bench writer    [--events 30000] [--dataset movielens|taobao|PATH]
 
 Every run starts its own stack (temporary run dir, free 127.0.0.1 ports: Redis, Kafka,
 the Flink job on a MiniCluster, the online-store writer, the gRPC server), stops it in
@@ -52,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, parents=[general])
 
     f = common.add_argument_group("freshness")
-    f.add_argument("--rate", type=float, default=1000.0, help="background events/s")
+    f.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[1000.0],
+        help="background events/s; several = one phase each on the same pipeline, one table",
+    )
     f.add_argument("--duration", type=float, default=60.0, help="probing seconds")
     f.add_argument("--freshness-warmup", type=float, default=5.0, help="load before probing")
     f.add_argument("--probe-interval", type=float, default=0.1)
@@ -118,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
             "ingest", parents=[general], help="sustained events/s and CF updates/s of the job"
         )
     )
+    from bench.whole_stack import add_arguments as add_stack_arguments
+
+    add_stack_arguments(
+        sub.add_parser(
+            "stack",
+            parents=[general],
+            help="Recommend under ingest on the whole stack, beside the same server isolated",
+        )
+    )
+    from bench.online_writer import add_arguments as add_writer_arguments
+
+    add_writer_arguments(
+        sub.add_parser(
+            "writer", parents=[general], help="rows/s the online-store writer applies on one core"
+        )
+    )
     return parser
 
 
@@ -160,28 +184,45 @@ def machine_table(info: dict[str, Any]) -> str:
     return format_table(["machine", ""], rows)
 
 
-def freshness_table(r: dict[str, Any]) -> str:
-    f = r["freshness"]
-    p = r["parameters"]
-    pipe = r.get("pipeline", {})
-    cpu = r.get("cpu_pct", {})
-    rows: list[tuple[str, Any]] = [
-        ("background load target (ev/s)", p["rate_ev_s"]),
-        ("sender achieved (ev/s)", r["sender"]["achieved_rate"]),
-        ("events into Kafka (ev/s, offsets)", pipe.get("events_into_kafka_per_s")),
-        ("Flink consumed (ev/s, committed on checkpoint)", pipe.get("flink_consumed_per_s")),
-        ("feature rows emitted by the job (/s)", pipe.get("feature_updates_emitted_per_s")),
-        ("feature rows applied by the writer (/s)", pipe.get("writer_applied_per_s")),
-        ("writer lag msgs (mean / max)", _lag(pipe.get("writer_lag_msgs"))),
-        ("Flink lag msgs (mean / max)", _lag(pipe.get("flink_lag_msgs_committed_on_checkpoint"))),
-        (f"probes sent / seen / lost ({p['duration_s']:g}s)", _probes(r)),
-        ("freshness p50 (ms)", f.get("p50_ms")),
-        ("freshness p90 (ms)", f.get("p90_ms")),
-        ("freshness p99 (ms)", f.get("p99_ms")),
-        ("freshness max (ms)", f.get("max_ms")),
+def freshness_table(runs: list[dict[str, Any]]) -> str:
+    """One column per rate (``--rate 1000 2000``: the phases of one run, in order)."""
+
+    def row(label: str, value: Any) -> tuple[Any, ...]:
+        return (label, *(value(r) for r in runs))
+
+    def pipe(key: str) -> Any:
+        return lambda r: r.get("pipeline", {}).get(key)
+
+    rows: list[tuple[Any, ...]] = [
+        row("background load target (ev/s)", lambda r: r["parameters"]["rate_ev_s"]),
+        row("sender achieved (ev/s)", lambda r: r["sender"]["achieved_rate"]),
+        row("events into Kafka (ev/s, offsets)", pipe("events_into_kafka_per_s")),
+        row("Flink consumed (ev/s, committed on checkpoint)", pipe("flink_consumed_per_s")),
+        row("feature rows emitted by the job (/s)", pipe("feature_updates_emitted_per_s")),
+        row("feature rows applied by the writer (/s)", pipe("writer_applied_per_s")),
+        row("writer lag msgs (mean / max)", lambda r: _lag(pipe("writer_lag_msgs")(r))),
+        row(
+            "Flink lag msgs (mean / max)",
+            lambda r: _lag(pipe("flink_lag_msgs_committed_on_checkpoint")(r)),
+        ),
+        row(
+            f"probes sent / seen / lost ({runs[0]['parameters']['duration_s']:g}s)",
+            _probes,
+        ),
+        row("freshness p50 (ms)", lambda r: r["freshness"].get("p50_ms")),
+        row("freshness p90 (ms)", lambda r: r["freshness"].get("p90_ms")),
+        row("freshness p99 (ms)", lambda r: r["freshness"].get("p99_ms")),
+        row("freshness max (ms)", lambda r: r["freshness"].get("max_ms")),
     ]
-    rows += [(f"cpu % of a core: {name}", value) for name, value in cpu.items()]
-    return format_table(["freshness (produce -> row readable in Redis)", "value"], rows)
+    cpu_names: list[str] = []
+    for r in runs:
+        cpu_names += [c for c in r.get("cpu_pct", {}) if c not in cpu_names]
+    rows += [
+        row(f"cpu % of a core: {name}", lambda r, n=name: r.get("cpu_pct", {}).get(n))
+        for name in cpu_names
+    ]
+    columns = [f"{r['parameters']['rate_ev_s']:g} ev/s" for r in runs]
+    return format_table(["freshness (produce -> row readable in Redis)", *columns], rows)
 
 
 def _lag(d: dict[str, Any] | None) -> str:
@@ -324,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             results["soak"] = _guard("soak", bench, args)
         if args.scenario == "ingest":
             results["ingest"] = _guard("ingest", bench, args)
+        if args.scenario == "stack":
+            results["stack"] = _guard("stack", bench, args)
+        if args.scenario == "writer":
+            results["writer"] = _guard("writer", bench, args)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -335,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(machine_table(info))
-    if isinstance(results.get("freshness"), dict) and "freshness" in results["freshness"]:
+    if isinstance(results.get("freshness"), dict) and results["freshness"].get("runs"):
         print()
-        print(freshness_table(results["freshness"]))
+        print(freshness_table(results["freshness"]["runs"]))
     if isinstance(results.get("serving"), dict) and "python_load" in results["serving"]:
         print()
         print(serving_tables(results["serving"]))
@@ -353,6 +398,18 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(ingest_report(ingest))
+    whole = results.get("stack")
+    if isinstance(whole, dict) and "phases" in whole:
+        from bench.whole_stack import report as stack_report
+
+        print()
+        print(stack_report(whole))
+    online_writer = results.get("writer")
+    if isinstance(online_writer, dict) and "measured" in online_writer:
+        from bench.online_writer import report as writer_report
+
+        print()
+        print(writer_report(online_writer))
     print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
     if failed is not None:
         print(f"FAILED: {failed!r}", file=sys.stderr)
@@ -365,14 +422,18 @@ def main(argv: list[str] | None = None) -> int:
 def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
     from bench.freshness import run_freshness
     from bench.ingest import run_ingest
+    from bench.online_writer import run_writer_bench
     from bench.serving import run_serving
     from bench.soak import run_soak
+    from bench.whole_stack import run_stack
 
     fn = {
         "freshness": run_freshness,
         "serving": run_serving,
         "soak": run_soak,
         "ingest": run_ingest,
+        "stack": run_stack,
+        "writer": run_writer_bench,
     }[name]
     try:
         return fn(bench, args)
