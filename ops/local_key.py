@@ -86,7 +86,10 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def _valid(keys: tuple[ApiKey, ...], key: str) -> bool:
-    return bool(key) and AccessPolicy(keys).verify(key) is not None
+    """The key is known and holds every scope (a scope added since it was made, such as
+    ``catalog``, makes ``up`` replace it)."""
+    found = AccessPolicy(keys).verify(key) if key else None
+    return found is not None and set(SCOPES) <= set(found.scopes)
 
 
 def ensure_local_access(settings: Settings) -> LocalAccess | None:

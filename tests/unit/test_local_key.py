@@ -51,6 +51,27 @@ def test_first_up_makes_a_key_with_every_scope(settings: Settings):
         assert policy.decide([("x-api-key", local.key)], method).allowed, method
 
 
+def test_a_key_missing_a_newer_scope_is_replaced(settings: Settings):
+    # A run dir from before a scope (e.g. catalog) existed: its key cannot call the
+    # new methods, so `up` replaces it by one with every scope.
+    path = keys_file(settings)
+    old_scopes = [s for s in SCOPES if s != "catalog"]
+    made: list[str] = []
+
+    def add(keys):  # type: ignore[no-untyped-def]
+        keys, key = create_key(keys, LOCAL_KEY_ID, old_scopes)
+        made.append(key)
+        return keys
+
+    update_keys_file(path, add)
+    key_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    key_file(settings).write_text(made[0] + "\n")
+    local = ensure_local_access(settings)
+    assert local is not None and local.created and local.key != made[0]
+    keys = load_keys_file(path)
+    assert [(k.id, k.scopes) for k in keys] == [(LOCAL_KEY_ID, frozenset(SCOPES))]
+
+
 def test_later_ups_keep_the_key(settings: Settings):
     first = ensure_local_access(settings)
     assert first is not None
