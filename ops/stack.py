@@ -143,9 +143,28 @@ def start_infra(
         service.start(settings)
 
 
+# The CPU priority of each component (settings.priority; PrioritySettings says why).
+NICENESS: dict[str, Callable[[Settings], int]] = {
+    FLINK_JOB.name: lambda s: s.priority.job,
+    WRITER.name: lambda s: s.priority.writer,
+    SERVER.name: lambda s: s.priority.serving,
+    DISPATCHER.name: lambda s: s.priority.dispatcher,
+    DASHBOARD.name: lambda s: s.priority.dashboard,
+}
+
+
+def niced(command: list[str], niceness: int) -> list[str]:
+    """``command`` run at CPU priority ``niceness`` (``nice`` execs it: same pid, and the
+    JVM a MiniCluster job starts inherits it)."""
+    return ["nice", "-n", str(niceness), *command] if niceness > 0 else command
+
+
 def start_component(settings: Settings, component: Component) -> int:
+    niceness = NICENESS.get(component.name, lambda _: 0)(settings)
     return component.process(settings).start(
-        component.command(), env=child_env(settings, component.name), cwd=PROJECT_ROOT
+        niced(component.command(), niceness),
+        env=child_env(settings, component.name),
+        cwd=PROJECT_ROOT,
     )
 
 

@@ -348,7 +348,11 @@ def _run_script(
     ident: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> str:
+    # The daemons (JobManager, TaskManagers) run at the job's CPU priority, as the
+    # MiniCluster job does (settings.priority).
     cmd = ["bash", str(bin_dir() / script), *args]
+    if settings.priority.job > 0:
+        cmd = ["nice", "-n", str(settings.priority.job), *cmd]
     env = flink_env(settings)
     env.update(extra_env or {})
     if ident is not None:

@@ -57,3 +57,16 @@ def test_every_taskmanager_serves_job_metrics_on_a_port_of_its_own(monkeypatch) 
         "http://127.0.0.1:9464/metrics",
         "http://127.0.0.1:9470/metrics",
     ]
+
+
+def test_the_job_and_the_writer_run_below_serving_priority() -> None:
+    from ops import stack
+
+    s = Settings()
+    assert s.priority.job > s.priority.writer > s.priority.serving == 0
+    assert stack.niced(["python", "-m", "x"], 10) == ["nice", "-n", "10", "python", "-m", "x"]
+    assert stack.niced(["python"], 0) == ["python"]  # 0 = the caller's own priority
+    by_name = {name: pick(s) for name, pick in stack.NICENESS.items()}
+    assert by_name[stack.FLINK_JOB.name] == s.priority.job
+    assert by_name[stack.SERVER.name] == 0
+    assert set(by_name) == {c.name for c in stack.APP_COMPONENTS}
