@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -49,13 +49,16 @@ __all__ = [
     "HISTORY_VIEWS",
     "TIMESTAMP_COLUMN",
     "CompactionReport",
+    "Pending",
     "arrow_schema",
     "compact",
     "ensure_layout",
     "history_views",
     "partition_dirs",
     "read_view",
+    "to_arrow",
     "training_set",
+    "write_pending",
     "write_rows",
 ]
 
@@ -131,27 +134,38 @@ def _feature_schema(view: str) -> pa.Schema:
     return pa.schema(list(arrow_schema(view))[2:])
 
 
-def write_rows(root: Path, updates: Iterable[FeatureUpdate]) -> int:
-    """Append rows as one new file per (view, date); returns the rows written.
+@dataclass
+class Pending:
+    """Rows converted to Arrow and not written yet: tables per (view, day index) and
+    erasures as (entity key, entity id, time µs). Arrow buffers, not Python objects: the
+    writer holds up to ``history.flush_rows`` rows between flushes, and as dicts they
+    would be garbage-collector work for as long."""
 
-    Model versions are not feature rows: skipped. An erasure is noted in the erasure
-    log (``_erasures/``), and :func:`compact` removes the entity's rows up to its time
-    from every view of that entity."""
+    tables: dict[tuple[str, int], list[pa.Table]] = field(default_factory=dict)
+    erasures: list[tuple[str, str, int]] = field(default_factory=list)
+    rows: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.erasures)
+
+
+def to_arrow(updates: Iterable[FeatureUpdate], pending: Pending | None = None) -> Pending:
+    """Add ``updates`` to ``pending`` (a new one by default) as Arrow tables.
+
+    Model versions are not feature rows: skipped. An erasure goes to the erasure log
+    (``_erasures/``), and :func:`compact` removes the entity's rows up to its time from
+    every view of that entity."""
+    pending = pending if pending is not None else Pending()
     # Grouped by the day index of the version time: integer arithmetic per row (a
     # datetime per row cost a third of the whole write).
     groups: dict[tuple[str, int], list[FeatureUpdate]] = {}
-    erasures: list[FeatureUpdate] = []
     for row in updates:
         if is_model_version(row) or row.view not in HISTORY_VIEWS:
             continue
         if row.erase:
-            erasures.append(row)
+            pending.erasures.append((ENTITY_OF_VIEW[row.view], row.entity_id, row.version_us))
             continue
         groups.setdefault((row.view, row.version_us // _DAY_US), []).append(row)
-    stamp = int(time.time() * 1000)
-    if erasures:
-        _log_erasures(root, erasures, stamp)
-    written = 0
     for (view, day_index), rows in groups.items():
         schema = arrow_schema(view)
         try:
@@ -169,20 +183,41 @@ def write_rows(root: Path, updates: Iterable[FeatureUpdate]) -> int:
         table = features.add_column(
             0, schema.field(0), pa.array([r.entity_id for r in rows], pa.string())
         ).add_column(1, schema.field(1), stamps)
+        pending.tables.setdefault((view, day_index), []).append(table)
+        pending.rows += len(rows)
+    return pending
+
+
+def write_pending(root: Path, pending: Pending) -> int:
+    """One new file per (view, day) of ``pending``, and the erasures; returns the rows
+    written. ``pending`` is left as it is: on an error the caller keeps it and tries
+    again (a file already written then is written twice: duplicates, dropped by
+    :func:`compact`)."""
+    stamp = int(time.time() * 1000)
+    if pending.erasures:
+        _log_erasures(root, pending.erasures, stamp)
+    written = 0
+    for (view, day_index), tables in pending.tables.items():
+        table = pa.concat_tables(tables)
         day = _EPOCH + timedelta(days=day_index)
         folder = root / view / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(table, folder / f"part-{stamp}-{next(_sequence)}.parquet")
-        written += len(rows)
+        written += table.num_rows
     return written
 
 
-def _log_erasures(root: Path, erasures: list[FeatureUpdate], stamp: int) -> None:
+def write_rows(root: Path, updates: Iterable[FeatureUpdate]) -> int:
+    """:func:`to_arrow` then :func:`write_pending`: one new file per (view, day)."""
+    return write_pending(root, to_arrow(updates))
+
+
+def _log_erasures(root: Path, erasures: list[tuple[str, str, int]], stamp: int) -> None:
     table = pa.Table.from_arrays(
         [
-            pa.array([ENTITY_OF_VIEW[r.view] for r in erasures], pa.string()),
-            pa.array([r.entity_id for r in erasures], pa.string()),
-            pa.array([r.version_us for r in erasures], pa.int64()),
+            pa.array([e[0] for e in erasures], pa.string()),
+            pa.array([e[1] for e in erasures], pa.string()),
+            pa.array([e[2] for e in erasures], pa.int64()),
         ],
         schema=_ERASURE_SCHEMA,
     )

@@ -209,10 +209,10 @@ def test_a_failed_flush_keeps_the_rows(tmp_path: Path) -> None:
         pass
     else:  # pragma: no cover - the assertion below reports it
         raise AssertionError("flush over a blocked folder did not fail")
-    assert len(buffer.rows) == 1
+    assert buffer.pending.rows == 1
     (blocked / USER_PROFILE / "2017-11-26").unlink()
     assert buffer.flush() == 1
-    assert buffer.rows == []
+    assert not buffer.pending
 
 
 def test_compaction_brings_old_files_to_the_current_schema(tmp_path: Path) -> None:
