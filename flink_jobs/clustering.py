@@ -49,6 +49,7 @@ __all__ = [
     "NO_CLUSTER",
     "RFM_DIMS",
     "SEGMENT_CHANGED",
+    "TRIGGER_KIND",
     "Assignment",
     "Clusters",
     "category_bucket",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 SEGMENT_CHANGED = "segment_changed"
+# The ``kind`` of its trigger records (rule-file triggers carry their rule kind).
+TRIGGER_KIND = "clustering"
 NO_CLUSTER = -1
 RFM_DIMS = 4
 # Scales of the RFM figures: log1p(x) / log1p(scale), capped at 1.
@@ -187,6 +190,7 @@ class Clusters:
                         "to_cluster": found.cluster,
                         "distance": round(found.distance, 6),
                     },
+                    kind=TRIGGER_KIND,
                 )
             )
         return (found.cluster, round(found.distance, 6), events), fired

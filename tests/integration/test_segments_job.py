@@ -105,6 +105,7 @@ def test_segment_changed_fires_in_the_job(pipeline: Settings) -> None:
         (record,) = wait_for(changed, 120, "a segment_changed trigger of the user", 0.0)[:1]
     finally:
         consumer.close()
+    assert record["kind"] == "clustering"
     evidence = record["evidence"]
     assert evidence["from_cluster"] != evidence["to_cluster"]
     assert evidence["from_cluster"] >= 0 and evidence["to_cluster"] >= 0

@@ -180,7 +180,7 @@ def test_segment_changed_fires_when_the_users_cluster_moves() -> None:
     assert state is not None and state.cluster[0] != first
     assert changes, "no segment_changed trigger"
     change = changes[0]
-    assert change.user_id == "u1"
+    assert change.user_id == "u1" and change.kind == clustering.TRIGGER_KIND
     assert change.evidence["from_cluster"] == first
     assert change.evidence["to_cluster"] != first
     # The row after the change carries the new cluster and its distance.
