@@ -12,19 +12,30 @@ The user is what serving would read (the job's ``user_profile`` row decoded by
 :func:`serving.ranking.rank` over a :class:`serving.catalog.CatalogSnapshot` whose
 columns (trending, item factors, co-visitation lists) are kept current in place, i.e.
 exactly what serving would see with an instantly refreshed catalog.
+
+Besides HitRate@k and NDCG@k each method reports the catalog coverage of its top k (the
+share of catalogued items shown at least once) and the share of each candidate source
+among the items it showed (``RankedItem.source``). ``learned_v1`` methods rank with a
+head trained test-then-train on the same stream (:mod:`analysis.blend_learner`).
+``session_gap_s`` restricts the test to events whose user interacted within that gap
+before (next item within a session, for logs of one-visit users); every event is still
+learnt.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from analysis.blend_learner import BlendLearner
 from flink_jobs import profile
 from flink_jobs.covisitation import CoVisitConfig
 from flink_jobs.learning import (
@@ -35,20 +46,27 @@ from flink_jobs.learning import (
 )
 from flink_jobs.local import LocalPipeline
 from personalization.events import Event, EventRejected, validate_event
-from personalization.settings import FeatureSettings, PrivacySettings, Settings
+from personalization.settings import (
+    FeatureSettings,
+    LearningSettings,
+    PrivacySettings,
+    Settings,
+)
 from serving.catalog import CatalogSnapshot, ItemRow, build_snapshot
 from serving.online_features import UserFeatures, features_from_row
-from serving.ranking import RankingParams, rank
-from traffic.replay import _movielens_genres, iter_events
+from serving.ranking import LEARNED, RankedItem, RankingParams, rank
+from traffic.replay import BadRows, EventReader, _movielens_genres, iter_events
 
 __all__ = [
     "EvaluationResult",
     "MethodScore",
+    "coverage",
     "evaluate",
     "hit_and_ndcg",
     "load_events",
     "movielens_item_tags",
     "rating_of",
+    "source_shares",
 ]
 
 
@@ -60,23 +78,44 @@ def hit_and_ndcg(ranked: Sequence[str], target: str, k: int) -> tuple[int, float
     return 0, 0.0
 
 
+def coverage(shown: Collection[str], catalog_items: int) -> float:
+    """Share of the catalog's items that were in some top k."""
+    return len(shown) / catalog_items if catalog_items else 0.0
+
+
+def source_shares(sources: Mapping[str, int]) -> dict[str, float]:
+    """Each source's share of the items shown (they sum to 1), largest first."""
+    total = sum(sources.values())
+    if not total:
+        return {}
+    return {name: count / total for name, count in sorted(sources.items(), key=lambda p: -p[1])}
+
+
 @dataclass(slots=True)
 class MethodScore(PrequentialReport):
-    """One ranking method's HitRate@k / NDCG@k (the job's prequential accumulator) and
-    the time it spent ranking."""
+    """One ranking method's HitRate@k / NDCG@k (the job's prequential accumulator), the
+    items and sources it showed, and the time it spent ranking."""
 
     name: str = ""
     rank_seconds: float = 0.0
+    shown: set[str] = field(default_factory=set)
+    sources: Counter[str] = field(default_factory=Counter)
 
     @property
     def rank_us(self) -> float:
         return 1e6 * self.rank_seconds / self.events if self.events else 0.0
+
+    def add_shown(self, items: Sequence[RankedItem]) -> None:
+        for item in items:
+            self.shown.add(item.item_id)
+            self.sources[item.source] += 1
 
 
 @dataclass(slots=True)
 class EvaluationResult:
     k: int
     events: int = 0
+    catalog_items: int = 0
     methods: dict[str, MethodScore] = field(default_factory=dict)
     seconds: float = 0.0
     cf_updates: int = 0
@@ -84,23 +123,41 @@ class EvaluationResult:
     # the online MF (with its prequential check) and the item-factor feed.
     steps_seconds: float = 0.0
 
+    def coverage(self, method: str) -> float:
+        return coverage(self.methods[method].shown, self.catalog_items)
+
     def table(self) -> str:
+        k = str(self.k)
         lines = [
-            f"{'method':<14} {'HitRate@' + str(self.k):>10} {'NDCG@' + str(self.k):>9} "
-            f"{'rank µs/event':>14}"
+            f"{'method':<14} {'HitRate@' + k:>10} {'NDCG@' + k:>9} {'coverage@' + k:>11} "
+            f"{'rank µs/event':>14}  sources shown"
         ]
         for m in self.methods.values():
-            lines.append(f"{m.name:<14} {m.hit_rate:>10.4f} {m.ndcg:>9.4f} {m.rank_us:>14.0f}")
+            shares = ", ".join(f"{s} {v:.0%}" for s, v in source_shares(m.sources).items())
+            lines.append(
+                f"{m.name:<14} {m.hit_rate:>10.4f} {m.ndcg:>9.4f} "
+                f"{self.coverage(m.name):>11.3f} {m.rank_us:>14.0f}  {shares}"
+            )
         return "\n".join(lines)
 
 
 # --- data -----------------------------------------------------------------------------
 
 
-def load_events(path: str | Path, limit: int | None = None) -> list[Event]:
-    """Validated events of a replay file, in event-time order (stable)."""
+def load_events(
+    path: str | Path, limit: int | None = None, reader: EventReader | None = None
+) -> list[Event]:
+    """Validated events of a replay file (any format ``traffic.replay`` reads, or
+    through ``reader``, e.g. a mapped CSV), in event-time order (stable)."""
     out = []
-    for raw in iter_events(path, limit=limit, sort_by_time=True, demographics=False):
+    for raw in iter_events(
+        path,
+        limit=limit,
+        sort_by_time=True,
+        demographics=False,
+        reader=reader,
+        bad_rows=BadRows() if reader is not None else None,
+    ):
         try:
             out.append(validate_event(raw, now_ms=int(raw.get("event_time") or 0)))
         except EventRejected:
@@ -109,9 +166,21 @@ def load_events(path: str | Path, limit: int | None = None) -> list[Event]:
 
 
 def movielens_item_tags(folder: str | Path) -> dict[str, list[str]]:
-    """movie id → all its genres (lower case) from ``u.item``; {} if absent."""
+    """movie id → all its genres (lower case) from ``u.item`` (MovieLens 100K) or
+    ``movies.csv`` (MovieLens latest); {} if neither is there."""
     folder = Path(folder)
     item_file = folder / "u.item"
+    movies = folder / "movies.csv"
+    if not item_file.is_file() and movies.is_file():
+        with movies.open(encoding="utf-8", newline="") as fh:
+            return {
+                rec["movieId"]: [
+                    g.strip().lower()
+                    for g in (rec.get("genres") or "").split("|")
+                    if g.strip() and g.strip() != "(no genres listed)"
+                ]
+                for rec in csv.DictReader(fh)
+            }
     if not item_file.is_file():
         return {}
     genres = [g.lower() for g in _movielens_genres(folder)]
@@ -213,12 +282,17 @@ def evaluate(
     features: FeatureSettings | None = None,
     popularity_half_life_s: float = math.inf,
     item_tags: Mapping[str, Iterable[str]] | None = None,
+    head: LearningSettings | None = None,
+    session_gap_s: float = 0.0,
 ) -> EvaluationResult:
     """Test-then-train replay of ``events`` (in order) for every ranking in ``methods``.
 
     Every event is learnt by the job's steps (``flink_jobs/local.py``); the interactions
     (an item and a positive learning weight) are ranked first. ``popularity_half_life_s``
     is the item step's trending half-life; ``math.inf`` (the default) keeps plain counts.
+    ``head`` configures the learner of ``learned_v1`` methods (default: the defaults);
+    ``session_gap_s`` > 0 tests only events within that gap of the user's previous
+    interaction.
     """
     started = time.perf_counter()
     learner = learner or LearnerConfig()
@@ -241,24 +315,57 @@ def evaluate(
         name: dataclasses.replace(p, half_life_s=popularity_half_life_s, exploration_share=0.0)
         for name, p in methods.items()
     }
-    result = EvaluationResult(k=k, methods={name: MethodScore(k, name=name) for name in methods})
+    result = EvaluationResult(
+        k=k,
+        catalog_items=len(catalog),
+        methods={name: MethodScore(k, name=name) for name in methods},
+    )
+    head = head or LearningSettings()
+    learners = {
+        name: BlendLearner.from_settings(head)
+        for name, p in params.items()
+        if p.strategy == LEARNED
+    }
     interacted: dict[str, set[str]] = {}
+    interacted_at: dict[str, set[int]] = {}  # the same, as catalog positions
+    last_interaction: dict[str, int] = {}
+    gap_ms = session_gap_s * 1000.0
 
     for event in events:
         item, user_id, t = event.item_id, event.user_id, event.event_time_ms
         neighbours.now_ms = max(neighbours.now_ms, t)
-        tested = bool(item) and interaction_weight(event.event_type, rating_of(event)) > 0
+        interaction = bool(item) and interaction_weight(event.event_type, rating_of(event)) > 0
+        previous = last_interaction.get(user_id)
+        tested = interaction and (gap_ms <= 0 or (previous is not None and t - previous <= gap_ms))
+        if interaction:
+            last_interaction[user_id] = t
+        mine = interacted.setdefault(user_id, set())
+        mine_at = interacted_at.setdefault(user_id, set())
         if tested:
-            mine = interacted.setdefault(user_id, set())
             user = _user_features(pipeline, user_id, t)
+            target = catalog.index_of[item]
             for name, p in params.items():
+                blend = learners.get(name)
                 t0 = time.perf_counter()
-                ranking = rank(user, catalog, k, t, exclude=mine, params=p)
+                ranking = rank(
+                    user,
+                    catalog,
+                    k,
+                    t,
+                    exclude=mine,
+                    params=p,
+                    propensity=blend.head if blend is not None else None,
+                )
                 score = result.methods[name]
                 score.rank_seconds += time.perf_counter() - t0
                 score.add_hit(*hit_and_ndcg([r.item_id for r in ranking.items], item, k))
+                score.add_shown(ranking.items)
+                if blend is not None:
+                    blend.learn(ranking, target, mine_at)
             result.events += 1
+        if interaction:
             mine.add(item)
+            mine_at.add(catalog.index_of[item])
 
         # --- learn the event: the job's own steps ---
         pipeline.last_learned_item = ""

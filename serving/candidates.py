@@ -20,6 +20,8 @@ trending       decayed trending / catalog maximum           trending now
 content        recency-weighted Jaccard of tags (catalog:   similar to X
                path, brand, tags; or same category) with
                the user's recent items
+session        neighbours of the user's newest item alone   picked around X
+               (the item-to-item transition), / the best
 =============  ===========================================  ==============================
 
 Scores are only normalised over ``allowed`` items, so a user's purchases or just-seen
@@ -48,6 +50,7 @@ __all__ = [
     "COVISITATION",
     "INTEREST",
     "PROPENSITY",
+    "SESSION",
     "SOURCES",
     "TRENDING",
     "CandidateContext",
@@ -56,6 +59,7 @@ __all__ = [
     "ContentSource",
     "CovisitationSource",
     "InterestSource",
+    "SessionSource",
     "SourceScores",
     "TrendingSource",
     "interest_by_code",
@@ -68,7 +72,8 @@ COVISITATION = "covisitation"
 INTEREST = "interest"
 TRENDING = "trending"
 CONTENT = "content"
-SOURCES = (CF, COVISITATION, INTEREST, TRENDING, CONTENT)
+SESSION = "session"
+SOURCES = (CF, COVISITATION, INTEREST, TRENDING, CONTENT, SESSION)
 # Not a source of its own: the learned click propensity over the sources' scores
 # (serving/propensity.py), blended like one when a strategy gives it a weight.
 PROPENSITY = "propensity"
@@ -118,6 +123,8 @@ def reason_for(source: str, anchor: str) -> str:
         return f"similar to {anchor}" if anchor else "similar to what you viewed"
     if source == INTEREST:
         return anchor or "recommended for you"  # the anchor is the full phrase
+    if source == SESSION:
+        return f"picked around {anchor}" if anchor else "picked around your last item"
     if source == PROPENSITY:
         return "you often pick items like this"
     if source == TRENDING:
@@ -328,6 +335,32 @@ class ContentSource:
         return SourceScores(CONTENT, scores, anchor=anchor)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionSource:
+    """The neighbours of the user's newest item only: the next step of the session.
+
+    Co-visitation blends the last few items with a fixed recency decay; this source is
+    that blend's first term alone, so a learned blend can weigh "what goes with the
+    item just seen" against the longer history instead of taking the decay as given.
+    """
+
+    name: ClassVar[str] = SESSION
+
+    def score(self, ctx: CandidateContext) -> SourceScores:
+        catalog = ctx.catalog
+        if not catalog.covisitation or not ctx.anchors:
+            return _empty(ctx, SESSION)
+        newest = ctx.anchors[0]
+        entry = catalog.covisitation.get(newest)
+        if entry is None:
+            return _empty(ctx, SESSION)
+        neighbours, weights = entry
+        raw = np.zeros(len(catalog), dtype=np.float64)
+        raw[neighbours] = weights
+        anchor = catalog.item_ids[newest]
+        return SourceScores(SESSION, _max_normalised(raw, ctx.allowed), anchor=lambda i: anchor)
+
+
 # The registry, in :data:`SOURCES` order (the order blends sum and explain them in).
 CANDIDATE_SOURCES: Mapping[str, CandidateSource] = {
     source.name: source
@@ -337,6 +370,7 @@ CANDIDATE_SOURCES: Mapping[str, CandidateSource] = {
         InterestSource(),
         TrendingSource(),
         ContentSource(),
+        SessionSource(),
     )
 }
 

@@ -44,6 +44,8 @@ ITEM_FEATURES = (*(f"src_{s}" for s in cand.SOURCES), "price", "shown_before")
 USER_FEATURES = ("user_new", "user_buyer", "user_mobile")
 FEATURES = ITEM_FEATURES + USER_FEATURES
 PRICE_SCALE = 8.0
+# The version name of a head built from configured blend weights, not learned.
+PRIOR_VERSION = "prior"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +112,18 @@ class PropensityModel:
             raise ValueError(f"propensity {version.version}: non-finite weights")
         return PropensityModel(version.version, weights, intercept)
 
-    def score(self, columns: FeatureColumns) -> np.ndarray:
-        """P(click) per catalog item (sigmoid of the linear score)."""
+    @staticmethod
+    def prior(weights: Mapping[str, float]) -> PropensityModel:
+        """The head before any model is learned: blend weights per candidate source as
+        the weights of their ``src_`` features (its ranking is that blend's)."""
+        return PropensityModel(
+            PRIOR_VERSION,
+            {f"src_{s}": float(w) for s, w in weights.items() if s in cand.SOURCES},
+            0.0,
+        )
+
+    def linear(self, columns: FeatureColumns) -> np.ndarray:
+        """The linear score (log-odds) per catalog item: what the learned blend ranks by."""
         z = self.intercept + sum(self.weights.get(k, 0.0) * v for k, v in columns.user.items())
         first = next(iter(columns.items.values()))
         total = np.full(first.shape[0], z, dtype=np.float64)
@@ -119,7 +131,11 @@ class PropensityModel:
             w = self.weights.get(name, 0.0)
             if w:
                 total += w * column
-        return 1.0 / (1.0 + np.exp(-np.clip(total, -30.0, 30.0)))
+        return total
+
+    def score(self, columns: FeatureColumns) -> np.ndarray:
+        """P(click) per catalog item (sigmoid of the linear score)."""
+        return 1.0 / (1.0 + np.exp(-np.clip(self.linear(columns), -30.0, 30.0)))
 
 
 class ModelWatcher:

@@ -24,6 +24,7 @@ __all__ = [
     "HOLDOUT_REASON",
     "HYBRID",
     "HYBRID_V1",
+    "LEARNED",
     "NO_INTERESTS",
     "OPTED_OUT",
     "POPULAR_IN_CATEGORY",
@@ -46,6 +47,9 @@ HOLDOUT = "trending"
 # configured in ``ranking.strategies`` (hybrid_v1, hybrid_v2, ...) is one.
 HYBRID = "hybrid"
 HYBRID_V1 = "hybrid_v1"
+# The candidate sources blended by the learned ranking head (serving/strategies.py);
+# ``ranking.strategies[LEARNED]`` holds its prior, the blend used until a model exists.
+LEARNED = "learned_v1"
 # Strategies whose rules are fixed in code: they take no weights from the settings.
 FIXED_STRATEGIES = (STRATEGY, HOLDOUT)
 
@@ -81,6 +85,9 @@ class RankingParams:
     recency_decay: float = 0.7
     anchor_items: int = 5
     fatigue: fatigue_mod.FatigueRules = field(default_factory=fatigue_mod.FatigueRules)
+    # Score every candidate source for the logged features even where the strategy
+    # weighs fewer (serving always does; an offline replay of a fixed blend need not).
+    log_features: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, strategy: str | None = None) -> RankingParams:
@@ -159,3 +166,6 @@ class Ranking:
     # Per item, the features it was ranked with (hybrid strategies; logged with the
     # exposure as training data of the propensity model).
     logged_features: list[dict[str, float]] = field(default_factory=list)
+    # Every catalog item's ranking features (None for lists without them): what the
+    # offline replay trains the learned blend on, so it learns from what was ranked.
+    features: propensity_mod.FeatureColumns | None = field(default=None, compare=False, repr=False)

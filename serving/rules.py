@@ -17,6 +17,8 @@ diversity      picks the top k, at most ``ceil(k * share)`` per category when th
                is personalized; soft: capped categories fill what nothing else can
 exploration    the last ``floor(k * exploration_share)`` personalized slots go to
                seeded draws from the candidates ranked just below the top k
+source_        the same slots, each given to a candidate source drawn at random
+exploration    (seeded) from those with a candidate left: its best remaining item
 cap_refill     the frequency cap is soft: held-back items fill a list nothing else
                could fill, with their score from before fatigue
 =============  =======================================================================
@@ -49,6 +51,7 @@ __all__ = [
     "FatigueStage",
     "RuleStage",
     "Slate",
+    "SourceExplorationStage",
     "run_rules",
 ]
 
@@ -74,6 +77,10 @@ class Slate:
     order: np.ndarray = field(default_factory=lambda: _NO_ORDER)  # ranked, best first
     chosen: list[int] = field(default_factory=list)  # the picked positions, in list order
     explored: set[int] = field(default_factory=set)  # picked by exploration
+    # Each candidate source's scores [n] (strategies that blend sources hand them over),
+    # and which source source_exploration drew for each of its picks.
+    sources: Mapping[str, np.ndarray] = field(default_factory=dict)
+    explored_sources: dict[int, str] = field(default_factory=dict)
 
 
 class RuleStage(Protocol):
@@ -209,6 +216,62 @@ class ExplorationStage:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceExplorationStage:
+    """Exploration over sources: the last ``floor(k * exploration_share)`` slots each go
+    to a candidate source drawn at random (seeded) among those with an eligible item
+    left, which places its best one.
+
+    Drawing sources, not items below the top k, means every source's best candidates
+    get shown, clicked or ignored, and logged: a learned blend only learns the weight of
+    a source whose items it sees outcomes for, and would otherwise starve the ones it
+    starts out weighing low.
+    """
+
+    name: ClassVar[str] = "source_exploration"
+
+    def depth(self, request: RankRequest) -> int:
+        return 0
+
+    def apply(self, request: RankRequest, slate: Slate) -> None:
+        if not slate.personalized or not slate.sources:
+            return
+        chosen = slate.chosen
+        slots = min(math.floor(request.k * request.params.exploration_share), len(chosen))
+        if slots <= 0:
+            return
+        kept = chosen[: len(chosen) - slots]
+        eligible = np.isfinite(slate.score)
+        eligible[kept] = False
+        rng = random.Random(request.seed)
+        names = sorted(slate.sources)
+        picks: list[int] = []
+        for slot in chosen[len(kept) :]:
+            best = {}
+            for name in names:
+                scores = np.where(eligible, slate.sources[name], 0.0)
+                top = int(scores.argmax())
+                if scores[top] > 0:
+                    best[name] = top
+            if not best:
+                # No source has an eligible candidate: the slot keeps its own pick, or
+                # the best item left when an exploration pick took that one.
+                if not eligible[slot]:
+                    rest = np.where(eligible, slate.score, -np.inf)
+                    slot = int(rest.argmax())
+                    if not np.isfinite(rest[slot]):
+                        continue
+                picks.append(slot)
+                eligible[slot] = False
+                continue
+            name = rng.choice(sorted(best))
+            picks.append(best[name])
+            eligible[best[name]] = False
+            slate.explored_sources[best[name]] = name
+        slate.chosen = kept + picks
+        slate.explored = set(slate.explored_sources)
+
+
+@dataclass(frozen=True, slots=True)
 class CapRefillStage:
     """The frequency cap is soft: held-back items fill a list nothing else can fill."""
 
@@ -232,7 +295,14 @@ class CapRefillStage:
 # Every stage class by name; each strategy's pipeline is built from instances of these.
 RULE_STAGES: Mapping[str, type[RuleStage]] = {
     stage.name: stage
-    for stage in (ExclusionStage, FatigueStage, DiversityStage, ExplorationStage, CapRefillStage)
+    for stage in (
+        ExclusionStage,
+        FatigueStage,
+        DiversityStage,
+        ExplorationStage,
+        SourceExplorationStage,
+        CapRefillStage,
+    )
 }
 
 
@@ -243,12 +313,13 @@ def run_rules(
     *,
     personalized: bool,
     excluded: list[int] | None = None,
+    sources: Mapping[str, np.ndarray] | None = None,
 ) -> Slate:
     """Pass ``score`` (the request's own array: it is written) through ``stages``."""
     pool = 0
     for stage in stages:
         pool = max(pool, stage.depth(request))
-    slate = Slate(score, personalized, pool, excluded)
+    slate = Slate(score, personalized, pool, excluded, sources=sources or {})
     for stage in stages:
         stage.apply(request, slate)
     return slate

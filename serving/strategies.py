@@ -24,6 +24,7 @@ import numpy as np
 
 from serving import candidates as cand
 from serving import propensity as propensity_mod
+from serving.catalog_snapshot import CatalogSnapshot
 from serving.context_trending import context_trending
 from serving.ranking_types import (
     CATALOG_EMPTY,
@@ -31,6 +32,7 @@ from serving.ranking_types import (
     HOLDOUT,
     HOLDOUT_REASON,
     HYBRID,
+    LEARNED,
     NO_INTERESTS,
     POPULAR_IN_CATEGORY,
     SOURCE_EXPLORATION,
@@ -49,6 +51,7 @@ from serving.rules import (
     ExplorationStage,
     FatigueStage,
     RuleStage,
+    SourceExplorationStage,
     run_rules,
 )
 
@@ -57,6 +60,7 @@ __all__ = [
     "BlendStrategy",
     "HoldoutStrategy",
     "HybridStrategy",
+    "LearnedStrategy",
     "RankingStrategy",
     "strategy_for",
 ]
@@ -109,6 +113,101 @@ def _nothing_to_rank(strategy: str, n: int, fallback_reason: str) -> Ranking:
     return Ranking([], strategy, personalized=not reason, fallback_reason=reason)
 
 
+# Every candidate source, for the features every strategy logs and the learned blend.
+_EVERY_SOURCE = dict.fromkeys(cand.SOURCES, 1.0)
+
+
+def _context(
+    request: RankRequest, exclusion: ExclusionStage
+) -> tuple[cand.CandidateContext, list[int]]:
+    """What the candidate sources see for ``request``, and the positions ``exclusion``
+    bans (the sources score none of them)."""
+    user, catalog, params = request.user, request.catalog, request.params
+    excluded = exclusion.positions(request)
+    allowed = np.ones(len(catalog), dtype=bool)
+    if excluded:
+        allowed[excluded] = False
+    recent = user.recent_items[: params.anchor_items] if user is not None else []
+    anchors = tuple(catalog.index_of[i] for i in recent if i in catalog.index_of)
+    ctx = cand.CandidateContext(
+        user=user,
+        catalog=catalog,
+        now_ms=request.now_ms,
+        allowed=allowed,
+        anchors=anchors,
+        recency_decay=params.recency_decay,
+        trending_half_life_s=params.half_life_s,
+        context_trending=context_trending(catalog, request.context, params.half_life_s),
+    )
+    return ctx, excluded
+
+
+def _every_source(
+    ctx: cand.CandidateContext, scored: list[cand.SourceScores]
+) -> list[cand.SourceScores]:
+    """``scored`` completed with the sources it lacks, in :data:`cand.SOURCES` order."""
+    have = {s.source: s for s in scored}
+    missing = {name: 1.0 for name in cand.SOURCES if name not in have}
+    have.update((s.source, s) for s in cand.score_sources(ctx, missing))
+    return [have[name] for name in cand.SOURCES]
+
+
+def _logged_columns(
+    request: RankRequest, ctx: cand.CandidateContext, scored: list[cand.SourceScores]
+) -> propensity_mod.FeatureColumns:
+    """The features of every item, all sources scored, whatever the strategy weighs:
+    exposures log them under every strategy, so the learned head always has examples
+    and sees the same features whichever strategy showed the item."""
+    return propensity_mod.feature_columns(
+        _every_source(ctx, scored),
+        request.catalog,
+        request.user,
+        request.params.fatigue.max_item_impressions,
+    )
+
+
+def _explained(
+    catalog: CatalogSnapshot,
+    sources: list[cand.SourceScores],
+    weights: Mapping[str, float],
+    slate_chosen: list[int],
+    explored: set[int],
+    score: np.ndarray,
+) -> list[RankedItem]:
+    """The picked items, each explained by the source contributing most to its score."""
+    codes = catalog.category_codes
+    weighed = [s for s in sources if weights.get(s.source, 0.0) > 0]
+    picked = (
+        np.array([weights[s.source] * s.scores[slate_chosen] for s in weighed])
+        if weighed
+        else np.zeros((0, len(slate_chosen)))
+    )
+    dominant = picked.argmax(axis=0).tolist() if weighed else [0] * len(slate_chosen)
+    items = []
+    for column, i in enumerate(slate_chosen):
+        category = catalog.categories[codes[i]]
+        best = dominant[column]
+        if i in explored:
+            source, reason = SOURCE_EXPLORATION, EXPLORATION_REASON
+        elif weighed and picked[best, column] > 0:
+            source, reason = weighed[best].source, weighed[best].reason(i)
+        else:
+            source, reason = SOURCE_TRENDING, "trending now"
+        items.append(
+            RankedItem(
+                item_id=catalog.item_ids[i],
+                score=float(score[i]),
+                reason=reason,
+                category=category,
+                source=source,
+            )
+        )
+    return items
+
+
+_BLEND_EXCLUSION = ExclusionStage(just_seen=False)
+
+
 @dataclass(frozen=True, slots=True)
 class BlendStrategy:
     """``blend_v1``: interest in the item's category blended with trending::
@@ -132,7 +231,7 @@ class BlendStrategy:
 
     name: ClassVar[str] = STRATEGY
     rules: ClassVar[tuple[RuleStage, ...]] = (
-        ExclusionStage(just_seen=False),
+        _BLEND_EXCLUSION,
         FatigueStage(),
         DiversityStage(share=0.5),
         CapRefillStage(),
@@ -200,7 +299,22 @@ class BlendStrategy:
                     source=source,
                 )
             )
-        return Ranking(items, STRATEGY, personalized=personalized, fallback_reason=fallback_reason)
+        # The features every strategy logs (the learned head's examples), scored over
+        # the items this blend's own exclusion allows.
+        if not params.log_features:
+            return Ranking(
+                items, STRATEGY, personalized=personalized, fallback_reason=fallback_reason
+            )
+        ctx, _ = _context(request, _BLEND_EXCLUSION)
+        columns = _logged_columns(request, ctx, [])
+        return Ranking(
+            items,
+            STRATEGY,
+            personalized=personalized,
+            fallback_reason=fallback_reason,
+            logged_features=columns.rows(slate.chosen),
+            features=columns,
+        )
 
 
 # The exclusion stage of hybrid strategies: its positions also mask the sources.
@@ -241,22 +355,8 @@ class HybridStrategy:
         if n == 0 or request.k <= 0:
             return _nothing_to_rank(strategy, n, fallback_reason)
 
-        excluded = _JUST_SEEN.positions(request)
-        allowed = np.ones(n, dtype=bool)
-        if excluded:
-            allowed[excluded] = False
-        recent = user.recent_items[: params.anchor_items] if user is not None else []
-        anchors = tuple(catalog.index_of[i] for i in recent if i in catalog.index_of)
-        ctx = cand.CandidateContext(
-            user=user,
-            catalog=catalog,
-            now_ms=request.now_ms,
-            allowed=allowed,
-            anchors=anchors,
-            recency_decay=params.recency_decay,
-            trending_half_life_s=params.half_life_s,
-            context_trending=context_trending(catalog, request.context, params.half_life_s),
-        )
+        ctx, excluded = _context(request, _JUST_SEEN)
+        allowed = ctx.allowed
         weights = dict(params.weights) if user is not None else {}
         sources = cand.score_sources(ctx, weights)
         personalized = any(s.source != cand.TRENDING and s.scores.any() for s in sources)
@@ -264,8 +364,12 @@ class HybridStrategy:
             fallback_reason = fallback_reason or NO_INTERESTS
             weights = {cand.TRENDING: 1.0}
             sources = cand.score_sources(ctx, weights)
-        columns = propensity_mod.feature_columns(
-            sources, catalog, user, params.fatigue.max_item_impressions
+        columns = (
+            _logged_columns(request, ctx, sources)
+            if params.log_features
+            else propensity_mod.feature_columns(
+                sources, catalog, user, params.fatigue.max_item_impressions
+            )
         )
         if weights.get(cand.PROPENSITY, 0.0) > 0 and request.propensity is not None:
             p_click = np.where(allowed, request.propensity.score(columns), 0.0)
@@ -277,35 +381,86 @@ class HybridStrategy:
             score += weights[s.source] * s.scores
 
         slate = run_rules(self.rules, request, score, personalized=personalized, excluded=excluded)
-        chosen, explored, score = slate.chosen, slate.explored, slate.score
-        codes = catalog.category_codes
-        picked = np.array([weights[s.source] * s.scores[chosen] for s in sources])
-        dominant = picked.argmax(axis=0).tolist()
-        items = []
-        for column, i in enumerate(chosen):
-            category = catalog.categories[codes[i]]
-            best = dominant[column]
-            if i in explored:
-                source, reason = SOURCE_EXPLORATION, EXPLORATION_REASON
-            elif picked[best, column] > 0:
-                source, reason = sources[best].source, sources[best].reason(i)
-            else:
-                source, reason = SOURCE_TRENDING, "trending now"
-            items.append(
-                RankedItem(
-                    item_id=catalog.item_ids[i],
-                    score=float(score[i]),
-                    reason=reason,
-                    category=category,
-                    source=source,
-                )
-            )
+        items = _explained(catalog, sources, weights, slate.chosen, slate.explored, slate.score)
         return Ranking(
             items,
             strategy,
             personalized=personalized,
             fallback_reason=fallback_reason,
-            logged_features=columns.rows(chosen),
+            logged_features=columns.rows(slate.chosen),
+            features=columns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedStrategy:
+    """``learned_v1``: the candidate sources blended by a learned ranking head::
+
+        score = head.linear(features)   (log-odds; serving/propensity.py)
+
+    over every source's normalised score (``src_<source>``), price, times shown and
+    the user flags. The head is the request's model: in serving the click propensity
+    the job learns from exposures -> clicks (``flink_jobs/propensity.py``), in the
+    offline replay the same learner trained test-then-train on the stream
+    (``analysis/evaluation.py``). Until one exists it is the prior,
+    ``ranking.strategies["learned_v1"]`` read as weights of the ``src_`` features.
+
+    Rules as the hybrid blends, except exploration: its slots go to candidate sources
+    drawn at random (``source_exploration``), so every source's items get outcomes.
+    Each item is explained by the source whose learned weight contributes most.
+    """
+
+    name: ClassVar[str] = LEARNED
+    rules: ClassVar[tuple[RuleStage, ...]] = (
+        _JUST_SEEN,
+        FatigueStage(),
+        DiversityStage(),
+        SourceExplorationStage(),
+        CapRefillStage(),
+    )
+
+    def rank(self, request: RankRequest) -> Ranking:
+        request, fallback_reason = _with_fallback(request)
+        user, catalog, params = request.user, request.catalog, request.params
+        n = len(catalog)
+        if n == 0 or request.k <= 0:
+            return _nothing_to_rank(params.strategy, n, fallback_reason)
+
+        ctx, excluded = _context(request, _JUST_SEEN)
+        sources = cand.score_sources(ctx, _EVERY_SOURCE)
+        columns = propensity_mod.feature_columns(
+            sources, catalog, user, params.fatigue.max_item_impressions
+        )
+        personalized = user is not None and any(
+            s.source != cand.TRENDING and s.scores.any() for s in sources
+        )
+        if personalized:
+            head = request.propensity or propensity_mod.PropensityModel.prior(dict(params.weights))
+            weights = {s: head.weights.get(f"src_{s}", 0.0) for s in cand.SOURCES}
+            score = head.linear(columns)
+        else:
+            fallback_reason = fallback_reason or NO_INTERESTS
+            weights = {cand.TRENDING: 1.0}
+            score = columns.items[f"src_{cand.TRENDING}"].copy()
+
+        slate = run_rules(
+            self.rules,
+            request,
+            score,
+            personalized=personalized,
+            excluded=excluded,
+            sources={s.source: s.scores for s in sources if weights.get(s.source, 0.0) > 0}
+            if personalized
+            else None,
+        )
+        items = _explained(catalog, sources, weights, slate.chosen, slate.explored, slate.score)
+        return Ranking(
+            items,
+            params.strategy,
+            personalized=personalized,
+            fallback_reason=fallback_reason,
+            logged_features=columns.rows(slate.chosen),
+            features=columns,
         )
 
 
@@ -330,7 +485,7 @@ class HoldoutStrategy:
 _HYBRID = HybridStrategy()
 
 STRATEGIES: Mapping[str, RankingStrategy] = {
-    strategy.name: strategy for strategy in (_BLEND, HoldoutStrategy(), _HYBRID)
+    strategy.name: strategy for strategy in (_BLEND, HoldoutStrategy(), _HYBRID, LearnedStrategy())
 }
 
 

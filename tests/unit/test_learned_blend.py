@@ -1,0 +1,230 @@
+"""The learned blend (learned_v1): its head learns a planted signal, exploration over
+sources shows every source, the replay's metrics, and serving and the offline replay
+score with the same numbers. Pure: no services."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from analysis.blend_learner import BlendLearner, examples_for
+from analysis.evaluation import coverage, evaluate, source_shares
+from flink_jobs import propensity
+from personalization.events import RATING, Event
+from personalization.settings import LearningSettings, RankingSettings, Settings
+from serving import candidates as cand
+from serving.catalog import ItemRow, build_snapshot
+from serving.online_features import UserFeatures
+from serving.propensity import FeatureColumns, PropensityModel
+from serving.ranking import LEARNED, RankingParams, RankRequest, rank
+from serving.rules import DiversityStage, SourceExplorationStage, run_rules
+
+T0 = 1_700_000_000_000
+
+
+def columns_with_planted_target(rng: random.Random, n: int) -> tuple[FeatureColumns, int]:
+    """Random source scores, except that the chosen item is the session source's best."""
+    items = {f"src_{s}": np.array([rng.random() for _ in range(n)]) for s in cand.SOURCES}
+    target = rng.randrange(n)
+    session = items[f"src_{cand.SESSION}"]
+    session[target] = session.max() + 0.5
+    items[f"src_{cand.SESSION}"] = session / session.max()
+    items["price"] = np.zeros(n)
+    items["shown_before"] = np.zeros(n)
+    return FeatureColumns(items, {"user_new": 0.0, "user_buyer": 0.0, "user_mobile": 0.0}), target
+
+
+def test_the_head_learns_a_planted_signal_from_the_stream():
+    rng = random.Random(5)
+    learner = BlendLearner.from_settings(LearningSettings())
+    for _ in range(400):
+        columns, target = columns_with_planted_target(rng, 60)
+        ranking = _ranking_with(columns)
+        learner.learn(ranking, target, excluded=())
+    head = learner.head
+    assert head is not None and head.version.startswith("v")
+    session = head.weights["src_session"]
+    others = [head.weights[f"src_{s}"] for s in cand.SOURCES if s != cand.SESSION]
+    assert session > 1.0 and all(abs(w) < session / 3 for w in others)
+    # Fresh events: the head ranks the chosen item first every time.
+    for _ in range(20):
+        columns, target = columns_with_planted_target(rng, 60)
+        assert int(head.linear(columns).argmax()) == target
+
+
+def test_negatives_are_drawn_from_every_source_and_never_the_target_or_excluded():
+    n = 40
+    items = {f"src_{s}": np.zeros(n) for s in cand.SOURCES}
+    for position, s in enumerate(cand.SOURCES):
+        items[f"src_{s}"][position] = 1.0  # each source has exactly one candidate
+    columns = FeatureColumns(items, {})
+    rows = examples_for(
+        columns, target=39, excluded={0}, per_source=2, pool=5, random_negatives=0,
+        rng=random.Random(1),
+    )  # fmt: skip
+    assert rows[0][1] is True and all(not chosen for _, chosen in rows[1:])
+    negatives = {max(x, key=lambda k: x[k]) for x, _ in rows[1:]}
+    # Every source's candidate is a negative, except the excluded one (source 0's).
+    assert negatives == {f"src_{s}" for s in cand.SOURCES[1:]}
+
+
+def test_source_exploration_shows_every_source():
+    rows = [ItemRow(f"i{i}", f"c{i % 4}", 1.0, 1.0, T0, T0) for i in range(40)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    n = len(catalog)
+    # Each source's best item is its own, far below the blend's top 10.
+    sources = {}
+    for s_index, s in enumerate(cand.SOURCES):
+        scores = np.zeros(n)
+        scores[30 + s_index] = 1.0
+        sources[s] = scores
+    params = RankingParams(strategy=LEARNED, exploration_share=0.2, category_cap_share=1.0)
+    drawn: Counter[str] = Counter()
+    for seed in range(200):
+        request = RankRequest(UserFeatures("u"), catalog, k=10, now_ms=T0, params=params, seed=seed)
+        score = np.linspace(1.0, 0.0, n)  # the blend prefers the first items
+        slate = run_rules(
+            (DiversityStage(), SourceExplorationStage()),
+            request,
+            score,
+            personalized=True,
+            sources=sources,
+        )
+        assert len(slate.chosen) == 10 and len(set(slate.chosen)) == 10
+        for position, source in slate.explored_sources.items():
+            assert sources[source][position] == 1.0  # the drawn source's best item
+        drawn.update(slate.explored_sources.values())
+    assert set(drawn) == set(cand.SOURCES)  # every source was shown
+    assert min(drawn.values()) > 200 * 2 / len(cand.SOURCES) / 3  # and none is starved
+
+
+def test_learned_strategy_explores_over_sources_in_serving():
+    rows = [ItemRow(f"i{i}", f"c{i % 5}", 1.0, 1.0 + i % 7, T0, T0) for i in range(50)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    user = UserFeatures("u", interests=[("c1", 2.0), ("c2", 1.0)], recent_items=["i3", "i8"])
+    settings = Settings(ranking=RankingSettings(exploration_share=0.2))
+    params = RankingParams.from_settings(settings, LEARNED)
+    explored = [
+        item
+        for seed in range(30)
+        for item in rank(user, catalog, 10, T0, params=params, seed=seed).items
+        if item.source == "exploration"
+    ]
+    assert len(explored) == 30 * 2
+
+
+def test_coverage_and_source_shares_by_hand():
+    assert coverage({"a", "b"}, 8) == 0.25
+    assert coverage(set(), 0) == 0.0
+    shares = source_shares({"cf": 1, "covisitation": 3})
+    assert shares == {"covisitation": 0.75, "cf": 0.25}
+    assert list(shares) == ["covisitation", "cf"]  # largest first
+    assert source_shares({}) == {}
+
+
+def rating(n: int, user: str, item: str) -> Event:
+    return Event(
+        event_id=f"e{n}",
+        user_id=user,
+        event_type=RATING,
+        event_time_ms=1_000_000 + n * 1000,
+        item_id=item,
+        category="movies",
+        properties={"rating": "4"},
+    )
+
+
+def test_replay_reports_coverage_and_source_shares():
+    events = [rating(i, f"u{i % 4}", f"m{(i * 7) % 31}") for i in range(40)]
+    popularity = RankingParams(
+        strategy="eval", weights=((cand.TRENDING, 1.0),), exclude_recent=0, category_cap_share=1.0
+    )
+    result = evaluate(events, {"popularity": popularity}, k=2)
+    m = result.methods["popularity"]
+    assert result.catalog_items == 31
+    assert sum(m.sources.values()) == 2 * m.events  # every tested event showed 2 items
+    assert set(m.sources) == {cand.TRENDING}
+    assert 0 < result.coverage("popularity") <= 1
+    assert result.coverage("popularity") == len(m.shown) / 31
+
+
+def test_replay_trains_the_learned_blend_and_ranks_with_it():
+    events = [rating(i, f"u{i % 5}", f"m{(i * 3) % 37}") for i in range(120)]
+    learned = RankingParams.from_settings(Settings(), LEARNED)
+    head = LearningSettings(blend_refresh_every=10)
+    result = evaluate(events, {LEARNED: learned}, k=3, head=head)
+    m = result.methods[LEARNED]
+    assert m.events == 120 and 0 <= m.hit_rate <= 1
+    assert sum(m.sources.values()) == 3 * 120
+
+
+def test_session_gap_tests_only_events_within_a_session():
+    events = [rating(0, "u1", "a"), rating(1, "u1", "b"), rating(5000, "u1", "c")]
+    events.append(rating(5001, "u2", "a"))
+    popularity = RankingParams(strategy="eval", weights=((cand.TRENDING, 1.0),))
+    all_events = evaluate(events, {"p": popularity}, k=1)
+    sessions = evaluate(events, {"p": popularity}, k=1, session_gap_s=60)
+    assert all_events.events == 4
+    assert sessions.events == 1  # only u1's b follows an interaction within 60 s
+
+
+def test_serving_and_the_replay_score_the_same_features_identically():
+    # A head learnt by the replay's learner, published as serving loads versions.
+    rng = random.Random(3)
+    learner = BlendLearner.from_settings(LearningSettings(blend_refresh_every=50))
+    for _ in range(100):
+        columns, target = columns_with_planted_target(rng, 30)
+        learner.learn(_ranking_with(columns), target, excluded=())
+    head = learner.head
+    assert head is not None
+    rows = [ItemRow(f"i{i}", f"c{i % 3}", 5.0 + i, 1.0 + (i % 4), T0, T0) for i in range(30)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    user = UserFeatures("u", interests=[("c1", 3.0)], recent_items=["i1", "i4"])
+    params = RankingParams.from_settings(Settings(), LEARNED)
+    ranking = rank(user, catalog, 5, T0, params=params, propensity=head)
+    assert ranking.strategy == LEARNED and ranking.features is not None
+    linear = head.linear(ranking.features)
+    river = learner.trainer.model
+    for item, logged in zip(ranking.items, ranking.logged_features, strict=True):
+        position = catalog.index_of[item.item_id]
+        # Serving's score is the head's linear score of the features the replay learns
+        # from (Ranking.features) ...
+        assert item.score == pytest.approx(linear[position], abs=1e-9)
+        # ... and what the job's learner (River) predicts for the logged row.
+        p = river.predict_proba_one(logged)[True]
+        assert item.score == pytest.approx(math.log(p / (1 - p)), abs=1e-3)
+        # The replay's training rows are those logged features.
+        replay_row = examples_for(ranking.features, position, (), 0, 1, 0, rng)[0][0]
+        assert replay_row == pytest.approx(logged, abs=1e-4)
+
+
+def test_without_a_model_the_learned_strategy_ranks_as_its_prior_blend():
+    rows = [ItemRow(f"i{i}", f"c{i % 3}", 5.0, 1.0 + (i % 5), T0, T0) for i in range(30)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    user = UserFeatures("u", interests=[("c2", 3.0)], recent_items=["i2"])
+    settings = Settings(ranking=RankingSettings(exploration_share=0.0))
+    learned = RankingParams.from_settings(settings, LEARNED)
+    ranking = rank(user, catalog, 6, T0, params=learned)
+    prior = PropensityModel.prior(dict(learned.weights))
+    assert ranking.features is not None
+    expected = prior.linear(ranking.features)
+    assert [i.score for i in ranking.items] == pytest.approx(
+        [expected[catalog.index_of[i.item_id]] for i in ranking.items]
+    )
+    assert ranking.personalized and len(ranking.logged_features) == 6
+
+
+def _ranking_with(columns: FeatureColumns):
+    """A ranking that carries ``columns`` (what the replay's learner reads)."""
+    from serving.ranking import Ranking
+
+    return Ranking([], LEARNED, personalized=True, fallback_reason="", features=columns)
+
+
+def test_the_learner_is_the_jobs_propensity_trainer():
+    learner = BlendLearner.from_settings(LearningSettings())
+    assert isinstance(learner.trainer, propensity.Trainer)
