@@ -228,3 +228,22 @@ def _ranking_with(columns: FeatureColumns):
 def test_the_learner_is_the_jobs_propensity_trainer():
     learner = BlendLearner.from_settings(LearningSettings())
     assert isinstance(learner.trainer, propensity.Trainer)
+
+
+@pytest.mark.parametrize("strategy", ["blend_v1", "trending", "hybrid_v1", LEARNED])
+def test_every_strategy_logs_the_features_of_every_source(strategy: str):
+    from serving.propensity import FEATURES
+
+    rows = [ItemRow(f"i{i}", f"c{i % 3}", 5.0, 1.0 + (i % 5), T0, T0) for i in range(30)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    user = UserFeatures("u", interests=[("c2", 3.0)], recent_items=["i2", "i5"])
+    params = RankingParams.from_settings(Settings(), strategy)
+    ranking = rank(user, catalog, 6, T0, params=params)
+    assert len(ranking.logged_features) == len(ranking.items) == 6
+    assert all(set(row) == set(FEATURES) for row in ranking.logged_features)
+    # The logged rows carry every source's score, whichever the strategy weighs (the
+    # holdout ignores the user: only trending is known there).
+    assert any(row["src_trending"] > 0 for row in ranking.logged_features)
+    if strategy != "trending":
+        assert any(row["src_interest"] > 0 for row in ranking.logged_features)
+        assert any(row["src_content"] > 0 for row in ranking.logged_features)
