@@ -32,7 +32,7 @@ from confluent_kafka import Producer
 from ops.infra import flink_cluster, jars
 from ops.infra.flink_cluster import FLINK
 from ops.infra.kafka_broker import KAFKA
-from ops.infra.processes import ManagedProcess, wait_until
+from ops.infra.processes import ManagedProcess, lower_session_priority, wait_until
 from ops.infra.registry import STACK_SERVICES
 from ops.infra.service import Service
 from personalization import offline_store
@@ -161,11 +161,14 @@ def niced(command: list[str], niceness: int) -> list[str]:
 
 def start_component(settings: Settings, component: Component) -> int:
     niceness = NICENESS.get(component.name, lambda _: 0)(settings)
-    return component.process(settings).start(
+    pid = component.process(settings).start(
         niced(component.command(), niceness),
         env=child_env(settings, component.name),
         cwd=PROJECT_ROOT,
     )
+    # Its own session is its own scheduling group: the group's priority is what counts.
+    lower_session_priority(pid, niceness)
+    return pid
 
 
 def on_cluster(settings: Settings) -> bool:

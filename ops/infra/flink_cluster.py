@@ -56,6 +56,7 @@ import yaml
 from flink_jobs.python_env import embedded_python_path
 from ops.infra.jars import ensure_jars, java_env
 from ops.infra.processes import (
+    lower_session_priority,
     pid_alive,
     process_cmdline,
     read_pid,
@@ -411,6 +412,7 @@ def start_taskmanager(settings: Settings, index: int, timeout_s: float = 30.0) -
     wait_until(java_running, timeout_s, interval_s=0.1, what=f"taskmanager {index} process")
     pid = taskmanager_pid(settings, index)
     assert pid is not None
+    lower_session_priority(pid, settings.priority.job)  # see processes.lower_session_priority
     log.info("flink taskmanager %d started (pid %d)", index, pid)
     return pid
 

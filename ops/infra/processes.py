@@ -186,6 +186,24 @@ def start_detached(
     return proc.pid
 
 
+def lower_session_priority(pid: int, niceness: int) -> bool:
+    """Give the session of ``pid`` (a process started in a session of its own) CPU
+    priority ``niceness`` against other sessions; True if the kernel took it.
+
+    With autogroup scheduling (``kernel.sched_autogroup_enabled``, the default of most
+    distributions) each session is a scheduling group that shares the CPU fairly with
+    the others, and a process's own nice value only ranks it inside its group: the
+    group's nice (``/proc/<pid>/autogroup``) is what weighs it against another session's.
+    Without autogroups the process nice (``nice -n`` at start) is what counts."""
+    if niceness <= 0:
+        return False
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:  # no autogroups here, or the process is gone
+        return False
+    return True
+
+
 def stop_pid(pid: int, *, timeout_s: float = 20.0, name: str = "process") -> None:
     """SIGTERM ``pid`` (its process group if it leads one), SIGKILL after ``timeout_s``."""
 

@@ -70,3 +70,27 @@ def test_the_job_and_the_writer_run_below_serving_priority() -> None:
     assert by_name[stack.FLINK_JOB.name] == s.priority.job
     assert by_name[stack.SERVER.name] == 0
     assert set(by_name) == {c.name for c in stack.APP_COMPONENTS}
+
+
+def test_a_started_component_gets_its_scheduling_group_lowered(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from ops.infra.processes import lower_session_priority
+
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if not autogroup.exists() or autogroup.read_text().strip() != "1":
+        pytest.skip("no autogroup scheduling on this kernel: the process nice counts alone")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        assert "nice 0" in Path(f"/proc/{child.pid}/autogroup").read_text()
+        assert lower_session_priority(child.pid, 7)
+        assert "nice 7" in Path(f"/proc/{child.pid}/autogroup").read_text()
+        assert not lower_session_priority(child.pid, 0)  # 0 leaves it alone
+    finally:
+        child.kill()
+        child.wait()
