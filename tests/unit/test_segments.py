@@ -121,6 +121,7 @@ def test_thresholds_come_from_the_file(tmp_path: Path) -> None:
         ("segments:\n  vip: {min: {purchase: 3}}\n", ["'vip'", "'min.purchase'", "unknown"]),
         ("segments:\n  vip: {min: {purchases: many}}\n", ["'vip'", "'min.purchases'", "number"]),
         ("segments:\n  vip: {min: {purchases: true}}\n", ["'vip'", "'min.purchases'"]),
+        ("segments:\n  vip: {max: {monetary: .inf}}\n", ["'vip'", "'max.monetary'", "finite"]),
         ("segments:\n  vip: {above: {purchases: 3}}\n", ["'vip'", "'above'"]),
         ("segments:\n  vip: {max: [1, 2]}\n", ["'vip'", "'max'"]),
         ("segments:\n  vip: {devices: []}\n", ["'vip'", "'devices'"]),
