@@ -361,7 +361,8 @@ def evaluate(
                 score.add_hit(*hit_and_ndcg([r.item_id for r in ranking.items], item, k))
                 score.add_shown(ranking.items)
                 if blend is not None:
-                    blend.learn(ranking, target, mine_at)
+                    shown = [catalog.index_of[r.item_id] for r in ranking.items]
+                    blend.learn(ranking, target, shown, mine_at)
             result.events += 1
         if interaction:
             mine.add(item)

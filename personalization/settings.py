@@ -437,11 +437,11 @@ class LearningSettings(_Section):
     propensity_label_window_s: int = 5 * 60
     propensity_publish_every: int = 500
     # The learned blend's head in the offline replay (analysis/blend_learner.py): the
-    # same learner, refreshed every N tested events; per event N negatives drawn from
-    # each source's best `pool` candidates and N at random from the catalog.
+    # same learner, refreshed every N tested events; per event the shown items, N
+    # negatives drawn from each source's best `pool` candidates and N at random.
     blend_refresh_every: int = 100
-    blend_source_negatives: int = 2
-    blend_source_pool: int = 50
+    blend_source_negatives: int = 1
+    blend_source_pool: int = 10
     blend_random_negatives: int = 10
     # Keyed learners the propensity model is trained by (examples spread by rec id, the
     # registry publishes their example-weighted average): its parallelism, up to this.

@@ -44,7 +44,7 @@ def test_the_head_learns_a_planted_signal_from_the_stream():
     for _ in range(400):
         columns, target = columns_with_planted_target(rng, 60)
         ranking = _ranking_with(columns)
-        learner.learn(ranking, target, excluded=())
+        learner.learn(ranking, target, shown=(), excluded=())
     head = learner.head
     assert head is not None and head.version.startswith("v")
     session = head.weights["src_session"]
@@ -63,13 +63,15 @@ def test_negatives_are_drawn_from_every_source_and_never_the_target_or_excluded(
         items[f"src_{s}"][position] = 1.0  # each source has exactly one candidate
     columns = FeatureColumns(items, {})
     rows = examples_for(
-        columns, target=39, excluded={0}, per_source=2, pool=5, random_negatives=0,
-        rng=random.Random(1),
+        columns, target=39, shown=[39, 20], excluded={0}, per_source=2, pool=5,
+        random_negatives=0, rng=random.Random(1),
     )  # fmt: skip
     assert rows[0][1] is True and all(not chosen for _, chosen in rows[1:])
-    negatives = {max(x, key=lambda k: x[k]) for x, _ in rows[1:]}
-    # Every source's candidate is a negative, except the excluded one (source 0's).
-    assert negatives == {f"src_{s}" for s in cand.SOURCES[1:]}
+    by_source = {max(x, key=lambda k: x[k]) for x, _ in rows[1:] if max(x.values()) > 0}
+    # Every source's candidate is a negative, except the excluded one (source 0's) ...
+    assert by_source == {f"src_{s}" for s in cand.SOURCES[1:]}
+    # ... and the shown item that was not chosen (20, no source's), the target not.
+    assert len(rows) == 1 + len(cand.SOURCES[1:]) + 1
 
 
 def test_source_exploration_shows_every_source():
@@ -178,7 +180,7 @@ def test_serving_and_the_replay_score_the_same_features_identically():
     learner = BlendLearner.from_settings(LearningSettings(blend_refresh_every=50))
     for _ in range(100):
         columns, target = columns_with_planted_target(rng, 30)
-        learner.learn(_ranking_with(columns), target, excluded=())
+        learner.learn(_ranking_with(columns), target, shown=(), excluded=())
     head = learner.head
     assert head is not None
     rows = [ItemRow(f"i{i}", f"c{i % 3}", 5.0 + i, 1.0 + (i % 4), T0, T0) for i in range(30)]
@@ -198,7 +200,7 @@ def test_serving_and_the_replay_score_the_same_features_identically():
         p = river.predict_proba_one(logged)[True]
         assert item.score == pytest.approx(math.log(p / (1 - p)), abs=1e-3)
         # The replay's training rows are those logged features.
-        replay_row = examples_for(ranking.features, position, (), 0, 1, 0, rng)[0][0]
+        replay_row = examples_for(ranking.features, position, (), (), 0, 1, 0, rng)[0][0]
         assert replay_row == pytest.approx(logged, abs=1e-4)
 
 
