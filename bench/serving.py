@@ -299,7 +299,8 @@ def run_ghz(
     data = json.dumps({"user_id": user, "k": k})
     if method == "similar":
         call = "personalization.v1.Recommender/SimilarItems"
-        item = f'{ITEM_PREFIX}sku-{{{{printf "%06d" (randomInt 0 {n_items})}}}}'
+        # A Go raw string (backquotes): JSON would escape double quotes inside the template.
+        item = f"{ITEM_PREFIX}sku-{{{{printf `%06d` (randomInt 0 {n_items})}}}}"
         data = json.dumps({"item_id": item, "k": k, "user_id": user})
     cmd = [
         ghz,
