@@ -42,6 +42,7 @@ from personalization.events import (
 )
 from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
 from personalization.feature_updates import encode_record, model_version_update
+from personalization.model_versions import ModelVersion
 from personalization.settings import (
     FeatureSettings,
     LearningSettings,
@@ -415,8 +416,11 @@ class AttributionJoin(KeyedCoProcessFunction):
             return
         label_due = attribution.label_time(state, self.label_ms)
         if label_due is not None and timestamp >= label_due:
-            for example in attribution.labelled_examples(state, self.label_ms):
-                yield EXAMPLE_TAG, Row(propensity.shard_key(example.rec_id, self.shards), example)
+            # One record per exposure with all its shown items, not one per item: each
+            # record is a Python <-> JVM crossing and a trainer state round trip.
+            examples = attribution.labelled_examples(state, self.label_ms)
+            if examples:
+                yield EXAMPLE_TAG, Row(propensity.shard_key(state.rec_id, self.shards), examples)
             self.state.update(state)
         due = attribution.close_time(state, self.window_ms, self.wait_ms)
         if due is None or timestamp < due:
@@ -473,25 +477,32 @@ class PropensityTraining(KeyedProcessFunction):
         self.model_metrics = metrics.model_metrics()
 
     def process_element(
-        self, example: propensity.Example, ctx: KeyedProcessFunction.Context
+        self,
+        batch: list[propensity.Example] | propensity.Example,
+        ctx: KeyedProcessFunction.Context,
     ) -> Iterator[str]:
+        # An exposure's examples (one Example in records of jobs before batching, which a
+        # restore may still replay). Versions are cut at the same example counts either way.
+        examples = batch if isinstance(batch, list) else [batch]
         trainer = self.state.value() or propensity.new_trainer(self.cfg)
-        propensity.learn(trainer, example)
         shards = self.cfg.propensity_shards
-        if propensity.due(
-            trainer, propensity.shard_publish_every(self.cfg.propensity_publish_every, shards)
-        ):
-            key = ctx.get_current_key()  # Row(key) from exchanges.keyed
-            shard = propensity.shard_of_key(str(key[0] if isinstance(key, Row) else key))
-            version = propensity.cut_version(trainer, shard, shards)
-            for name, value in version.metrics.items():
-                self.model_metrics.set_prequential(propensity.MODEL_NAME, name, value)
-            self.model_metrics.set_version(propensity.MODEL_NAME, version.version)
-            log.info(
-                "propensity: version %s after %d examples %s",
-                version.version,
-                version.examples,
-                version.metrics,
-            )
-            yield model_version_update(version).to_json()
+        every = propensity.shard_publish_every(self.cfg.propensity_publish_every, shards)
+        for example in examples:
+            propensity.learn(trainer, example)
+            if propensity.due(trainer, every):
+                key = ctx.get_current_key()  # Row(key) from exchanges.keyed
+                shard = propensity.shard_of_key(str(key[0] if isinstance(key, Row) else key))
+                yield self._publish(propensity.cut_version(trainer, shard, shards))
         self.state.update(trainer)
+
+    def _publish(self, version: ModelVersion) -> str:
+        for name, value in version.metrics.items():
+            self.model_metrics.set_prequential(propensity.MODEL_NAME, name, value)
+        self.model_metrics.set_version(propensity.MODEL_NAME, version.version)
+        log.info(
+            "propensity: version %s after %d examples %s",
+            version.version,
+            version.examples,
+            version.metrics,
+        )
+        return model_version_update(version).to_json()
