@@ -587,8 +587,20 @@ def read_topic(
         consumer.close()
 
 
+# Learned segments are assigned against centroids each subtask keeps in memory (not in
+# checkpoints; README "Segments", limits): after a restore or a rescale they re-learn, so
+# a user's cluster and the segment_changed triggers depend on the run. They are not
+# compared exactly; every other feature and trigger is.
+RESTORE_DEPENDENT_USER_FIELDS = ("cluster_id", "cluster_distance")
+RESTORE_DEPENDENT_TRIGGERS = ("segment_changed",)
+
+
 def triggers_of(records: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["user_id"].startswith(prefix)]
+    return [
+        r
+        for r in records
+        if r["user_id"].startswith(prefix) and r["trigger"] not in RESTORE_DEPENDENT_TRIGGERS
+    ]
 
 
 def dead_letters_of(records: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -628,7 +640,7 @@ def strip(prefix: str, value: str) -> str:
 
 
 def normalized_user(row: dict[str, Any], run: Run) -> dict[str, Any]:
-    out = dict(row)
+    out = {k: v for k, v in row.items() if k not in RESTORE_DEPENDENT_USER_FIELDS}
     for name in USER_TIME_FIELDS:
         if out[name]:  # 0 = never (e.g. no purchase): no time to shift
             out[name] -= run.shift_ms
