@@ -104,6 +104,9 @@ user_profile = FeatureView(
         # Streaming clustering of the user's interests + RFM (flink_jobs/clustering.py).
         Field(name="cluster_id", dtype=Int64, description="learned segment, -1 = none yet"),
         Field(name="cluster_distance", dtype=Float64, description="distance to its centroid"),
+        # When the user is active (UTC; flink_jobs/profile.py).
+        Field(name="peak_hour", dtype=Int64, description="busiest hour of day, -1 = none"),
+        Field(name="weekend_share", dtype=Float64, description="share of events on weekends"),
         Field(name="last_device", dtype=String),
         Field(name="last_country", dtype=String),
         Field(name="age_band", dtype=String),

@@ -127,6 +127,10 @@ class UserState:
     # Streaming clustering (flink_jobs/clustering.py): (cluster id, distance to its
     # centroid, events_total when assigned); id -1 = not clustered yet.
     cluster: tuple[int, float, int] = (-1, 0.0, 0)
+    # When the user is active: events per hour of the day (UTC; events carry no time
+    # zone), 24 counts once the first event came, and how many fell on a weekend.
+    hour_counts: list[int] = field(default_factory=list)
+    weekend_events: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,7 @@ def apply_event(state: UserState, event: Event, cfg: FeatureSettings) -> Outcome
     reference = max(state.last_seen_ms, t)
 
     _count_windows(state, event, reference)
+    _update_time_of_day(state, t)
     _update_session(state, event, cfg)
     _update_interest(state, event, cfg)
     _update_items(state, event, cfg)
@@ -275,6 +280,34 @@ def _count_windows(state: UserState, event: Event, reference: int) -> None:
                 buckets = per_type.get(spec.name)
                 if buckets:
                     windows.expire(buckets, spec, reference)
+
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+def _update_time_of_day(state: UserState, t: int) -> None:
+    if not state.hour_counts:
+        state.hour_counts = [0] * 24
+    state.hour_counts[(t // HOUR_MS) % 24] += 1
+    # Day 0 of the epoch (1970-01-01) was a Thursday: Monday = 0, Saturday = 5.
+    if ((t // DAY_MS) + 3) % 7 >= 5:
+        state.weekend_events += 1
+
+
+def peak_hour(state: UserState) -> int:
+    """The UTC hour of the day the user was most active in (the earliest on a tie); -1
+    before any event."""
+    counts = state.hour_counts
+    if not counts or not any(counts):
+        return -1
+    return counts.index(max(counts))
+
+
+def weekend_share(state: UserState) -> float:
+    """The share of the user's events that fell on a Saturday or Sunday (UTC)."""
+    counted = sum(state.hour_counts)
+    return round(state.weekend_events / counted, 4) if counted else 0.0
 
 
 def _update_session(state: UserState, event: Event, cfg: FeatureSettings) -> None:
@@ -419,6 +452,8 @@ def user_feature_row(
         segments=segments(state, counts, cfg, rules),
         cluster_id=state.cluster[0],
         cluster_distance=state.cluster[1],
+        peak_hour=peak_hour(state),
+        weekend_share=weekend_share(state),
         last_device=state.last_device,
         last_country=state.last_country,
         age_band=state.demographics.get("age_band", ""),

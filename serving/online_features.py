@@ -83,6 +83,9 @@ class UserFeatures:
     # Learned segment (flink_jobs/clustering.py): cluster id (-1 = none yet), distance.
     cluster_id: int = -1
     cluster_distance: float = 0.0
+    # When the user is active (UTC): busiest hour of the day (-1 = none), weekend share.
+    peak_hour: int = -1
+    weekend_share: float = 0.0
 
     @property
     def may_personalize(self) -> bool:
@@ -136,6 +139,8 @@ def features_from_row(
         category_impressions=_impressions(row, "impressed_categories", "impressed_category"),
         cluster_id=int(row["cluster_id"]) if row.get("cluster_id") is not None else -1,
         cluster_distance=float(row.get("cluster_distance") or 0.0),
+        peak_hour=int(row["peak_hour"]) if row.get("peak_hour") is not None else -1,
+        weekend_share=float(row.get("weekend_share") or 0.0),
     )
 
 

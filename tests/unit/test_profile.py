@@ -230,3 +230,31 @@ def test_cart_is_last_writer_wins_by_event_time():
     assert state.cart == {}
     state, _ = run([ev("purchase", T0, item="a"), ev("add_to_cart", T0 + MIN, item="a")])
     assert state.cart == {"a": 1}
+
+
+def test_time_of_day_and_weekend_features_in_utc():
+    import datetime as dt
+
+    def at(day: int, hour: int, minute: int = 0) -> int:
+        when = dt.datetime(2026, 12, day, hour, minute, tzinfo=dt.UTC)
+        return int(when.timestamp() * 1000)
+
+    # 2026-12-05 is a Saturday, 12-07 a Monday.
+    times = [at(7, 20), at(7, 20, 30), at(5, 20, 5), at(5, 9), at(7, 9, 1)]
+    state, _ = run([ev("product_view", t, item=f"i{n}") for n, t in enumerate(times)])
+    row = profile.user_feature_row(state, CFG)
+    assert row["peak_hour"] == 20
+    assert row["weekend_share"] == 0.4  # 2 of 5 on the Saturday
+    assert sum(state.hour_counts) == state.events_total == 5
+    # A duplicate counts nowhere; a tie between hours goes to the earlier one.
+    again, _ = run([ev("product_view", at(7, 9)), ev("product_view", at(7, 9))])
+    assert sum(again.hour_counts) == 1
+    tie, _ = run([ev("click", at(7, 22), item="a"), ev("click", at(7, 3), item="b")])
+    assert profile.user_feature_row(tie, CFG)["peak_hour"] == 3
+    assert profile.user_feature_row(profile.new_state("x"), CFG)["peak_hour"] == -1
+    # The order of arrival does not matter.
+    shuffled, _ = run(
+        [ev("product_view", t, item=f"i{n}") for n, t in reversed(list(enumerate(times)))]
+    )
+    assert shuffled.hour_counts == state.hour_counts
+    assert shuffled.weekend_events == state.weekend_events
