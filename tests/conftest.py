@@ -25,6 +25,7 @@ Tests that use them are marked ``@pytest.mark.integration``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,15 @@ ADMIN_TOKEN = "test-admin-token"
 # The default trigger rules plus one rule of each other shape
 # (tests/integration/test_trigger_rules_job.py).
 TEST_TRIGGER_RULES = Path(__file__).resolve().parent / "integration" / "trigger_rules.yaml"
+
+# The stacks the tests start run every process at one CPU priority: the local stack's
+# default (the job and writer below serving, settings.priority) is for a machine that
+# serves traffic, and on a test machine busy with other work it would only starve the
+# job and make waits time out. Set here so every Settings() of the session, and every
+# process it starts, inherits it; tests/unit/test_flink_cluster_config.py checks the
+# defaults themselves.
+for _component in ("JOB", "WRITER", "DISPATCHER", "DASHBOARD", "SERVING"):
+    os.environ.setdefault(f"PZ_PRIORITY__{_component}", "0")
 
 
 def _distinct_free_ports(n: int) -> list[int]:

@@ -69,7 +69,10 @@ def test_kafka_topic_configs(kafka_broker: Settings) -> None:
     assert set(wanted) >= {k.triggers_topic, k.dlq_topic, k.feature_updates_topic}
     # Every topic of the pipeline is configured, each with a retention of its own.
     assert set(wanted) == set(k.all_topics)
-    timed = {t: int(c["retention.ms"]) for t, c in wanted.items() if t != k.item_factors_topic}
+    # The item catalog is compacted (the newest record per item, by key), not timed.
+    assert wanted[k.catalog_topic] == {"cleanup.policy": "compact"}
+    untimed = (k.item_factors_topic, k.catalog_topic)
+    timed = {t: int(c["retention.ms"]) for t, c in wanted.items() if t not in untimed}
     assert all(ms > 0 for ms in timed.values()), timed
     assert timed[k.dlq_topic] == k.dlq_retention_ms == min(timed.values())
     assert timed[k.audit_topic] == k.audit_retention_ms == max(timed.values())

@@ -61,8 +61,10 @@ def test_every_taskmanager_serves_job_metrics_on_a_port_of_its_own(monkeypatch) 
 
 def test_the_job_and_the_writer_run_below_serving_priority() -> None:
     from ops import stack
+    from personalization.settings import PrioritySettings
 
-    s = Settings()
+    # The class defaults (the test session zeroes them through the environment).
+    s = Settings(priority=PrioritySettings())
     assert s.priority.job > s.priority.writer > s.priority.serving == 0
     assert stack.niced(["python", "-m", "x"], 10) == ["nice", "-n", "10", "python", "-m", "x"]
     assert stack.niced(["python"], 0) == ["python"]  # 0 = the caller's own priority
