@@ -543,8 +543,9 @@ class MetricsSettings(_Section):
     job_port: int = 9464
     # On the local standalone cluster (N TaskManagers, ops/infra/flink_cluster.py) each
     # TaskManager's interpreter serves its own job metrics: TaskManager 0 on job_port,
-    # TaskManager i > 0 on taskmanager_port_base + i - 1 (0 = only TaskManager 0 serves).
-    taskmanager_port_base: int = 9470
+    # TaskManager i > 0 on taskmanager_port_base + i - 1 (0 = only TaskManager 0 serves;
+    # 9480 leaves 9466.. to serving's workers and 9470 to the trigger dispatcher).
+    taskmanager_port_base: int = 9480
     writer_port: int = 9465
     serving_port: int = 9466
     dashboard_port: int = 8050

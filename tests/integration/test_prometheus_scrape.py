@@ -78,6 +78,13 @@ def scrape_config(settings: Settings, ab: Settings, rules_dir: Path) -> dict[str
             ab.metrics.serving_port,
         ],
     }
+    # Processes the session's stack does not run (the trigger dispatcher) are not
+    # scraped: their jobs are dropped, and no rule reads their series.
+    config["scrape_configs"] = [
+        job
+        for job in config["scrape_configs"]
+        if all(t in ports for static in job["static_configs"] for t in static["targets"])
+    ]
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             static["targets"] = [

@@ -47,6 +47,11 @@ def test_every_taskmanager_serves_job_metrics_on_a_port_of_its_own(monkeypatch) 
     assert ports == [9464, 9470, 9471]
     assert len(set(ports) | {m.writer_port, m.serving_port, m.dashboard_port}) == 6
     assert MetricsSettings(job_port=0).taskmanager_job_port(1) == 0  # off stays off
+    # The defaults of every process's metrics port stay apart (4 TaskManagers, 4 workers).
+    d = Settings()
+    tms = {d.metrics.taskmanager_job_port(i) for i in range(4)}
+    others = {d.dispatcher.metrics_port, d.metrics.writer_port, d.metrics.dashboard_port}
+    assert not tms & (others | {d.metrics.serving_port + i for i in range(4)})
     # The job reads its TaskManager's index from the environment the cluster gives it.
     monkeypatch.setenv(metrics.TASKMANAGER_INDEX_ENV, "2")
     assert metrics.job_metrics_port(m) == 9471
