@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from ops.infra.processes import free_port
 from personalization.access import (
     ADMIN,
+    CATALOG,
     COLLECT,
     METHOD_SCOPES,
     PROFILE_READ,
@@ -43,7 +44,7 @@ from personalization.access import (
     write_keys_file,
 )
 from personalization.settings import Settings
-from personalization.v1 import recommender_pb2, recommender_pb2_grpc
+from personalization.v1 import catalog_pb2, catalog_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from serving.app import ServingApp
 from serving.auth import status_code
 from serving.client import RecommenderClient
@@ -164,8 +165,33 @@ def _model_version(channel: grpc.Channel, metadata: list) -> Any:
     )
 
 
+def _similar(channel: grpc.Channel, metadata: list) -> Any:
+    return recommender_pb2_grpc.RecommenderStub(channel).SimilarItems(
+        recommender_pb2.SimilarItemsRequest(item_id="auth-no-such-item", k=3),
+        metadata=metadata,
+        timeout=5,
+    )
+
+
+def _upsert(channel: grpc.Channel, metadata: list) -> Any:
+    return catalog_pb2_grpc.CatalogStub(channel).UpsertItems(
+        catalog_pb2.UpsertItemsRequest(), metadata=metadata, timeout=5
+    )
+
+
+def _delete(channel: grpc.Channel, metadata: list) -> Any:
+    return catalog_pb2_grpc.CatalogStub(channel).DeleteItems(
+        catalog_pb2.DeleteItemsRequest(), metadata=metadata, timeout=5
+    )
+
+
 RPCS = [
     Rpc("Recommend", RECOMMEND, _recommend, OK),
+    # An item the catalog does not hold: let through, then NOT_FOUND.
+    Rpc("SimilarItems", RECOMMEND, _similar, grpc.StatusCode.NOT_FOUND),
+    # Nothing to write: let through, then INVALID_ARGUMENT.
+    Rpc("UpsertItems", CATALOG, _upsert, grpc.StatusCode.INVALID_ARGUMENT),
+    Rpc("DeleteItems", CATALOG, _delete, grpc.StatusCode.INVALID_ARGUMENT),
     # Let through, it writes its audit record first: no Kafka here, so UNAVAILABLE.
     Rpc("GetUserProfile", PROFILE_READ, _profile, grpc.StatusCode.UNAVAILABLE),
     Rpc("Collect", COLLECT, _collect, OK),
@@ -183,9 +209,14 @@ def _code(call: Callable[[grpc.Channel, list], Any], channel: grpc.Channel, meta
     return OK
 
 
+# The Triggers service is the dispatcher's, not this server's: its access control is
+# tested on the dispatcher (tests/integration/test_dispatcher.py).
+SERVED_HERE = {m: s for m, s in METHOD_SCOPES.items() if "/personalization.v1.Triggers/" not in m}
+
+
 def test_the_matrix_covers_every_method():
-    assert len(RPCS) == len(METHOD_SCOPES)
-    assert {(name.rsplit("/", 1)[1], scope) for name, scope in METHOD_SCOPES.items()} == {
+    assert len(RPCS) == len(SERVED_HERE) >= 9
+    assert {(name.rsplit("/", 1)[1], scope) for name, scope in SERVED_HERE.items()} == {
         (r.name, r.scope) for r in RPCS
     }
 
