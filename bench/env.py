@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import queue
 import resource
 import shutil
 import subprocess
@@ -432,3 +433,22 @@ def metric_sum(metrics: dict[str, float], name: str, **match: str) -> float:
         if all(f"{k}={v}" in have for k, v in match.items()):
             total += value
     return total
+
+
+def drain_queue(q: Any, into: list[dict[str, Any]]) -> None:
+    """Move everything a child process has put on ``q`` so far into ``into``."""
+    while True:
+        try:
+            into.append(q.get_nowait())
+        except queue.Empty:
+            return
+
+
+def join_draining(proc: Any, q: Any, into: list[dict[str, Any]], timeout_s: float) -> None:
+    """Join a child that reports on ``q``, emptying the queue meanwhile (a child with
+    unflushed queue items cannot exit)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.is_alive() and time.monotonic() < deadline:
+        drain_queue(q, into)
+        proc.join(timeout=0.5)
+    drain_queue(q, into)

@@ -32,7 +32,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import queue
 import random
 import subprocess
 import time
@@ -40,7 +39,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchStack, CpuMeter, format_table, metric_sum, say, scrape
+from bench.env import (
+    BenchStack,
+    CpuMeter,
+    format_table,
+    join_draining,
+    metric_sum,
+    say,
+    scrape,
+)
 from bench.stats import latency_summary
 from ops import stack
 from personalization.settings import Settings
@@ -293,24 +300,6 @@ def run_ghz_phase(
 # --- scenario ----------------------------------------------------------------------------
 
 
-def _drain_queue(q: Any, into: list[dict[str, Any]]) -> None:
-    while True:
-        try:
-            into.append(q.get_nowait())
-        except queue.Empty:
-            return
-
-
-def _join_draining(proc: Any, q: Any, into: list[dict[str, Any]], timeout_s: float) -> None:
-    """Join a child that reports on ``q``, emptying the queue meanwhile (a child with
-    unflushed queue items cannot exit)."""
-    deadline = time.monotonic() + timeout_s
-    while proc.is_alive() and time.monotonic() < deadline:
-        _drain_queue(q, into)
-        proc.join(timeout=0.5)
-    _drain_queue(q, into)
-
-
 def run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
     from bench.ingest.cluster import with_parallelism
 
@@ -427,7 +416,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
         _say_phase(STACK, result)
 
         stop_ingest.set()
-        _join_draining(ingest, ingest_q, ingest_msgs, 60.0)
+        join_draining(ingest, ingest_q, ingest_msgs, 60.0)
         _stop_job(bench)
         bench.stop_component(stack.WRITER)
         time.sleep(2.0)  # the stopped processes' last writes settle

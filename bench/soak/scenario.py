@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import time
 import uuid
 from typing import Any
 
-from bench.env import BENCH_SERVER, BenchStack, CpuMeter, say, session_processes
+from bench.env import (
+    BENCH_SERVER,
+    BenchStack,
+    CpuMeter,
+    drain_queue,
+    join_draining,
+    say,
+    session_processes,
+)
 from bench.soak.load import ServeLoad, ingest_main, serve_main
 from bench.soak.sampling import (
     JAVA_TOOL_OPTIONS,
@@ -65,30 +72,12 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def _drain(q: Any, into: list[dict[str, Any]]) -> None:
-    while True:
-        try:
-            into.append(q.get_nowait())
-        except queue.Empty:
-            return
-
-
-def _join_draining(proc: Any, q: Any, into: list[dict[str, Any]], timeout_s: float) -> None:
-    """Join a child that reports on ``q``, emptying the queue meanwhile (a child with
-    unflushed queue items cannot exit)."""
-    deadline = time.monotonic() + timeout_s
-    while proc.is_alive() and time.monotonic() < deadline:
-        _drain(q, into)
-        proc.join(timeout=0.5)
-    _drain(q, into)
-
-
 def _wait_message(
     proc: Any, q: Any, into: list[dict[str, Any]], kind: str, timeout_s: float
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        _drain(q, into)
+        drain_queue(q, into)
         found = next((m for m in into if m["kind"] == kind), None)
         if found is not None:
             return found
@@ -218,7 +207,7 @@ def run_soak(bench: BenchStack, args: Any) -> dict[str, Any]:
             final = k * interval_s >= duration_s - 1e-6
             if final:
                 # After the load: its last interval report comes deadline + 0.3 s later.
-                _join_draining(serve, serve_q, serve_msgs, args.deadline + 30.0)
+                join_draining(serve, serve_q, serve_msgs, args.deadline + 30.0)
             else:
                 time.sleep(max(0.0, t0 + k * interval_s - time.monotonic()))
             t_s = time.monotonic() - t0
@@ -237,8 +226,8 @@ def run_soak(bench: BenchStack, args: Any) -> dict[str, Any]:
             sample["cpu_pct"] = interval_meter.stop()
             interval_meter = CpuMeter(cpu_sessions).start()
             probe_latencies += sample.pop("probe_latencies_ms", [])
-            _drain(ingest_q, ingest_msgs)
-            _drain(serve_q, serve_msgs)
+            drain_queue(ingest_q, ingest_msgs)
+            drain_queue(serve_q, serve_msgs)
             samples.append(sample)
             say_sample(sample, ingest_msgs, serve_msgs)
             dead = [name for name, sid in sessions.items() if not session_processes(sid)]
@@ -255,8 +244,8 @@ def run_soak(bench: BenchStack, args: Any) -> dict[str, Any]:
 
         # Ingest stops now; every event sent must show up in the users' events_total.
         stop_ingest.set()
-        _join_draining(ingest, ingest_q, ingest_msgs, 60.0)
-        _drain(serve_q, serve_msgs)
+        join_draining(ingest, ingest_q, ingest_msgs, 60.0)
+        drain_queue(serve_q, serve_msgs)
         ingest_done = next((m for m in ingest_msgs if m["kind"] == "ingest_done"), None)
         if ingest_done is None:
             raise RuntimeError("the ingest process ended without its final stats")
