@@ -54,17 +54,18 @@ def pick_users(rows: list[TaobaoRow], n: int) -> dict[str, list[TaobaoRow]]:
     return picked
 
 
-def expected_at(events: list[TaobaoRow], upto: int, shift_ms: int) -> dict[str, Any]:
-    """The user's features after their first ``upto`` events, from the file alone."""
+def expected_at(events: list[TaobaoRow], upto: int, shift_ms: int, prefix: str) -> dict[str, Any]:
+    """The user's features after their first ``upto`` events, from the file alone
+    (item ids carry the run's ``prefix``, as sent)."""
     seen = events[:upto]
     recent: list[str] = []
     for r in reversed(seen):
-        if r.behavior == "pv" and r.item_id not in recent:
-            recent.append(r.item_id)
+        if r.behavior == "pv" and prefix + r.item_id not in recent:
+            recent.append(prefix + r.item_id)
     carted: list[str] = []
     for r in seen:
-        if r.behavior == "cart" and r.item_id not in carted:
-            carted.append(r.item_id)
+        if r.behavior == "cart" and prefix + r.item_id not in carted:
+            carted.append(prefix + r.item_id)
     return {
         "events_total": len(seen),
         "last_seen_ms": seen[-1].timestamp_s * 1000 + shift_ms,
@@ -93,6 +94,9 @@ def test_historical_features_are_point_in_time_correct(pipeline: Settings) -> No
             event = row.to_event()
             event["user_id"] = prefix + row.user_id
             event["event_id"] = prefix + event["event_id"]
+            # Items too: the session's pipeline is shared, and test_pipeline checks the
+            # real item ids' view counts against the whole file.
+            event["item_id"] = prefix + event["item_id"]
             event["event_time"] = row.timestamp_s * 1000 + shift_ms
             yield event
 
@@ -143,7 +147,7 @@ def test_historical_features_are_point_in_time_correct(pipeline: Settings) -> No
         if upto == 0:
             assert pd.isna(got["events_total"]), (user, got.to_dict())
             continue
-        want = expected_at(picked[user], upto, shift_ms)
+        want = expected_at(picked[user], upto, shift_ms, prefix)
         actual = {
             "events_total": int(got["events_total"]),
             "last_seen_ms": int(got["last_seen_ms"]),

@@ -228,13 +228,20 @@ def test_item_popularity_matches_the_file(pipeline: Settings, taobao_replay: dic
             entity_rows=[{"item_id": i} for i in top_items],
         ).to_dict()
 
+    want = [views[i] for i in top_items]
+    seen: list[Any] = []
+
+    def exact():
+        r = read()
+        seen[:] = [r["views_24h"]]
+        return r if r["views_24h"] == want else None
+
     # As long as the users' wait above: the counts are exact once the job has drained
     # the replay (~93,000 events), which takes minutes on a 2-core test machine.
-    got = wait_for(
-        lambda: (r := read()) and r["views_24h"] == [views[i] for i in top_items] and r,
-        300,
-        "item view counts",
-    )
+    try:
+        got = wait_for(exact, 300, "item view counts")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}: want {want}, got {seen}") from None
     categories = {r.item_id: r.category_id for r in rows}
     assert got["category"] == [categories[i] for i in top_items]
 
