@@ -57,6 +57,9 @@ class ItemState:
     # Popularity per context value (flink_jobs/context_popularity.py), as of
     # ``trending_ref_ms``. Appended last: older states load with it empty.
     contexts: dict[str, float] = field(default_factory=dict)
+    # Who has the item in a cart, for the price_drop rules (flink_jobs/price_drop.py):
+    # user -> [added ms, price then, {rule: last fired ms}]. Appended last, as above.
+    carts: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def apply_item_event(

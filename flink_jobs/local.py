@@ -189,6 +189,9 @@ class LocalPipeline:
             self.neighbors.put(item_id, result.neighbors)
         for target, _, _ in record.links:
             self.linked_from.setdefault(target, set()).add(item_id)
+        self.output.triggers.extend(result.triggers)  # price drops (the item operator's)
+        if result.state_changed and not result.item_changed and result.item is not None:
+            self.items.put(item_id, result.item)
         if not (result.item_changed and result.item is not None):
             lap(STAGE_ITEM_STATE)
             return

@@ -77,6 +77,8 @@ IMPRESSION_TAG = OutputTag("impressions", exchanges.timed_record(exchanges.KEYED
 
 # The item operator's changelog records (its main output is the item-factor feed).
 ITEM_ROWS_TAG = OutputTag("item-rows", Types.STRING())
+# The item operator's triggers (price_drop rules: flink_jobs/price_drop.py).
+ITEM_TRIGGERS_TAG = OutputTag("item-triggers", Types.STRING())
 # The user operators' copy of the fed item factors: item id -> a feed record.
 ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.STRING())
 
@@ -339,6 +341,10 @@ class ItemFeatures(KeyedProcessFunction):
         result = self.step.on_event(self.state.value(), stored, record)
         if result.neighbors_changed:
             self.neighbors.update(result.neighbors)
+        for trigger in result.triggers:
+            yield ITEM_TRIGGERS_TAG, trigger.to_json()
+        if result.state_changed and not result.item_changed and result.item is not None:
+            self.state.update(result.item)
         if result.item_changed and result.item is not None:
             item = result.item
             self.state.update(item)

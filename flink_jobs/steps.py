@@ -20,10 +20,20 @@ from typing import Any
 import numpy as np
 
 from feature_repo.names import ITEM_CF, ITEM_STATS, USER_CF, USER_PROFILE
-from flink_jobs import attribution, clustering, covisitation, impressions, items, learning, profile
+from flink_jobs import (
+    attribution,
+    clustering,
+    covisitation,
+    impressions,
+    items,
+    learning,
+    price_drop,
+    profile,
+)
 from flink_jobs.item_factor_feed import from_bytes, to_bytes
 from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.triggers import Trigger
+from flink_jobs.triggers import load_rules as load_trigger_rules
 from personalization.compact_pickle import compact_pickle
 from personalization.events import (
     ERASURE,
@@ -327,6 +337,11 @@ class ItemResult:
     # The item half of the online MF learnt this event: the item's new factors, for the
     # ``item_cf`` row and the feed back to the user operators.
     learned: bool = False
+    # Only the item's cart record changed (price_drop rules): the state is stored, no
+    # row is rendered.
+    state_changed: bool = False
+    # price_drop triggers for users with the item in a cart (flink_jobs/price_drop.py).
+    triggers: list[Trigger] = field(default_factory=list)
 
 
 class ItemStep:
@@ -348,6 +363,7 @@ class ItemStep:
         self.covisit = covisitation.CoVisitConfig.from_settings(learning_cfg)
         self.cf = CFStep(learning_cfg, learner)
         self.recent_users = self.cf.new_recent_users()
+        self.price_rules = price_drop.price_drop_rules(load_trigger_rules(cfg.triggers))
 
     def link(self, neighbors: covisitation.Neighbors | None, links: Any) -> covisitation.Neighbors:
         neighbors = neighbors or covisitation.Neighbors()
@@ -375,6 +391,12 @@ class ItemStep:
             result.neighbors = self.link(neighbors, record.links)
             result.neighbors_changed = True
         state = item or items.ItemState(event.item_id)
+        if self.price_rules:
+            result.triggers = price_drop.price_drops(state.carts, event, self.price_rules)
+            price = event.price or state.price
+            if price_drop.track_cart(state.carts, event, price) or result.triggers:
+                result.item = state
+                result.state_changed = True
         if items.apply_item_event(state, event, self.half_life_s, self.max_contexts):
             result.item = state
             result.item_changed = True

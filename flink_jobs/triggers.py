@@ -30,7 +30,7 @@ from flink_jobs.trigger_kinds import KINDS
 from flink_jobs.trigger_rule import TriggerRule, TriggerState
 from personalization.events import Event
 from personalization.settings import FeatureSettings, TriggerSettings
-from personalization.trigger_rules import Rule, load_rule_file, parse_rules
+from personalization.trigger_rules import ITEM_KINDS, Rule, load_rule_file, parse_rules
 from personalization.triggers import Trigger
 
 __all__ = [
@@ -112,8 +112,12 @@ def _overriding(rules: tuple[TriggerRule, ...], hook: str) -> tuple[Any, ...]:
 
 
 def build_rules(specs: tuple[Rule, ...], cfg: FeatureSettings) -> tuple[TriggerRule, ...]:
+    """The user operator's rules; price drops run in the item operator
+    (``flink_jobs/price_drop.py``), which sees every price of an item."""
     active = frozenset(spec.name for spec in specs)
-    return tuple(KINDS[spec.kind](spec, cfg, active) for spec in specs)
+    return tuple(
+        KINDS[spec.kind](spec, cfg, active) for spec in specs if spec.kind not in ITEM_KINDS
+    )
 
 
 _last_built: _Built | None = None

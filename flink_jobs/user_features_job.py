@@ -58,6 +58,7 @@ from flink_jobs.operators import (
     ITEM_EVENT_TAG,
     ITEM_FACTORS_STATE,
     ITEM_ROWS_TAG,
+    ITEM_TRIGGERS_TAG,
     OUTCOME_TAG,
     USER_ROWS_TAG,
     AttributionJoin,
@@ -268,7 +269,10 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         "sink-item-factors"
     )
 
-    user_op.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
+    # The user operator's triggers and the item operator's (price drops of carted items),
+    # rebalanced into the sink for the reason the changelog sink's inputs are (below).
+    triggers = user_op.union(side_output(item_op, ITEM_TRIGGERS_TAG)).rebalance()
+    triggers.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
         "kafka: triggers"
     ).uid("sink-triggers")
     dead_letters = side_output(parsed, DLQ_TAG).union(side_output(exposures, DLQ_TAG))

@@ -8,7 +8,7 @@ field before the job starts, and a test can check a file without Flink. The form
     version: 1
     rules:
       - name: browse_intent          # the trigger's name on the topic; unique
-        kind: count                  # count | absence | sequence | threshold
+        kind: count                  # count | absence | sequence | threshold | price_drop
         events: [product_view]
         at_least: 3
         within: 10m
@@ -46,15 +46,18 @@ __all__ = [
     "ABSENCE_OF",
     "COUNT",
     "FEATURES",
+    "ITEM_KINDS",
     "KINDS",
     "OF_ACTIVITY",
     "OF_CART",
     "OF_SESSION",
+    "PRICE_DROP",
     "SEQUENCE",
     "THRESHOLD",
     "AbsenceRule",
     "CountRule",
     "EventFilter",
+    "PriceDropRule",
     "Rule",
     "RuleError",
     "RuleFileError",
@@ -69,7 +72,11 @@ COUNT = "count"
 ABSENCE = "absence"
 SEQUENCE = "sequence"
 THRESHOLD = "threshold"
-KINDS = (COUNT, ABSENCE, SEQUENCE, THRESHOLD)
+# Run by the item operator, which sees every price of an item (flink_jobs/price_drop.py).
+PRICE_DROP = "price_drop"
+KINDS = (COUNT, ABSENCE, SEQUENCE, THRESHOLD, PRICE_DROP)
+# Kinds whose rules the item operator runs, not the user operator.
+ITEM_KINDS = (PRICE_DROP,)
 
 # absence ``of``: what must stay quiet.
 OF_CART = "cart"  # the cart holds items and saw no cart activity for ``within``
@@ -199,6 +206,18 @@ class ThresholdRule(Rule):
     feature: str = ""
     at_least: float = 0.0
     milestones: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PriceDropRule(Rule):
+    """The price of an item in the user's cart fell by at least ``min_drop`` (a share of
+    the price the user saw when adding it) within ``within_ms`` of adding it: fires for
+    that user on the event that showed the lower price. The cooldown is per user and item."""
+
+    min_drop: float
+    within_ms: int
+    # Which events' prices count (categories, items, price range); empty: all.
+    where: EventFilter = EventFilter()
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -409,11 +428,26 @@ def _threshold(raw: Mapping[str, Any], common: dict[str, Any]) -> Rule:
     return ThresholdRule(**common, step=step, feature=feature, milestones=milestones)
 
 
+def _price_drop(raw: Mapping[str, Any], common: dict[str, Any]) -> Rule:
+    _known(raw, _COMMON | {"min_drop", "within", "where"})
+    _require(raw, "min_drop", "within")
+    min_drop = _number("min_drop", raw["min_drop"])
+    if not 0.0 < min_drop < 1.0:
+        raise _Invalid("min_drop", f"expected a share between 0 and 1, e.g. 0.1 (got {min_drop})")
+    return PriceDropRule(
+        **common,
+        min_drop=min_drop,
+        within_ms=_positive_duration_ms("within", raw["within"]),
+        where=_filter("where", raw["where"]) if "where" in raw else EventFilter(),
+    )
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any], dict[str, Any]], Rule]] = {
     COUNT: _count,
     ABSENCE: _absence,
     SEQUENCE: _sequence,
     THRESHOLD: _threshold,
+    PRICE_DROP: _price_drop,
 }
 
 

@@ -58,17 +58,24 @@ def test_every_exchange_is_a_keyed_hash_or_forward(plan: list[dict[str, object]]
     assert strategies <= {"HASH", "FORWARD", "BROADCAST", "REBALANCE"}
 
 
-def test_the_changelog_sink_has_only_all_to_all_inputs(plan: list[dict[str, object]]):
-    """A forward input would make the feature_updates sink align checkpoint barriers,
-    which deadlocks at parallelism > 1 (user_features_job.build_pipeline says how)."""
+@pytest.mark.parametrize("sink", ["kafka: feature_updates: Writer", "kafka: triggers: Writer"])
+def test_sinks_fed_by_both_operators_have_only_all_to_all_inputs(
+    plan: list[dict[str, object]], sink: str
+):
+    """A forward input would make the sink align checkpoint barriers, which deadlocks at
+    parallelism > 1 in the diamond user op -> item op -> sink <- user op
+    (user_features_job.build_pipeline says how)."""
     by_id = {n["id"]: str(n["type"]) for n in plan}
     sink_inputs = [
         (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
         for n in plan
-        if n["type"] == "kafka: feature_updates: Writer"
+        if n["type"] == sink
         for p in n.get("predecessors", [])  # type: ignore[attr-defined]
     ]
-    assert sink_inputs
+    assert {name for name, _ in sink_inputs} >= {
+        "user features + triggers + CF (user half)",
+        "item popularity + CF (item half)",
+    }, sink_inputs
     assert {strategy for _, strategy in sink_inputs} == {"REBALANCE"}, sink_inputs
 
 

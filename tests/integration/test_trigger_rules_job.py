@@ -161,3 +161,35 @@ def test_rule_state_survives_a_job_crash(pipeline: Settings) -> None:
     assert len(found) == 1, "the count rule forgot the view from before the crash"
     assert found[0]["evidence"]["event_ids"] == [f"{user}-1", f"{user}-2"]
     assert found[0]["time"] == t0 + MINUTE_MS
+
+
+def test_a_price_drop_of_a_carted_item_fires_for_its_users(pipeline: Settings) -> None:
+    """The item operator sees every price of an item: one user's cart, another user's
+    view at a lower price, and the first user gets the trigger with the prices."""
+    buyer, other = f"pd-{uuid.uuid4().hex[:8]}", f"pd-{uuid.uuid4().hex[:8]}"
+    item = f"it-pd-{uuid.uuid4().hex[:6]}"
+    t0 = int(time.time() * 1000) - HOUR_MS
+    cat = {"category": "rules-it-price", "item_id": item}
+    TrafficSender(pipeline, rate=0).send(
+        [
+            _event(buyer, 1, "add_to_cart", t0, price=100.0, **cat),
+            _event(other, 1, "product_view", t0 + MINUTE_MS, price=90.0, **cat),  # -10 %
+        ]
+    )
+    time.sleep(2.0)  # the item operator keys by item: one partition of its input, in order
+    TrafficSender(pipeline, rate=0).send(
+        [_event(other, 2, "product_view", t0 + 2 * MINUTE_MS, price=75.0, **cat)]  # -25 %
+    )
+    mine = stored_id(pipeline, buyer)
+    found = consume_all(
+        pipeline,
+        pipeline.kafka.triggers_topic,
+        lambda r: r["trigger"] == "it_cart_price_drop" and r["evidence"].get("item_id") == item,
+        want=1,
+        timeout_s=90,
+    )
+    assert [r["user_id"] for r in found] == [mine], found  # not the viewer, once
+    drop = found[0]
+    assert (drop["kind"], drop["time"]) == ("price_drop", t0 + 2 * MINUTE_MS)
+    assert drop["evidence"]["price_added"] == 100.0 and drop["evidence"]["price_now"] == 75.0
+    assert drop["evidence"]["event_ids"] == [f"{other}-2"]
