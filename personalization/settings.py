@@ -653,6 +653,9 @@ class CatalogSettings(_Section):
     similar_covisitation_weight: float = Field(default=1.0, ge=0)
     similar_content_weight: float = Field(default=0.6, ge=0)
     similar_cf_weight: float = Field(default=0.4, ge=0)
+    # SimilarItems: weight of the item's popularity in the request's context (country,
+    # device) beside them, where the job has seen enough of that context; 0: ignored.
+    similar_context_weight: float = Field(default=0.2, ge=0)
 
 
 class FeastSettings(_Section):

@@ -161,7 +161,13 @@ class Recommender:
         return recommendation
 
     def similar(
-        self, item_id: str, k: int, user_id: str = "", exclude: Iterable[str] = ()
+        self,
+        item_id: str,
+        k: int,
+        user_id: str = "",
+        exclude: Iterable[str] = (),
+        country: str = "",
+        device: str = "",
     ) -> list[RankedItem]:
         """Items like ``item_id`` (serving/similar.py); with a user, not what they bought.
         Raises ``serving.similar.UnknownItem`` for an item the catalog does not hold.
@@ -179,7 +185,14 @@ class Recommender:
                 self._report_store(True)
                 if user is not None:
                     banned.extend(user.purchased_items)
-        return similar_items(self._catalog.snapshot, item_id, k, self._similar, exclude=banned)
+        return similar_items(
+            self._catalog.snapshot,
+            item_id,
+            k,
+            self._similar,
+            exclude=banned,
+            context=ContextQuery.of(country, device, self._settings.features.context),
+        )
 
     def assignment(self, user_id: str) -> Assignment | None:
         return assignment_for(self._experiments, user_id, self._now_ms())

@@ -115,6 +115,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
                 request.k or self._default_k,
                 self._stored_id(user_id) if user_id else "",
                 exclude=request.exclude_item_ids,
+                country=request.context.country,
+                device=request.context.device,
             )
         except UnknownItem:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no item {item_id[:128]!r} in the catalog")

@@ -15,9 +15,13 @@ cf              cosine of the items' CF factors, above 0         similar
 
 blended as ``sum of weight[s] * score[s]`` (``catalog.similar_*_weight``), plus a
 tie-break of ``TIE_BREAK`` x the item's relative trending score, so equally similar items
-come most popular first. The item itself, unavailable items, the caller's exclusions and
-(with a user) what the user bought never appear. Each item is explained by the source
-contributing most to its score.
+come most popular first. With a request context (country, device) whose popularity the
+job has seen enough of (``serving/context_trending.py``), ``catalog.similar_context_weight``
+x the item's popularity there is added too: among items alike to the anchor, those
+popular where the visitor is rise, and say so ("same brand, popular in DE"). Context
+never makes an unrelated item similar. The item itself, unavailable items, the caller's
+exclusions and (with a user) what the user bought never appear. Each item is explained
+by the source contributing most to its score.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from personalization.settings import Settings
 from serving.catalog_snapshot import CatalogSnapshot
+from serving.context_trending import ContextQuery, context_trending
 from serving.item_content import ContentWeights, item_content
 from serving.ranking_types import RankedItem
 
@@ -56,6 +61,8 @@ class SimilarParams:
     covisitation_weight: float = 1.0
     content_weight: float = 0.6
     cf_weight: float = 0.4
+    # Popularity in the request's context, beside the similarity sources (0: ignored).
+    context_weight: float = 0.2
     half_life_s: float = 6 * 3600.0
     content: ContentWeights = field(default_factory=ContentWeights)
 
@@ -66,6 +73,7 @@ class SimilarParams:
             covisitation_weight=cfg.similar_covisitation_weight,
             content_weight=cfg.similar_content_weight,
             cf_weight=cfg.similar_cf_weight,
+            context_weight=cfg.similar_context_weight,
             half_life_s=settings.features.trending_half_life_s,
             content=ContentWeights(cfg.category_weight, cfg.brand_weight, cfg.tag_weight),
         )
@@ -105,11 +113,13 @@ def similar_items(
     params: SimilarParams,
     *,
     exclude: Iterable[str] = (),
+    context: ContextQuery | None = None,
 ) -> list[RankedItem]:
     """The ``k`` items most like ``item_id``, best first, each with its reason.
 
     Raises :class:`UnknownItem` when the catalog does not hold ``item_id``. ``exclude``
-    takes the caller's exclusions and the user's purchases.
+    takes the caller's exclusions and the user's purchases; ``context`` the request's
+    country / device (None: global popularity only breaks ties).
     """
     i = catalog.index_of.get(item_id)
     if i is None:
@@ -144,6 +154,12 @@ def similar_items(
     top_trend = float(trending.max()) if trending.size else 0.0
     if top_trend > 0:
         total += TIE_BREAK * trending / top_trend
+    local = context_trending(catalog, context, params.half_life_s)
+    if local is not None and params.context_weight > 0:
+        local_scores, local_reason = local
+        total += params.context_weight * local_scores
+    else:
+        local_scores, local_reason = None, ""
     total = np.where(allowed & similar, total, -np.inf)
     candidates = int(np.isfinite(total).sum())
     take = min(k, candidates)
@@ -161,6 +177,8 @@ def similar_items(
             reason = "same brand"
         else:
             reason = "similar"
+        if local_scores is not None and local_scores[j] > 0:
+            reason = f"{reason}, {local_reason}"
         items.append(
             RankedItem(
                 item_id=catalog.item_ids[j],

@@ -32,7 +32,13 @@ from personalization import feature_store as fs
 from personalization.feature_updates import FeatureUpdate
 from personalization.online_store import OnlineStoreWriter
 from personalization.settings import PROJECT_ROOT, Settings
-from personalization.v1 import catalog_pb2, catalog_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from personalization.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    events_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
 from serving.app import ServingApp
 from tests.identity import stored_id
 from tests.waiting import wait_for
@@ -330,10 +336,18 @@ def test_similar_items_over_grpc(writer: Settings, server: ServingApp, stubs):
         f"bike-{SFX}-{n}" for n in ("anchor", "helmet", "acme2", "zeta", "gone", "bought")
     )
     items = {i: (cat, 10.0) for i in (anchor, bought_with, same_brand, other, sold_out, bought)}
+    # Popular among visitors from "QQ" (a country no other test uses): the anchor's
+    # brand twin and the CF neighbour, and enough weight for the context to count.
+    local = {"context_keys": ["c=QQ"], "context_scores": [4.0]}
     _write_stats(
         writer,
         items,
-        **{anchor: {"covisit_items": [bought_with, sold_out], "covisit_scores": [5.0, 9.0]}},
+        **{
+            anchor: {"covisit_items": [bought_with, sold_out], "covisit_scores": [5.0, 9.0]},
+            same_brand: local,
+            other: local,
+            bought: local,
+        },
     )
     OnlineStoreWriter(writer).write(
         [
@@ -375,6 +389,17 @@ def test_similar_items_over_grpc(writer: Settings, server: ServingApp, stubs):
         recommender_pb2.SimilarItemsRequest(item_id=anchor, k=10), timeout=5
     )
     assert bought in {item.item_id for item in anonymous.items}
+    # A visitor from QQ: what is popular there says so (and similarity still decides).
+    visitor = recommender.SimilarItems(
+        recommender_pb2.SimilarItemsRequest(
+            item_id=anchor, k=10, context=events_pb2.EventContext(country="qq")
+        ),
+        timeout=5,
+    )
+    reasons = {item.item_id: item.reason for item in visitor.items}
+    assert reasons[same_brand] == "same brand, popular in QQ", reasons
+    assert reasons[other] == "similar, popular in QQ"
+    assert reasons[bought_with] == "often viewed together"
     for request, code in (
         (recommender_pb2.SimilarItemsRequest(item_id=f"nope-{SFX}"), grpc.StatusCode.NOT_FOUND),
         (

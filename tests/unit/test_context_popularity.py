@@ -19,6 +19,7 @@ from serving.context_trending import (
     update_index,
 )
 from serving.ranking import RankingParams, rank
+from serving.similar import SimilarParams, similar_items
 
 T0 = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -189,3 +190,26 @@ def test_the_hybrid_blend_falls_back_to_the_context_list_too() -> None:
     anywhere = rank(None, snapshot, 3, T0, params=hybrid)
     assert [i.item_id for i in anywhere.items][:2] == ["us-1", "us-2"]
     assert {i.reason for i in anywhere.items} == {"trending now"}
+
+
+def test_similar_items_prefer_what_is_popular_in_the_request_context() -> None:
+    # All six items share the category "c": equally similar by content to the anchor.
+    snapshot = build_snapshot(ROWS, built_ms=T0)
+    params = SimilarParams(covisitation_weight=0.0, cf_weight=0.0, half_life_s=HALF_LIFE_S)
+    anywhere = similar_items(snapshot, "fr-1", 5, params)
+    assert [i.item_id for i in anywhere][:2] == ["us-1", "us-2"]  # global trending ties
+    assert all(i.reason == "similar" for i in anywhere)
+    german = similar_items(snapshot, "fr-1", 5, params, context=ContextQuery.of("DE", "", QUERY))
+    assert [i.item_id for i in german][:3] == ["de-1", "de-2", "de-3"]
+    assert german[0].reason == "similar, popular in DE"
+    assert german[3].reason == "similar"  # not popular in DE: no context in its reason
+    # A thin context changes nothing; a zero weight switches context off.
+    thin = similar_items(snapshot, "de-1", 5, params, context=ContextQuery.of("FR", "", QUERY))
+    assert thin == similar_items(snapshot, "de-1", 5, params)
+    off = SimilarParams(covisitation_weight=0.0, cf_weight=0.0, context_weight=0.0)
+    assert similar_items(
+        snapshot, "fr-1", 5, off, context=ContextQuery.of("DE", "", QUERY)
+    ) == similar_items(snapshot, "fr-1", 5, off)
+    # Context never makes an unrelated item similar: nothing relates "x" to the others.
+    lone = build_snapshot([*ROWS, row("x", 1.0, {"c=DE": 1.0}, category="other")], built_ms=T0)
+    assert similar_items(lone, "x", 5, params, context=ContextQuery.of("DE", "", QUERY)) == []
