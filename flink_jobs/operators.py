@@ -31,6 +31,7 @@ from flink_jobs import (
     steps,
 )
 from flink_jobs.model_quality import PrequentialMonitor
+from flink_jobs.row_schedule import RowSchedule
 from flink_jobs.steps import CoVisitEdge, ItemEvent
 from personalization import metrics
 from personalization.events import (
@@ -313,14 +314,17 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
 
 class ItemFeatures(KeyedProcessFunction):
     """Keyed by item: popularity windows, trending score, co-visitation neighbours and the
-    item half of the online MF (``ItemStep``). One changelog record per changed item
-    (its ``item_stats`` and ``item_cf`` rows) to the ``ITEM_ROWS_TAG`` side output; new
-    factors are the main output (the feed, stamped with the event's time). The
+    item half of the online MF (``ItemStep``). A changed item's changelog record (its
+    ``item_stats`` and ``item_cf`` rows) goes to the ``ITEM_ROWS_TAG`` side output at most
+    once per ``features.item_rows_every_ms``, from a processing-time timer
+    (``flink_jobs/row_schedule.py``); new factors are the main output, per event (the
+    feed, stamped with the event's time). The
     neighbours are a state of their own: pickling them alone is much cheaper than the
     whole item state, and only events with links touch them."""
 
     def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
         self.step = steps.ItemStep(cfg, learning)
+        self.rows_every_ms = cfg.item_rows_every_ms
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -330,6 +334,8 @@ class ItemFeatures(KeyedProcessFunction):
         self.neighbors = runtime_context.get_state(
             ValueStateDescriptor("item-neighbors", Types.PICKLED_BYTE_ARRAY())
         )
+        # Rows on a processing-time timer (features.item_rows_every_ms; 0: per event).
+        self.schedule = RowSchedule(self.rows_every_ms) if self.rows_every_ms > 0 else None
 
     def process_element(
         self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
@@ -348,6 +354,14 @@ class ItemFeatures(KeyedProcessFunction):
         if result.item_changed and result.item is not None:
             item = result.item
             self.state.update(item)
+            if self.schedule is not None:
+                # Flink's processing time is the wall clock: no call into the JVM to read it.
+                due = self.schedule.defer(item.item_id, int(time.time() * 1000), result.learned)
+                if due is not None:
+                    ctx.timer_service().register_processing_time_timer(due)
+                if result.learned:
+                    yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
+                return
             neighbors = result.neighbors if record.links else self.neighbors.value()
             row = self.step.render(item, neighbors)
             if not result.learned:
@@ -356,6 +370,26 @@ class ItemFeatures(KeyedProcessFunction):
             yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
             # Main output: stamped with the item event's time (side outputs are not).
             yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        """The coalesced rows of the item (flink_jobs/row_schedule.py), from its state now.
+        The factor feed is not deferred: it stays on the main output, per event, stamped
+        with the event's time (a processing-time timer's output has none)."""
+        if self.schedule is None:
+            return
+        key = ctx.get_current_key()  # Row(item id) from exchanges.keyed
+        due = self.schedule.fire(str(key[0] if isinstance(key, Row) else key), timestamp)
+        if due is None:
+            return
+        item = self.state.value()
+        if item is None:
+            return
+        row = self.step.render(item, self.neighbors.value())
+        learned = due.learned if due.learned is not None else bool(item.cf_factors)
+        if learned and item.cf_factors:
+            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
+        else:
+            yield ITEM_ROWS_TAG, row.to_json()
 
 
 class AttributionJoin(KeyedCoProcessFunction):

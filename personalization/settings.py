@@ -274,6 +274,11 @@ class FeatureSettings(_Section):
     context: ContextSettings = ContextSettings()
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
+    # The item operator writes an item's rows (item_stats, item_cf) at most once per this
+    # much processing time, on a timer, with the item's state at that moment: a popular
+    # item seen 50 times in the interval is rendered once, not 50 times. 0: a row per
+    # event. Serving reads item rows every serving.catalog_refresh_s (2 s) anyway.
+    item_rows_every_ms: int = Field(default=1000, ge=0)
     # A/B attribution: outcomes count within this long after the exposure; outcomes
     # whose exposure never arrives are dropped this long after the last of them.
     attribution_window_s: int = 30 * 60

@@ -386,7 +386,12 @@ def test_interactions_update_cf_factors_within_seconds(pipeline: Settings):
     second = wait_for(lambda: (f := factors()) and f != first and f, 60, "factors to change")
     assert second != first
     print(f"CF factors updated {time.monotonic() - started:.1f}s after the first event")
-    items = store.get_online_features(
-        features=["item_cf:cf_vector"], entity_rows=[{"item_id": "cf-e"}]
-    ).to_dict()
-    assert len(items["cf_vector"][0]) == pipeline.learning.factors
+    # The item's rows follow within features.item_rows_every_ms (its row timer).
+    item_factors = wait_for(
+        lambda: store.get_online_features(
+            features=["item_cf:cf_vector"], entity_rows=[{"item_id": "cf-e"}]
+        ).to_dict()["cf_vector"][0],
+        30,
+        "the item's CF factors",
+    )
+    assert len(item_factors) == pipeline.learning.factors

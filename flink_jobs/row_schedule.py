@@ -1,0 +1,60 @@
+"""Coalesced feature rows (pure): at most one row per key per interval of processing time.
+
+Rendering a row costs more than folding the event that changed it (for an item: its
+co-visitation top list, context scores, rounding, JSON), and a hot key changes many
+times a second in a burst or a replay. So the operator folds every event into state at
+once but renders the key's row on a processing-time timer, at the end of the interval
+the first change fell in, from the state as it is then: the store sees the same final
+rows, at most one interval later, and a key changed N times in the interval costs one
+rendering instead of N.
+
+The schedule only remembers which keys have a timer armed (so an event of an armed key
+costs no call into the JVM) and whether the key's model factors changed too. It is not
+checkpointed: Flink checkpoints the timers themselves, and after a restore a timer that
+finds no entry renders everything the state holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Due", "RowSchedule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What a firing timer renders: ``learned`` is None when the schedule does not know
+    (a timer restored from a checkpoint): render the factors' row if there are factors."""
+
+    learned: bool | None
+
+
+@dataclass(slots=True)
+class RowSchedule:
+    every_ms: int
+    # key -> [due time ms, factors changed since the last row]
+    pending: dict[str, list] = field(default_factory=dict)
+
+    def defer(self, key: str, now_ms: int, learned: bool) -> int | None:
+        """Note a change of ``key`` at processing time ``now_ms``; the timer to register
+        (the end of the current interval), or None when one is armed already."""
+        entry = self.pending.get(key)
+        if entry is not None and entry[0] > now_ms:
+            entry[1] = entry[1] or learned
+            return None
+        due = (now_ms // self.every_ms + 1) * self.every_ms
+        # A timer past due but not yet fired (the operator was busy) still renders the
+        # newest state; the new one then renders again only if more changes come.
+        self.pending[key] = [due, learned or (entry is not None and entry[1])]
+        return due
+
+    def fire(self, key: str, timestamp: int) -> Due | None:
+        """A timer of ``key`` fired at ``timestamp``: what to render, or None when a
+        newer timer of the key is armed and will render it."""
+        entry = self.pending.get(key)
+        if entry is None:
+            return Due(learned=None)
+        if entry[0] > timestamp:
+            return None
+        del self.pending[key]
+        return Due(learned=bool(entry[1]))
