@@ -274,10 +274,12 @@ class FeatureSettings(_Section):
     context: ContextSettings = ContextSettings()
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
-    # The item operator writes an item's rows (item_stats, item_cf) at most once per this
-    # much processing time, on a timer, with the item's state at that moment: a popular
-    # item seen 50 times in the interval is rendered once, not 50 times. 0: a row per
-    # event. Serving reads item rows every serving.catalog_refresh_s (2 s) anyway.
+    # Coalesced rows (flink_jobs/row_schedule.py): the first change of a key quiet for
+    # this much processing time writes its row at once; the later changes within the
+    # interval write one row at its end, from a timer, with the state at that moment. A
+    # user with 30 events in a burst costs two renderings, a sparse stream what it did.
+    # 0: a row per event. Serving reads item rows every serving.catalog_refresh_s (2 s).
+    user_rows_every_ms: int = Field(default=100, ge=0)
     item_rows_every_ms: int = Field(default=1000, ge=0)
     # A/B attribution: outcomes count within this long after the exposure; outcomes
     # whose exposure never arrives are dropped this long after the last of them.
