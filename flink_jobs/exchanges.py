@@ -17,12 +17,6 @@ each helper (``KeyByKeySelector``, ``CustomTimestampAssigner``,
 ``RemoveTimestampMapFunction``: the same classes PyFlink's own helpers call), so the
 records, keys and key groups are those of the helpers (a savepoint of the older plan
 restores; only the stateless helper operators are gone).
-
-One output for two topics: an operator whose timers must emit both feature rows and
-triggers (a broadcast-connected keyed function sends what ``on_timer`` yields to its main
-output only) yields ``Row(kind, payload)`` (``ROUTED_RECORD``), and :func:`routed` splits
-the stream by kind in the JVM (a Table API filter, no Python) for the two Kafka sinks,
-which write the payload (``flink_jobs/user_features_job.kafka_sink(routed=True)``).
 """
 
 from __future__ import annotations
@@ -31,16 +25,10 @@ from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.typeinfo import TypeInformation
 from pyflink.datastream import DataStream, KeyedStream, OutputTag
 from pyflink.java_gateway import get_gateway
-from pyflink.table import StreamTableEnvironment
-from pyflink.table.expressions import col
 
 __all__ = [
     "KEYED_RECORD",
-    "ROUTED_RECORD",
-    "ROWS",
-    "TRIGGERS",
     "keyed",
-    "routed",
     "side_output",
     "timed_record",
     "with_event_time",
@@ -48,10 +36,6 @@ __all__ = [
 
 # What a producer yields for a keyed exchange: Row(key, pickled value).
 KEYED_RECORD = Types.ROW([Types.STRING(), Types.PICKLED_BYTE_ARRAY()])
-# Records bound for one of several Kafka topics: Row(kind, payload) (:func:`routed`).
-ROUTED_RECORD = Types.ROW_NAMED(["kind", "payload"], [Types.STRING(), Types.STRING()])
-ROWS = "r"  # changelog records, for the feature_updates topic
-TRIGGERS = "t"  # trigger records, for the triggers topic
 
 
 def timed_record(value_type: TypeInformation) -> TypeInformation:
@@ -88,11 +72,3 @@ def with_event_time(
     return DataStream(
         j_timed.map(eventtime.RemoveTimestampMapFunction(), value_type.get_java_type_info())
     )
-
-
-def routed(t_env: StreamTableEnvironment, stream: DataStream, kind: str) -> DataStream:
-    """The records of ``stream`` (``ROUTED_RECORD``) of one ``kind``, still as
-    ``Row(kind, payload)``: filtered in the JVM by the Table planner, with no Python
-    operator. A Kafka sink built with ``routed=True`` writes the payload."""
-    table = t_env.from_data_stream(stream).where(col("kind") == kind)
-    return DataStream(t_env._j_tenv.toDataStream(table._j_table))

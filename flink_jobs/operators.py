@@ -19,7 +19,6 @@ from pyflink.datastream import (
     OutputTag,
     ProcessFunction,
     RuntimeContext,
-    TimeDomain,
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
@@ -31,9 +30,8 @@ from flink_jobs import (
     propensity,
     steps,
 )
-from flink_jobs.exchanges import ROWS, TRIGGERS
 from flink_jobs.model_quality import PrequentialMonitor
-from flink_jobs.row_schedule import Due, RowSchedule
+from flink_jobs.row_schedule import RowSchedule
 from flink_jobs.steps import CoVisitEdge, ItemEvent
 from personalization import metrics
 from personalization.events import (
@@ -58,12 +56,11 @@ from personalization.settings import (
 log = logging.getLogger(__name__)
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
-# The user operator's changelog records and triggers both leave by its main output as
-# ``Row(kind, payload)`` (``exchanges.ROUTED_RECORD``; the JVM splits them by kind):
-# PyFlink's embedded keyed co-process operator (a broadcast-connected keyed function)
-# sends what on_timer yields to the main output even when it is a (tag, value) pair (a
-# ClassCastException in the String serializer), and its timers fire both triggers
-# (event time) and coalesced rows (processing time, flink_jobs/row_schedule.py).
+# The user operator's changelog records. Its triggers are its main output: PyFlink's
+# embedded keyed co-process operator (a broadcast-connected keyed function) sends what
+# on_timer yields to the main output even when it is a (tag, value) pair (a
+# ClassCastException in the String serializer), and timers fire triggers.
+USER_ROWS_TAG = OutputTag("user-rows", Types.STRING())
 # Side outputs bound for a keyed exchange carry Row(key, record) (flink_jobs/exchanges.py).
 # PyFlink's embedded operators send side-output records WITHOUT a timestamp (only the
 # main output keeps the input's), so the item events carry their event time with them
@@ -79,26 +76,15 @@ EXAMPLE_TAG = OutputTag("propensity-examples", exchanges.KEYED_RECORD)
 # (with their time: a side output drops the record's timestamp).
 IMPRESSION_TAG = OutputTag("impressions", exchanges.timed_record(exchanges.KEYED_RECORD))
 
-# The item operator's changelog records and triggers (price_drop rules:
-# flink_jobs/price_drop.py) as ``Row(kind, payload)``; its main output is the item-factor
-# feed.
-ITEM_ROUTED_TAG = OutputTag("item-routed", exchanges.ROUTED_RECORD)
+# The item operator's changelog records (its main output is the item-factor feed).
+ITEM_ROWS_TAG = OutputTag("item-rows", Types.STRING())
+# The item operator's triggers (price_drop rules: flink_jobs/price_drop.py).
+ITEM_TRIGGERS_TAG = OutputTag("item-triggers", Types.STRING())
 # The user operators' copy of the fed item factors: item id -> a feed record.
 ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.STRING())
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
-
-
-def _key_of(ctx: Any) -> str:
-    """The current key as a string (keys are ``Row(key)`` from ``exchanges.keyed``)."""
-    key = ctx.get_current_key()
-    return str(key[0] if isinstance(key, Row) else key)
-
-
-def _now_ms() -> int:
-    # Flink's processing time is the wall clock: no call into the JVM to read it.
-    return int(time.time() * 1000)
 
 
 def _metrics_settings(given: MetricsSettings | None) -> MetricsSettings:
@@ -186,12 +172,9 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     """Keyed by user: dedup, profile update, triggers, feature rows, the user half of the
     online MF (``UserStep``); the broadcast input is the item-factor feed.
 
-    Emits, on its main output as ``Row(kind, payload)``, trigger records and the user's
-    rows as one changelog record: at once for the first change of a user quiet for
-    ``features.user_rows_every_ms``, the later changes of that interval from a
-    processing-time timer at its end (``flink_jobs/row_schedule.py``). Each accepted item
-    event goes to the item branch (side output, so items see the same deduplicated
-    stream).
+    Emits trigger records (main output, see ``USER_ROWS_TAG``), the user's rows after
+    every accepted event as one changelog record (side output) and each accepted item
+    event for the item branch (side output, so items see the same deduplicated stream).
     """
 
     def __init__(
@@ -206,7 +189,6 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         # and travels inside the pickled operator (TaskManagers need no copy).
         self.step = steps.UserStep(cfg, privacy, learning, segments=segments)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
-        self.rows_every_ms = cfg.user_rows_every_ms
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -224,7 +206,6 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         self.model_metrics = metrics.model_metrics()
         self.updates = self.model_metrics.updates.labels("cf")
         self.next_report = 0.0
-        self.schedule = RowSchedule(self.rows_every_ms) if self.rows_every_ms > 0 else None
 
     def _sample_watermark(self, ctx: Any) -> None:
         now = time.monotonic()
@@ -266,17 +247,12 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self._load_cache(ctx)
         self._sample_watermark(ctx)
         previous = self.state.value()
-        schedule, now_ms, user_id = self.schedule, 0, event.user_id
-        render = True
-        if schedule is not None:
-            now_ms = _now_ms()
-            render = schedule.render_now(user_id, now_ms)
         if isinstance(event, impressions.Impression):
-            result = self.step.on_impression(previous, event, render=render)
+            result = self.step.on_impression(previous, event)
             if result.changed:
                 self.metrics.impressions.inc()
         else:
-            result = self.step.on_event(previous, event, render=render)
+            result = self.step.on_event(previous, event)
         if not result.changed:
             if result.duplicate:
                 self.metrics.duplicates.inc()
@@ -289,20 +265,13 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.state.update(result.state)
         for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
-            yield Row(TRIGGERS, trigger.to_json())
+            yield trigger.to_json()
         if result.timers:
             timers = ctx.timer_service()
             for due in result.timers:
                 timers.register_event_time_timer(due)
-        if schedule is not None and result.state is not None:
-            if render:
-                schedule.rendered(user_id, now_ms)
-            else:
-                flush_at = schedule.defer(user_id, now_ms, result.learned)
-                if flush_at is not None:
-                    ctx.timer_service().register_processing_time_timer(flush_at)
         if result.rows:
-            yield Row(ROWS, encode_record(result.rows))
+            yield USER_ROWS_TAG, encode_record(result.rows)
         if result.item_event is not None:
             item_event = result.item_event
             yield (
@@ -317,20 +286,16 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self._report_quality()
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            yield from self._flush_rows(timestamp, ctx)
-            return
         self._sample_watermark(ctx)
         user = self.state.value()
         if user is None:
             return
         if self.step.expired(user, timestamp) is not None:
             # Inactive past privacy.retention_days: the keyed state goes (its pending
-            # timers find nothing). The user's Redis rows go by their key TTL, the same
-            # retention counted from the last write (no erasure row from here: a replay
-            # of a years-old log, kept at its own times, would erase its users' rows as
-            # soon as live traffic moved the watermark on); a user who comes back first
-            # starts from nothing (UserStep.expired).
+            # timers find nothing). No erasure row from here: this operator sends what
+            # on_timer yields to its main output (see USER_ROWS_TAG), so the user's
+            # Redis rows go by their key TTL, the same retention counted from the last
+            # write; a user who comes back first starts from nothing (UserStep.expired).
             self.state.clear()
             self.metrics.expired_users.inc()
             return
@@ -344,33 +309,14 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
                 service.register_event_time_timer(due)
         for trigger in fired:
             self.metrics.triggers.labels(trigger.trigger).inc()
-            yield Row(TRIGGERS, trigger.to_json())
-
-    def _flush_rows(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        """The user's coalesced rows (flink_jobs/row_schedule.py), from the state now."""
-        if self.schedule is None:
-            return
-        due = self.schedule.fire(_key_of(ctx), timestamp)
-        if due is None:
-            return
-        user = self.state.value()
-        if user is None:  # erased meanwhile: the erasure row went out with the event
-            return
-        yield Row(ROWS, encode_record(self.step.rows_of(user, _learned(due, user.cf_factors))))
-
-
-def _learned(due: Due, factors: bytes) -> bool:
-    """Render the factors' row: they changed in the interval, or (a restored timer) the
-    schedule does not know and there are factors."""
-    return bool(factors) and (due.learned is None or due.learned)
+            yield trigger.to_json()
 
 
 class ItemFeatures(KeyedProcessFunction):
     """Keyed by item: popularity windows, trending score, co-visitation neighbours and the
     item half of the online MF (``ItemStep``). A changed item's changelog record (its
-    ``item_stats`` and ``item_cf`` rows) goes to the ``ITEM_ROUTED_TAG`` side output: at
-    once for the first change of an item quiet for ``features.item_rows_every_ms``, the
-    later changes of that interval from a processing-time timer at its end
+    ``item_stats`` and ``item_cf`` rows) goes to the ``ITEM_ROWS_TAG`` side output at most
+    once per ``features.item_rows_every_ms``, from a processing-time timer
     (``flink_jobs/row_schedule.py``); new factors are the main output, per event (the
     feed, stamped with the event's time). The
     neighbours are a state of their own: pickling them alone is much cheaper than the
@@ -402,31 +348,26 @@ class ItemFeatures(KeyedProcessFunction):
         if result.neighbors_changed:
             self.neighbors.update(result.neighbors)
         for trigger in result.triggers:
-            yield ITEM_ROUTED_TAG, Row(TRIGGERS, trigger.to_json())
+            yield ITEM_TRIGGERS_TAG, trigger.to_json()
         if result.state_changed and not result.item_changed and result.item is not None:
             self.state.update(result.item)
         if result.item_changed and result.item is not None:
             item = result.item
             self.state.update(item)
-            schedule = self.schedule
-            if schedule is not None:
-                now_ms = _now_ms()
-                if not schedule.render_now(item.item_id, now_ms):
-                    flush_at = schedule.defer(item.item_id, now_ms, result.learned)
-                    if flush_at is not None:
-                        ctx.timer_service().register_processing_time_timer(flush_at)
-                    if result.learned:
-                        yield item_factor_feed.encode(
-                            item.item_id, item.version_us, item.cf_factors
-                        )
-                    return
-                schedule.rendered(item.item_id, now_ms)
+            if self.schedule is not None:
+                # Flink's processing time is the wall clock: no call into the JVM to read it.
+                due = self.schedule.defer(item.item_id, int(time.time() * 1000), result.learned)
+                if due is not None:
+                    ctx.timer_service().register_processing_time_timer(due)
+                if result.learned:
+                    yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
+                return
             neighbors = result.neighbors if record.links else self.neighbors.value()
             row = self.step.render(item, neighbors)
             if not result.learned:
-                yield ITEM_ROUTED_TAG, Row(ROWS, row.to_json())
+                yield ITEM_ROWS_TAG, row.to_json()
                 return
-            yield ITEM_ROUTED_TAG, Row(ROWS, encode_record([row, self.step.cf_row(item)]))
+            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
             # Main output: stamped with the item event's time (side outputs are not).
             yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
 
@@ -436,17 +377,19 @@ class ItemFeatures(KeyedProcessFunction):
         with the event's time (a processing-time timer's output has none)."""
         if self.schedule is None:
             return
-        due = self.schedule.fire(_key_of(ctx), timestamp)
+        key = ctx.get_current_key()  # Row(item id) from exchanges.keyed
+        due = self.schedule.fire(str(key[0] if isinstance(key, Row) else key), timestamp)
         if due is None:
             return
         item = self.state.value()
         if item is None:
             return
         row = self.step.render(item, self.neighbors.value())
-        if _learned(due, item.cf_factors):
-            yield ITEM_ROUTED_TAG, Row(ROWS, encode_record([row, self.step.cf_row(item)]))
+        learned = due.learned if due.learned is not None else bool(item.cf_factors)
+        if learned and item.cf_factors:
+            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
         else:
-            yield ITEM_ROUTED_TAG, Row(ROWS, row.to_json())
+            yield ITEM_ROWS_TAG, row.to_json()
 
 
 class AttributionJoin(KeyedCoProcessFunction):
@@ -577,7 +520,7 @@ class PropensityTraining(KeyedProcessFunction):
         self,
         batch: list[propensity.Example] | propensity.Example,
         ctx: KeyedProcessFunction.Context,
-    ) -> Iterator[Row]:
+    ) -> Iterator[str]:
         # An exposure's examples (one Example in records of jobs before batching, which a
         # restore may still replay). Versions are cut at the same example counts either way.
         examples = batch if isinstance(batch, list) else [batch]
@@ -592,7 +535,7 @@ class PropensityTraining(KeyedProcessFunction):
                 yield self._publish(propensity.cut_version(trainer, shard, shards))
         self.state.update(trainer)
 
-    def _publish(self, version: ModelVersion) -> Row:
+    def _publish(self, version: ModelVersion) -> str:
         for name, value in version.metrics.items():
             self.model_metrics.set_prequential(propensity.MODEL_NAME, name, value)
         self.model_metrics.set_version(propensity.MODEL_NAME, version.version)
@@ -602,4 +545,4 @@ class PropensityTraining(KeyedProcessFunction):
             version.examples,
             version.metrics,
         )
-        return Row(ROWS, model_version_update(version).to_json())
+        return model_version_update(version).to_json()

@@ -1,19 +1,17 @@
-"""Coalesced feature rows (pure): at most two rows per key per interval of processing time.
+"""Coalesced feature rows (pure): at most one row per key per interval of processing time.
 
-Rendering a row costs more than folding the event that changed it (a user's windows,
-interests and segments; an item's co-visitation top list and context scores; then JSON
-and a record out of Python), and in a burst or a replay a key changes many times a
-second. So an operator renders a key's row at once when the key has been quiet for an
-interval (the leading edge: a sparse stream costs what it did, and stays as fresh), and
-folds the changes that follow within the interval into state only: one processing-time
-timer at the interval's end renders the key's row from its state as it is then (the
-trailing edge). The store sees the same final rows, at most one interval later, and a
-key changed N times in an interval costs at most two renderings instead of N.
+Rendering a row costs more than folding the event that changed it (for an item: its
+co-visitation top list, context scores, rounding, JSON), and a hot key changes many
+times a second in a burst or a replay. So the operator folds every event into state at
+once but renders the key's row on a processing-time timer, at the end of the interval
+the first change fell in, from the state as it is then: the store sees the same final
+rows, at most one interval later, and a key changed N times in the interval costs one
+rendering instead of N.
 
-The schedule is the operator's memory of which keys rendered when, which have a timer
-armed (so an event of an armed key costs no call into the JVM) and whether the key's
-model factors changed meanwhile. It is not checkpointed: Flink checkpoints the timers,
-and after a restore a timer that finds no entry renders everything the state holds.
+The schedule only remembers which keys have a timer armed (so an event of an armed key
+costs no call into the JVM) and whether the key's model factors changed too. It is not
+checkpointed: Flink checkpoints the timers themselves, and after a restore a timer that
+finds no entry renders everything the state holds.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = ["Due", "RowSchedule"]
-
-# Entries of keys quiet for longer than this many intervals are dropped in a sweep.
-_SWEEP_AT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,42 +32,29 @@ class Due:
 @dataclass(slots=True)
 class RowSchedule:
     every_ms: int
-    # key -> [quiet from (ms), timer armed at (ms, 0: none), factors changed since the row]
+    # key -> [due time ms, factors changed since the last row]
     pending: dict[str, list] = field(default_factory=dict)
 
-    def render_now(self, key: str, now_ms: int) -> bool:
-        """Whether a change of ``key`` at ``now_ms`` renders its row at once (the key was
-        quiet for an interval) or is left to the interval's timer."""
-        entry = self.pending.get(key)
-        return entry is None or (entry[0] <= now_ms and not entry[1])
-
-    def rendered(self, key: str, now_ms: int) -> None:
-        """The row of ``key`` was rendered at ``now_ms``: changes within the next
-        interval wait for its end."""
-        if len(self.pending) >= _SWEEP_AT:
-            self.pending = {k: e for k, e in self.pending.items() if e[1] or e[0] > now_ms}
-        self.pending[key] = [now_ms + self.every_ms, 0, False]
-
     def defer(self, key: str, now_ms: int, learned: bool) -> int | None:
-        """A change of ``key`` not rendered now: the timer to register (the end of the
-        interval), or None when one is armed already."""
+        """Note a change of ``key`` at processing time ``now_ms``; the timer to register
+        (the end of the current interval), or None when one is armed already."""
         entry = self.pending.get(key)
-        if entry is None:  # not after render_now(); kept safe: a timer one interval on
-            entry = self.pending[key] = [now_ms + self.every_ms, 0, False]
-        entry[2] = entry[2] or learned
-        if entry[1]:
+        if entry is not None and entry[0] > now_ms:
+            entry[1] = entry[1] or learned
             return None
-        entry[1] = max(entry[0], now_ms + 1)
-        return int(entry[1])
+        due = (now_ms // self.every_ms + 1) * self.every_ms
+        # A timer past due but not yet fired (the operator was busy) still renders the
+        # newest state; the new one then renders again only if more changes come.
+        self.pending[key] = [due, learned or (entry is not None and entry[1])]
+        return due
 
     def fire(self, key: str, timestamp: int) -> Due | None:
-        """A timer of ``key`` fired at ``timestamp``: what to render, or None when it is
-        not the key's armed timer (a newer one renders)."""
+        """A timer of ``key`` fired at ``timestamp``: what to render, or None when a
+        newer timer of the key is armed and will render it."""
         entry = self.pending.get(key)
         if entry is None:
             return Due(learned=None)
-        if not entry[1] or entry[1] > timestamp:
+        if entry[0] > timestamp:
             return None
-        learned = bool(entry[2])
-        self.pending[key] = [timestamp + self.every_ms, 0, False]
-        return Due(learned=learned)
+        del self.pending[key]
+        return Due(learned=bool(entry[1]))

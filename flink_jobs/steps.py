@@ -204,14 +204,6 @@ class UserStep:
             profile.user_feature_row(user, self.cfg, self.segment_rules),
         )
 
-    def rows_of(self, user: profile.UserState, learned: bool) -> list[FeatureUpdate]:
-        """The user's rows as the state holds them: the profile and, when its factors
-        changed, the CF row (the job's coalesced rows, flink_jobs/row_schedule.py)."""
-        rows = [self.row(user)]
-        if learned:
-            rows.append(self.cf.user_row(user))
-        return rows
-
     def cluster(self, user: profile.UserState, time_ms: int) -> list[Trigger]:
         """Re-cluster the user when due (first event, a new session, every N events):
         most events cost one comparison. Returns ``segment_changed`` if the id moved."""
@@ -236,11 +228,7 @@ class UserStep:
         )
         return fired
 
-    def on_event(
-        self, previous: profile.UserState | None, event: Event, *, render: bool = True
-    ) -> UserResult:
-        """Fold ``event``. ``render`` False leaves the user's rows to the caller
-        (:meth:`rows_of`, later): an erasure's row is in ``rows`` all the same."""
+    def on_event(self, previous: profile.UserState | None, event: Event) -> UserResult:
         if event.event_type == ERASURE:
             # Forget everything kept about the user; the writer erases the store entry.
             version = next_version_us(event.event_time_ms, previous.version_us if previous else 0)
@@ -282,14 +270,12 @@ class UserStep:
             covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
         result.triggers += self.cluster(user, event.event_time_ms)
         result.timers = self.arm(user)
-        if render:
-            result.rows.append(self.row(user))
+        result.rows.append(self.row(user))
         if interacted:
             user_factors = b""
             if (weight := self.cf.weight(event)) > 0:
                 user_factors = self.cf.learn_user(self.known_items, self.quality, user, event)
-                if render:
-                    result.rows.append(self.cf.user_row(user))
+                result.rows.append(self.cf.user_row(user))
                 result.learned = True
             result.item_event = ItemEvent(event, links, user_factors, weight)
             if attribution.outcome_of(event) is not None:
@@ -301,18 +287,13 @@ class UserStep:
         return self.known_items.put(item_id, factors, version_us)
 
     def on_impression(
-        self,
-        previous: profile.UserState | None,
-        impression: impressions.Impression,
-        *,
-        render: bool = True,
+        self, previous: profile.UserState | None, impression: impressions.Impression
     ) -> UserResult:
         user = previous or profile.new_state(impression.user_id, self.default_consent)
         outcome = profile.apply_impression(user, impression, self.cfg)
         if not outcome.changed:
             return UserResult(previous, duplicate=outcome.duplicate)
-        rows = [self.row(user)] if render else []
-        return UserResult(user, changed=True, impression=True, rows=rows)
+        return UserResult(user, changed=True, impression=True, rows=[self.row(user)])
 
     def arm(self, user: profile.UserState) -> list[int]:
         """The timer to register, if any: the earliest due time, unless the timer already

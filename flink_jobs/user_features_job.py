@@ -48,28 +48,19 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSink,
     KafkaSource,
 )
-from pyflink.table import StreamTableEnvironment
 
 from flink_jobs.checkpoints import latest_checkpoint
-from flink_jobs.exchanges import (
-    KEYED_RECORD,
-    ROUTED_RECORD,
-    ROWS,
-    TRIGGERS,
-    keyed,
-    routed,
-    side_output,
-    timed_record,
-    with_event_time,
-)
+from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
     DLQ_TAG,
     EXAMPLE_TAG,
     IMPRESSION_TAG,
     ITEM_EVENT_TAG,
     ITEM_FACTORS_STATE,
-    ITEM_ROUTED_TAG,
+    ITEM_ROWS_TAG,
+    ITEM_TRIGGERS_TAG,
     OUTCOME_TAG,
+    USER_ROWS_TAG,
     AttributionJoin,
     ItemFeatures,
     ParseEvents,
@@ -113,11 +104,8 @@ def flink_configuration(settings: Settings, restore_from: Path | None) -> Config
     return conf
 
 
-def kafka_sink(
-    settings: Settings, topic: str, *, exactly_once: bool = False, routed: bool = False
-) -> KafkaSink:
-    """A Kafka sink for ``topic``; ``routed``: of ``Row(kind, payload)`` records
-    (``exchanges.routed``), writing the payload.
+def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) -> KafkaSink:
+    """A Kafka sink for ``topic``.
 
     At-least-once flushes the producer on every checkpoint: nothing acknowledged by a
     checkpoint can sit in a buffer. That suits ``feature_updates``, whose consumer is
@@ -126,20 +114,15 @@ def kafka_sink(
     with each checkpoint, so a restore never shows a read_committed consumer a record
     twice, at the cost of up to one checkpoint interval of delay.
     """
-    serializer = (
-        KafkaRecordSerializationSchema.builder()
-        .set_topic(topic)
-        .set_value_serialization_schema(SimpleStringSchema())
-        .build()
-    )
-    if routed:
-        # The value is the Row's second field: PyFlink's own JVM wrapper for the
-        # Row(topic, value) records of its topic selectors, no Python.
-        serializer._wrap_serialization_schema()
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka.bootstrap_servers)
-        .set_record_serializer(serializer)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
         .set_property("linger.ms", "5")
         .set_property("compression.type", "lz4")
     )
@@ -265,7 +248,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
                 settings.learning,
                 segments=settings.segments,
             ),
-            output_type=ROUTED_RECORD,
+            output_type=Types.STRING(),
         )
         .name("user features + triggers + CF (user half)")
         .uid("user-features")
@@ -286,6 +269,12 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         "sink-item-factors"
     )
 
+    # The user operator's triggers and the item operator's (price drops of carted items),
+    # rebalanced into the sink for the reason the changelog sink's inputs are (below).
+    triggers = user_op.union(side_output(item_op, ITEM_TRIGGERS_TAG)).rebalance()
+    triggers.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
+        "kafka: triggers"
+    ).uid("sink-triggers")
     dead_letters = side_output(parsed, DLQ_TAG).union(side_output(exposures, DLQ_TAG))
 
     attributions = (
@@ -301,33 +290,26 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # The click-propensity model learns from the labelled shown items (one learner).
     model_versions = (
         keyed(side_output(attributions, EXAMPLE_TAG))
-        .process(PropensityTraining(settings.learning, settings.metrics), output_type=ROUTED_RECORD)
+        .process(
+            PropensityTraining(settings.learning, settings.metrics), output_type=Types.STRING()
+        )
         .name("propensity model (River)")
         .uid("propensity-learner")
     )
 
-    # Feature rows and triggers of the user, item and propensity operators, as
-    # Row(kind, payload), split by kind in the JVM into their two sinks (a timer of the
-    # user operator can only emit on its main output: exchanges.routed).
-    #
-    # Rebalanced, not forwarded: a forward (pointwise) input makes the operator that
-    # merges them align its checkpoint barriers, and at parallelism > 1 that deadlocks
-    # in the diamond user op -> item op -> merge <- user op. The user op aligns (its
-    # broadcast input rules out unaligned checkpoints); the item op, unaligned, forwards
-    # the barrier of the first user subtask done; the merge then blocks the item op's
-    # channel until the other user subtask's barrier arrives, which cannot, as that
-    # subtask is backpressured by the item op. With only all-to-all inputs the merge
-    # checkpoints unaligned and never blocks.
-    records = user_op.rebalance().union(
-        side_output(item_op, ITEM_ROUTED_TAG).rebalance(), model_versions.rebalance()
+    # Rebalanced, not forwarded: a forward (pointwise) input makes the sink align its
+    # checkpoint barriers, and at parallelism > 1 that deadlocks in the diamond user op ->
+    # item op -> sink <- user op. The user op aligns (its broadcast input rules out
+    # unaligned checkpoints); the item op, unaligned, forwards the barrier of the first
+    # user subtask done; the sink then blocks the item op's channel until the other user
+    # subtask's barrier arrives, which cannot, as that subtask is backpressured by the
+    # item op. With only all-to-all inputs the sink checkpoints unaligned and never blocks.
+    rows = side_output(user_op, USER_ROWS_TAG).union(
+        side_output(item_op, ITEM_ROWS_TAG), model_versions
     )
-    t_env = StreamTableEnvironment.create(env)
-    routed(t_env, records, ROWS).sink_to(
-        kafka_sink(settings, k.feature_updates_topic, routed=True)
-    ).name("kafka: feature_updates").uid("sink-feature-updates")
-    routed(t_env, records, TRIGGERS).sink_to(
-        kafka_sink(settings, k.triggers_topic, exactly_once=True, routed=True)
-    ).name("kafka: triggers").uid("sink-triggers")
+    rows.rebalance().sink_to(kafka_sink(settings, k.feature_updates_topic)).name(
+        "kafka: feature_updates"
+    ).uid("sink-feature-updates")
     dead_letters.sink_to(kafka_sink(settings, k.dlq_topic, exactly_once=True)).name(
         "kafka: events_dlq"
     ).uid("sink-dlq")

@@ -274,15 +274,10 @@ class FeatureSettings(_Section):
     context: ContextSettings = ContextSettings()
     # Item popularity (trending) decays with this half-life.
     trending_half_life_s: float = 6 * 3600.0
-    # Coalesced rows (flink_jobs/row_schedule.py): the first change of a key quiet for
-    # this much processing time writes its row at once; the later changes within the
-    # interval write one row at its end, from a timer, with the state at that moment. A
-    # user with 30 events in a burst costs two renderings, a sparse stream what it did.
-    # The price: the feature history (history.*) then holds no row for the changes in
-    # between, so a training set asked for a time inside a burst gets the row before it.
-    # Users: 0 (a row per event; the history exact per event); e.g. 100 for throughput.
-    # Items: 1 s; serving reads item rows every serving.catalog_refresh_s (2 s) anyway.
-    user_rows_every_ms: int = Field(default=0, ge=0)
+    # The item operator writes an item's rows (item_stats, item_cf) at most once per this
+    # much processing time, on a timer, with the item's state at that moment: a popular
+    # item seen 50 times in the interval is rendered once, not 50 times. 0: a row per
+    # event. Serving reads item rows every serving.catalog_refresh_s (2 s) anyway.
     item_rows_every_ms: int = Field(default=1000, ge=0)
     # A/B attribution: outcomes count within this long after the exposure; outcomes
     # whose exposure never arrives are dropped this long after the last of them.

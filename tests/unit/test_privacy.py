@@ -157,22 +157,3 @@ def test_no_retention_arms_no_expiry():
     step = _step(retention_days=0)
     user, _ = _fold(step, [view(0, T0)])
     assert step.expires_at(user) is None and step.expired(user, T0 + 10**12) is None
-
-
-def test_deferred_rows_render_from_the_state_as_the_step_would_have() -> None:
-    """The job's coalesced user rows (flink_jobs/row_schedule.py): a change not rendered
-    at once is rendered later by rows_of from the state, equal to the step's own rows;
-    an erasure's row is never deferred."""
-    events = [view(n, T0 + n * 1_000) for n in range(5)]
-    eager, lazy = _step(), _step()
-    _, rows = _fold(eager, events)
-    state = None
-    for n, event in enumerate(events):
-        result = lazy.on_event(state, event, render=n == 0)
-        state = result.state
-        if n:
-            assert result.rows == [] and result.learned
-    assert lazy.rows_of(state, learned=True) == rows[-2:]  # user_profile, then user_cf
-    assert [r.view for r in lazy.rows_of(state, learned=False)] == [USER_PROFILE]
-    withdrawn = lazy.on_event(state, consent("denied", T0 + 10_000), render=False)
-    assert [r.erase for r in withdrawn.rows] == [True]
