@@ -27,6 +27,7 @@ from flink_jobs import (
     exchanges,
     impressions,
     item_factor_feed,
+    price_drop,
     propensity,
     steps,
 )
@@ -34,6 +35,7 @@ from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.row_schedule import RowSchedule
 from flink_jobs.steps import CoVisitEdge, ItemEvent
 from personalization import metrics
+from personalization.catalog_records import parse_catalog_record
 from personalization.events import (
     CONTROL_TYPES,
     Event,
@@ -140,6 +142,27 @@ class ParseEvents(ProcessFunction):
             return
         self._count_event(parsed.event_type)
         yield Row(parsed.user_id, parsed), parsed.event_time_ms
+
+
+class ParseCatalogPrices(ProcessFunction):
+    """Catalog records -> ``(Row(item_id, ItemEvent), time)`` for the item operator: the
+    prices of the item catalog, so a price cut fires the price_drop rules at once
+    (flink_jobs/price_drop.py). Only in a job whose rule file has such a rule. Refused
+    records are skipped: the writer's catalog consumer dead-letters them already."""
+
+    def __init__(self, max_future_skew_s: int) -> None:
+        self.max_future_skew_ms = max_future_skew_s * 1000
+
+    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        now_ms = int(time.time() * 1000)
+        item = parse_catalog_record(
+            value, now_ms=now_ms, max_future_skew_ms=self.max_future_skew_ms
+        )
+        if isinstance(item, Rejection):
+            return
+        event = price_drop.catalog_price_event(item, now_ms)
+        if event is not None:
+            yield Row(event.item_id, ItemEvent(event)), event.event_time_ms
 
 
 class _QualityReporting:

@@ -8,8 +8,11 @@ when added, at what price, and when each rule last fired for that user; an event
 shows a price at least ``min_drop`` below the price a user added the item at, within
 ``within`` of adding it, fires the rule for that user, at most once per cooldown.
 
-Prices come from the events (``price`` of product views, carts, purchases), so "the
-price" is the newest one the item operator has seen. A removal or a purchase forgets
+Prices come from the events (``price`` of product views, carts, purchases) and from the
+item catalog (``Catalog.UpsertItems``, the ``catalog`` topic, ``personalize catalog
+import``: :func:`catalog_price_event`), so "the price" is the newest one the item
+operator has seen, and a price cut in the catalog fires the rule without waiting for
+the item's next event. A removal or a purchase forgets
 the user's cart entry; so does the bound, oldest entries first.
 """
 
@@ -17,17 +20,48 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from personalization.catalog_records import CatalogItem
 from personalization.events import ADD_TO_CART, PURCHASE, REMOVE_FROM_CART, Event
 from personalization.trigger_rules import PRICE_DROP, PriceDropRule, Rule
 from personalization.triggers import Trigger
 
-__all__ = ["MAX_CARTS", "CartEntry", "price_drop_rules", "price_drops", "track_cart"]
+__all__ = [
+    "CATALOG_PRICE",
+    "MAX_CARTS",
+    "CartEntry",
+    "catalog_price_event",
+    "price_drop_rules",
+    "price_drops",
+    "track_cart",
+]
+
+# The event type of a catalog record's price for the item operator: not a behaviour
+# (no user, no popularity), only the item's category and price.
+CATALOG_PRICE = "catalog_price"
 
 # Carts remembered per item: the newest adds win (a popular item's state stays small).
 MAX_CARTS = 200
 
 # user id -> [added at (event time ms), price then, {rule name: last fired ms}]
 CartEntry = list
+
+
+def catalog_price_event(item: CatalogItem, now_ms: int) -> Event | None:
+    """A catalog record's price as an item event (no user), or None when it carries no
+    price (a deletion, a record without one). Timed at the record's ``updated_at``, else
+    when it was read."""
+    if item.deleted or item.price <= 0:
+        return None
+    t = item.updated_ms or now_ms
+    return Event(
+        event_id=f"catalog:{item.item_id}:{t}",
+        user_id="",
+        event_type=CATALOG_PRICE,
+        event_time_ms=t,
+        item_id=item.item_id,
+        category=item.category,
+        price=item.price,
+    )
 
 
 def price_drop_rules(rules: Sequence[Rule]) -> tuple[PriceDropRule, ...]:

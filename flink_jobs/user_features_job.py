@@ -63,13 +63,15 @@ from flink_jobs.operators import (
     USER_ROWS_TAG,
     AttributionJoin,
     ItemFeatures,
+    ParseCatalogPrices,
     ParseEvents,
     ParseExposures,
     PropensityTraining,
     UserFeatures,
 )
+from flink_jobs.price_drop import price_drop_rules
 from flink_jobs.python_env import embedded_python_path
-from flink_jobs.triggers import with_rules_loaded
+from flink_jobs.triggers import load_rules, with_rules_loaded
 from personalization.settings import Settings, load_settings, settings_from_json
 
 log = logging.getLogger(__name__)
@@ -259,6 +261,27 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         side_output(user_op, ITEM_EVENT_TAG), _watermarks(settings), KEYED_RECORD
     )
     item_events = item_events.name("item event time").uid("item-event-time")
+    if price_drop_rules(load_rules(features_cfg.triggers)):
+        # The catalog's prices too: a price cut fires the price_drop rules without
+        # waiting for the item's next event (flink_jobs/price_drop.py).
+        catalog = (
+            env.from_source(
+                kafka_source(settings, (k.catalog_topic,), "-catalog-prices"),
+                WatermarkStrategy.no_watermarks(),
+                "catalog",
+            )
+            .name("kafka: catalog")
+            .uid("source-catalog")
+        )
+        prices = catalog.process(
+            ParseCatalogPrices(features_cfg.max_future_skew_s),
+            output_type=timed_record(KEYED_RECORD),
+        )
+        prices = prices.name("catalog prices").uid("catalog-prices")
+        catalog_events = with_event_time(prices, _watermarks(settings), KEYED_RECORD)
+        item_events = item_events.union(
+            catalog_events.name("catalog price time").uid("catalog-price-time")
+        )
     item_op = (
         keyed(item_events)
         .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())

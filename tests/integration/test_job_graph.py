@@ -94,3 +94,19 @@ def test_cf_is_partitioned_with_the_item_factors_fed_back_by_broadcast(
     assert ("Source: kafka: item factors", "BROADCAST") in user_inputs
     sinks = {str(n["type"]) for n in plan}
     assert "kafka: item factors: Writer" in sinks
+
+
+def test_a_price_drop_rule_feeds_the_catalog_prices_to_the_item_operator(
+    plan: list[dict[str, object]],
+):
+    """The session's rule file has a price_drop rule, so the item operator also reads the
+    catalog topic's prices (flink_jobs/price_drop.py), keyed by item like its events."""
+    by_id = {n["id"]: str(n["type"]) for n in plan}
+    (item_op,) = [n for n in plan if n["type"] == "item popularity + CF (item half)"]
+    inputs = [
+        (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
+        for p in item_op.get("predecessors", [])  # type: ignore[attr-defined]
+    ]
+    assert any("catalog" in str(name) for name, _ in inputs), inputs
+    assert {strategy for _, strategy in inputs} == {"HASH"}, inputs
+    assert "Source: kafka: catalog" in by_id.values(), by_id

@@ -10,10 +10,12 @@ event from before the crash.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from tests.conftest import TEST_TRIGGER_RULES
 from tests.identity import stored_id
 from tests.integration.test_pipeline import consume_all
 from tests.waiting import wait_for
+from traffic.catalog_import import CatalogImport, import_catalog
 from traffic.sender import TrafficSender
 
 pytestmark = pytest.mark.integration
@@ -193,3 +196,43 @@ def test_a_price_drop_of_a_carted_item_fires_for_its_users(pipeline: Settings) -
     assert (drop["kind"], drop["time"]) == ("price_drop", t0 + 2 * MINUTE_MS)
     assert drop["evidence"]["price_added"] == 100.0 and drop["evidence"]["price_now"] == 75.0
     assert drop["evidence"]["event_ids"] == [f"{other}-2"]
+
+
+def test_a_price_cut_in_the_catalog_fires_without_an_event(
+    pipeline: Settings, tmp_path: Path
+) -> None:
+    """The job reads the catalog's prices too: a cart at 100, then the shop lowers the
+    price to 70 with `personalize catalog import` (the catalog topic, where
+    Catalog.UpsertItems writes too), and no event of the item follows."""
+    buyer = f"pdc-{uuid.uuid4().hex[:8]}"
+    item = f"it-pdc-{uuid.uuid4().hex[:6]}"
+    t0 = int(time.time() * 1000) - HOUR_MS
+    TrafficSender(pipeline, rate=0).send(
+        [_event(buyer, 1, "add_to_cart", t0, price=100.0, category="rules-it-price", item_id=item)]
+    )
+    time.sleep(2.0)  # the cart first: the catalog is another input of the item operator
+    cut_at = int(time.time() * 1000)
+    feed = tmp_path / "price-cut.jsonl"
+    feed.write_text(
+        json.dumps(
+            {
+                "item_id": item,
+                "category_path": "Shop > rules-it-price",
+                "price": 70.0,
+                "updated_at": cut_at,
+            }
+        )
+        + "\n"
+    )
+    stats = import_catalog(pipeline, feed, CatalogImport.parse())
+    assert (stats.sent, stats.errors) == (1, 0), stats
+    found = consume_all(
+        pipeline,
+        pipeline.kafka.triggers_topic,
+        lambda r: r["trigger"] == "it_cart_price_drop" and r["evidence"].get("item_id") == item,
+        want=1,
+        timeout_s=90,
+    )
+    assert [r["user_id"] for r in found] == [stored_id(pipeline, buyer)], found
+    assert found[0]["time"] == cut_at
+    assert (found[0]["evidence"]["price_added"], found[0]["evidence"]["price_now"]) == (100.0, 70.0)

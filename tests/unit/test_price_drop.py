@@ -153,3 +153,24 @@ def test_where_limits_the_items_a_rule_watches():
         [ev("ann", "add_to_cart", T0, price=10.0), ev("bob", "product_view", T0 + 1, price=5.0)],
     )
     assert fired == [[], [("ann", "shoes_drop")]]  # sku-1 is in shoes
+
+
+def test_a_price_cut_in_the_catalog_fires_for_the_carts() -> None:
+    from personalization.catalog_records import CatalogItem
+
+    cut = CatalogItem("sku-1", category_path=("Shop", "shoes"), price=80.0, updated_ms=T0 + HOUR)
+    event = price_drop.catalog_price_event(cut, now_ms=T0 + 2 * HOUR)
+    assert event is not None
+    assert (event.event_type, event.user_id, event.event_time_ms) == (
+        price_drop.CATALOG_PRICE,
+        "",
+        T0 + HOUR,  # the record's own time, not when it was read
+    )
+    assert (event.item_id, event.category, event.price) == ("sku-1", "shoes", 80.0)
+    step = ItemStep(cfg())
+    fired = run(step, [ev("a", "add_to_cart", T0, 100.0), event])
+    assert fired == [[], [("a", "cart_price_drop")]]
+    # No price, or a deletion: nothing for the item operator.
+    assert price_drop.catalog_price_event(CatalogItem("sku-1"), now_ms=T0) is None
+    gone = CatalogItem("sku-1", price=10.0, deleted=True)
+    assert price_drop.catalog_price_event(gone, now_ms=T0) is None
