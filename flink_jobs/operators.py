@@ -386,13 +386,10 @@ class ItemFeatures(KeyedProcessFunction):
                     yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
                 return
             neighbors = result.neighbors if record.links else self.neighbors.value()
-            row = self.step.render(item, neighbors)
-            if not result.learned:
-                yield ITEM_ROWS_TAG, row.to_json()
-                return
-            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
-            # Main output: stamped with the item event's time (side outputs are not).
-            yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
+            yield ITEM_ROWS_TAG, self._changelog_record(item, neighbors, result.learned)
+            if result.learned:
+                # Main output: stamped with the item event's time (side outputs are not).
+                yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         """The coalesced rows of the item (flink_jobs/row_schedule.py), from its state now.
@@ -407,12 +404,15 @@ class ItemFeatures(KeyedProcessFunction):
         item = self.state.value()
         if item is None:
             return
-        row = self.step.render(item, self.neighbors.value())
         learned = due.learned if due.learned is not None else bool(item.cf_factors)
+        yield ITEM_ROWS_TAG, self._changelog_record(item, self.neighbors.value(), learned)
+
+    def _changelog_record(self, item: Any, neighbors: Any, learned: bool) -> str:
+        """The item's ``item_stats`` row, with its ``item_cf`` row when it has learnt."""
+        row = self.step.render(item, neighbors)
         if learned and item.cf_factors:
-            yield ITEM_ROWS_TAG, encode_record([row, self.step.cf_row(item)])
-        else:
-            yield ITEM_ROWS_TAG, row.to_json()
+            return encode_record([row, self.step.cf_row(item)])
+        return row.to_json()
 
 
 class AttributionJoin(KeyedCoProcessFunction):
