@@ -184,13 +184,7 @@ def test_a_price_drop_of_a_carted_item_fires_for_its_users(pipeline: Settings) -
         [_event(other, 2, "product_view", t0 + 2 * MINUTE_MS, price=75.0, **cat)]  # -25 %
     )
     mine = stored_id(pipeline, buyer)
-    found = consume_all(
-        pipeline,
-        pipeline.kafka.triggers_topic,
-        lambda r: r["trigger"] == "it_cart_price_drop" and r["evidence"].get("item_id") == item,
-        want=1,
-        timeout_s=90,
-    )
+    found = _price_drops_of(pipeline, item)
     assert [r["user_id"] for r in found] == [mine], found  # not the viewer, once
     drop = found[0]
     assert (drop["kind"], drop["time"]) == ("price_drop", t0 + 2 * MINUTE_MS)
@@ -226,13 +220,18 @@ def test_a_price_cut_in_the_catalog_fires_without_an_event(
     )
     stats = import_catalog(pipeline, feed, CatalogImport.parse())
     assert (stats.sent, stats.errors) == (1, 0), stats
-    found = consume_all(
+    found = _price_drops_of(pipeline, item)
+    assert [r["user_id"] for r in found] == [stored_id(pipeline, buyer)], found
+    assert found[0]["time"] == cut_at
+    assert (found[0]["evidence"]["price_added"], found[0]["evidence"]["price_now"]) == (100.0, 70.0)
+
+
+def _price_drops_of(pipeline: Settings, item: str) -> list[dict[str, Any]]:
+    """The test rule file's price-drop triggers of ``item``, once one has arrived."""
+    return consume_all(
         pipeline,
         pipeline.kafka.triggers_topic,
         lambda r: r["trigger"] == "it_cart_price_drop" and r["evidence"].get("item_id") == item,
         want=1,
         timeout_s=90,
     )
-    assert [r["user_id"] for r in found] == [stored_id(pipeline, buyer)], found
-    assert found[0]["time"] == cut_at
-    assert (found[0]["evidence"]["price_added"], found[0]["evidence"]["price_now"]) == (100.0, 70.0)
