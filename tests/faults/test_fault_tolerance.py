@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from feature_repo.features import ENTITY_OF_VIEW
 from flink_jobs import windows
@@ -61,6 +61,7 @@ from personalization.settings import (
     Settings,
 )
 from tests.integration.test_pipeline import USER_PREFIX, expected_features
+from tests.integration.test_pipeline import produce_raw as produce_to
 from traffic.replay import TaobaoRow, dataset_path, load_taobao
 from traffic.sender import TrafficSender
 
@@ -389,12 +390,8 @@ def send(settings: Settings, events: list[dict[str, Any]], rate: float = 0.0) ->
 
 
 def produce_raw(settings: Settings, payloads: list[bytes]) -> None:
-    if not payloads:
-        return
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    for payload in payloads:
-        producer.produce(settings.kafka.clickstream_topic, payload)
-    assert producer.flush(60) == 0
+    if payloads:
+        produce_to(settings, settings.kafka.clickstream_topic, payloads)
 
 
 class BackgroundSend(threading.Thread):

@@ -67,10 +67,19 @@ def consume_all(
 
 
 def produce_raw(settings: Settings, topic: str, payloads: list[bytes]) -> None:
+    """Produce unkeyed records and check each was acknowledged: ``flush`` alone does
+    not say that a record was refused (a compacted topic refuses records without a key)."""
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    errors: list[object] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+
     for payload in payloads:
-        producer.produce(topic, payload)
-    assert producer.flush(30) == 0
+        producer.produce(topic, payload, on_delivery=delivered)
+    assert producer.flush(60) == 0
+    assert not errors, errors
 
 
 # --- independent expectations from the raw file ------------------------------------------
