@@ -85,10 +85,16 @@ class Trainer:
     published: int = 0  # examples at the last published version
 
     @classmethod
-    def from_settings(cls, cfg: LearningSettings) -> Trainer:
+    def from_settings(
+        cls, cfg: LearningSettings, initial_weights: Mapping[str, float] | None = None
+    ) -> Trainer:
+        """A fresh learner; ``initial_weights`` (feature -> weight) warm-start it, e.g.
+        from a blend's configured weights, so it starts ranking like that blend."""
         model = linear_model.LogisticRegression(
             optimizer=optim.SGD(cfg.propensity_learning_rate), l2=cfg.propensity_l2
         )
+        for name, weight in _finite(initial_weights).items():
+            model._weights[name] = weight
         return cls(model=model)
 
     # --- the learner role: ids are not features, the logged ``x`` is everything ---

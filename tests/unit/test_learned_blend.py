@@ -249,3 +249,26 @@ def test_every_strategy_logs_the_features_of_every_source(strategy: str):
     if strategy != "trending":
         assert any(row["src_interest"] > 0 for row in ranking.logged_features)
         assert any(row["src_content"] > 0 for row in ranking.logged_features)
+
+
+def test_the_warm_started_head_starts_as_the_prior_blend():
+    prior = {cand.COVISITATION: 1.0, cand.CF: 0.3, cand.TRENDING: 0.1}
+    learner = BlendLearner.from_settings(LearningSettings(), prior)
+    version = PropensityModel.from_version(learner.trainer.cut_version())
+    assert version.weights == PropensityModel.prior(prior).weights
+    cold = BlendLearner.from_settings(LearningSettings(blend_warm_start=False), prior)
+    assert PropensityModel.from_version(cold.trainer.cut_version()).weights == {}
+
+
+@pytest.mark.parametrize("shown_negatives", [False, True])
+def test_shown_items_are_negatives_only_when_configured(shown_negatives: bool):
+    rng = random.Random(2)
+    cfg = LearningSettings(
+        blend_shown_negatives=shown_negatives, blend_source_negatives=0, blend_random_negatives=0
+    )
+    learner = BlendLearner.from_settings(cfg)
+    columns, target = columns_with_planted_target(rng, 20)
+    shown = [i for i in range(20) if i != target][:5]
+    learner.learn(_ranking_with(columns), target, shown=shown, excluded=())
+    # Each pair is learnt both ways round: 2 examples per negative.
+    assert learner.trainer.examples == (2 * len(shown) if shown_negatives else 0)
