@@ -10,14 +10,20 @@ feature difference of the chosen item and each negative, RankNet's loss):
 - the positive: the item the user interacted with, with the features it had in the
   ranking made before the event was learnt (``Ranking.features``: the columns serving's
   code computed, never recomputed here);
-- negatives: ``random_negatives`` items drawn at random from the catalog. Hard
-  negatives stay off by default (``blend_shown_negatives``, ``blend_source_negatives``):
-  the items the ranking showed and the sources' best candidates taught the head that a
-  source's top candidates are bad (the chosen item is mostly outside them) and it
-  ranked at half of hybrid_v1 (HitRate@10 0.050 vs 0.118, first 6,000 MovieLens 100K
-  events); so did top-weighted variants (WARP without a margin, LambdaRank@10 pairs).
-  A pointwise logistic loss against the head's own top k chased its tail too (ROC AUC
-  0.50).
+- the negative, by WARP (the default, ``blend_warp_tries`` > 0): items drawn at random
+  until one the learner's current weights rank above the chosen item or within
+  ``blend_warp_margin`` of it, the pair weighted by L(rank), the harmonic number of the
+  rank the number of draws estimates (:func:`warp_negative`). Events the head already
+  gets right by the margin teach nothing; without the margin the updates (violators
+  only) shrank the weights to noise. With ``blend_warp_tries`` 0: ``random_negatives``
+  items drawn at random, unweighted.
+- hard negatives stay off by default (``blend_shown_negatives``,
+  ``blend_source_negatives``): the items the ranking showed and the sources' best
+  candidates taught the head that a source's top candidates are bad (the chosen item
+  is mostly outside them) and it ranked at half of hybrid_v1 (HitRate@10 0.050 vs
+  0.118, first 6,000 MovieLens 100K events); so did top-weighted pairs against the
+  head's own top (LambdaRank@10). A pointwise logistic loss against the head's own
+  top k chased its tail too (ROC AUC 0.50).
 
 The learner starts from the strategy's prior weights (``blend_warm_start``), so its
 first versions rank like that blend.
@@ -41,7 +47,7 @@ from serving import candidates as cand
 from serving.propensity import FeatureColumns, PropensityModel
 from serving.ranking import Ranking
 
-__all__ = ["BlendLearner", "examples_for"]
+__all__ = ["BlendLearner", "examples_for", "warp_negative"]
 
 
 def examples_for(
@@ -82,6 +88,35 @@ def examples_for(
     return [(row(target), True), *((row(i), False) for i in negatives)]
 
 
+def warp_negative(
+    score: np.ndarray,
+    target: int,
+    excluded: Collection[int],
+    margin: float,
+    tries: int,
+    rng: random.Random,
+) -> tuple[int, float] | None:
+    """WARP's negative for one event: items drawn at random (never the target nor an
+    excluded one) until one the head ranks above the target or within ``margin`` of it
+    (``score``: the head's linear score per catalog item), at most ``tries`` draws. Returns
+    that item and the pair's weight L(rank), rank estimated from the draws it took (the
+    fewer, the further down the target is): the harmonic number of
+    ``(allowed - 1) // draws``; None when every draw ranked below the target's margin."""
+    n = int(score.shape[0])
+    allowed = n - len({i for i in excluded if 0 <= i < n and i != target}) - 1
+    if allowed <= 0:
+        return None
+    bar = float(score[target]) - margin
+    for draw in range(1, tries + 1):
+        i = rng.randrange(n)
+        while i == target or i in excluded:
+            i = rng.randrange(n)
+        if score[i] > bar:
+            rank = max(allowed // draw, 1)
+            return i, float(sum(1.0 / r for r in range(1, rank + 1)))
+    return None
+
+
 @dataclass(slots=True)
 class BlendLearner:
     """The learned blend's head, learnt from a replay test-then-train."""
@@ -92,6 +127,8 @@ class BlendLearner:
     per_source: int = 0
     pool: int = 10
     random_negatives: int = 5
+    warp_tries: int = 0  # > 0: WARP (one violating negative per event) instead
+    warp_margin: float = 1.0
     rng: random.Random = field(default_factory=lambda: random.Random(42))
     head: PropensityModel | None = None  # None: the strategy's prior
     tested: int = 0
@@ -103,13 +140,16 @@ class BlendLearner:
         """The learner of a head whose strategy's prior blend weights (source -> weight)
         are ``prior``; with ``blend_warm_start`` its learner starts from them."""
         start = PropensityModel.prior(prior).weights if prior and cfg.blend_warm_start else None
+        own = cfg.model_copy(update={"propensity_learning_rate": cfg.blend_learning_rate})
         return cls(
-            trainer=propensity.Trainer.from_settings(cfg, start),
+            trainer=propensity.Trainer.from_settings(own, start),
             refresh_every=cfg.blend_refresh_every,
             shown_negatives=cfg.blend_shown_negatives,
             per_source=cfg.blend_source_negatives,
             pool=cfg.blend_source_pool,
             random_negatives=cfg.blend_random_negatives,
+            warp_tries=cfg.blend_warp_tries,
+            warp_margin=cfg.blend_warp_margin,
             rng=random.Random(cfg.seed),
         )
 
@@ -121,6 +161,42 @@ class BlendLearner:
         columns = ranking.features
         if columns is None:
             return
+        if self.warp_tries > 0:
+            self._learn_warp(columns, target, excluded)
+        else:
+            self._learn_sampled(columns, target, shown, excluded)
+        self.tested += 1
+        if self.refresh_every > 0 and self.tested % self.refresh_every == 0:
+            self.head = PropensityModel.from_version(self.trainer.cut_version())
+
+    def current(self) -> PropensityModel:
+        """The learner's weights now (the head is refreshed from them every
+        ``refresh_every`` events)."""
+        model = self.trainer.model
+        return PropensityModel("", dict(model.weights), float(model.intercept))
+
+    def _learn_warp(self, columns: FeatureColumns, target: int, excluded: Collection[int]) -> None:
+        found = warp_negative(
+            self.current().linear(columns),
+            target,
+            excluded,
+            self.warp_margin,
+            self.warp_tries,
+            self.rng,
+        )
+        if found is None:
+            return
+        negative, weight = found
+        rows = columns.rows([target, negative])
+        self._learn_pair(rows[0], rows[1], weight)
+
+    def _learn_sampled(
+        self,
+        columns: FeatureColumns,
+        target: int,
+        shown: Collection[int],
+        excluded: Collection[int],
+    ) -> None:
         rows = examples_for(
             columns,
             target,
@@ -133,12 +209,14 @@ class BlendLearner:
         )
         positive = rows[0][0]
         for negative, _ in rows[1:]:
-            # Pairwise: the logistic loss of "the chosen item outscores this one", both
-            # ways round so the intercept stays 0. A linear head ranks by w . x, so the
-            # weights learnt on differences rank exactly as they were trained to.
-            ahead = {k: v - negative.get(k, 0.0) for k, v in positive.items()}
-            self.trainer.learn_one("", "", 1.0, 0, ahead)
-            self.trainer.learn_one("", "", 0.0, 0, {k: -v for k, v in ahead.items()})
-        self.tested += 1
-        if self.refresh_every > 0 and self.tested % self.refresh_every == 0:
-            self.head = PropensityModel.from_version(self.trainer.cut_version())
+            self._learn_pair(positive, negative, 1.0)
+
+    def _learn_pair(
+        self, positive: dict[str, float], negative: dict[str, float], weight: float
+    ) -> None:
+        # Pairwise: the logistic loss of "the chosen item outscores this one", both
+        # ways round so the intercept stays 0. A linear head ranks by w . x, so the
+        # weights learnt on differences rank exactly as they were trained to.
+        ahead = {k: v - negative.get(k, 0.0) for k, v in positive.items()}
+        self.trainer.learn_one("", "", 1.0, 0, ahead, weight)
+        self.trainer.learn_one("", "", 0.0, 0, {k: -v for k, v in ahead.items()}, weight)
