@@ -26,7 +26,10 @@ feature difference of the chosen item and each negative, RankNet's loss):
   top k chased its tail too (ROC AUC 0.50).
 
 The learner starts from the strategy's prior weights (``blend_warm_start``), so its
-first versions rank like that blend.
+first versions rank like that blend. A gate chooses between the two whole blends by
+their online hit rate (``blend_gate_window``): at each refresh the learnt weights become
+the head only if their prequential HitRate@k over the window (each event scored before
+it is learnt) is at least the prior's; else the strategy ranks with its prior.
 
 The head the ranking uses is refreshed every ``refresh_every`` tested events through
 ``Trainer.cut_version`` -> ``PropensityModel.from_version``, the path a published version
@@ -36,6 +39,7 @@ takes to serving; until the first refresh the strategy ranks with its prior weig
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -47,7 +51,7 @@ from serving import candidates as cand
 from serving.propensity import FeatureColumns, PropensityModel
 from serving.ranking import Ranking
 
-__all__ = ["BlendLearner", "examples_for", "warp_negative"]
+__all__ = ["BlendLearner", "examples_for", "in_top", "warp_negative"]
 
 
 def examples_for(
@@ -86,6 +90,17 @@ def examples_for(
         return {**{k: float(v[i]) for k, v in columns.items.items()}, **columns.user}
 
     return [(row(target), True), *((row(i), False) for i in negatives)]
+
+
+def in_top(score: np.ndarray, target: int, excluded: Collection[int], k: int) -> bool:
+    """Would ``score`` rank the target in the top ``k`` of the items not excluded (ties
+    share their places: half of the tied items count as ahead)?"""
+    allowed = score.copy()
+    if excluded:
+        allowed[[i for i in excluded if i != target]] = -np.inf
+    mine = allowed[target]
+    ahead = int((allowed > mine).sum()) + (int((allowed == mine).sum()) - 1) // 2
+    return ahead < k
 
 
 def warp_negative(
@@ -130,16 +145,28 @@ class BlendLearner:
     warp_tries: int = 0  # > 0: WARP (one violating negative per event) instead
     warp_margin: float = 1.0
     rng: random.Random = field(default_factory=lambda: random.Random(42))
+    # > 0: at each refresh the learnt weights become the head only if their
+    # prequential HitRate@k over the last gate_window tested events is at least the
+    # prior's (else the head is the prior: None).
+    gate_window: int = 0
+    prior: PropensityModel | None = None
+    k: int = 10
     head: PropensityModel | None = None  # None: the strategy's prior
     tested: int = 0
+    # Per tested event in the gate's window: (the learnt weights hit, the prior hit).
+    hits: deque[tuple[bool, bool]] = field(default_factory=deque)
+    gated: int = 0  # refreshes that kept the prior
 
     @classmethod
     def from_settings(
-        cls, cfg: LearningSettings, prior: Mapping[str, float] | None = None
+        cls, cfg: LearningSettings, prior: Mapping[str, float] | None = None, k: int = 10
     ) -> BlendLearner:
         """The learner of a head whose strategy's prior blend weights (source -> weight)
-        are ``prior``; with ``blend_warm_start`` its learner starts from them."""
-        start = PropensityModel.prior(prior).weights if prior and cfg.blend_warm_start else None
+        are ``prior``; with ``blend_warm_start`` its learner starts from them, with
+        ``blend_gate_window`` the head is the prior while it hits the top ``k`` more
+        often."""
+        prior_head = PropensityModel.prior(prior) if prior else None
+        start = prior_head.weights if prior_head and cfg.blend_warm_start else None
         own = cfg.model_copy(update={"propensity_learning_rate": cfg.blend_learning_rate})
         return cls(
             trainer=propensity.Trainer.from_settings(own, start),
@@ -150,6 +177,9 @@ class BlendLearner:
             random_negatives=cfg.blend_random_negatives,
             warp_tries=cfg.blend_warp_tries,
             warp_margin=cfg.blend_warp_margin,
+            gate_window=cfg.blend_gate_window if prior_head else 0,
+            prior=prior_head,
+            k=k,
             rng=random.Random(cfg.seed),
         )
 
@@ -161,12 +191,33 @@ class BlendLearner:
         columns = ranking.features
         if columns is None:
             return
+        learnt = self.current().linear(columns)
+        if self.gate_window > 0 and self.prior is not None:
+            self.hits.append(
+                (
+                    in_top(learnt, target, excluded, self.k),
+                    in_top(self.prior.linear(columns), target, excluded, self.k),
+                )
+            )
+            if len(self.hits) > self.gate_window:
+                self.hits.popleft()
         if self.warp_tries > 0:
-            self._learn_warp(columns, target, excluded)
+            self._learn_warp(learnt, columns, target, excluded)
         else:
             self._learn_sampled(columns, target, shown, excluded)
         self.tested += 1
         if self.refresh_every > 0 and self.tested % self.refresh_every == 0:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """The head from now on: the learnt weights as a published version, unless the
+        gate finds the prior hitting more often over its window."""
+        learnt_hits = sum(mine for mine, _ in self.hits)
+        prior_hits = sum(theirs for _, theirs in self.hits)
+        if self.gate_window > 0 and learnt_hits < prior_hits:
+            self.head = None
+            self.gated += 1
+        else:
             self.head = PropensityModel.from_version(self.trainer.cut_version())
 
     def current(self) -> PropensityModel:
@@ -175,9 +226,15 @@ class BlendLearner:
         model = self.trainer.model
         return PropensityModel("", dict(model.weights), float(model.intercept))
 
-    def _learn_warp(self, columns: FeatureColumns, target: int, excluded: Collection[int]) -> None:
+    def _learn_warp(
+        self,
+        score: np.ndarray,
+        columns: FeatureColumns,
+        target: int,
+        excluded: Collection[int],
+    ) -> None:
         found = warp_negative(
-            self.current().linear(columns),
+            score,
             target,
             excluded,
             self.warp_margin,

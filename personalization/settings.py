@@ -473,6 +473,12 @@ class LearningSettings(_Section):
     # WARP's L(rank) weights up to ~8 make 0.05 too coarse (the random-negative figures
     # above are at 0.05).
     blend_learning_rate: float = 0.01
+    # The gate (a choice between two whole blends by online hit rate): at each refresh
+    # the learnt weights become the head only if their prequential HitRate@k over the
+    # last N tested events is at least the prior's, else the head is the prior (0: no
+    # gate). The learnt head is not better everywhere nor all the time (MovieLens
+    # latest: below hybrid_v1 early on); the gate keeps the better one as they move.
+    blend_gate_window: int = 2000
     # Keyed learners the propensity model is trained by (examples spread by rec id, the
     # registry publishes their example-weighted average): its parallelism, up to this.
     propensity_shards: int = Field(default=4, ge=1, le=128)

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from analysis.blend_learner import BlendLearner, examples_for, warp_negative
+from analysis.blend_learner import BlendLearner, examples_for, in_top, warp_negative
 from analysis.evaluation import coverage, evaluate, source_shares
 from flink_jobs import propensity
 from personalization.events import RATING, Event
@@ -308,3 +308,32 @@ def test_warp_learns_nothing_from_an_event_the_head_already_ranks_by_a_margin():
     cold.learn(_ranking_with(columns), target, shown=(), excluded=())
     assert cold.trainer.examples == 2
     assert cold.current().weights["src_session"] > 0
+
+
+def test_in_top_counts_only_allowed_items_and_splits_ties():
+    score = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    assert not in_top(score, 3, excluded=(), k=3)
+    assert in_top(score, 3, excluded={0}, k=3)  # an excluded item is not ahead
+    assert in_top(np.zeros(5), 0, (), k=3)  # 4 tied: 2 of them count as ahead
+    assert not in_top(np.zeros(9), 0, (), k=3)
+
+
+@pytest.mark.parametrize("gate_window", [0, 50])
+def test_the_gate_keeps_the_prior_while_the_learnt_weights_hit_less(gate_window: int):
+    prior = {cand.SESSION: 5.0}  # ranks the planted target first
+    cfg = LearningSettings(
+        blend_warm_start=False,
+        blend_warp_tries=0,
+        blend_random_negatives=0,  # the learnt weights stay 0: they never hit
+        blend_refresh_every=20,
+        blend_gate_window=gate_window,
+    )
+    learner = BlendLearner.from_settings(cfg, prior, k=3)
+    rng = random.Random(6)
+    for _ in range(40):
+        columns, target = columns_with_planted_target(rng, 30)
+        learner.learn(_ranking_with(columns), target, shown=(), excluded=())
+    if gate_window:
+        assert learner.head is None and learner.gated == 2  # the prior ranks
+    else:
+        assert learner.head is not None and learner.gated == 0
