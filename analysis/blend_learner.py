@@ -115,8 +115,9 @@ def warp_negative(
     excluded one) until one the head ranks above the target or within ``margin`` of it
     (``score``: the head's linear score per catalog item), at most ``tries`` draws. Returns
     that item and the pair's weight L(rank), rank estimated from the draws it took (the
-    fewer, the further down the target is): the harmonic number of
-    ``(allowed - 1) // draws``; None when every draw ranked below the target's margin."""
+    fewer, the further down the target is): the harmonic number of ``allowed // draws``
+    (allowed: the items neither excluded nor the target); None when every draw ranked
+    below the target's margin."""
     n = int(score.shape[0])
     allowed = n - len({i for i in excluded if 0 <= i < n and i != target}) - 1
     if allowed <= 0:
