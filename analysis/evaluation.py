@@ -322,7 +322,7 @@ def evaluate(
     )
     head = head or LearningSettings()
     learners = {
-        name: BlendLearner.from_settings(head)
+        name: BlendLearner.from_settings(head, dict(p.weights), k)
         for name, p in params.items()
         if p.strategy == LEARNED
     }

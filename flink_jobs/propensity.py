@@ -85,10 +85,16 @@ class Trainer:
     published: int = 0  # examples at the last published version
 
     @classmethod
-    def from_settings(cls, cfg: LearningSettings) -> Trainer:
+    def from_settings(
+        cls, cfg: LearningSettings, initial_weights: Mapping[str, float] | None = None
+    ) -> Trainer:
+        """A fresh learner; ``initial_weights`` (feature -> weight) warm-start it, e.g.
+        from a blend's configured weights, so it starts ranking like that blend."""
         model = linear_model.LogisticRegression(
             optimizer=optim.SGD(cfg.propensity_learning_rate), l2=cfg.propensity_l2
         )
+        for name, weight in _finite(initial_weights).items():
+            model._weights[name] = weight
         return cls(model=model)
 
     # --- the learner role: ids are not features, the logged ``x`` is everything ---
@@ -100,9 +106,11 @@ class Trainer:
         y: float,
         t: int = 0,
         x: Mapping[str, float] | None = None,
+        weight: float = 1.0,
     ) -> None:
-        """Learn one shown item: clicked when ``y > 0``, with its logged features ``x``."""
-        self._learn(_finite(x), y > 0, t)
+        """Learn one shown item: clicked when ``y > 0``, with its logged features ``x``;
+        ``weight`` scales its gradient step (a ranking loss's weight of the pair)."""
+        self._learn(_finite(x), y > 0, t, weight)
 
     def predict_one(self, user: str, item: str, x: Mapping[str, float] | None = None) -> float:
         """P(click) of an item shown with features ``x`` (no features: the base rate)."""
@@ -166,11 +174,11 @@ class Trainer:
     def _predict(self, x: dict[str, float]) -> float:
         return float(self.model.predict_proba_one(x).get(True, 0.5))
 
-    def _learn(self, x: dict[str, float], clicked: bool, t: int) -> float:
+    def _learn(self, x: dict[str, float], clicked: bool, t: int, weight: float = 1.0) -> float:
         p = self._predict(x)
         self.auc.update(clicked, p)
         self.log_loss.update(clicked, p)
-        self.model.learn_one(x, clicked)
+        self.model.learn_one(x, clicked, w=weight)
         self.examples += 1
         self.positives += int(clicked)
         self.last_time_ms = max(self.last_time_ms, t)

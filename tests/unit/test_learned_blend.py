@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from analysis.blend_learner import BlendLearner, examples_for
+from analysis.blend_learner import BlendLearner, examples_for, in_top, warp_negative
 from analysis.evaluation import coverage, evaluate, source_shares
 from flink_jobs import propensity
 from personalization.events import RATING, Event
@@ -249,3 +249,91 @@ def test_every_strategy_logs_the_features_of_every_source(strategy: str):
     if strategy != "trending":
         assert any(row["src_interest"] > 0 for row in ranking.logged_features)
         assert any(row["src_content"] > 0 for row in ranking.logged_features)
+
+
+def test_the_warm_started_head_starts_as_the_prior_blend():
+    prior = {cand.COVISITATION: 1.0, cand.CF: 0.3, cand.TRENDING: 0.1}
+    learner = BlendLearner.from_settings(LearningSettings(), prior)
+    version = PropensityModel.from_version(learner.trainer.cut_version())
+    assert version.weights == PropensityModel.prior(prior).weights
+    cold = BlendLearner.from_settings(LearningSettings(blend_warm_start=False), prior)
+    assert PropensityModel.from_version(cold.trainer.cut_version()).weights == {}
+
+
+@pytest.mark.parametrize("shown_negatives", [False, True])
+def test_shown_items_are_negatives_only_when_configured(shown_negatives: bool):
+    rng = random.Random(2)
+    cfg = LearningSettings(
+        blend_warp_tries=0,  # the sampled rule
+        blend_shown_negatives=shown_negatives,
+        blend_source_negatives=0,
+        blend_random_negatives=0,
+    )
+    learner = BlendLearner.from_settings(cfg)
+    columns, target = columns_with_planted_target(rng, 20)
+    shown = [i for i in range(20) if i != target][:5]
+    learner.learn(_ranking_with(columns), target, shown=shown, excluded=())
+    # Each pair is learnt both ways round: 2 examples per negative.
+    assert learner.trainer.examples == (2 * len(shown) if shown_negatives else 0)
+
+
+def test_warp_draws_only_violating_negatives_and_weights_them_by_rank():
+    rng = random.Random(4)
+    score = np.zeros(100)
+    score[7] = 5.0  # the target, ahead of everything by more than the margin
+    assert warp_negative(score, 7, excluded=(), margin=1.0, tries=500, rng=rng) is None
+    score[42] = 4.5  # within the margin: the one violator
+    score[3] = 9.0  # above the target, but excluded
+    for _ in range(50):
+        found = warp_negative(score, 7, excluded={3}, margin=1.0, tries=500, rng=rng)
+        assert found is not None
+        negative, weight = found
+        assert negative == 42
+        assert 1.0 <= weight <= sum(1.0 / r for r in range(1, 98 + 1))
+    # Found at the first draw, the target is estimated last of the 98 allowed: L(98).
+    first = warp_negative(np.where(np.arange(100) == 7, 0.0, 1.0), 7, (), 1.0, 1, random.Random(0))
+    assert first is not None and first[1] == pytest.approx(sum(1.0 / r for r in range(1, 100)))
+
+
+def test_warp_learns_nothing_from_an_event_the_head_already_ranks_by_a_margin():
+    prior = {cand.SESSION: 5.0}
+    learner = BlendLearner.from_settings(LearningSettings(), prior)
+    assert learner.warp_tries > 0  # WARP is the default rule
+    columns, target = columns_with_planted_target(random.Random(1), 60)
+    # The prior ranks the target (the session source's best) first by a margin.
+    learner.learn(_ranking_with(columns), target, shown=(), excluded=())
+    assert learner.trainer.examples == 0
+    # Without the session weight every random item is a violator: one pair, both ways.
+    cold = BlendLearner.from_settings(LearningSettings(blend_warm_start=False), prior)
+    cold.learn(_ranking_with(columns), target, shown=(), excluded=())
+    assert cold.trainer.examples == 2
+    assert cold.current().weights["src_session"] > 0
+
+
+def test_in_top_counts_only_allowed_items_and_splits_ties():
+    score = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    assert not in_top(score, 3, excluded=(), k=3)
+    assert in_top(score, 3, excluded={0}, k=3)  # an excluded item is not ahead
+    assert in_top(np.zeros(5), 0, (), k=3)  # 4 tied: 2 of them count as ahead
+    assert not in_top(np.zeros(9), 0, (), k=3)
+
+
+@pytest.mark.parametrize("gate_window", [0, 50])
+def test_the_gate_keeps_the_prior_while_the_learnt_weights_hit_less(gate_window: int):
+    prior = {cand.SESSION: 5.0}  # ranks the planted target first
+    cfg = LearningSettings(
+        blend_warm_start=False,
+        blend_warp_tries=0,
+        blend_random_negatives=0,  # the learnt weights stay 0: they never hit
+        blend_refresh_every=20,
+        blend_gate_window=gate_window,
+    )
+    learner = BlendLearner.from_settings(cfg, prior, k=3)
+    rng = random.Random(6)
+    for _ in range(40):
+        columns, target = columns_with_planted_target(rng, 30)
+        learner.learn(_ranking_with(columns), target, shown=(), excluded=())
+    if gate_window:
+        assert learner.head is None and learner.gated == 2  # the prior ranks
+    else:
+        assert learner.head is not None and learner.gated == 0
