@@ -55,8 +55,15 @@ def catalog_settings(redis_server: Settings, kafka_broker: Settings) -> Settings
     base = kafka_broker
     settings = base.model_copy(
         update={
+            # Topics of the module's own: in particular, its Recommend answers must not
+            # reach a session job as impressions (the job would then write its own row of
+            # a user these tests wrote straight into Redis, without their interests).
             "kafka": base.kafka.model_copy(
-                update={"catalog_topic": f"catalog-{SFX}", "feature_updates_topic": f"fu-{SFX}"}
+                update={
+                    "catalog_topic": f"catalog-{SFX}",
+                    "feature_updates_topic": f"fu-{SFX}",
+                    "exposures_topic": f"exposures-{SFX}",
+                }
             ),
             "catalog": base.catalog.model_copy(update={"consumer_group": f"pz-catalog-{SFX}"}),
             "metrics": base.metrics.model_copy(update={"writer_port": free_port()}),
@@ -126,6 +133,10 @@ def _in_catalog(app: ServingApp, item_id: str, **expected: Any) -> bool:
     if row is None or row.meta is None:
         return False
     return all(getattr(row.meta, k) == v for k, v in expected.items())
+
+
+def _snapshot_row(app: ServingApp, item_id: str) -> str:
+    return repr(app.recommender.catalog.snapshot.row(item_id))
 
 
 def _now_ms() -> int:
@@ -280,8 +291,11 @@ def test_unavailable_items_are_never_recommended(writer: Settings, server: Servi
     catalog.DeleteItems(catalog_pb2.DeleteItemsRequest(item_ids=[ids[2]]), timeout=10)
     wait_for(lambda: _in_catalog(server, ids[2], deleted=True), 30, "the deletion")
     wait_for(lambda: _in_catalog(server, ids[0], stock=7), 30, "the restock")
-    listed = [item.item_id for item in _recommend(recommender, user)]
-    assert ids[0] in listed and ids[2] not in listed and ids[1] not in listed
+    answer = _recommend(recommender, user)
+    listed = [item.item_id for item in answer]
+    # On failure: each item with its reason, and what serving holds of the restocked lamp.
+    seen = ([" ".join(str(item).split()) for item in answer], _snapshot_row(server, ids[0]))
+    assert ids[0] in listed and ids[2] not in listed and ids[1] not in listed, seen
 
 
 def test_a_new_item_without_events_is_recommended_as_new(
