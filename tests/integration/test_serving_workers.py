@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -44,10 +45,23 @@ CHANNELS = 32
 CALLS_PER_CHANNEL = 3
 
 
+def _bindable(port: int) -> bool:
+    """Whether a listener could bind ``port`` now. A connect test is not enough: the
+    local end of another process's connection (an ephemeral port like ours) accepts no
+    connection but still makes the bind fail (a CI run lost a worker's metrics endpoint
+    to EADDRINUSE that way)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _consecutive_free_ports(n: int) -> int:
     while True:
         base = free_port()
-        if all(not port_open("127.0.0.1", base + i) for i in range(1, n)):
+        if all(_bindable(base + i) for i in range(1, n)):
             return base
 
 
