@@ -89,6 +89,12 @@ ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.ST
 WATERMARK_SAMPLE_S = 0.5
 
 
+def _key_of(ctx: Any) -> str:
+    """The current key as a string (keys are ``Row(key)`` from ``exchanges.keyed``)."""
+    key = ctx.get_current_key()
+    return str(key[0] if isinstance(key, Row) else key)
+
+
 def _metrics_settings(given: MetricsSettings | None) -> MetricsSettings:
     # Resolved where the operator is built (the submitter), then pickled with it.
     return given if given is not None else load_settings().metrics
@@ -397,8 +403,7 @@ class ItemFeatures(KeyedProcessFunction):
         with the event's time (a processing-time timer's output has none)."""
         if self.schedule is None:
             return
-        key = ctx.get_current_key()  # Row(item id) from exchanges.keyed
-        due = self.schedule.fire(str(key[0] if isinstance(key, Row) else key), timestamp)
+        due = self.schedule.fire(_key_of(ctx), timestamp)
         if due is None:
             return
         item = self.state.value()
@@ -553,8 +558,7 @@ class PropensityTraining(KeyedProcessFunction):
         for example in examples:
             propensity.learn(trainer, example)
             if propensity.due(trainer, every):
-                key = ctx.get_current_key()  # Row(key) from exchanges.keyed
-                shard = propensity.shard_of_key(str(key[0] if isinstance(key, Row) else key))
+                shard = propensity.shard_of_key(_key_of(ctx))
                 yield self._publish(propensity.cut_version(trainer, shard, shards))
         self.state.update(trainer)
 

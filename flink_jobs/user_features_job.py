@@ -161,6 +161,23 @@ def kafka_source(
     )
 
 
+def kafka_input(
+    env: StreamExecutionEnvironment,
+    source: KafkaSource,
+    label: str,
+    uid: str,
+    watermarks: WatermarkStrategy | None = None,
+) -> DataStream:
+    """A Kafka source of the job, ``kafka: <label>`` in the plan. Without ``watermarks``
+    none are generated: the parsing operator after it gives the records their times
+    (``exchanges.with_event_time``)."""
+    return (
+        env.from_source(source, watermarks or WatermarkStrategy.no_watermarks(), label)
+        .name(f"kafka: {label}")
+        .uid(uid)
+    )
+
+
 def _watermarks(settings: Settings) -> WatermarkStrategy:
     return (
         WatermarkStrategy.for_bounded_out_of_orderness(
@@ -179,13 +196,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # The trigger rule file is read and validated here, once, and travels in the settings.
     features_cfg = with_rules_loaded(settings.features)
     k = settings.kafka
-    raw: DataStream = (
-        env.from_source(
-            kafka_source(settings), WatermarkStrategy.no_watermarks(), "behaviour-events"
-        )
-        .name("kafka: behaviour events")
-        .uid("source-events")
-    )
+    raw = kafka_input(env, kafka_source(settings), "behaviour events", "source-events")
 
     parsed = (
         raw.process(
@@ -200,14 +211,11 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
     # Exposures (what Recommend answered): joined with the outcomes that follow for A/B
     # attribution, and counted per user as impressions (frequency capping, fatigue).
-    exposures_raw = (
-        env.from_source(
-            kafka_source(settings, (k.exposures_topic,), "-exposures"),
-            WatermarkStrategy.no_watermarks(),
-            "exposures",
-        )
-        .name("kafka: exposures")
-        .uid("source-exposures")
+    exposures_raw = kafka_input(
+        env,
+        kafka_source(settings, (k.exposures_topic,), "-exposures"),
+        "exposures",
+        "source-exposures",
     )
     impressions_on = features_cfg.impression_window_s > 0
     exposures = exposures_raw.process(
@@ -230,14 +238,12 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # job cannot loop, so the loop goes through Kafka (flink_jobs/item_factor_feed.py).
     # Its records carry the item event's time, so the feed's watermark follows the
     # events' (never holding the user operator's timers back longer than the loop).
-    item_factors = (
-        env.from_source(
-            kafka_source(settings, (k.item_factors_topic,), "-item-factors"),
-            _watermarks(settings),
-            "item factors",
-        )
-        .name("kafka: item factors")
-        .uid("source-item-factors")
+    item_factors = kafka_input(
+        env,
+        kafka_source(settings, (k.item_factors_topic,), "-item-factors"),
+        "item factors",
+        "source-item-factors",
+        _watermarks(settings),
     )
     user_op = (
         keyed(user_input)
@@ -264,14 +270,11 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     if price_drop_rules(load_rules(features_cfg.triggers)):
         # The catalog's prices too: a price cut fires the price_drop rules without
         # waiting for the item's next event (flink_jobs/price_drop.py).
-        catalog = (
-            env.from_source(
-                kafka_source(settings, (k.catalog_topic,), "-catalog-prices"),
-                WatermarkStrategy.no_watermarks(),
-                "catalog",
-            )
-            .name("kafka: catalog")
-            .uid("source-catalog")
+        catalog = kafka_input(
+            env,
+            kafka_source(settings, (k.catalog_topic,), "-catalog-prices"),
+            "catalog",
+            "source-catalog",
         )
         prices = catalog.process(
             ParseCatalogPrices(features_cfg.max_future_skew_s),
