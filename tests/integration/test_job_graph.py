@@ -31,6 +31,17 @@ def plan(services_settings: Settings, jars: object) -> list[dict[str, object]]:
     return nodes
 
 
+def _inputs(plan: list[dict[str, object]], node_type: str) -> list[tuple[object, object]]:
+    """(input node's name, ship strategy) of every input of the nodes of this type."""
+    by_id = {n["id"]: str(n["type"]) for n in plan}
+    return [
+        (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
+        for n in plan
+        if n["type"] == node_type
+        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
+    ]
+
+
 def test_no_hidden_python_operators(plan: list[dict[str, object]]):
     names = [str(n["type"]) for n in plan]
     hidden = [n for n in names if any(part == h for h in HIDDEN for part in n.split(", "))]
@@ -65,13 +76,7 @@ def test_sinks_fed_by_both_operators_have_only_all_to_all_inputs(
     """A forward input would make the sink align checkpoint barriers, which deadlocks at
     parallelism > 1 in the diamond user op -> item op -> sink <- user op
     (user_features_job.build_pipeline says how)."""
-    by_id = {n["id"]: str(n["type"]) for n in plan}
-    sink_inputs = [
-        (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
-        for n in plan
-        if n["type"] == sink
-        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
-    ]
+    sink_inputs = _inputs(plan, sink)
     assert {name for name, _ in sink_inputs} >= {
         "user features + triggers + CF (user half)",
         "item popularity + CF (item half)",
@@ -85,12 +90,7 @@ def test_cf_is_partitioned_with_the_item_factors_fed_back_by_broadcast(
     by_id = {n["id"]: str(n["type"]) for n in plan}
     # No single-learner CF operator (it was keyed by a constant: one subtask).
     assert not [name for name in by_id.values() if "collaborative filtering" in name]
-    user_inputs = {
-        (by_id[p["id"]], p.get("ship_strategy"))
-        for n in plan
-        if n["type"] == "user features + triggers + CF (user half)"
-        for p in n.get("predecessors", [])  # type: ignore[attr-defined]
-    }
+    user_inputs = set(_inputs(plan, "user features + triggers + CF (user half)"))
     assert ("Source: kafka: item factors", "BROADCAST") in user_inputs
     sinks = {str(n["type"]) for n in plan}
     assert "kafka: item factors: Writer" in sinks
@@ -101,12 +101,9 @@ def test_a_price_drop_rule_feeds_the_catalog_prices_to_the_item_operator(
 ):
     """The session's rule file has a price_drop rule, so the item operator also reads the
     catalog topic's prices (flink_jobs/price_drop.py), keyed by item like its events."""
-    by_id = {n["id"]: str(n["type"]) for n in plan}
     (item_op,) = [n for n in plan if n["type"] == "item popularity + CF (item half)"]
-    inputs = [
-        (by_id.get(p["id"], p["id"]), p.get("ship_strategy"))
-        for p in item_op.get("predecessors", [])  # type: ignore[attr-defined]
-    ]
+    inputs = _inputs(plan, str(item_op["type"]))
     assert any("catalog" in str(name) for name, _ in inputs), inputs
     assert {strategy for _, strategy in inputs} == {"HASH"}, inputs
-    assert "Source: kafka: catalog" in by_id.values(), by_id
+    names = [str(n["type"]) for n in plan]
+    assert "Source: kafka: catalog" in names, names
