@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -533,9 +533,17 @@ class PropensityTraining(KeyedProcessFunction):
     changelog as a ``model:propensity`` record; the writer's model registry publishes
     the shards' average. The River model is pickled in keyed state with its metrics."""
 
-    def __init__(self, cfg: LearningSettings, metrics_cfg: MetricsSettings | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LearningSettings,
+        metrics_cfg: MetricsSettings | None = None,
+        prior: Mapping[str, float] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.metrics_cfg = _metrics_settings(metrics_cfg)
+        # The blend the learned head replaces (ranking.strategies["learned_v1"], as
+        # weights of the logged features): the gate compares the two on every slate.
+        self.prior = dict(prior or {})
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(
@@ -555,6 +563,7 @@ class PropensityTraining(KeyedProcessFunction):
         trainer = self.state.value() or propensity.new_trainer(self.cfg)
         shards = self.cfg.propensity_shards
         every = propensity.shard_publish_every(self.cfg.propensity_publish_every, shards)
+        trainer.judge_slate(examples, self.prior, self.cfg.blend_gate_window)
         for example in examples:
             propensity.learn(trainer, example)
             if propensity.due(trainer, every):

@@ -33,6 +33,9 @@ from river import linear_model, metrics, optim
 
 from personalization.compact_pickle import compact_pickle
 from personalization.model_versions import (
+    GATE_PAIRS,
+    HEAD_PAIR_ACCURACY,
+    PRIOR_PAIR_ACCURACY,
     PROPENSITY_MODEL,
     SHARD_PARAM,
     SHARDS_PARAM,
@@ -62,7 +65,9 @@ def _finite(features: Mapping[str, float] | None) -> dict[str, float]:
 
 
 # The fields are the keyed state the job pickles: keep them (and the class name) so a
-# checkpoint restores into a newer job.
+# checkpoint restores into a newer job; fields appended later (the gate's) load from an
+# older checkpoint with their defaults (compact_pickle).
+@compact_pickle
 @dataclass(slots=True)
 class Trainer:
     """The click-propensity learner with its prequential metrics.
@@ -83,6 +88,11 @@ class Trainer:
     positives: int = 0
     last_time_ms: int = 0
     published: int = 0  # examples at the last published version
+    # The gate's evidence (:meth:`judge_slate`): over the shown slates' (clicked, not
+    # clicked) pairs, decayed, how many the head and the prior each ordered right.
+    pairs: float = 0.0
+    head_pairs_right: float = 0.0
+    prior_pairs_right: float = 0.0
 
     @classmethod
     def from_settings(
@@ -131,6 +141,31 @@ class Trainer:
 
     # --- the job's uses ---
 
+    def judge_slate(
+        self, examples: Sequence[Example], prior: Mapping[str, float], window: int
+    ) -> None:
+        """The gate's evidence from one shown slate, before learning it: each (clicked,
+        not clicked) pair counts as right for the head, and for ``prior`` (feature ->
+        weight, the blend the head replaces), when it scores the clicked item higher
+        (a tie: half). Sums decay by ``1 - 1 / window`` per pair, so they describe about
+        the last ``window`` pairs."""
+        clicked = [e for e in examples if e.clicked]
+        skipped = [e for e in examples if not e.clicked]
+        if not clicked or not skipped:
+            return
+        head = {id(e): self._predict(_finite(e.features)) for e in examples}
+        base = {id(e): sum(w * e.features.get(k, 0.0) for k, w in prior.items()) for e in examples}
+        keep = 1.0 - 1.0 / max(window, 1)
+        for pos in clicked:
+            for neg in skipped:
+                self.pairs = self.pairs * keep + 1.0
+                self.head_pairs_right = self.head_pairs_right * keep + _right(
+                    head[id(pos)], head[id(neg)]
+                )
+                self.prior_pairs_right = self.prior_pairs_right * keep + _right(
+                    base[id(pos)], base[id(neg)]
+                )
+
     def learn_example(self, example: Example) -> float:
         """Predict (for the metrics), then learn; returns the prediction made before."""
         return self._learn(_finite(example.features), example.clicked, example.time_ms)
@@ -141,11 +176,16 @@ class Trainer:
 
     def quality(self) -> dict[str, float]:
         n = max(self.examples, 1)
-        return {
+        out = {
             "roc_auc": round(float(self.auc.get()), 6),
             "log_loss": round(float(self.log_loss.get()), 6),
             "positive_rate": round(self.positives / n, 6),
         }
+        if self.pairs > 0:
+            out[GATE_PAIRS] = round(self.pairs, 3)
+            out[HEAD_PAIR_ACCURACY] = round(self.head_pairs_right / self.pairs, 6)
+            out[PRIOR_PAIR_ACCURACY] = round(self.prior_pairs_right / self.pairs, 6)
+        return out
 
     def cut_version(self, shard: int | None = None, shards: int = 1) -> ModelVersion:
         """The current weights as a registry version (marks it published); with
@@ -183,6 +223,16 @@ class Trainer:
         self.positives += int(clicked)
         self.last_time_ms = max(self.last_time_ms, t)
         return p
+
+
+def _right(clicked: float, skipped: float) -> float:
+    return 1.0 if clicked > skipped else 0.5 if clicked == skipped else 0.0
+
+
+def prior_features(blend: Mapping[str, float]) -> dict[str, float]:
+    """A blend's weights (candidate source -> weight) as weights of the logged features:
+    source ``s``'s score is logged as ``src_<s>`` (serving/propensity.py)."""
+    return {f"src_{source}": float(weight) for source, weight in blend.items()}
 
 
 def new_trainer(cfg: LearningSettings) -> Trainer:

@@ -49,6 +49,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
+from flink_jobs import propensity
 from flink_jobs.checkpoints import latest_checkpoint
 from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
@@ -72,7 +73,12 @@ from flink_jobs.operators import (
 from flink_jobs.price_drop import price_drop_rules
 from flink_jobs.python_env import embedded_python_path
 from flink_jobs.triggers import load_rules, with_rules_loaded
-from personalization.settings import Settings, load_settings, settings_from_json
+from personalization.settings import (
+    LEARNED_BLEND,
+    Settings,
+    load_settings,
+    settings_from_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +323,12 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     model_versions = (
         keyed(side_output(attributions, EXAMPLE_TAG))
         .process(
-            PropensityTraining(settings.learning, settings.metrics), output_type=Types.STRING()
+            PropensityTraining(
+                settings.learning,
+                settings.metrics,
+                propensity.prior_features(settings.ranking.strategies.get(LEARNED_BLEND, {})),
+            ),
+            output_type=Types.STRING(),
         )
         .name("propensity model (River)")
         .uid("propensity-learner")

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "GATE_PAIRS",
+    "HEAD_PAIR_ACCURACY",
+    "PRIOR_PAIR_ACCURACY",
     "PROPENSITY_MODEL",
     "SHARDS_PARAM",
     "SHARD_PARAM",
@@ -22,6 +25,15 @@ __all__ = [
 
 # The model the job trains from exposures and serving ranks with (one name, both sides).
 PROPENSITY_MODEL = "propensity"
+
+# The learned blend's gate, in a propensity version's metrics: over the (clicked, not
+# clicked) pairs of the slates shown lately (about ``learning.blend_gate_window`` of
+# them, GATE_PAIRS), the share the model ordered right and the share the prior blend
+# did (flink_jobs/propensity.Trainer.judge_slate). Serving ranks learned_v1 with the
+# model only where it beats the prior (serving/propensity.PropensityModel.beats_prior).
+GATE_PAIRS = "gate_pairs"
+HEAD_PAIR_ACCURACY = "head_pair_accuracy"
+PRIOR_PAIR_ACCURACY = "prior_pair_accuracy"
 
 
 @dataclass(frozen=True, slots=True)

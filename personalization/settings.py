@@ -486,6 +486,11 @@ class LearningSettings(_Section):
     registry_keep_versions: int = 50
 
 
+# The learned blend's name (serving/strategies.py LearnedStrategy): its entry in
+# ``RankingSettings.strategies`` is the prior its learned head must beat.
+LEARNED_BLEND = "learned_v1"
+
+
 def _default_strategies() -> dict[str, dict[str, float]]:
     # blend_v1 takes its weights from ServingSettings.interest_weight / trending_weight.
     return {
@@ -508,7 +513,7 @@ def _default_strategies() -> dict[str, dict[str, float]]:
         },
         # The learned blend (serving/strategies.py LearnedStrategy): these are only its
         # prior, the weights of the sources' scores until a learned head exists.
-        "learned_v1": {
+        LEARNED_BLEND: {
             "cf": 0.3,
             "covisitation": 1.0,
             "interest": 0.1,
@@ -539,6 +544,16 @@ class RankingSettings(_Section):
     recency_decay: float = 0.7
     # How many recent items seed co-visitation and content candidates.
     anchor_items: int = 5
+    # CF's scores for a user with n events are scaled by min(1, n / N): the factors of a
+    # user seen once or twice are mostly their random start, and max-normalised they
+    # would still give some item the source's full score (on one-visit traffic such as
+    # the Taobao sample hybrid_v1 ranked by that noise: HitRate@10 0.0008). 0: off.
+    cf_confidence_events: int = Field(default=5, ge=0)
+    # The learned blend ranks with the job's published head only once the head has
+    # ordered the shown slates' (clicked, not clicked) pairs at least as well as the
+    # prior blend over at least this many recent pairs (the job's gate,
+    # flink_jobs/propensity.Trainer.judge_slate); until then it ranks with the prior.
+    learned_head_min_pairs: int = Field(default=200, ge=0)
     # Frequency cap: an item shown this many times to the user within
     # features.impression_window_s is not recommended again (0 = no cap; soft: capped
     # items only fill a list that cannot be filled otherwise).

@@ -97,6 +97,8 @@ class CandidateContext:
     allowed: np.ndarray  # bool [n]: not excluded by the rules
     anchors: tuple[int, ...]  # catalog positions of the user's recent items, newest first
     recency_decay: float = 0.7
+    # CF's scores are scaled by min(1, events / this) (RankingSettings.cf_confidence_events).
+    cf_confidence_events: int = 0
     trending_half_life_s: float = 6 * 3600.0
     # The request context's own trending (0..1 over the catalog) and its reason, where
     # it has enough data (serving/context_trending.py); None: global trending.
@@ -181,6 +183,9 @@ class CfSource:
         if top <= floor:
             return _empty(ctx, CF)
         scores = np.where(valid, np.clip((raw - floor) / (top - floor), 0.0, None), 0.0)
+        if ctx.cf_confidence_events > user.events_total:
+            # Factors learnt from a few events are mostly their random start.
+            scores *= user.events_total / ctx.cf_confidence_events
         return SourceScores(CF, scores)
 
 

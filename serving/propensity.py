@@ -26,13 +26,19 @@ import logging
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from personalization import metrics as pz_metrics
 from personalization.model_registry import ModelRegistry
-from personalization.model_versions import PROPENSITY_MODEL, ModelVersion
+from personalization.model_versions import (
+    GATE_PAIRS,
+    HEAD_PAIR_ACCURACY,
+    PRIOR_PAIR_ACCURACY,
+    PROPENSITY_MODEL,
+    ModelVersion,
+)
 from serving import candidates as cand
 from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures
@@ -46,6 +52,7 @@ FEATURES = ITEM_FEATURES + USER_FEATURES
 PRICE_SCALE = 8.0
 # The version name of a head built from configured blend weights, not learned.
 PRIOR_VERSION = "prior"
+_GATE_METRICS = (GATE_PAIRS, HEAD_PAIR_ACCURACY, PRIOR_PAIR_ACCURACY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,10 @@ class PropensityModel:
     version: str
     weights: Mapping[str, float]
     intercept: float
+    # The gate's evidence the job measured (personalization/model_versions.py): the
+    # slate pairs seen lately and the share the model and the prior ordered right.
+    # Empty for a version cut before the gate existed.
+    gate: Mapping[str, float] = field(default_factory=dict)
 
     @staticmethod
     def from_version(version: ModelVersion) -> PropensityModel:
@@ -110,7 +121,20 @@ class PropensityModel:
         intercept = float(params.get("intercept", 0.0))
         if not all(math.isfinite(w) for w in weights.values()) or not math.isfinite(intercept):
             raise ValueError(f"propensity {version.version}: non-finite weights")
-        return PropensityModel(version.version, weights, intercept)
+        gate = {k: version.metrics[k] for k in _GATE_METRICS if k in version.metrics}
+        return PropensityModel(version.version, weights, intercept, gate)
+
+    def beats_prior(self, min_pairs: float) -> bool:
+        """May the learned blend rank with this model instead of its prior? Only once it
+        has ordered at least as many of the recent slate pairs right as the prior did,
+        over at least ``min_pairs`` pairs. A version from before the gate (no evidence)
+        is trusted, as it was then."""
+        if not self.gate:
+            return True
+        pairs = self.gate.get(GATE_PAIRS, 0.0)
+        head = self.gate.get(HEAD_PAIR_ACCURACY, 0.0)
+        prior = self.gate.get(PRIOR_PAIR_ACCURACY, 1.0)
+        return pairs >= min_pairs and head >= prior
 
     @staticmethod
     def prior(weights: Mapping[str, float]) -> PropensityModel:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from personalization.settings import Settings
+from personalization.settings import LEARNED_BLEND, Settings
 from serving import candidates as cand
 from serving import fatigue as fatigue_mod
 from serving import propensity as propensity_mod
@@ -49,7 +49,7 @@ HYBRID = "hybrid"
 HYBRID_V1 = "hybrid_v1"
 # The candidate sources blended by the learned ranking head (serving/strategies.py);
 # ``ranking.strategies[LEARNED]`` holds its prior, the blend used until a model exists.
-LEARNED = "learned_v1"
+LEARNED = LEARNED_BLEND
 # Strategies whose rules are fixed in code: they take no weights from the settings.
 FIXED_STRATEGIES = (STRATEGY, HOLDOUT)
 
@@ -84,6 +84,8 @@ class RankingParams:
     exploration_pool_factor: int = 5
     recency_decay: float = 0.7
     anchor_items: int = 5
+    cf_confidence_events: int = 5
+    learned_head_min_pairs: int = 200
     fatigue: fatigue_mod.FatigueRules = field(default_factory=fatigue_mod.FatigueRules)
     # Score every candidate source for the logged features even where the strategy
     # weighs fewer (serving always does; an offline replay of a fixed blend need not).
@@ -117,6 +119,8 @@ class RankingParams:
             exploration_pool_factor=cfg.exploration_pool_factor,
             recency_decay=cfg.recency_decay,
             anchor_items=cfg.anchor_items,
+            cf_confidence_events=cfg.cf_confidence_events,
+            learned_head_min_pairs=cfg.learned_head_min_pairs,
             fatigue=fatigue_mod.FatigueRules(
                 window_ms=settings.features.impression_window_s * 1000,
                 max_item_impressions=cfg.max_item_impressions,

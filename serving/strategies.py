@@ -136,6 +136,7 @@ def _context(
         allowed=allowed,
         anchors=anchors,
         recency_decay=params.recency_decay,
+        cf_confidence_events=params.cf_confidence_events,
         trending_half_life_s=params.half_life_s,
         context_trending=context_trending(catalog, request.context, params.half_life_s),
     )
@@ -435,7 +436,9 @@ class LearnedStrategy:
             s.source != cand.TRENDING and s.scores.any() for s in sources
         )
         if personalized:
-            head = request.propensity or propensity_mod.PropensityModel.prior(dict(params.weights))
+            head = request.propensity
+            if head is None or not head.beats_prior(params.learned_head_min_pairs):
+                head = propensity_mod.PropensityModel.prior(dict(params.weights))
             weights = {s: head.weights.get(f"src_{s}", 0.0) for s in cand.SOURCES}
             score = head.linear(columns)
         else:

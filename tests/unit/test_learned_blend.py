@@ -337,3 +337,78 @@ def test_the_gate_keeps_the_prior_while_the_learnt_weights_hit_less(gate_window:
         assert learner.head is None and learner.gated == 2  # the prior ranks
     else:
         assert learner.head is not None and learner.gated == 0
+
+
+def _slate(rec: str, scores: list[float], clicked: int) -> list[propensity.Example]:
+    return [
+        propensity.Example(rec, f"i{n}", {"src_cf": s}, n == clicked, T0)
+        for n, s in enumerate(scores)
+    ]
+
+
+def test_the_jobs_gate_counts_each_slates_pairs_for_the_head_and_the_prior():
+    trainer = propensity.new_trainer(LearningSettings())
+    prior = propensity.prior_features({cand.CF: 1.0})
+    assert prior == {"src_cf": 1.0}
+    # The prior orders (0.9 clicked, 0.1) right and (0.9, 0.95) wrong; the untrained head
+    # scores every item alike: two ties, half right each.
+    trainer.judge_slate(_slate("r1", [0.9, 0.1, 0.95], clicked=0), prior, window=10**9)
+    trainer.judge_slate(_slate("r2", [0.5, 0.6], clicked=-1), prior, window=10**9)  # no click
+    quality = trainer.quality()
+    assert quality["gate_pairs"] == pytest.approx(2.0)
+    assert quality["prior_pair_accuracy"] == pytest.approx(0.5)
+    assert quality["head_pair_accuracy"] == pytest.approx(0.5)
+    # The evidence decays: with a window of 2 pairs, the newest pair weighs most.
+    recent = propensity.new_trainer(LearningSettings())
+    recent.judge_slate(_slate("r1", [0.1, 0.9], clicked=1), prior, window=2)  # prior right
+    recent.judge_slate(_slate("r2", [0.1, 0.9], clicked=0), prior, window=2)  # prior wrong
+    assert recent.quality()["prior_pair_accuracy"] == pytest.approx(0.5 / 1.5)
+
+
+def test_trainers_from_checkpoints_before_the_gate_load_with_no_evidence():
+    trainer = propensity.new_trainer(LearningSettings())
+    trainer.learn_one("u", "i", 1.0, T0, {"src_cf": 1.0})
+    before_the_gate = ("model", "auc", "log_loss", "examples", "positives", "last_time_ms")
+    state = (None, {name: getattr(trainer, name) for name in (*before_the_gate, "published")})
+    restored = propensity.Trainer.__new__(propensity.Trainer)
+    restored.__setstate__(state)
+    assert restored.examples == 1 and restored.pairs == 0.0
+    assert "gate_pairs" not in restored.quality()
+
+
+def test_serving_ranks_with_the_published_head_only_once_it_beats_the_prior():
+    rows = [ItemRow(f"i{i}", f"c{i % 3}", 5.0 + i, 1.0 + (i % 5), T0, T0) for i in range(30)]
+    catalog = build_snapshot(rows, built_ms=T0)
+    user = UserFeatures("u", interests=[("c2", 3.0)], recent_items=["i2"], events_total=9)
+    params = RankingParams.from_settings(
+        Settings(ranking=RankingSettings(exploration_share=0.0, learned_head_min_pairs=100)),
+        LEARNED,
+    )
+    prior_order = [i.item_id for i in rank(user, catalog, 6, T0, params=params).items]
+    loves_price = {"price": 30.0}
+
+    def order(gate: dict[str, float]) -> list[str]:
+        head = PropensityModel("v9", loves_price, 0.0, gate)
+        ranking = rank(user, catalog, 6, T0, params=params, propensity=head)
+        return [i.item_id for i in ranking.items]
+
+    losing = {"gate_pairs": 500.0, "head_pair_accuracy": 0.6, "prior_pair_accuracy": 0.7}
+    too_few = {"gate_pairs": 50.0, "head_pair_accuracy": 0.9, "prior_pair_accuracy": 0.7}
+    winning = {"gate_pairs": 500.0, "head_pair_accuracy": 0.8, "prior_pair_accuracy": 0.7}
+    assert order(losing) == prior_order
+    assert order(too_few) == prior_order
+    assert order(winning) != prior_order
+    # A version cut before the gate existed carries no evidence and is used, as then.
+    assert order({}) == order(winning)
+
+
+def test_a_version_carries_the_gate_to_serving():
+    trainer = propensity.new_trainer(LearningSettings())
+    trainer.judge_slate(_slate("r1", [0.9, 0.1], clicked=0), {"src_cf": 1.0}, window=100)
+    model = PropensityModel.from_version(trainer.cut_version())
+    assert model.gate == {
+        "gate_pairs": 1.0,
+        "head_pair_accuracy": 0.5,
+        "prior_pair_accuracy": 1.0,
+    }
+    assert not model.beats_prior(min_pairs=0)

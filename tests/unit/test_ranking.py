@@ -229,6 +229,7 @@ def hybrid_user(**overrides):
         recent_items=["toys-0", "toys-1"],
         purchased_items=["books-6"],
         cf_vector=[1.0, 0.0],
+        events_total=20,
         features_age_ms=1000,
     )
     values.update(overrides)
@@ -318,6 +319,30 @@ def test_cf_vector_of_another_width_is_ignored():
     params = dataclasses.replace(HYBRID, weights=(("cf", 1.0),))
     ranking = rank(u, hybrid_catalog(), k=3, now_ms=NOW, params=params)
     assert ranking.fallback_reason == NO_INTERESTS
+
+
+def test_cf_scores_of_a_user_with_few_events_count_for_less():
+    from serving.candidates import CandidateContext, CfSource
+
+    snap = hybrid_catalog()
+
+    def best_cf_score(events: int, confidence_events: int = 5) -> float:
+        ctx = CandidateContext(
+            user=hybrid_user(events_total=events),
+            catalog=snap,
+            now_ms=NOW,
+            allowed=np.ones(len(snap), dtype=bool),
+            anchors=(),
+            cf_confidence_events=confidence_events,
+        )
+        return float(CfSource().score(ctx).scores.max())
+
+    # Factors learnt from one event are mostly their random start: a fifth of the scale.
+    assert best_cf_score(1) == pytest.approx(0.2)
+    assert best_cf_score(4) == pytest.approx(0.8)
+    assert best_cf_score(5) == best_cf_score(50) == pytest.approx(1.0)
+    assert best_cf_score(1, confidence_events=0) == pytest.approx(1.0)
+    assert RankingParams.from_settings(Settings()).cf_confidence_events == 5
 
 
 def test_params_from_settings():
