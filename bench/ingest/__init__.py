@@ -105,6 +105,14 @@ def add_arguments(parser: Any) -> None:
         metavar="N",
         help="also run the profile under cProfile and list the N costliest functions",
     )
+    g.add_argument(
+        "--py-spy",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sample the job's Python inside Flink with py-spy for SECONDS once the steady "
+        "window starts (bench/ingest/job_profile.py)",
+    )
 
 
 # --- scenario --------------------------------------------------------------------------
@@ -216,6 +224,8 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
         # CPU the job's Python operator threads spent per event, to hold against the
         # in-process profile (the difference is Flink's per-record cost around them).
         result["figures"]["operator_thread_cpu_us_per_event"] = round(pct / 100 * 1e6 / rate)
+    if "job_profile" in windows:
+        result["job_profile"] = windows.pop("job_profile")
     result["notes"] = notes
     result["store_check"] = verify_store(settings, events)
     if not args.no_baseline:

@@ -88,6 +88,10 @@ def report(r: dict[str, Any]) -> str:
                 ("  = CPU µs per event in the job", f.get("operator_thread_cpu_us_per_event"))
             )
             parts.append(format_table(["job JVM threads, steady window", "cpu % of a core"], rows))
+    for name, spy in (r.get("job_profile") or {}).items():
+        parts.extend(
+            _job_profile(name, spy, f.get("operator_thread_cpu_us_per_event") if f else None)
+        )
     p = r.get("profile")
     if p:
         rows = [(stage, us) for stage, us in p["us_per_event"].items()]
@@ -121,3 +125,23 @@ def report(r: dict[str, Any]) -> str:
                 )
             )
     return "\n\n".join(parts)
+
+
+def _job_profile(name: str, spy: dict[str, Any], us_per_event: float | None) -> list[str]:
+    """py-spy's view of the job's Python inside Flink (bench/ingest/job_profile.py), with
+    each share also in µs per event where the operator threads' cost is known."""
+    if not spy.get("samples"):
+        return [f"{name}: no samples with a Python stack"]
+
+    def row(label: str, pct: float) -> tuple[str, float, Any]:
+        return label, pct, round(pct / 100 * us_per_event) if us_per_event else "-"
+
+    head = ["% of samples", "µs/event"]
+    flink = [row(g, pct) for g, pct in spy["flink_calls_pct"].items()]
+    flink.append(row("all calls into Flink", spy["flink_calls_total_pct"]))
+    title = f"{name}: {spy['samples']:,} samples with a Python stack"
+    return [
+        format_table([f"{title}; calls into Flink", *head], flink),
+        format_table(["inclusive", *head], [row(n, pct) for n, pct in spy["inclusive_pct"]]),
+        format_table(["self", *head], [row(n, pct) for n, pct in spy["self_pct"]]),
+    ]

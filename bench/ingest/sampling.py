@@ -6,6 +6,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.env import (
@@ -16,6 +17,7 @@ from bench.env import (
     say,
     scrape,
 )
+from bench.ingest import job_profile
 from bench.ingest.cluster import ClusterJob
 from ops import stack
 from personalization.settings import Settings
@@ -200,6 +202,7 @@ def sample_loop(
     hi = math.floor(n * (1.0 - args.tail_fraction))
     quiet_since: float | None = None
     last: Sample | None = None
+    spies: list[job_profile.PySpy] = []
     next_at = time.monotonic()
     try:
         while True:
@@ -250,6 +253,8 @@ def sample_loop(
             if steady is None and s.consumed >= lo:
                 steady = Window(sessions, job_sids)
                 windows["steady_from_t"] = s.t
+                if getattr(args, "py_spy", 0) > 0:
+                    spies = _start_py_spy(settings.run_path, job_sids, args.py_spy, notes)
             if steady is not None and "steady" not in windows and s.consumed >= hi:
                 windows["steady"] = steady.close()
                 windows["steady_to_t"] = s.t
@@ -276,4 +281,33 @@ def sample_loop(
         offsets.close()
     if whole is not None:
         windows["whole"] = whole.close()
+    if spies:
+        windows["job_profile"] = _finish_py_spy(spies, args.py_spy, notes)
     return samples, windows, notes
+
+
+def _start_py_spy(
+    run_dir: Path, job_sids: tuple[int, ...], seconds: float, notes: list[str]
+) -> list[job_profile.PySpy]:
+    """One py-spy recording per JVM of the job (its MiniCluster, or each TaskManager)."""
+    spies = []
+    for pid in (p for sid in job_sids for p in job_profile.java_pids(sid)):
+        try:
+            spies.append(job_profile.PySpy(pid, seconds, run_dir / f"py-spy-{pid}.raw"))
+        except (OSError, RuntimeError) as exc:
+            notes.append(f"py-spy on {pid}: {exc}")
+    say(f"py-spy: sampling {len(spies)} job JVM(s) for {seconds:.0f}s")
+    return spies
+
+
+def _finish_py_spy(
+    spies: list[job_profile.PySpy], seconds: float, notes: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spy in spies:
+        raw = spy.wait(timeout=seconds + 60)
+        if raw is None:
+            notes.append(f"py-spy failed: {spy.failure()}")
+            continue
+        out[raw.stem] = job_profile.summarize(raw)
+    return out
