@@ -527,8 +527,11 @@ def _default_strategies() -> dict[str, dict[str, float]]:
 class RankingSettings(_Section):
     """Which ranking strategy serves, its blend weights per source, and the rules."""
 
-    # "blend_v1" (interest x popularity + trending) or a key of ``strategies``.
-    strategy: str = "blend_v1"
+    # A key of ``strategies``, or "blend_v1" (interest x popularity + trending: the simple
+    # option, no learned model). The default is the learned blend: its replay beats
+    # blend_v1 on every dataset in ../shared (README "Recommendation quality"); in
+    # serving it ranks with its prior until the job's head beats that prior online.
+    strategy: str = LEARNED_BLEND
     # strategy -> candidate source (cf, covisitation, interest, trending, content) ->
     # weight of that source's normalised (0..1) score in the blend.
     strategies: dict[str, dict[str, float]] = Field(default_factory=_default_strategies)

@@ -49,6 +49,10 @@ def _settings(tmp_path: Path, redis_port: int) -> Settings:
             "run_dir": str(tmp_path),
             "redis": {"port": redis_port},
             "serving": {"port": 0, "catalog_refresh_s": 0.2},
+            # The read path under test, ranked by the interest-driven blend, whose order
+            # these users' interests make plain (the default learned blend weighs them
+            # against trending: tests/unit/test_learned_blend.py).
+            "ranking": {"strategy": "blend_v1"},
         }
     )
 

@@ -17,6 +17,7 @@ from serving.online_features import UserFeatures
 from serving.ranking import (
     CATALOG_EMPTY,
     HYBRID_V1,
+    LEARNED,
     NO_INTERESTS,
     SOURCE_EXPLORATION,
     SOURCE_INTEREST,
@@ -349,7 +350,8 @@ def test_params_from_settings():
     settings = Settings(ranking=RankingSettings(strategy="hybrid_v1"))
     params = RankingParams.from_settings(settings)
     assert params.strategy == HYBRID_V1 and dict(params.weights)["covisitation"] > 0
-    assert RankingParams.from_settings(Settings()).strategy == STRATEGY
+    # The learned blend is the default; blend_v1 stays the simple option.
+    assert RankingParams.from_settings(Settings()).strategy == LEARNED
     with pytest.raises(ValueError):
         RankingParams.from_settings(Settings(ranking=RankingSettings(strategy="nope")))
 
@@ -401,6 +403,10 @@ def test_hybrid_latency_on_a_10k_catalog():
 
 # --- frequency capping and fatigue ---------------------------------------------------
 
+# The rules below are those of every strategy; these tests read them through blend_v1,
+# whose interest-driven order makes each rule's effect plain.
+BLEND_SETTINGS = Settings(ranking=RankingSettings(strategy=STRATEGY))
+
 
 def shown(base: UserFeatures, items=None, categories=None) -> UserFeatures:
     return dataclasses.replace(
@@ -425,7 +431,7 @@ def test_item_shown_up_to_the_cap_is_held_back(strategy):
 
 
 def test_cap_expires_with_the_window():
-    params = RankingParams.from_settings(Settings())
+    params = RankingParams.from_settings(BLEND_SETTINGS)
     top = rank(user(), catalog(), k=4, now_ms=NOW, params=params).items[0].item_id
     long_ago = NOW - params.fatigue.window_ms - 1
     stale = shown(user(), items={top: (5, long_ago)})
@@ -433,7 +439,7 @@ def test_cap_expires_with_the_window():
 
 
 def test_capped_items_fill_a_list_nothing_else_can_fill():
-    params = RankingParams.from_settings(Settings())
+    params = RankingParams.from_settings(BLEND_SETTINGS)
     small = catalog(per_category=2, categories=("shoes",))
     everything = shown(user(), items={"shoes-0": (9, NOW), "shoes-1": (9, NOW)})
     ranking = rank(everything, small, k=2, now_ms=NOW, params=params)
@@ -442,7 +448,7 @@ def test_capped_items_fill_a_list_nothing_else_can_fill():
 
 
 def test_category_fatigue_rotates_the_list():
-    params = RankingParams.from_settings(Settings())
+    params = RankingParams.from_settings(BLEND_SETTINGS)
     base = user(interests=[("shoes", 5.0), ("toys", 4.5)])
     before = [i.category for i in rank(base, catalog(), k=4, now_ms=NOW, params=params).items]
     assert before[0] == "shoes"
@@ -453,7 +459,7 @@ def test_category_fatigue_rotates_the_list():
 
 
 def test_no_fatigue_without_impressions_or_for_unknown_users():
-    params = RankingParams.from_settings(Settings())
+    params = RankingParams.from_settings(BLEND_SETTINGS)
     plain = rank(user(), catalog(), k=5, now_ms=NOW, params=params)
     empty = rank(shown(user()), catalog(), k=5, now_ms=NOW, params=params)
     assert plain == empty
