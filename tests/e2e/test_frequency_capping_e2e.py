@@ -57,9 +57,14 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
         # them all client-side, as the job does.
         shown: Counter[str] = Counter()
 
+        answers: list[list[tuple[str, str, str]]] = []
+        category_of: dict[str, str] = {}
+
         def ask() -> list[str]:
             answer = client.recommend(user, k=4)
             items = [item.item_id for item in answer.items]
+            answers.append([(i.item_id, i.source, i.reason) for i in answer.items])
+            category_of.update((i.item_id, i.category) for i in answer.items)
             shown.update(items)
             return items
 
@@ -94,7 +99,13 @@ def test_items_shown_up_to_the_cap_are_not_shown_again(grpc_server: Settings):
         wait_for(counted, 60, f"the job to count {cap} impressions of {sorted(capped)}")
         took_s = time.monotonic() - started
         features = wait_for(read, 30, "the user's features")
-        assert features.category_impressions[category][0] >= cap
+        # Categories are counted too. Which items reach the cap first depends on the
+        # strategy: under the learned default, fatigue may rotate the user's category out
+        # after an answer or two in favour of the session's trending items (whose
+        # categories then hold the counts).
+        for item in capped:
+            counts = features.category_impressions.get(category_of[item], (0, 0))[0]
+            assert counts >= cap, (item, features.category_impressions, answers)
 
         after = client.recommend(user, k=4)
         shown_now = [item.item_id for item in after.items]
