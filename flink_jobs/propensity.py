@@ -229,12 +229,6 @@ def _right(clicked: float, skipped: float) -> float:
     return 1.0 if clicked > skipped else 0.5 if clicked == skipped else 0.0
 
 
-def prior_features(blend: Mapping[str, float]) -> dict[str, float]:
-    """A blend's weights (candidate source -> weight) as weights of the logged features:
-    source ``s``'s score is logged as ``src_<s>`` (serving/propensity.py)."""
-    return {f"src_{source}": float(weight) for source, weight in blend.items()}
-
-
 def new_trainer(cfg: LearningSettings) -> Trainer:
     return Trainer.from_settings(cfg)
 

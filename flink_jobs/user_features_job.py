@@ -49,7 +49,6 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from flink_jobs import propensity
 from flink_jobs.checkpoints import latest_checkpoint
 from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
@@ -73,6 +72,7 @@ from flink_jobs.operators import (
 from flink_jobs.price_drop import price_drop_rules
 from flink_jobs.python_env import embedded_python_path
 from flink_jobs.triggers import load_rules, with_rules_loaded
+from personalization.model_versions import source_feature_weights
 from personalization.settings import (
     LEARNED_BLEND,
     Settings,
@@ -326,7 +326,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
             PropensityTraining(
                 settings.learning,
                 settings.metrics,
-                propensity.prior_features(settings.ranking.strategies.get(LEARNED_BLEND, {})),
+                source_feature_weights(settings.ranking.strategies.get(LEARNED_BLEND, {})),
             ),
             output_type=Types.STRING(),
         )

@@ -8,6 +8,7 @@ A version travels as a ``model:<name>`` row on the ``feature_updates`` changelog
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "ModelVersion",
     "averaged",
     "shard_of",
+    "source_feature_weights",
 ]
 
 # The model the job trains from exposures and serving ranks with (one name, both sides).
@@ -34,6 +36,14 @@ PROPENSITY_MODEL = "propensity"
 GATE_PAIRS = "gate_pairs"
 HEAD_PAIR_ACCURACY = "head_pair_accuracy"
 PRIOR_PAIR_ACCURACY = "prior_pair_accuracy"
+
+
+def source_feature_weights(blend: Mapping[str, float]) -> dict[str, float]:
+    """A blend's weights (candidate source -> weight) as weights of the features serving
+    logs with each shown item, where source ``s``'s score is ``src_<s>``
+    (serving/propensity.py): the prior head in serving and the prior the job's gate
+    judges against."""
+    return {f"src_{source}": float(weight) for source, weight in blend.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from personalization.model_versions import (
     PRIOR_PAIR_ACCURACY,
     PROPENSITY_MODEL,
     ModelVersion,
+    source_feature_weights,
 )
 from serving import candidates as cand
 from serving.catalog_snapshot import CatalogSnapshot
@@ -140,11 +141,8 @@ class PropensityModel:
     def prior(weights: Mapping[str, float]) -> PropensityModel:
         """The head before any model is learned: blend weights per candidate source as
         the weights of their ``src_`` features (its ranking is that blend's)."""
-        return PropensityModel(
-            PRIOR_VERSION,
-            {f"src_{s}": float(w) for s, w in weights.items() if s in cand.SOURCES},
-            0.0,
-        )
+        sources = {s: w for s, w in weights.items() if s in cand.SOURCES}
+        return PropensityModel(PRIOR_VERSION, source_feature_weights(sources), 0.0)
 
     def linear(self, columns: FeatureColumns) -> np.ndarray:
         """The linear score (log-odds) per catalog item: what the learned blend ranks by."""

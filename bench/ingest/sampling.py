@@ -253,7 +253,7 @@ def sample_loop(
             if steady is None and s.consumed >= lo:
                 steady = Window(sessions, job_sids)
                 windows["steady_from_t"] = s.t
-                if getattr(args, "py_spy", 0) > 0:
+                if args.py_spy > 0:
                     spies = _start_py_spy(settings.run_path, job_sids, args.py_spy, notes)
             if steady is not None and "steady" not in windows and s.consumed >= hi:
                 windows["steady"] = steady.close()

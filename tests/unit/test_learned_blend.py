@@ -15,6 +15,7 @@ from analysis.blend_learner import BlendLearner, examples_for, in_top, warp_nega
 from analysis.evaluation import coverage, evaluate, source_shares
 from flink_jobs import propensity
 from personalization.events import RATING, Event
+from personalization.model_versions import source_feature_weights
 from personalization.settings import LearningSettings, RankingSettings, Settings
 from serving import candidates as cand
 from serving.catalog import ItemRow, build_snapshot
@@ -348,7 +349,7 @@ def _slate(rec: str, scores: list[float], clicked: int) -> list[propensity.Examp
 
 def test_the_jobs_gate_counts_each_slates_pairs_for_the_head_and_the_prior():
     trainer = propensity.new_trainer(LearningSettings())
-    prior = propensity.prior_features({cand.CF: 1.0})
+    prior = source_feature_weights({cand.CF: 1.0})
     assert prior == {"src_cf": 1.0}
     # The prior orders (0.9 clicked, 0.1) right and (0.9, 0.95) wrong; the untrained head
     # scores every item alike: two ties, half right each.
