@@ -33,6 +33,7 @@ from flink_jobs import (
 )
 from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.row_schedule import RowSchedule
+from flink_jobs.state_cache import CachedValueState
 from flink_jobs.steps import CoVisitEdge, ItemEvent
 from personalization import metrics
 from personalization.catalog_records import parse_catalog_record
@@ -87,6 +88,9 @@ ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.ST
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
+# Keys whose state object each keyed operator keeps in its read cache when not given
+# (flink_jobs/state_cache.py; the job passes settings.flink.state_cache_entries).
+STATE_CACHE_ENTRIES = 4096
 
 
 def _key_of(ctx: Any) -> str:
@@ -213,16 +217,21 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         metrics_cfg: MetricsSettings | None = None,
         learning: LearningSettings | None = None,
         segments: SegmentSettings | None = None,
+        state_cache_entries: int = STATE_CACHE_ENTRIES,
     ) -> None:
         # Built on the client: the segment rules file is read and validated here, once,
         # and travels inside the pickled operator (TaskManagers need no copy).
         self.step = steps.UserStep(cfg, privacy, learning, segments=segments)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
+        self.state_cache_entries = state_cache_entries
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(
-            ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
+        # Every path below either writes the user's state back or evicts it from the
+        # cache (flink_jobs/state_cache.py): the steps change the object in place.
+        self.state = CachedValueState(
+            runtime_context.get_state(ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())),
+            self.state_cache_entries,
         )
         self.metrics = _start_job_metrics(self.metrics_cfg)
         self.next_watermark_sample = 0.0
@@ -282,7 +291,8 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         if not self.cache_loaded:
             self._load_cache(ctx)
         self._sample_watermark(ctx)
-        previous = self.state.value()
+        user_id = event.user_id  # the key: the exchange keyed the record by it
+        previous = self.state.value(user_id)
         if isinstance(event, impressions.Impression):
             result = self.step.on_impression(previous, event)
             if result.changed:
@@ -290,15 +300,16 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         else:
             result = self.step.on_event(previous, event)
         if not result.changed:
+            self.state.evict(user_id)  # not written: the object may differ from the state
             if result.duplicate:
                 self.metrics.duplicates.inc()
             elif result.opted_out:
                 self.metrics.opted_out.inc()
             return
         if result.state is None:
-            self.state.clear()
+            self.state.clear(user_id)
         else:
-            self.state.update(result.state)
+            self.state.update(user_id, result.state)
         for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
             yield trigger.to_json()
@@ -323,7 +334,8 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._sample_watermark(ctx)
-        user = self.state.value()
+        user_id = _key_of(ctx)
+        user = self.state.value(user_id)
         if user is None:
             return
         if self.step.expired(user, timestamp) is not None:
@@ -332,13 +344,15 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             # on_timer yields to its main output (see USER_ROWS_TAG), so the user's
             # Redis rows go by their key TTL, the same retention counted from the last
             # write; a user who comes back first starts from nothing (UserStep.expired).
-            self.state.clear()
+            self.state.clear(user_id)
             self.metrics.expired_users.inc()
             return
         armed = user.timer_ms
         fired, timers = self.step.on_timer(user, timestamp)
         if fired or timers or user.timer_ms != armed:
-            self.state.update(user)
+            self.state.update(user_id, user)
+        else:
+            self.state.evict(user_id)
         if timers:
             service = ctx.timer_service()
             for due in timers:
@@ -358,17 +372,29 @@ class ItemFeatures(KeyedProcessFunction):
     neighbours are a state of their own: pickling them alone is much cheaper than the
     whole item state, and only events with links touch them."""
 
-    def __init__(self, cfg: FeatureSettings, learning: LearningSettings | None = None) -> None:
+    def __init__(
+        self,
+        cfg: FeatureSettings,
+        learning: LearningSettings | None = None,
+        state_cache_entries: int = STATE_CACHE_ENTRIES,
+    ) -> None:
         self.step = steps.ItemStep(cfg, learning)
         self.rows_every_ms = cfg.item_rows_every_ms
+        self.state_cache_entries = state_cache_entries
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(
-            ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
+        # Read caches (flink_jobs/state_cache.py): every path writes back or evicts what
+        # a step may have changed in place; rendering a row changes nothing.
+        self.state = CachedValueState(
+            runtime_context.get_state(ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())),
+            self.state_cache_entries,
         )
-        self.neighbors = runtime_context.get_state(
-            ValueStateDescriptor("item-neighbors", Types.PICKLED_BYTE_ARRAY())
+        self.neighbors = CachedValueState(
+            runtime_context.get_state(
+                ValueStateDescriptor("item-neighbors", Types.PICKLED_BYTE_ARRAY())
+            ),
+            self.state_cache_entries,
         )
         # Rows on a processing-time timer (features.item_rows_every_ms; 0: per event).
         self.schedule = RowSchedule(self.rows_every_ms) if self.rows_every_ms > 0 else None
@@ -377,28 +403,33 @@ class ItemFeatures(KeyedProcessFunction):
         self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
     ) -> Iterator[Any]:
         if isinstance(record, CoVisitEdge):
-            self.neighbors.update(self.step.on_edge(self.neighbors.value(), record))
+            key = record.source  # keyed by its source (records of an older job version)
+            self.neighbors.update(key, self.step.on_edge(self.neighbors.value(key), record))
             return
-        stored = self.neighbors.value() if record.links else None
-        result = self.step.on_event(self.state.value(), stored, record)
+        key = record.item_id  # the key: the exchange keyed the record by it
+        stored = self.neighbors.value(key) if record.links else None
+        result = self.step.on_event(self.state.value(key), stored, record)
         if result.neighbors_changed:
-            self.neighbors.update(result.neighbors)
+            self.neighbors.update(key, result.neighbors)
         for trigger in result.triggers:
             yield ITEM_TRIGGERS_TAG, trigger.to_json()
+        if not result.state_changed and not result.item_changed:
+            self.state.evict(key)  # not written: the object may differ from the state
+            return
         if result.state_changed and not result.item_changed and result.item is not None:
-            self.state.update(result.item)
+            self.state.update(key, result.item)
         if result.item_changed and result.item is not None:
             item = result.item
-            self.state.update(item)
+            self.state.update(key, item)
             if self.schedule is not None:
                 # Flink's processing time is the wall clock: no call into the JVM to read it.
-                due = self.schedule.defer(item.item_id, int(time.time() * 1000), result.learned)
+                due = self.schedule.defer(key, int(time.time() * 1000), result.learned)
                 if due is not None:
                     ctx.timer_service().register_processing_time_timer(due)
                 if result.learned:
                     yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
                 return
-            neighbors = result.neighbors if record.links else self.neighbors.value()
+            neighbors = result.neighbors if record.links else self.neighbors.value(key)
             yield ITEM_ROWS_TAG, self._changelog_record(item, neighbors, result.learned)
             if result.learned:
                 # Main output: stamped with the item event's time (side outputs are not).
@@ -410,14 +441,15 @@ class ItemFeatures(KeyedProcessFunction):
         with the event's time (a processing-time timer's output has none)."""
         if self.schedule is None:
             return
-        due = self.schedule.fire(_key_of(ctx), timestamp)
+        key = _key_of(ctx)
+        due = self.schedule.fire(key, timestamp)
         if due is None:
             return
-        item = self.state.value()
+        item = self.state.value(key)
         if item is None:
             return
         learned = due.learned if due.learned is not None else bool(item.cf_factors)
-        yield ITEM_ROWS_TAG, self._changelog_record(item, self.neighbors.value(), learned)
+        yield ITEM_ROWS_TAG, self._changelog_record(item, self.neighbors.value(key), learned)
 
     def _changelog_record(self, item: Any, neighbors: Any, learned: bool) -> str:
         """The item's ``item_stats`` row, with its ``item_cf`` row when it has learnt."""

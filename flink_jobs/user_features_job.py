@@ -261,6 +261,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
                 settings.metrics,
                 settings.learning,
                 segments=settings.segments,
+                state_cache_entries=settings.flink.state_cache_entries,
             ),
             output_type=Types.STRING(),
         )
@@ -293,7 +294,14 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         )
     item_op = (
         keyed(item_events)
-        .process(ItemFeatures(features_cfg, settings.learning), output_type=Types.STRING())
+        .process(
+            ItemFeatures(
+                features_cfg,
+                settings.learning,
+                state_cache_entries=settings.flink.state_cache_entries,
+            ),
+            output_type=Types.STRING(),
+        )
         .name("item popularity + CF (item half)")
         .uid("item-features")
     )
