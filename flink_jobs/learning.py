@@ -223,8 +223,25 @@ def learn_user_half(
 ) -> None:
     """The user's side of :func:`sgd_update`: ``user`` in place, from the item rows as
     the user operator knows them; the rows are read, never written (their own operator
-    learns them)."""
-    sgd_update(user, positive.copy(), negatives.copy(), weight, cfg)
+    learns them).
+
+    The same arithmetic, in the same order, as the user rows of :func:`sgd_update`
+    (bit for bit: ``tests/unit/test_partitioned_mf.py``), without the item rows' updates
+    it would make on copies only to throw them away: the user operator runs this on
+    every interaction, and those were half of its numpy calls."""
+    lr, l2 = cfg.learning_rate, cfg.l2
+    if cfg.loss == BPR and len(negatives):
+        diff = positive[None, :] - negatives  # [n, f]
+        x = diff @ user
+        g = (weight / (1.0 + np.exp(np.clip(x, -30, 30)))).astype(np.float32)  # sigmoid(-x)
+        user += lr * (g @ diff - l2 * user)
+        return
+    err = _clip(float(positive @ user) - 1.0) * weight
+    # The negatives' errors are of the factors before this step (sgd_update's u0).
+    errs = np.clip(negatives @ user, -10.0, 10.0) if len(negatives) else None  # target 0
+    user -= lr * (err * positive + l2 * user)
+    if errs is not None:
+        user -= lr * (errs @ negatives)
 
 
 def learn_item_half(

@@ -54,6 +54,24 @@ def test_the_user_half_reads_item_rows_and_never_writes_them():
 
 
 @pytest.mark.parametrize("loss", ["squared", "bpr"])
+@pytest.mark.parametrize("negatives", [0, 1, 4])
+def test_the_user_half_is_sgd_updates_user_row_bit_for_bit(loss: str, negatives: int):
+    """learn_user_half skips the item rows' updates sgd_update makes; the user's row
+    must come out identical, over many steps (errors would compound)."""
+    cfg = learning.LearnerConfig(factors=16, negatives=negatives, seed=3, loss=loss)
+    rng = np.random.default_rng(negatives)
+    user = rng.standard_normal(16).astype(np.float32)
+    reference = user.copy()
+    for step in range(200):
+        positive = rng.standard_normal(16).astype(np.float32)
+        negs = rng.standard_normal((negatives, 16)).astype(np.float32)
+        weight = float(1 + step % 3)
+        learning.sgd_update(reference, positive.copy(), negs.copy(), weight, cfg)
+        learning.learn_user_half(user, positive, negs, weight, cfg)
+        np.testing.assert_array_equal(user, reference)
+
+
+@pytest.mark.parametrize("loss", ["squared", "bpr"])
 def test_the_item_half_moves_towards_its_user_and_away_from_others(loss: str):
     cfg = learning.LearnerConfig(factors=8, negatives=2, seed=3, loss=loss)
     rng = np.random.default_rng(0)
