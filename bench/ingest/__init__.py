@@ -113,6 +113,12 @@ def add_arguments(parser: Any) -> None:
         help="sample the job's Python inside Flink with py-spy for SECONDS once the steady "
         "window starts (bench/ingest/job_profile.py)",
     )
+    g.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread holding the GIL (py-spy --gil), so the "
+        "shares are of the one interpreter's time, not of the threads' wall time",
+    )
 
 
 # --- scenario --------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def java_pids(session: int) -> list[int]:
 class PySpy:
     """One py-spy recording of ``pid`` for ``seconds``, raw (collapsed) stacks."""
 
-    def __init__(self, pid: int, seconds: float, out: Path, rate: int = 200) -> None:
+    def __init__(
+        self, pid: int, seconds: float, out: Path, rate: int = 200, gil: bool = False
+    ) -> None:
         binary = _binary()
         if binary is None:
             raise RuntimeError("py-spy is not installed (pip install '.[dev]')")
@@ -72,6 +74,10 @@ class PySpy:
         self.log = out.with_suffix(".log")
         args = [binary, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
         args += ["--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out)]
+        if gil:
+            # Only the thread that holds the GIL: in thread mode every Python operator of
+            # the JVM shares one interpreter, so this is the time that serialises them.
+            args.append("--gil")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
@@ -103,6 +109,7 @@ def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     flink: Counter[str] = Counter()
+    pickling: Counter[str] = Counter()
     total = no_frames = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -125,6 +132,9 @@ def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
             if group is not None:
                 flink[group] += n
                 break
+        caller = _pickling_caller(names)
+        if caller is not None:
+            pickling[caller] += n
     if total == 0:
         return {"samples": 0, "samples_without_python_frames": no_frames}
 
@@ -138,4 +148,28 @@ def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
         "flink_calls_total_pct": round(100 * sum(flink.values()) / total, 1),
         "inclusive_pct": shares(inclusive, top),
         "self_pct": shares(own, top),
+        "pickling_by_caller_pct": shares(pickling, top),
     }
+
+
+def _pickling_caller(names: list[str]) -> str | None:
+    """Who pickled or unpickled in this stack: the frame that called PyFlink's pickle
+    converter, through PyFlink's own frames (a state read's caller, an operator that
+    yielded a record, or PyFlink's input conversion when no frame of ours is there)."""
+    at = next((i for i, name in enumerate(names) if name.startswith("PickleDataConverter")), None)
+    if at is None:
+        return None
+    way = names[at].split(" (")[0].rsplit(".", 1)[-1]  # to_external: pickle; to_internal
+    for name in reversed(names[:at]):
+        if not name.endswith(_PYFLINK_FILES):
+            return f"{way} <- {name}"
+    return f"{way} <- {names[at - 1] if at else '?'}"
+
+
+# PyFlink's own frames, skipped when looking for the caller of a pickling.
+_PYFLINK_FILES = (
+    "(state_impl.py)",
+    "(converters.py)",
+    "(side_output_context.py)",
+    "(operation_utils.py)",
+)

@@ -144,4 +144,8 @@ def _job_profile(name: str, spy: dict[str, Any], us_per_event: float | None) -> 
         format_table([f"{title}; calls into Flink", *head], flink),
         format_table(["inclusive", *head], [row(n, pct) for n, pct in spy["inclusive_pct"]]),
         format_table(["self", *head], [row(n, pct) for n, pct in spy["self_pct"]]),
+        format_table(
+            ["pickling, by the caller", *head],
+            [row(n, pct) for n, pct in spy.get("pickling_by_caller_pct", [])],
+        ),
     ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.env import (
+    RESULTS_DIR,
     BenchStack,
     CpuMeter,
     metric_sum,
@@ -254,7 +256,9 @@ def sample_loop(
                 steady = Window(sessions, job_sids)
                 windows["steady_from_t"] = s.t
                 if args.py_spy > 0:
-                    spies = _start_py_spy(settings.run_path, job_sids, args.py_spy, notes)
+                    spies = _start_py_spy(
+                        settings.run_path, job_sids, args.py_spy, args.py_spy_gil, notes
+                    )
             if steady is not None and "steady" not in windows and s.consumed >= hi:
                 windows["steady"] = steady.close()
                 windows["steady_to_t"] = s.t
@@ -287,13 +291,14 @@ def sample_loop(
 
 
 def _start_py_spy(
-    run_dir: Path, job_sids: tuple[int, ...], seconds: float, notes: list[str]
+    run_dir: Path, job_sids: tuple[int, ...], seconds: float, gil: bool, notes: list[str]
 ) -> list[job_profile.PySpy]:
     """One py-spy recording per JVM of the job (its MiniCluster, or each TaskManager)."""
     spies = []
     for pid in (p for sid in job_sids for p in job_profile.java_pids(sid)):
         try:
-            spies.append(job_profile.PySpy(pid, seconds, run_dir / f"py-spy-{pid}.raw"))
+            raw = run_dir / f"py-spy-{pid}.raw"
+            spies.append(job_profile.PySpy(pid, seconds, raw, gil=gil))
         except (OSError, RuntimeError) as exc:
             notes.append(f"py-spy on {pid}: {exc}")
     say(f"py-spy: sampling {len(spies)} job JVM(s) for {seconds:.0f}s")
@@ -310,4 +315,10 @@ def _finish_py_spy(
             notes.append(f"py-spy failed: {spy.failure()}")
             continue
         out[raw.stem] = job_profile.summarize(raw)
+        # The run directory goes with the stack: keep the stacks beside the results, for
+        # a flame graph or another cut than the report's.
+        kept = RESULTS_DIR / f"{raw.stem}-{time.strftime('%Y%m%d-%H%M%S')}.raw"
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw, kept)
+        out[raw.stem]["raw"] = str(kept)
     return out
