@@ -162,6 +162,9 @@ def kafka_source(
         .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(reset))
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("partition.discovery.interval.ms", "10000")
+        # Short runs per partition: the watermark is one over all partitions (see the
+        # setting), so how far it can pass a partition's records is one run's span.
+        .set_property("max.partition.fetch.bytes", str(k.source_max_partition_fetch_bytes))
         .set_property("commit.offsets.on.checkpoint", "true")
         .build()
     )

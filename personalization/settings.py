@@ -142,6 +142,13 @@ class KafkaSettings(_Section):
     # parallelism 1, 2 and 4. Existing topics with fewer are grown (ops.infra.kafka_broker).
     partitions: int = Field(default=4, ge=1)
     flink_consumer_group: str = "pz-user-features"
+    # What the job's Kafka sources fetch from one partition at a time. The job's event
+    # time watermark is taken after parsing (from the payload's event_time: one
+    # generator over all partitions), so reading a backlog in long runs per partition
+    # moves the watermark up to one run's span of event time past the other
+    # partitions' records, and their timers (sessions, cart idling, retention) fire
+    # early. 64 KB is ~300 events a run (1 MB, Kafka's default, ~5,000).
+    source_max_partition_fetch_bytes: int = Field(default=65_536, ge=1024)
     writer_consumer_group: str = "pz-online-store-writer"
 
     @model_validator(mode="after")

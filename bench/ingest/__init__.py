@@ -46,14 +46,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from bench.env import BenchStack, say
+from bench.env import BenchStack, metric_sum, say
 from bench.ingest.backlog import DATASETS, load_backlog, preload
 from bench.ingest.baseline import run_baseline
 from bench.ingest.cluster import ClusterJob, cluster_sessions, start_cluster, with_parallelism
 from bench.ingest.figures import figures, verify_store
 from bench.ingest.profile import profile_stages
 from bench.ingest.report import report
-from bench.ingest.sampling import operator_threads_pct, sample_loop
+from bench.ingest.sampling import operator_threads_pct, sample_loop, scrape_job
 from ops import stack
 
 __all__ = ["DATASETS", "add_arguments", "report", "run_ingest"]
@@ -234,6 +234,11 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
         result["job_profile"] = windows.pop("job_profile")
     result["notes"] = notes
     result["store_check"] = verify_store(settings, events)
+    # The job's own view of why a user may not match: users it forgot (retention).
+    job_now, _ = scrape_job(stack.job_metrics_urls(settings))
+    result["store_check"]["job_users_expired"] = int(
+        metric_sum(job_now, "pz_job_users_expired_total")
+    )
     if not args.no_baseline:
         bench.stop_component(stack.WRITER)
         if cluster_job is not None:

@@ -54,13 +54,20 @@ def load_backlog(
 
 
 def preload(settings: Settings, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Produce the backlog to the event topics (as fast as the producer goes)."""
+    """Produce the backlog to the event topics (as fast as the producer goes).
+
+    In batches of at most 500 events per partition: a consumer hands a record batch over
+    whole, and the job's watermark is one over all partitions (taken after parsing), so
+    one 10,000-event batch (~75 days of MovieLens in one partition) moved event time that
+    far past the other partitions' records. Their users' retention timers then fired
+    before their later events were read (job_users_expired in the store check: 9 where 7
+    were due), and those users' counts restarted from zero."""
     from traffic import TrafficSender
 
     sender = TrafficSender(
         settings,
         rate=0.0,
-        producer_config={"linger.ms": 20, "batch.num.messages": 10_000},
+        producer_config={"linger.ms": 20, "batch.num.messages": 500},
         flush_timeout_s=120.0,
     )
     stats = sender.send(events)

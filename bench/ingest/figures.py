@@ -112,6 +112,7 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
     pseudonym = pseudonymizer(settings.privacy.hmac_secret)
     reader = UserFeatureReader(settings)
     rows = matched = events_total = cf_vectors = 0
+    mismatched: list[dict[str, Any]] = []
     try:
         for user in expected_count:
             features = None
@@ -131,6 +132,14 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
                 and features.last_seen_ms == expected_last[user]
             ):
                 matched += 1
+            elif len(mismatched) < 10:  # which users, for the report: a lead to the cause
+                mismatched.append(
+                    {
+                        "user": user,
+                        "events_total": [features.events_total, expected_count[user]],
+                        "last_seen_ms": [features.last_seen_ms, expected_last[user]],
+                    }
+                )
     finally:
         reader.close()
     return {
@@ -140,6 +149,7 @@ def verify_store(settings: Settings, events: list[dict[str, Any]]) -> dict[str, 
         "users_with_cf_vector": cf_vectors,
         "events_total_in_store": events_total,
         "events_expected": sum(expected_count.values()),
+        "mismatched": mismatched,
         "ok": matched == len(expected_count) and events_total == sum(expected_count.values()),
     }
 
