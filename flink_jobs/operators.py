@@ -88,9 +88,6 @@ ITEM_FACTORS_STATE = MapStateDescriptor("item-factors", Types.STRING(), Types.ST
 
 # The user operator reads the watermark (a call into the JVM) at most this often.
 WATERMARK_SAMPLE_S = 0.5
-# Keys whose state object each keyed operator keeps in its read cache when not given
-# (flink_jobs/state_cache.py; the job passes settings.flink.state_cache_entries).
-STATE_CACHE_ENTRIES = 4096
 
 
 def _key_of(ctx: Any) -> str:
@@ -217,7 +214,8 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         metrics_cfg: MetricsSettings | None = None,
         learning: LearningSettings | None = None,
         segments: SegmentSettings | None = None,
-        state_cache_entries: int = STATE_CACHE_ENTRIES,
+        *,
+        state_cache_entries: int,  # settings.flink.state_cache_entries
     ) -> None:
         # Built on the client: the segment rules file is read and validated here, once,
         # and travels inside the pickled operator (TaskManagers need no copy).
@@ -376,7 +374,8 @@ class ItemFeatures(KeyedProcessFunction):
         self,
         cfg: FeatureSettings,
         learning: LearningSettings | None = None,
-        state_cache_entries: int = STATE_CACHE_ENTRIES,
+        *,
+        state_cache_entries: int,  # settings.flink.state_cache_entries
     ) -> None:
         self.step = steps.ItemStep(cfg, learning)
         self.rows_every_ms = cfg.item_rows_every_ms
