@@ -65,12 +65,17 @@ class RecommenderClient:
         self._admin = recommender_pb2_grpc.AdminStub(self._channel)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, api_key: str = "") -> RecommenderClient:
+    def from_settings(
+        cls, settings: Settings, *, api_key: str = "", deadline_s: float | None = None
+    ) -> RecommenderClient:
+        """A client for the configured server; ``deadline_s`` overrides the configured
+        per-call deadline (Collect keeps the Kafka ack timeout on top of it)."""
         cfg = settings.serving
+        deadline = deadline_s or cfg.client_deadline_s
         return cls(
             f"{cfg.host}:{cfg.port}",
-            deadline_s=cfg.client_deadline_s,
-            collect_deadline_s=cfg.collect_ack_timeout_s + cfg.client_deadline_s,
+            deadline_s=deadline,
+            collect_deadline_s=cfg.collect_ack_timeout_s + deadline,
             max_message_bytes=cfg.max_message_bytes,
             admin_token=settings.privacy.admin_token,
             api_key=api_key,
