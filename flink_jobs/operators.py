@@ -19,6 +19,7 @@ from pyflink.datastream import (
     OutputTag,
     ProcessFunction,
     RuntimeContext,
+    TimeDomain,
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
@@ -30,6 +31,7 @@ from flink_jobs import (
     price_drop,
     propensity,
     steps,
+    timer_side_outputs,
 )
 from flink_jobs.model_quality import PrequentialMonitor
 from flink_jobs.row_schedule import RowSchedule
@@ -202,9 +204,16 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     """Keyed by user: dedup, profile update, triggers, feature rows, the user half of the
     online MF (``UserStep``); the broadcast input is the item-factor feed.
 
-    Emits trigger records (main output, see ``USER_ROWS_TAG``), the user's rows after
-    every accepted event as one changelog record (side output) and each accepted item
-    event for the item branch (side output, so items see the same deduplicated stream).
+    Emits trigger records (main output, see ``USER_ROWS_TAG``), the user's rows as one
+    changelog record (side output) and each accepted item event for the item branch
+    (side output, so items see the same deduplicated stream).
+
+    A changed user's rows are rendered at most once per ``features.user_rows_every_ms``,
+    from a processing-time timer, with the state as it is then (as the item operator
+    does, ``flink_jobs/row_schedule.py``); erasures go at once. The timer sends them to
+    the side output itself (``flink_jobs/timer_side_outputs.py``: PyFlink does not route
+    a keyed broadcast function's timer output); where that is not possible, or with the
+    setting at 0, rows go per event.
     """
 
     def __init__(
@@ -222,6 +231,7 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         self.step = steps.UserStep(cfg, privacy, learning, segments=segments)
         self.metrics_cfg = _metrics_settings(metrics_cfg)
         self.state_cache_entries = state_cache_entries
+        self.rows_every_ms = cfg.user_rows_every_ms
         self.state: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -247,6 +257,29 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         self.model_metrics = metrics.model_metrics()
         self.updates = self.model_metrics.updates.labels("cf")
         self.next_report = 0.0
+        # Coalesced rows: decided on the first record, when the runtime's side-output
+        # context can be found (a timer sends the rows through it).
+        self.schedule: RowSchedule | None = None
+        self.side_outputs: timer_side_outputs.TimerSideOutputs | None = None
+        self.step.defer_rows = False
+        self.rows_decided = False
+
+    def _decide_rows(self) -> None:
+        """Called from process_element's generator (see timer_side_outputs.find)."""
+        self.rows_decided = True
+        context = timer_side_outputs.find()
+        if context is None:
+            log.warning(
+                "user features: no side-output context for timers in this runtime; "
+                "user rows go per event (features.user_rows_every_ms ignored)"
+            )
+            return
+        # Kept with the setting at 0 too: row timers restored from a checkpoint of a job
+        # that deferred still render.
+        self.side_outputs = timer_side_outputs.TimerSideOutputs(context)
+        if self.rows_every_ms > 0:
+            self.schedule = RowSchedule(self.rows_every_ms)
+            self.step.defer_rows = True
 
     def _sample_watermark(self, ctx: Any) -> None:
         now = time.monotonic()
@@ -286,6 +319,8 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.factors_store.put(item_id, value)
 
     def process_element(self, event: Event | impressions.Impression, ctx: Any) -> Iterator[Any]:
+        if not self.rows_decided:
+            self._decide_rows()
         if not self.cache_loaded:
             self._load_cache(ctx)
         self._sample_watermark(ctx)
@@ -308,6 +343,11 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.state.clear(user_id)
         else:
             self.state.update(user_id, result.state)
+            if self.schedule is not None:
+                # Flink's processing time is the wall clock: no call into the JVM to read it.
+                due = self.schedule.defer(user_id, int(time.time() * 1000), result.learned)
+                if due is not None:
+                    ctx.timer_service().register_processing_time_timer(due)
         for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
             yield trigger.to_json()
@@ -331,6 +371,11 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self._report_quality()
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        # Event-time timers: sessions, retention, behavioural triggers; processing-time
+        # timers: the coalesced rows (every_ms > 0 now, or in the job that checkpointed).
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self._on_row_timer(_key_of(ctx), timestamp, ctx)
+            return
         self._sample_watermark(ctx)
         user_id = _key_of(ctx)
         user = self.state.value(user_id)
@@ -358,6 +403,28 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
         for trigger in fired:
             self.metrics.triggers.labels(trigger.trigger).inc()
             yield trigger.to_json()
+
+    def _on_row_timer(self, user_id: str, timestamp: int, ctx: Any) -> None:
+        """The coalesced rows of the user, from its state now (a row timer fired)."""
+        if self.side_outputs is None:
+            if not self.rows_decided:
+                # Restored, and no record yet to find the side outputs with: again later
+                # (the timer is checkpointed until it has rendered).
+                ctx.timer_service().register_processing_time_timer(
+                    timestamp + max(self.rows_every_ms, 100)
+                )
+            # else: timers cannot send rows in this runtime; the user's next event does.
+            return
+        learned: bool | None = None  # not known (a timer of an earlier run)
+        if self.schedule is not None:
+            due = self.schedule.fire(user_id, timestamp)
+            if due is None:
+                return  # a newer timer of the user renders it
+            learned = due.learned
+        user = self.state.value(user_id)
+        if user is None:  # erased or expired since: its erasure went at once
+            return
+        self.side_outputs.collect(USER_ROWS_TAG, encode_record(self.step.rows(user, learned)))
 
 
 class ItemFeatures(KeyedProcessFunction):

@@ -178,6 +178,10 @@ class UserStep:
         self.cf = CFStep(learning_cfg, learner)
         self.known_items = self.cf.new_known_items()
         self.quality = self.cf.new_monitor()
+        # True: results carry no profile / CF rows (only erasures); the operator renders
+        # a changed user's rows later, once per interval, with :meth:`rows`
+        # (features.user_rows_every_ms, flink_jobs/row_schedule.py).
+        self.defer_rows = False
 
     def expires_at(self, user: profile.UserState) -> int | None:
         """Event time at which ``user`` has been inactive for the retention period: their
@@ -203,6 +207,14 @@ class UserStep:
             user.version_us,
             profile.user_feature_row(user, self.cfg, self.segment_rules),
         )
+
+    def rows(self, user: profile.UserState, learned: bool | None) -> list[FeatureUpdate]:
+        """The user's rows as its state is now: the profile, and the CF factors when they
+        changed (``learned``; None: not known, as after a restore: when there are any)."""
+        out = [self.row(user)]
+        if (learned is None or learned) and user.cf_factors:
+            out.append(self.cf.user_row(user))
+        return out
 
     def cluster(self, user: profile.UserState, time_ms: int) -> list[Trigger]:
         """Re-cluster the user when due (first event, a new session, every N events):
@@ -270,12 +282,14 @@ class UserStep:
             covisitation.push_history(user.covisit, event.item_id, t, self.covisit)
         result.triggers += self.cluster(user, event.event_time_ms)
         result.timers = self.arm(user)
-        result.rows.append(self.row(user))
+        if not self.defer_rows:
+            result.rows.append(self.row(user))
         if interacted:
             user_factors = b""
             if (weight := self.cf.weight(event)) > 0:
                 user_factors = self.cf.learn_user(self.known_items, self.quality, user, event)
-                result.rows.append(self.cf.user_row(user))
+                if not self.defer_rows:
+                    result.rows.append(self.cf.user_row(user))
                 result.learned = True
             result.item_event = ItemEvent(event, links, user_factors, weight)
             if attribution.outcome_of(event) is not None:
@@ -293,7 +307,8 @@ class UserStep:
         outcome = profile.apply_impression(user, impression, self.cfg)
         if not outcome.changed:
             return UserResult(previous, duplicate=outcome.duplicate)
-        return UserResult(user, changed=True, impression=True, rows=[self.row(user)])
+        rows = [] if self.defer_rows else [self.row(user)]
+        return UserResult(user, changed=True, impression=True, rows=rows)
 
     def arm(self, user: profile.UserState) -> list[int]:
         """The timer to register, if any: the earliest due time, unless the timer already

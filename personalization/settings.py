@@ -291,6 +291,11 @@ class FeatureSettings(_Section):
     # item seen 50 times in the interval is rendered once, not 50 times. 0: a row per
     # event. Serving reads item rows every serving.catalog_refresh_s (2 s) anyway.
     item_rows_every_ms: int = Field(default=1000, ge=0)
+    # The user operator likewise, for a user's rows (user_profile, user_cf): a user's
+    # events come in bursts (a session, a replayed backlog), and rendering the profile
+    # row costs more than folding the event into it. Rows reach the store at most this
+    # much later (freshness). 0: a row per event.
+    user_rows_every_ms: int = Field(default=100, ge=0)
     # A/B attribution: outcomes count within this long after the exposure; outcomes
     # whose exposure never arrives are dropped this long after the last of them.
     attribution_window_s: int = 30 * 60
