@@ -208,9 +208,10 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
     changelog record (side output) and each accepted item event for the item branch
     (side output, so items see the same deduplicated stream).
 
-    A changed user's rows are rendered at most once per ``features.user_rows_every_ms``,
+    A changed user's rows go at once when the user had none in the last
+    ``features.user_rows_every_ms``; further changes in that interval are rendered once,
     from a processing-time timer, with the state as it is then (as the item operator
-    does, ``flink_jobs/row_schedule.py``); erasures go at once. The timer sends them to
+    does, ``flink_jobs/row_schedule.py``); erasures always go at once. The timer sends them to
     the side output itself (``flink_jobs/timer_side_outputs.py``: PyFlink does not route
     a keyed broadcast function's timer output); where that is not possible, or with the
     setting at 0, rows go per event.
@@ -345,9 +346,11 @@ class UserFeatures(_QualityReporting, KeyedBroadcastProcessFunction):
             self.state.update(user_id, result.state)
             if self.schedule is not None:
                 # Flink's processing time is the wall clock: no call into the JVM to read it.
-                due = self.schedule.defer(user_id, int(time.time() * 1000), result.learned)
+                now, due = self.schedule.change(user_id, int(time.time() * 1000), result.learned)
                 if due is not None:
                     ctx.timer_service().register_processing_time_timer(due)
+                if now:  # no row of the user in the last interval: this one goes at once
+                    result.rows += self.step.rows(result.state, result.learned)
         for trigger in result.triggers:
             self.metrics.triggers.labels(trigger.trigger).inc()
             yield trigger.to_json()
@@ -489,6 +492,9 @@ class ItemFeatures(KeyedProcessFunction):
             self.state.update(key, item)
             if self.schedule is not None:
                 # Flink's processing time is the wall clock: no call into the JVM to read it.
+                # Trailing edge only (RowSchedule.defer): an item's rendering (its
+                # co-visitation top list above all) costs more than the timer, and items
+                # of a replay change a few times a second; users take the leading edge.
                 due = self.schedule.defer(key, int(time.time() * 1000), result.learned)
                 if due is not None:
                     ctx.timer_service().register_processing_time_timer(due)

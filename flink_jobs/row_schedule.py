@@ -12,10 +12,18 @@ The schedule only remembers which keys have a timer armed (so an event of an arm
 costs no call into the JVM) and whether the key's model factors changed too. It is not
 checkpointed: Flink checkpoints the timers themselves, and after a restore a timer that
 finds no entry renders everything the state holds.
+
+:meth:`RowSchedule.change` adds a leading edge: a key with no row in the last interval
+renders at once, with no timer; only its further changes within the interval wait for
+one. A timer costs calls into the JVM (registering it, firing it, reading its key), so
+for keys that change once in a while (live traffic over many users) a row per change is
+cheaper, while a burst still costs two renderings. :meth:`RowSchedule.defer` is the
+trailing edge alone.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 __all__ = ["Due", "RowSchedule"]
@@ -34,6 +42,26 @@ class RowSchedule:
     every_ms: int
     # key -> [due time ms, factors changed since the last row]
     pending: dict[str, list] = field(default_factory=dict)
+    # key -> processing time of its last row, for the keys rendered within every_ms
+    # (oldest first: pruned from the front as time moves on).
+    rendered: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+    def change(self, key: str, now_ms: int, learned: bool) -> tuple[bool, int | None]:
+        """Note a change of ``key`` at processing time ``now_ms``: ``(render now, timer
+        to register)``. Renders now when the key had no row within ``every_ms`` and no
+        timer armed; otherwise defers to a timer at the interval's end (None when one is
+        armed already)."""
+        rendered = self.rendered
+        cutoff = now_ms - self.every_ms
+        while rendered:
+            oldest = next(iter(rendered))
+            if rendered[oldest] >= cutoff:
+                break
+            del rendered[oldest]
+        if key in self.pending or key in rendered:
+            return False, self.defer(key, now_ms, learned)
+        rendered[key] = now_ms
+        return True, None
 
     def defer(self, key: str, now_ms: int, learned: bool) -> int | None:
         """Note a change of ``key`` at processing time ``now_ms``; the timer to register
@@ -57,4 +85,6 @@ class RowSchedule:
         if entry[0] > timestamp:
             return None
         del self.pending[key]
+        self.rendered[key] = timestamp
+        self.rendered.move_to_end(key)
         return Due(learned=bool(entry[1]))
