@@ -54,6 +54,7 @@ from ops.infra.processes import free_port, pid_alive
 from personalization import feature_store as fs
 from personalization.settings import (
     PROJECT_ROOT,
+    FeatureSettings,
     FlinkSettings,
     KafkaSettings,
     MetricsSettings,
@@ -272,6 +273,9 @@ def private_settings(run_dir: Path) -> Settings:
         flink=FlinkSettings(
             checkpoint_interval_ms=CHECKPOINT_MS, rest_port=rest_port, rpc_port=rpc_port
         ),
+        # Coalesced user rows (off by default): their processing-time timers must be
+        # restored with the checkpoint and still render every user's final rows.
+        features=FeatureSettings(user_rows_every_ms=100),
         # No metrics endpoints: fixed default ports would clash with other stacks.
         metrics=MetricsSettings(job_port=0, writer_port=0, serving_port=0, dashboard_port=0),
     )
