@@ -15,6 +15,7 @@ from typing import Any
 
 from personalization.context_keys import context_keys
 from personalization.events import Event
+from personalization.ranked import by_weight
 
 __all__ = ["add", "decay", "row_fields"]
 
@@ -39,7 +40,7 @@ def decay(contexts: dict[str, float], factor: float) -> None:
 
 def row_fields(contexts: dict[str, float]) -> dict[str, Any]:
     """``context_keys`` / ``context_scores`` of the ``item_stats`` row, strongest first."""
-    ranked = sorted(contexts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = by_weight(contexts)
     return {
         "context_keys": [key for key, _ in ranked],
         "context_scores": [round(score, 6) for _, score in ranked],

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor
+from personalization.ranked import by_weight
 from personalization.settings import LearningSettings
 
 __all__ = [
@@ -107,8 +108,7 @@ class Neighbors:
     def top(self, n: int, now_ms: int, half_life_s: float) -> list[tuple[str, float]]:
         """The ``n`` strongest neighbours with weights decayed to ``now_ms``."""
         factor = decay_factor(now_ms - self.origin_ms, half_life_s)
-        best = sorted(self.scaled.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-        return [(item, w * factor) for item, w in best]
+        return [(item, w * factor) for item, w in by_weight(self.scaled, n)]
 
 
 def edges_for(
@@ -159,8 +159,7 @@ def add_edge(state: Neighbors, target: str, weight: float, t_ms: int, cfg: CoVis
         state.origin_ms, exponent = t_ms, 0.0
     state.scaled[target] = state.scaled.get(target, 0.0) + weight * math.pow(2.0, exponent)
     if len(state.scaled) > cfg.max_entries:
-        keep = sorted(state.scaled.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.neighbors]
-        state.scaled = dict(keep)
+        state.scaled = dict(by_weight(state.scaled, cfg.neighbors))
 
 
 @dataclass(slots=True)
@@ -224,7 +223,7 @@ class CoVisitation:
             state = self.items.get(anchor)
             if state is None or not state.scaled:
                 continue
-            top = sorted(state.scaled.items(), key=lambda kv: (-kv[1], kv[0]))
+            top = by_weight(state.scaled)
             best = top[0][1]
             if best <= 0:
                 continue
