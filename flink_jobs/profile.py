@@ -12,8 +12,10 @@ idempotent.
 
 from __future__ import annotations
 
+import copyreg
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from flink_jobs import impressions as impressions_mod
 from flink_jobs import sessions as sessions_mod
@@ -21,7 +23,7 @@ from flink_jobs import windows
 from flink_jobs.covisitation import History
 from flink_jobs.dedup import SeenIds
 from flink_jobs.impressions import Impression, ImpressionLog
-from flink_jobs.sessions import Sessions, new_sessions
+from flink_jobs.sessions import Session, Sessions, new_sessions
 from flink_jobs.triggers import TriggerRules
 from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor
@@ -40,6 +42,7 @@ from personalization.events import (
     Event,
 )
 from personalization.feature_updates import next_version_us
+from personalization.ranked import by_weight
 from personalization.segments import DEFAULT_RULES_FILE, SegmentRule, evaluate, load_rules
 from personalization.settings import FeatureSettings
 from personalization.triggers import Trigger
@@ -131,6 +134,71 @@ class UserState:
     # zone), 24 counts once the first event came, and how many fell on a weekend.
     hour_counts: list[int] = field(default_factory=list)
     weekend_events: int = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reduce_user_state(self)
+
+
+# --- pickling --------------------------------------------------------------------------
+# The job pickles a user's state on every event that changes it (PyFlink's ValueState
+# takes pickled bytes). Pickled as objects, each nested class (sessions, every session,
+# seen ids, co-visitation history, impressions) costs a Python-level reduce; flattened to
+# their compact_pickle values, the state is one Python call and then plain lists, dicts
+# and bytes for the C pickler: about half the time (`bench ingest`'s profile: the user
+# state's pickling was ~10 % of the job's Python time) and ~13 % fewer bytes.
+#
+# Checkpoints name ``load_user_state`` (module and name): keep both. States pickled as
+# objects (before this layout) still load, through the classes' ``__setstate__``.
+
+_USER_FIELDS: tuple[str, ...] = UserState.__slots__  # type: ignore[attr-defined]
+_user_values = operator.attrgetter(*_USER_FIELDS)
+_SESSIONS = _USER_FIELDS.index("sessions")
+_SEEN_IDS = _USER_FIELDS.index("seen_ids")
+_COVISIT = _USER_FIELDS.index("covisit")
+_IMPRESSIONS = _USER_FIELDS.index("impressions")
+FLAT_LAYOUT = 1
+
+
+def _reduce_user_state(state: UserState) -> tuple[Any, ...]:
+    values = list(_user_values(state))
+    sessions = values[_SESSIONS]
+    if not (
+        type(sessions) is Sessions
+        and type(values[_SEEN_IDS]) is SeenIds
+        and type(values[_COVISIT]) is History
+        and type(values[_IMPRESSIONS]) is ImpressionLog
+        and all(type(s) is Session for s in sessions.kept)
+    ):
+        # A form this layout does not cover (seen ids still the {id: time} dict of an
+        # old checkpoint): pickled as Python would, nested objects and all.
+        return copyreg.__newobj__, (UserState,), state.__getstate__()  # type: ignore[attr-defined]
+    flat_sessions = cast(list[Any], sessions.__getstate__())
+    flat_sessions[0] = [s.__getstate__() for s in sessions.kept]
+    values[_SESSIONS] = flat_sessions
+    values[_SEEN_IDS] = values[_SEEN_IDS].__getstate__()
+    values[_COVISIT] = values[_COVISIT].__getstate__()
+    values[_IMPRESSIONS] = values[_IMPRESSIONS].__getstate__()
+    return load_user_state, (FLAT_LAYOUT, values)
+
+
+def _restored(cls: type, state: Any) -> Any:
+    obj: Any = object.__new__(cls)  # as unpickling does: no __init__
+    obj.__setstate__(state)
+    return obj
+
+
+def load_user_state(layout: int, flat: list[Any]) -> UserState:
+    """A user's state from :func:`_reduce_user_state`'s values (the name is in checkpoints)."""
+    if layout != FLAT_LAYOUT:
+        raise ValueError(f"user state: unknown pickle layout {layout}")
+    values = list(flat)
+    sessions = list(values[_SESSIONS])
+    sessions[0] = [_restored(Session, s) for s in sessions[0]]
+    values[_SESSIONS] = _restored(Sessions, sessions)
+    values[_SEEN_IDS] = _restored(SeenIds, values[_SEEN_IDS])
+    values[_COVISIT] = _restored(History, values[_COVISIT])
+    values[_IMPRESSIONS] = _restored(ImpressionLog, values[_IMPRESSIONS])
+    return _restored(UserState, values)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,8 +468,7 @@ def window_counts(state: UserState) -> dict[str, int]:
 
 
 def top_interests(state: UserState, limit: int | None = None) -> list[tuple[str, float]]:
-    ranked = sorted(state.interests.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ranked[:limit] if limit else ranked
+    return by_weight(state.interests, limit or None)
 
 
 def segments(
