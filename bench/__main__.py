@@ -26,8 +26,10 @@ import time
 from typing import Any
 
 from bench.env import (
+    THROUGHPUT_SCENARIOS,
     BenchStack,
     CpuMeter,
+    equal_priority,
     format_table,
     machine_info,
     say,
@@ -50,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a shared machine: first wait up to this long for CPU busy < --quiet-pct",
     )
     g.add_argument("--quiet-pct", type=float, default=40.0, help="%% of all cores")
+    g.add_argument(
+        "--stack-priority",
+        action="store_true",
+        help="ingest, freshness: run the job and the writer at the stack's CPU priority "
+        "(settings.priority: below Kafka and the traffic, for serving's sake) instead of "
+        "at the same priority as everything else",
+    )
 
     common = argparse.ArgumentParser(add_help=False, parents=[general])
 
@@ -344,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_table(info), flush=True)
     bench = BenchStack.create(keep_run_dir=args.keep_run_dir)
     say(f"private stack in {bench.run_path}")
+    if args.scenario in THROUGHPUT_SCENARIOS and not args.stack_priority:
+        bench.settings = equal_priority(bench.settings)
+        say("job and writer at nice 0, as Kafka and the traffic (--stack-priority: the stack's)")
+    results["priority"] = bench.settings.priority.model_dump()
     failed: BaseException | None = None
     try:
         if args.scenario in ("freshness", "all"):
