@@ -17,6 +17,7 @@ from typing import Any
 
 from feature_repo.names import USER_PROFILE
 from personalization import offline_store
+from personalization.ranked import by_weight
 from personalization.settings import Settings
 
 __all__ = ["ClusterSummary", "SegmentReport", "add_commands", "latest_rows", "summarize"]
@@ -56,7 +57,7 @@ class ClusterSummary:
         total = sum(self.interest.values())
         if total <= 0:
             return []
-        ranked = sorted(self.interest.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        ranked = by_weight(self.interest, n)
         return [(c, w / total) for c, w in ranked]
 
 
@@ -114,7 +115,7 @@ def render(report: SegmentReport, top: int = 3) -> list[str]:
     if not report.users:
         return lines
     lines.append("rule segments:")
-    for name, count in sorted(report.segments.items(), key=lambda kv: (-kv[1], kv[0])):
+    for name, count in by_weight(report.segments):
         lines.append(f"  {name:<16} {count:>9,}  {100 * count / report.users:5.1f} %")
     lines.append(
         "clusters:  id     users  share  distance  purchases    spent  recency_d  events"
