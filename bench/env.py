@@ -37,6 +37,7 @@ from personalization.settings import (
     FlinkSettings,
     KafkaSettings,
     MetricsSettings,
+    PrioritySettings,
     RedisSettings,
     ServingSettings,
     Settings,
@@ -71,21 +72,16 @@ def _distinct_free_ports(n: int) -> list[int]:
 # Benches of the write path's own speed. The local stack runs the job and the writer at a
 # lower CPU priority than Kafka, Redis and serving (settings.priority), which is right
 # beside a server but makes them yield to the broker and the traffic sender here: the
-# ingest bench measured 728 events/s at the stack's priorities and 915 at nice 0, back to
-# back, with the user operator's thread runnable but waiting for a CPU 40 % of the time.
-# The trivial baseline job runs at nice 0 too, so only equal priorities compare.
+# ingest bench, alternated, measured 556 / 513 events/s at the stack's priorities and
+# 667 / 648 at nice 0 (README "Figures", eighth session). The trivial baseline job runs
+# at nice 0 too, so only equal priorities compare.
 THROUGHPUT_SCENARIOS = ("ingest", "freshness", "all")
 
 
 def equal_priority(settings: Settings) -> Settings:
     """``settings`` with every component of the stack at nice 0."""
-    return settings.model_copy(
-        update={
-            "priority": settings.priority.model_copy(
-                update={"job": 0, "writer": 0, "dispatcher": 0, "dashboard": 0, "serving": 0}
-            )
-        }
-    )
+    level = dict.fromkeys(PrioritySettings.model_fields, 0)
+    return settings.model_copy(update={"priority": settings.priority.model_copy(update=level)})
 
 
 def private_settings(run_dir: Path) -> Settings:
