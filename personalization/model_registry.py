@@ -69,6 +69,38 @@ if follow then return 1 else return 0 end
 """
 
 
+# Atomic "move the active pointer": the target is resolved and set in one step, so a
+# version the job publishes meanwhile cannot slip between reading the pointer and moving
+# it (a rollback would then step back from the version the operator saw, not the active
+# one, or find the active version missing from a listing read a moment earlier).
+# ARGV: mode ("previous" | "newest" | "exact"), version (exact only), pinned, by, at_ms.
+# Returns {"ok", from, to} or {"error", message}.
+_MOVE = """
+local raw = redis.call('GET', KEYS[3])
+local current = false
+if raw then current = cjson.decode(raw)['version'] end
+local target
+if ARGV[1] == 'exact' then
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+    return {'error', 'has no version ' .. ARGV[2]}
+  end
+  target = ARGV[2]
+elseif ARGV[1] == 'newest' then
+  target = redis.call('ZRANGE', KEYS[2], -1, -1)[1]
+  if not target then return {'error', 'has no versions'} end
+else
+  local rank = false
+  if current then rank = redis.call('ZRANK', KEYS[2], current) end
+  if not rank then return {'error', 'has no active version to roll back from'} end
+  if rank == 0 then return {'error', current .. ' is the oldest kept version'} end
+  target = redis.call('ZRANGE', KEYS[2], rank - 1, rank - 1)[1]
+end
+redis.call('SET', KEYS[3], '{"version":' .. cjson.encode(target) .. ',"pinned":' .. ARGV[3]
+  .. ',"by":' .. cjson.encode(ARGV[4]) .. ',"at_ms":' .. ARGV[5] .. '}')
+return {'ok', current or '', target}
+"""
+
+
 # Keep a shard's version unless the stored one has learnt more (a replay after a restore
 # re-sends older versions); returns every stored shard version.
 _PUBLISH_SHARD = """
@@ -103,6 +135,7 @@ class ModelRegistry:
         self._migrated: set[str] = set()
         self._publish = client.register_script(_PUBLISH)
         self._publish_shard = client.register_script(_PUBLISH_SHARD)
+        self._move_script = client.register_script(_MOVE)
 
     def _keys(self, model: str) -> tuple[str, str, str]:
         base = f"{self._prefix}{{{model}}}"
@@ -186,30 +219,25 @@ class ModelRegistry:
         raws = self._redis.hmget(versions, ids)
         return [ModelVersion.from_json(raw) for raw in raws if raw is not None]  # type: ignore[union-attr]
 
-    def _set_active(self, model: str, version: str, *, pinned: bool, by: str) -> ActivePointer:
-        self.get(model, version)  # raises UnknownVersion
-        pointer = ActivePointer(version, pinned, by, int(time.time() * 1000))
-        self._redis.set(self._keys(model)[2], pointer.to_json())
-        return pointer
+    def _move(self, model: str, mode: str, version: str, *, pinned: bool, by: str) -> ActivePointer:
+        at_ms = int(time.time() * 1000)
+        reply = self._move_script(
+            keys=list(self._keys(model)),
+            args=[mode, version, "true" if pinned else "false", by, at_ms],
+        )
+        status, *rest = (part.decode() for part in reply)  # type: ignore[union-attr]
+        if status != "ok":
+            raise UnknownVersion(f"{model} {rest[0]}")
+        return ActivePointer(rest[1], pinned, by, at_ms)
 
     def rollback(self, model: str, version: str | None = None) -> ActivePointer:
         """Activate and pin ``version`` (default: the one before the active version)."""
         if version is None:
-            ids = [v.version for v in self.versions(model)]
-            pointer = self.active(model)
-            if pointer is None or pointer.version not in ids:
-                raise UnknownVersion(f"{model} has no active version to roll back from")
-            position = ids.index(pointer.version)
-            if position == 0:
-                raise UnknownVersion(f"{model}: {pointer.version} is the oldest kept version")
-            version = ids[position - 1]
-        return self._set_active(model, version, pinned=True, by="rollback")
+            return self._move(model, "previous", "", pinned=True, by="rollback")
+        return self._move(model, "exact", version, pinned=True, by="rollback")
 
     def promote(self, model: str, version: str | None = None) -> ActivePointer:
         """Activate ``version`` (default: the newest) and follow new versions again."""
         if version is None:
-            kept = self.versions(model)
-            if not kept:
-                raise UnknownVersion(f"{model} has no versions")
-            version = kept[-1].version
-        return self._set_active(model, version, pinned=False, by="promote")
+            return self._move(model, "newest", "", pinned=False, by="promote")
+        return self._move(model, "exact", version, pinned=False, by="promote")

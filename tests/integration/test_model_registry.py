@@ -54,6 +54,27 @@ def test_new_versions_are_followed_until_a_rollback_pins(registry):
     assert reg.publish(version(40)) and reg.active(MODEL_NAME).version == "v000000040"
 
 
+def test_rollback_steps_back_from_the_version_active_when_it_runs(registry):
+    """The target is resolved in the same script that moves the pointer (one step on the
+    server): a version published after a caller listed the versions is the one stepped
+    back from, never skipped."""
+    reg, _ = registry
+    with pytest.raises(UnknownVersion, match="no active version"):
+        reg.rollback(MODEL_NAME)
+    with pytest.raises(UnknownVersion, match="no versions"):
+        reg.promote(MODEL_NAME)
+    reg.publish(version(10))
+    with pytest.raises(UnknownVersion, match="oldest kept version"):
+        reg.rollback(MODEL_NAME)
+    listed = [v.version for v in reg.versions(MODEL_NAME)]
+    reg.publish(version(20))  # published after the listing: followed
+    pointer = reg.rollback(MODEL_NAME)
+    assert pointer.version == listed[-1] == "v000000010" and pointer.by == "rollback"
+    assert reg.active(MODEL_NAME) == pointer
+    assert reg.promote(MODEL_NAME, "v000000020") == reg.active(MODEL_NAME)
+    assert not reg.active(MODEL_NAME).pinned
+
+
 def test_replayed_and_older_versions_never_move_the_pointer_back(registry):
     reg, _ = registry
     reg.publish(version(20))
