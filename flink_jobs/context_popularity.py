@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from personalization.context_keys import context_keys
+from personalization.decimals import rounded_all
 from personalization.events import Event
 from personalization.ranked import by_weight
 
@@ -43,5 +44,5 @@ def row_fields(contexts: dict[str, float]) -> dict[str, Any]:
     ranked = by_weight(contexts)
     return {
         "context_keys": [key for key, _ in ranked],
-        "context_scores": [round(score, 6) for _, score in ranked],
+        "context_scores": rounded_all(score for _, score in ranked),
     }

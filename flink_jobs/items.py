@@ -14,6 +14,7 @@ from flink_jobs import context_popularity, windows
 from flink_jobs.covisitation import CoVisitConfig, Neighbors
 from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor, decayed
+from personalization.decimals import rounded, rounded_all
 from personalization.events import (
     ADD_TO_CART,
     CLICK,
@@ -115,10 +116,10 @@ def item_feature_row(
         # only), and sums across rows need weights on one scale. Ranking normalises
         # per anchor, so no re-decay to "now" is needed.
         "covisit_items": [item for item, _ in top],
-        "covisit_scores": [round(w, 6) for _, w in top],
+        "covisit_scores": rounded_all(w for _, w in top),
         "category": state.category,
         "price": state.price,
-        "trending_score": round(state.trending, 6),
+        "trending_score": rounded(state.trending),
         "trending_ref_ms": state.trending_ref_ms,
         "last_event_ms": state.last_event_ms,
         **context_popularity.row_fields(state.contexts),

@@ -27,6 +27,7 @@ from flink_jobs.sessions import Session, Sessions, new_sessions
 from flink_jobs.triggers import TriggerRules
 from personalization.compact_pickle import compact_pickle
 from personalization.decay import decay_factor
+from personalization.decimals import rounded, rounded_all
 from personalization.events import (
     ADD_TO_CART,
     CLICK,
@@ -505,7 +506,7 @@ def user_feature_row(
         session_events=current.events if current else 0,
         session_duration_s=current.duration_ms // 1000 if current else 0,
         interest_categories=[c for c, _ in interests],
-        interest_scores=[round(s, 6) for _, s in interests],
+        interest_scores=rounded_all(s for _, s in interests),
         interest_ref_ms=state.interest_ref_ms,
         recent_items=list(state.recent_items),
         cart_items=list(state.cart),
@@ -514,7 +515,7 @@ def user_feature_row(
         last_seen_ms=state.last_seen_ms,
         last_purchase_ms=state.last_purchase_ms,
         frequency=state.purchase_count,
-        monetary=round(state.monetary, 4),
+        monetary=rounded(state.monetary, 4),
         events_total=state.events_total,
         segments=segments(state, counts, cfg, rules),
         cluster_id=state.cluster[0],
