@@ -34,12 +34,7 @@ from ops.infra.redis_server import REDIS
 from ops.infra.service import ProcessService
 from personalization.settings import (
     PROJECT_ROOT,
-    FlinkSettings,
-    KafkaSettings,
-    MetricsSettings,
     PrioritySettings,
-    RedisSettings,
-    ServingSettings,
     Settings,
 )
 
@@ -92,20 +87,23 @@ def private_settings(run_dir: Path) -> Settings:
         jars_link.symlink_to(SHARED_JARS_DIR, target_is_directory=True)
     ports = _distinct_free_ports(10)
     redis_port, kafka_port, controller_port, rest_port, rpc_port, grpc_port = ports[:6]
-    return Settings(
-        run_dir=str(run_dir),
-        redis=RedisSettings(host="127.0.0.1", port=redis_port),
-        kafka=KafkaSettings(
-            bootstrap_servers=f"127.0.0.1:{kafka_port}",
-            controller_port=controller_port,
-        ),
-        flink=FlinkSettings(rest_port=rest_port, rpc_port=rpc_port),
-        serving=ServingSettings(host="127.0.0.1", port=grpc_port),
+    # Sections as dicts, not section models: pydantic-settings deep-merges them with the
+    # environment, so PZ_FLINK__*, PZ_KAFKA__*, ... overrides still reach the private
+    # stack (a section model would replace the whole section, dropping them).
+    sections: dict[str, Any] = dict(
+        redis={"host": "127.0.0.1", "port": redis_port},
+        kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}", "controller_port": controller_port},
+        flink={"rest_port": rest_port, "rpc_port": rpc_port},
+        serving={"host": "127.0.0.1", "port": grpc_port},
         # Its own metrics ports, so a developer's running stack keeps its own.
-        metrics=MetricsSettings(
-            job_port=ports[6], writer_port=ports[7], serving_port=ports[8], dashboard_port=ports[9]
-        ),
+        metrics={
+            "job_port": ports[6],
+            "writer_port": ports[7],
+            "serving_port": ports[8],
+            "dashboard_port": ports[9],
+        },
     )
+    return Settings(run_dir=str(run_dir), **sections)
 
 
 @dataclass
