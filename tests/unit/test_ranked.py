@@ -30,3 +30,19 @@ def test_same_order_as_the_key_function_on_random_weights():
         n = rng.randrange(1, 60)
         assert by_weight(weights) == _reference(weights)
         assert by_weight(weights, n) == _reference(weights)[:n]
+
+
+def test_distinct_weights_take_the_one_sort_path_with_the_same_order():
+    rng = random.Random(11)
+    for _ in range(100):
+        weights = {f"i-{k}": rng.random() for k in rng.sample(range(5000), rng.randrange(1, 150))}
+        assert len(set(weights.values())) == len(weights)
+        n = rng.randrange(1, 80)
+        assert by_weight(weights, n) == _reference(weights)[:n]
+    # One tie among distinct weights: the names decide between the two.
+    assert by_weight({"z": 3.0, "b": 2.0, "a": 2.0, "c": 1.0}) == [
+        ("z", 3.0),
+        ("a", 2.0),
+        ("b", 2.0),
+        ("c", 1.0),
+    ]
