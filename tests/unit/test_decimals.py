@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -34,3 +35,15 @@ def test_prints_as_the_short_decimal(value: float, expected: float):
 def test_empty_and_generators():
     assert rounded_all([]) == []
     assert rounded_all(x / 3 for x in range(3)) == [0.0, 0.333333, 0.666667]
+
+
+def test_nan_and_infinities_come_back_as_they_are():
+    nan, inf = float("nan"), float("inf")
+    assert math.isnan(rounded(nan)) and rounded(inf) == inf and rounded(-inf) == -inf
+    out = rounded_all([0.1234567, nan, inf, -inf])
+    assert out[0] == 0.123457 and math.isnan(out[1]) and out[2:] == [inf, -inf]
+
+
+def test_exact_binary_ties_go_up_where_round_goes_to_even():
+    assert round(0.0078125, 6) == 0.007812
+    assert rounded(0.0078125) == 0.007813
