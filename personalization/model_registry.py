@@ -81,9 +81,6 @@ local current = false
 if raw then current = cjson.decode(raw)['version'] end
 local target
 if ARGV[1] == 'exact' then
-  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
-    return {'error', 'has no version ' .. ARGV[2]}
-  end
   target = ARGV[2]
 elseif ARGV[1] == 'newest' then
   target = redis.call('ZRANGE', KEYS[2], -1, -1)[1]
@@ -94,6 +91,11 @@ else
   if not rank then return {'error', 'has no active version to roll back from'} end
   if rank == 0 then return {'error', current .. ' is the oldest kept version'} end
   target = redis.call('ZRANGE', KEYS[2], rank - 1, rank - 1)[1]
+end
+-- In the order but without a record (a key half migrated, a record deleted by hand):
+-- never point at it.
+if redis.call('HEXISTS', KEYS[1], target) == 0 then
+  return {'error', 'has no version ' .. target}
 end
 redis.call('SET', KEYS[3], '{"version":' .. cjson.encode(target) .. ',"pinned":' .. ARGV[3]
   .. ',"by":' .. cjson.encode(ARGV[4]) .. ',"at_ms":' .. ARGV[5] .. '}')

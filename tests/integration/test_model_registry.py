@@ -58,7 +58,7 @@ def test_rollback_steps_back_from_the_version_active_when_it_runs(registry):
     """The target is resolved in the same script that moves the pointer (one step on the
     server): a version published after a caller listed the versions is the one stepped
     back from, never skipped."""
-    reg, _ = registry
+    reg, client = registry
     with pytest.raises(UnknownVersion, match="no active version"):
         reg.rollback(MODEL_NAME)
     with pytest.raises(UnknownVersion, match="no versions"):
@@ -73,6 +73,11 @@ def test_rollback_steps_back_from_the_version_active_when_it_runs(registry):
     assert reg.active(MODEL_NAME) == pointer
     assert reg.promote(MODEL_NAME, "v000000020") == reg.active(MODEL_NAME)
     assert not reg.active(MODEL_NAME).pinned
+    # A version in the order without its record is never pointed at.
+    client.hdel(reg._keys(MODEL_NAME)[0], "v000000010")
+    with pytest.raises(UnknownVersion, match="no version v000000010"):
+        reg.rollback(MODEL_NAME)
+    assert reg.active(MODEL_NAME).version == "v000000020"
 
 
 def test_replayed_and_older_versions_never_move_the_pointer_back(registry):
