@@ -89,11 +89,15 @@ def private_settings(run_dir: Path) -> Settings:
     redis_port, kafka_port, controller_port, rest_port, rpc_port, grpc_port = ports[:6]
     # Sections as dicts, not section models: pydantic-settings deep-merges them with the
     # environment, so PZ_FLINK__*, PZ_KAFKA__*, ... overrides still reach the private
-    # stack (a section model would replace the whole section, dropping them).
+    # stack (a section model would replace the whole section, dropping them). What
+    # points outside the stack is pinned: a developer's PZ_REDIS__CLUSTER_NODES or
+    # checkpoint, history or registry path must not send the bench to their own data.
     sections: dict[str, Any] = dict(
-        redis={"host": "127.0.0.1", "port": redis_port},
+        redis={"host": "127.0.0.1", "port": redis_port, "cluster_nodes": ()},
         kafka={"bootstrap_servers": f"127.0.0.1:{kafka_port}", "controller_port": controller_port},
-        flink={"rest_port": rest_port, "rpc_port": rpc_port},
+        flink={"rest_port": rest_port, "rpc_port": rpc_port, "checkpoint_dir": ""},
+        history={"dir": ""},
+        feast={"registry_path": ""},
         serving={"host": "127.0.0.1", "port": grpc_port},
         # Its own metrics ports, so a developer's running stack keeps its own.
         metrics={

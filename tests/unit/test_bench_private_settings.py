@@ -24,6 +24,20 @@ def test_environment_overrides_reach_the_sections_the_bench_sets(
     assert settings.run_dir == str(tmp_path)
 
 
+def test_what_points_outside_the_private_stack_is_pinned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PZ_REDIS__CLUSTER_NODES", "127.0.0.1:7000,127.0.0.1:7001")
+    monkeypatch.setenv("PZ_FLINK__CHECKPOINT_DIR", "/elsewhere/checkpoints")
+    monkeypatch.setenv("PZ_HISTORY__DIR", "/elsewhere/history")
+    monkeypatch.setenv("PZ_FEAST__REGISTRY_PATH", "/elsewhere/registry.db")
+    settings = private_settings(tmp_path)
+    assert not settings.redis.cluster_nodes
+    assert settings.flink.checkpoint_dir == settings.history.dir == ""
+    assert settings.feast.registry_path == ""
+    assert settings.checkpoint_path.is_relative_to(tmp_path.resolve())
+
+
 def test_private_ports_are_distinct_and_not_the_defaults(tmp_path: Path):
     settings = private_settings(tmp_path)
     defaults = Settings()
