@@ -252,10 +252,33 @@ class Stack:
         return stack.WRITER.process(self.settings).pid()
 
     def log_tails(self, lines: int = 25) -> str:
-        return "\n".join(
+        parts = [
             f"--- {c.name} ---\n{c.process(self.settings).log_tail(lines)}"
             for c in (stack.FLINK_JOB, stack.WRITER)
-        )
+        ]
+        parts.append(f"--- MiniCluster (warnings and errors) ---\n{minicluster_log(lines)}")
+        return "\n".join(parts)
+
+
+def minicluster_log(lines: int) -> str:
+    """The warnings and errors of the newest MiniCluster log: the job process's stdout
+    log holds only its Python driver's lines, while a failing task, a restart or a stuck
+    Kafka client is logged by the JVM into PyFlink's log directory."""
+    import pyflink
+
+    logs = sorted(
+        (Path(pyflink.__file__).parent / "log").glob("flink-*.log"),
+        key=lambda log: log.stat().st_mtime,
+    )
+    if not logs:
+        return "(no MiniCluster log)"
+    text = logs[-1].read_text(errors="replace").splitlines()
+    notable = [
+        line
+        for line in text
+        if (" WARN " in line or " ERROR " in line) and "Name collision" not in line
+    ]
+    return "\n".join(line[:400] for line in notable[-lines:]) or "(no warnings)"
 
 
 def private_settings(run_dir: Path) -> Settings:
