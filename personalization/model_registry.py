@@ -74,7 +74,7 @@ if follow then return 1 else return 0 end
 # it (a rollback would then step back from the version the operator saw, not the active
 # one, or find the active version missing from a listing read a moment earlier).
 # ARGV: mode ("previous" | "newest" | "exact"), version (exact only), pinned, by, at_ms.
-# Returns {"ok", from, to} or {"error", message}.
+# Returns {"ok", version set} or {"error", message}.
 _MOVE = """
 local raw = redis.call('GET', KEYS[3])
 local current = false
@@ -99,7 +99,7 @@ if redis.call('HEXISTS', KEYS[1], target) == 0 then
 end
 redis.call('SET', KEYS[3], '{"version":' .. cjson.encode(target) .. ',"pinned":' .. ARGV[3]
   .. ',"by":' .. cjson.encode(ARGV[4]) .. ',"at_ms":' .. ARGV[5] .. '}')
-return {'ok', current or '', target}
+return {'ok', target}
 """
 
 
@@ -227,10 +227,10 @@ class ModelRegistry:
             keys=list(self._keys(model)),
             args=[mode, version, "true" if pinned else "false", by, at_ms],
         )
-        status, *rest = (part.decode() for part in reply)  # type: ignore[union-attr]
+        status, detail = (part.decode() for part in reply)  # type: ignore[union-attr]
         if status != "ok":
-            raise UnknownVersion(f"{model} {rest[0]}")
-        return ActivePointer(rest[1], pinned, by, at_ms)
+            raise UnknownVersion(f"{model} {detail}")
+        return ActivePointer(detail, pinned, by, at_ms)
 
     def rollback(self, model: str, version: str | None = None) -> ActivePointer:
         """Activate and pin ``version`` (default: the one before the active version)."""
