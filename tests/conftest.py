@@ -171,4 +171,5 @@ def kafka_broker(services_settings: Settings, jars: JarPaths) -> Iterator[Settin
 
 
 # The real pipeline (Flink job, writer, gRPC server) on top of these services.
-pytest_plugins = ["tests.fixtures_pipeline"]
+# ... and each failure summed up in a few lines at the end of the output.
+pytest_plugins = ["tests.fixtures_pipeline", "tests.failure_digest"]
