@@ -26,13 +26,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from dispatcher.envelope import PSEUDONYM, RAW
 from dispatcher.metrics import dispatcher_metrics
 from feature_repo.names import USER_PROFILE
 from personalization.events import CONSENT, CONSENT_PROPERTY, ERASURE
 from personalization.feature_store import decode_fields, field_key, redis_key
+from personalization.group_consumer import GroupConsumer
 from personalization.privacy import pseudonymizer
 from personalization.redis_client import REDIS_ERRORS, redis_client
 from personalization.settings import Settings
@@ -140,16 +141,18 @@ def run_identity_directory(settings: Settings, stop: threading.Event) -> None:
     client = redis_client(settings.redis, request_path=False, timeout_s=5.0)
     ttl_s = settings.privacy.retention_days * 24 * 3600 or None
     project = settings.feast.project
-    consumer = Consumer(
+    consumer = GroupConsumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": settings.dispatcher.identity_consumer_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
-        }
+        },
+        settings.kafka.event_topics,
+        stall_s=settings.kafka.group_stall_s,
+        name="identity directory",
     )
-    consumer.subscribe(list(settings.kafka.event_topics))
     backoff_s = 0.1
     try:
         while not stop.is_set():
@@ -179,7 +182,7 @@ def run_identity_directory(settings: Settings, stop: threading.Event) -> None:
             else:
                 break
             try:
-                consumer.commit(asynchronous=False)
+                consumer.commit()
             except KafkaException as exc:
                 log.warning("identity offsets not committed (%s): the batch is reapplied", exc)
     finally:

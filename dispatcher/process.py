@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from dispatcher import dead_letters
 from dispatcher.envelope import Delivered, idempotency_key
@@ -29,6 +29,7 @@ from dispatcher.identity import IdentityResolver, run_identity_directory
 from dispatcher.metrics import dispatcher_metrics
 from dispatcher.webhooks import Endpoint, Outcome, load_secret
 from personalization import metrics as shared_metrics
+from personalization.group_consumer import GroupConsumer
 from personalization.settings import Settings
 from personalization.triggers import Trigger, parse_trigger
 
@@ -178,14 +179,17 @@ def run_dispatcher(
     stats = DispatcherStats()
     hooks = list(endpoints) if endpoints is not None else build_endpoints(settings)
     resolver = identity or IdentityResolver(settings)
-    consumer = Consumer(
+    consumer = GroupConsumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": d.consumer_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 10,
-        }
+        },
+        [settings.kafka.triggers_topic],
+        stall_s=settings.kafka.group_stall_s,
+        name="dispatcher",
     )
     producer = Producer(
         {
@@ -194,7 +198,6 @@ def run_dispatcher(
             "linger.ms": 5,
         }
     )
-    consumer.subscribe([settings.kafka.triggers_topic])
     try:
         while not stop.is_set():
             messages = consumer.consume(num_messages=d.batch_size, timeout=d.poll_timeout_s)
@@ -203,7 +206,7 @@ def run_dispatcher(
             if not _Batch(settings, producer, stats).run(messages, hooks, resolver, stop):
                 break  # stopping with unsettled triggers: not committed, sent again later
             try:
-                consumer.commit(asynchronous=False)
+                consumer.commit()
             except KafkaException as exc:
                 # E.g. a rebalance: the batch is redelivered; receivers deduplicate it.
                 log.warning("offset commit failed (%s): the batch may be delivered twice", exc)

@@ -150,6 +150,11 @@ class KafkaSettings(_Section):
     # early. 64 KB is ~300 events a run (1 MB, Kafka's default, ~5,000).
     source_max_partition_fetch_bytes: int = Field(default=65_536, ge=1024)
     writer_consumer_group: str = "pz-online-store-writer"
+    # A consumer of ours (writer, catalog, dispatcher, identity directory) whose group
+    # membership has not been steady this long is replaced by a new member: librdkafka
+    # can leave a group for good after a broker restart (personalization/group_consumer.py).
+    # 0 never replaces.
+    group_stall_s: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _retention_order(self) -> KafkaSettings:

@@ -18,13 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from feature_repo.names import ITEM_CATALOG
 from personalization.catalog_records import CatalogItem, parse_catalog_record
 from personalization.events import dead_letter
 from personalization.feature_store import catalog_index_key
 from personalization.feature_updates import FeatureUpdate
+from personalization.group_consumer import GroupConsumer
 from personalization.online_store import OnlineStoreWriter
 from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
@@ -99,7 +100,7 @@ def run_catalog_consumer(
     stats = CatalogStats()
     writer = OnlineStoreWriter(settings)
     index_key = catalog_index_key(settings.feast.project)
-    consumer = Consumer(
+    consumer = GroupConsumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": cfg.consumer_group,
@@ -107,7 +108,10 @@ def run_catalog_consumer(
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
             "session.timeout.ms": 10000,
-        }
+        },
+        [settings.kafka.catalog_topic],
+        stall_s=settings.kafka.group_stall_s,
+        name="catalog consumer",
     )
     producer = Producer(
         {
@@ -117,7 +121,6 @@ def run_catalog_consumer(
             "client.id": "pz-catalog-writer",
         }
     )
-    consumer.subscribe([settings.kafka.catalog_topic])
     skew_ms = settings.features.max_future_skew_s * 1000
     if ready is not None:
         ready.set()
@@ -151,7 +154,7 @@ def run_catalog_consumer(
             if stop.is_set():
                 break
             try:
-                consumer.commit(asynchronous=False)
+                consumer.commit()
             except KafkaException as exc:
                 log.warning("catalog offset commit failed (%s); the batch may repeat", exc)
             stats.batches += 1

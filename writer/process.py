@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, decode_record
+from personalization.group_consumer import GroupConsumer
 from personalization.online_store import OnlineStoreWriter
 from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
@@ -84,7 +85,7 @@ def run_writer(
     history = (
         HistoryBuffer(settings.history_path, settings.history) if settings.history.enabled else None
     )
-    consumer = Consumer(
+    consumer = GroupConsumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap_servers,
             "group.id": settings.kafka.writer_consumer_group,
@@ -92,9 +93,11 @@ def run_writer(
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 10,
             "session.timeout.ms": 10000,
-        }
+        },
+        [settings.kafka.feature_updates_topic],
+        stall_s=settings.kafka.group_stall_s,
+        name="online-store writer",
     )
-    consumer.subscribe([settings.kafka.feature_updates_topic])
     m = metrics.writer_metrics()
     next_lag_update = 0.0
     backoff = 0.05
@@ -146,9 +149,9 @@ def run_writer(
     return stats
 
 
-def _commit(consumer: Consumer) -> None:
+def _commit(consumer: GroupConsumer) -> None:
     try:
-        consumer.commit(asynchronous=False)
+        consumer.commit()
     except KafkaException as exc:
         # E.g. the group rebalanced while the broker restarted: the batch is in Redis
         # (and the history) already and will be redelivered; Redis skips it.
@@ -156,7 +159,7 @@ def _commit(consumer: Consumer) -> None:
 
 
 def _flush_and_commit(
-    consumer: Consumer, history: HistoryBuffer, stop: threading.Event | None
+    consumer: GroupConsumer, history: HistoryBuffer, stop: threading.Event | None
 ) -> None:
     """Append the buffered rows to the feature history, then commit every offset
     consumed so far (all of them are in Redis and now in the history). A failed write
@@ -177,7 +180,7 @@ def _flush_and_commit(
     _commit(consumer)
 
 
-def update_consumer_lag(consumer: Consumer, m: metrics.WriterMetrics) -> None:
+def update_consumer_lag(consumer: GroupConsumer, m: metrics.WriterMetrics) -> None:
     """Messages behind the end of each assigned partition, from the consumer's position
     and the high watermark librdkafka cached from the last fetch (no broker round trip)."""
     try:

@@ -952,6 +952,9 @@ def test_kafka_broker_restart_recovers_by_itself(fault_stack: Stack):
 
     d_users = read_view(settings, USER_VIEW, d.users())
     file_diffs = file_mismatches(d, d_users)
+    # librdkafka may leave its group for good across a broker restart; the writer's
+    # consumers then replace themselves (personalization/group_consumer.py).
+    writer_log = stack.WRITER.process(settings).log_tail(5000)
     report(
         "3. Kafka broker restart",
         {
@@ -959,6 +962,7 @@ def test_kafka_broker_restart_recovers_by_itself(fault_stack: Stack):
             "faults injected": f"1 broker stop/start, down {down_s:.1f}s",
             "job / writer pid unchanged": f"{ctx.job() == job_pid} / {ctx.writer() == writer_pid}",
             "d- features complete after broker start (s)": f"{recovered_s:.1f}",
+            "writer consumers replaced": writer_log.count("replacing the consumer"),
             "d- vs file differences": len(file_diffs),
             "drain (s)": f"{drain_d:.1f}",
             "test time (s)": f"{time.monotonic() - started:.1f}",
