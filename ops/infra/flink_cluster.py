@@ -457,6 +457,23 @@ def restart_taskmanager(
     return old, start_taskmanager(settings, index)
 
 
+def restart_exited_taskmanagers(settings: Settings, taskmanagers: int) -> list[int]:
+    """Start again every one of TaskManagers ``0 .. taskmanagers-1`` whose JVM is gone;
+    return their indices. What a supervisor (systemd, Kubernetes) does for a standalone
+    cluster: a TaskManager can exit by itself, not only when killed. Flink 2.2 shuts a
+    TaskManager down on an error raised while a task cleans up after a lost peer ("FATAL
+    - exception in exception handler of task": a RemoteTransportException from the
+    network buffers), so killing one TaskManager may take another down with it, and the
+    job, short of slots, cannot be restored until it is back."""
+    if _jobmanager_pid(settings) is None:
+        raise RuntimeError("the flink jobmanager is not running")
+    exited = [i for i in range(taskmanagers) if taskmanager_pid(settings, i) is None]
+    for index in exited:
+        log.warning("flink taskmanager %d is not running: starting it again", index)
+        start_taskmanager(settings, index)
+    return exited
+
+
 def start(
     settings: Settings,
     timeout_s: float = START_TIMEOUT_S,

@@ -262,3 +262,23 @@ def test_rest_reports_running_job_with_records(deployment: Deployment) -> None:
     )
     assert f"use python exec from config {sys.executable}" in tm_log
     assert "EmbeddedPythonEnvironmentManager" in tm_log
+
+
+def test_an_exited_taskmanager_is_started_again_and_gets_the_job(deployment: Deployment) -> None:
+    """What a supervisor does for the standalone cluster (a TaskManager can exit by
+    itself: see ``flink_cluster.restart_exited_taskmanagers``). Last in the module: the
+    job restarts."""
+    settings = deployment.settings
+    assert flink_cluster.restart_exited_taskmanagers(settings, 1) == []  # all alive
+    killed = flink_cluster.kill_taskmanager(settings, 0)
+    assert flink_cluster.restart_exited_taskmanagers(settings, 1) == [0]
+    new = flink_cluster.taskmanager_pid(settings, 0)
+    assert new is not None and new != killed
+    assert flink_cluster.restart_exited_taskmanagers(settings, 1) == []
+
+    def running_again() -> bool:
+        job = rest(settings, f"/jobs/{deployment.job_id}")
+        assert job["state"] not in flink_cluster.TERMINAL_STATES, job["state"]
+        return job["state"] == "RUNNING" and all(v["status"] == "RUNNING" for v in job["vertices"])
+
+    wait_for(running_again, 120, "the job to run again on the new TaskManager", every_s=1.0)
