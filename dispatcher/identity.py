@@ -142,16 +142,11 @@ def run_identity_directory(settings: Settings, stop: threading.Event) -> None:
     ttl_s = settings.privacy.retention_days * 24 * 3600 or None
     project = settings.feast.project
     consumer = GroupConsumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": settings.dispatcher.identity_consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
-        },
+        settings.kafka,
+        settings.dispatcher.identity_consumer_group,
         settings.kafka.event_topics,
-        stall_s=settings.kafka.group_stall_s,
         name="identity directory",
+        options={"fetch.wait.max.ms": 50},
     )
     backoff_s = 0.1
     try:

@@ -180,16 +180,11 @@ def run_dispatcher(
     hooks = list(endpoints) if endpoints is not None else build_endpoints(settings)
     resolver = identity or IdentityResolver(settings)
     consumer = GroupConsumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": d.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 10,
-        },
+        settings.kafka,
+        d.consumer_group,
         [settings.kafka.triggers_topic],
-        stall_s=settings.kafka.group_stall_s,
         name="dispatcher",
+        options={"fetch.wait.max.ms": 10},
     )
     producer = Producer(
         {

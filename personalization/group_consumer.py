@@ -11,9 +11,10 @@ The group state librdkafka reports in its statistics tells it apart: a member th
 takes part in its group is ``up`` and ``steady``. A member that has not been steady for
 ``stall_s`` (a join normally takes well under a second, a rebalance waiting for a dead
 member at most its session timeout) is closed and a new one subscribes in its place.
-Every user of this class commits offsets only after its batch is applied, so the new
-member resumes at the last commit: the batch in flight may come again, as after any
-rebalance, and nothing is lost.
+Offsets are committed only by the user of this class, after its batch is applied
+(auto-commit is off here, whatever the options say), so the new member resumes at the
+last commit: the batch in flight may come again, as after any rebalance, and nothing is
+lost.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import Counter
+
+from personalization.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,30 +74,34 @@ class GroupHealth:
 
 
 class GroupConsumer:
-    """A subscribed ``confluent_kafka.Consumer`` that is replaced by a new member of
-    the same group when its membership stalls (see the module docstring). It offers
-    the calls the consuming loops make; ``replacements`` counts the replacements."""
+    """A ``confluent_kafka.Consumer`` in group ``group``, subscribed to ``topics``, that
+    is replaced by a new member of the group when its membership stalls (see the module
+    docstring). Brokers and stall time come from ``kafka``; ``options`` adds client
+    settings (fetch wait, session timeout). It offers the calls the consuming loops
+    make; ``replacements`` counts the replacements."""
 
     def __init__(
         self,
-        config: dict[str, Any],
+        kafka: KafkaSettings,
+        group: str,
         topics: Sequence[str],
         *,
-        stall_s: float,
         name: str,
-        clock: Callable[[], float] = time.monotonic,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self._config = {
-            **config,
+            **(options or {}),
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
             "statistics.interval.ms": STATS_INTERVAL_MS,
             "stats_cb": self._on_stats,
         }
         self._topics = list(topics)
-        self._stall_s = stall_s
-        self._clock = clock
         self.name = name
         self.replacements = 0
-        self.health = GroupHealth(stall_s)
+        self.health = GroupHealth(kafka.group_stall_s)
         self._consumer = self._subscribe()
 
     def _subscribe(self) -> Consumer:
@@ -104,21 +111,21 @@ class GroupConsumer:
 
     def _on_stats(self, raw: str) -> None:
         try:
-            self.health.observe(json.loads(raw), self._clock())
+            self.health.observe(json.loads(raw), time.monotonic())
         except ValueError:
             log.debug("%s: unreadable consumer statistics", self.name)
 
     def _check(self) -> None:
-        if self.health.stalled(self._clock()):
+        if self.health.stalled(time.monotonic()):
             self.replace()
 
     def replace(self) -> None:
         """Leave the group (aside, bounded) and join it again with a new consumer."""
-        old, state = self._consumer, self.health.state
+        old, state, stall_s = self._consumer, self.health.state, self.health.stall_s
         log.warning(
             "%s: consumer group membership not steady for %.0fs (%s); replacing the consumer",
             self.name,
-            self._stall_s,
+            stall_s,
             "/".join(state) if state else "no group state",
         )
         closer = threading.Thread(target=_close_quietly, args=(old,), daemon=True)
@@ -128,7 +135,7 @@ class GroupConsumer:
             log.warning(
                 "%s: the stalled consumer did not close in %.0fs", self.name, CLOSE_TIMEOUT_S
             )
-        self.health = GroupHealth(self._stall_s)
+        self.health = GroupHealth(stall_s)
         self._consumer = self._subscribe()
         self.replacements += 1
         REPLACEMENTS.labels(self.name).inc()

@@ -101,17 +101,11 @@ def run_catalog_consumer(
     writer = OnlineStoreWriter(settings)
     index_key = catalog_index_key(settings.feast.project)
     consumer = GroupConsumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": cfg.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
-            "session.timeout.ms": 10000,
-        },
+        settings.kafka,
+        cfg.consumer_group,
         [settings.kafka.catalog_topic],
-        stall_s=settings.kafka.group_stall_s,
         name="catalog consumer",
+        options={"fetch.wait.max.ms": 50, "session.timeout.ms": 10000},
     )
     producer = Producer(
         {

@@ -86,17 +86,11 @@ def run_writer(
         HistoryBuffer(settings.history_path, settings.history) if settings.history.enabled else None
     )
     consumer = GroupConsumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": settings.kafka.writer_consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 10,
-            "session.timeout.ms": 10000,
-        },
+        settings.kafka,
+        settings.kafka.writer_consumer_group,
         [settings.kafka.feature_updates_topic],
-        stall_s=settings.kafka.group_stall_s,
         name="online-store writer",
+        options={"fetch.wait.max.ms": 10, "session.timeout.ms": 10000},
     )
     m = metrics.writer_metrics()
     next_lag_update = 0.0

@@ -218,12 +218,11 @@ def wait_recovered(ctx: ClusterStack, restores_before: int, started: float) -> d
     At parallelism 2 the TaskManager left alive sometimes exits too (a Flink error while
     its tasks clean up after the lost peer; seen in CI), and the job cannot get its two
     slots back without it. Such exits are counted in the report."""
-    out: dict[str, Any] = {}
     collateral: list[int] = []
+    out: dict[str, Any] = {"collateral_tm_exits": collateral}
 
     def restored() -> bool:
         collateral.extend(flink_cluster.restart_exited_taskmanagers(ctx.settings, ctx.parallelism))
-        out["collateral_tm_exits"] = list(collateral)
         if len(restores_logged(ctx)) > restores_before:
             out.setdefault("restore_logged_s", round(time.monotonic() - started, 1))
             return job_running(ctx)

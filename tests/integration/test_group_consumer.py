@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -18,20 +17,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ops.infra.processes import free_port
 from personalization.group_consumer import REPLACEMENTS, GroupConsumer
-from personalization.settings import Settings
+from personalization.settings import KafkaSettings, Settings
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def config(bootstrap: str, group: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
-    }
+SESSION = {"session.timeout.ms": 6000}
 
 
 def produce(bootstrap: str, topic: str, values: list[str]) -> None:
@@ -61,8 +53,9 @@ def test_a_replaced_member_resumes_at_the_committed_offsets(kafka_broker: Settin
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
         future.result(timeout=30)
+    kafka = kafka_broker.kafka.model_copy(update={"group_stall_s": 30.0})
     consumer = GroupConsumer(
-        config(bootstrap, f"pz-group-{suffix}"), [topic], stall_s=30, name="test member"
+        kafka, f"pz-group-{suffix}", [topic], name="test member", options=SESSION
     )
     try:
         first = [f"a{i}" for i in range(50)]
@@ -99,11 +92,13 @@ def test_a_replaced_member_resumes_at_the_committed_offsets(kafka_broker: Settin
 def test_a_member_without_a_reachable_coordinator_is_replaced() -> None:
     # Nothing listens on this port: the member never gets past looking for its group
     # coordinator, i.e. it never becomes steady.
+    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", group_stall_s=2.0)
     consumer = GroupConsumer(
-        {**config(f"127.0.0.1:{free_port()}", "pz-nowhere"), "socket.timeout.ms": 1000},
+        kafka,
+        "pz-nowhere",
         ["nowhere"],
-        stall_s=2.0,
         name="unreachable member",
+        options={**SESSION, "socket.timeout.ms": 1000},
     )
     try:
 
