@@ -435,9 +435,8 @@ class ItemFeatures(KeyedProcessFunction):
     item half of the online MF (``ItemStep``). A changed item's changelog record (its
     ``item_stats`` and ``item_cf`` rows) goes to the ``ITEM_ROWS_TAG`` side output at most
     once per ``features.item_rows_every_ms``, from a processing-time timer
-    (``flink_jobs/row_schedule.py``); new factors are the main output (the feed, stamped
-    with the event's time), at the item's first update in each of those intervals
-    (``learning.feed_every_update``: after every update). The
+    (``flink_jobs/row_schedule.py``); new factors are the main output, per event (the
+    feed, stamped with the event's time). The
     neighbours are a state of their own: pickling them alone is much cheaper than the
     whole item state, and only events with links touch them."""
 
@@ -450,7 +449,6 @@ class ItemFeatures(KeyedProcessFunction):
     ) -> None:
         self.step = steps.ItemStep(cfg, learning)
         self.rows_every_ms = cfg.item_rows_every_ms
-        self.feed_every_update = (learning or LearningSettings()).feed_every_update
         self.state_cache_entries = state_cache_entries
         self.state: Any = None
 
@@ -497,17 +495,10 @@ class ItemFeatures(KeyedProcessFunction):
                 # Trailing edge only (RowSchedule.defer): an item's rendering (its
                 # co-visitation top list above all) costs more than the timer, and items
                 # of a replay change a few times a second; users take the leading edge.
-                now_ms = int(time.time() * 1000)
-                publish = result.learned and (
-                    self.feed_every_update or not self.schedule.learned_pending(key, now_ms)
-                )
-                due = self.schedule.defer(key, now_ms, result.learned)
+                due = self.schedule.defer(key, int(time.time() * 1000), result.learned)
                 if due is not None:
                     ctx.timer_service().register_processing_time_timer(due)
-                if publish:
-                    # The feed on the interval's leading edge (learning.feed_every_update):
-                    # on the main output, stamped with this event's time, which a timer's
-                    # output would not be; the feed's watermark must follow the events'.
+                if result.learned:
                     yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
                 return
             neighbors = result.neighbors if record.links else self.neighbors.value(key)
@@ -518,9 +509,8 @@ class ItemFeatures(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         """The coalesced rows of the item (flink_jobs/row_schedule.py), from its state now.
-        The factor feed is not rendered here: it goes on the main output from
-        process_element, stamped with the event's time (a processing-time timer's output
-        has none, and the feed's watermark must follow the events')."""
+        The factor feed is not deferred: it stays on the main output, per event, stamped
+        with the event's time (a processing-time timer's output has none)."""
         if self.schedule is None:
             return
         key = _key_of(ctx)

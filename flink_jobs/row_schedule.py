@@ -76,13 +76,6 @@ class RowSchedule:
         self.pending[key] = [due, learned or (entry is not None and entry[1])]
         return due
 
-    def learned_pending(self, key: str, now_ms: int) -> bool:
-        """Whether ``key`` has a timer armed past ``now_ms`` for a change that already
-        moved its factors: a further change of the factors in the same interval is not
-        the interval's first."""
-        entry = self.pending.get(key)
-        return entry is not None and entry[0] > now_ms and bool(entry[1])
-
     def fire(self, key: str, timestamp: int) -> Due | None:
         """A timer of ``key`` fired at ``timestamp``: what to render, or None when a
         newer timer of the key is armed and will render it."""

@@ -462,14 +462,6 @@ class LearningSettings(_Section):
     # interaction is evaluated before it is learned (1 = all; evaluating costs more
     # than learning, see README "Figures").
     prequential_every: int = 4
-    # The item-factor feed (flink_jobs/item_factor_feed.py), the item half's factors back
-    # to the user half: False (default) publishes an item's factors at its first update
-    # in each features.item_rows_every_ms interval, True after every update. The user
-    # half then learns against an item vector up to one interval's updates old (only
-    # items updated twice within an interval lag; the next interval's update catches
-    # up), and the loop costs a record per item per interval instead of one per event:
-    # through Kafka, into every user subtask, into its broadcast state.
-    feed_every_update: bool = False
     # Click propensity (flink_jobs/propensity.py): River logistic regression on the
     # features serving logged for each shown item, labelled this long (event time)
     # after the exposure; a version is published every N examples.

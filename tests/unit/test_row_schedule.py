@@ -52,26 +52,3 @@ def test_change_forgets_keys_rendered_more_than_an_interval_ago() -> None:
     assert len(schedule.rendered) <= 101  # only the last interval's keys are kept
     assert schedule.change("k999", 11_050, learned=False) == (False, 11_100)
     assert schedule.change("k0", 11_050, learned=False) == (True, None)
-
-
-def test_the_factor_feed_goes_out_at_the_first_learned_change_of_each_interval() -> None:
-    """ItemFeatures publishes an item's factors when ``learned_pending`` is False, then
-    defers the change: one feed record per item per interval, on its leading edge."""
-    schedule = RowSchedule(200)
-    published = []
-
-    def change(now_ms: int, learned: bool) -> None:
-        if learned and not schedule.learned_pending("a", now_ms):
-            published.append(now_ms)
-        schedule.defer("a", now_ms, learned)
-
-    change(1_010, learned=False)  # a price change: no factors to publish
-    change(1_050, learned=True)  # the interval's first learned change: published
-    change(1_120, learned=True)
-    change(1_199, learned=True)
-    assert schedule.fire("a", 1_200) == Due(learned=True)
-    change(1_210, learned=True)  # the next interval
-    # Busy operator: the timer of 1,400 has not fired at 1,450; a new interval anyway.
-    change(1_450, learned=True)
-    assert published == [1_050, 1_210, 1_450]
-    assert not schedule.learned_pending("b", 1_450)
