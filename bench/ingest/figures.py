@@ -76,6 +76,9 @@ def figures(samples: list[Sample], n: int, windows: dict[str, Any]) -> dict[str,
         "steady_rows_emitted_per_s": _rate(a, b, "rows_emitted"),
         "steady_rows_applied_per_s": _rate(a, b, "rows_committed"),
     }
+    if (feed := windows.get("item_factor_feed_records")) is not None and final.consumed:
+        out["item_factor_feed_records"] = feed
+        out["item_factor_feed_records_per_event"] = round(feed / final.consumed, 3)
     if first is not None and done is not None and done.t > first.t:
         out["overall_events_per_s"] = round(n / (done.t - first.t), 1)
     if first is not None and drained is not None and drained.t > first.t:

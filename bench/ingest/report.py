@@ -60,6 +60,12 @@ def report(r: dict[str, Any]) -> str:
                 f"{f['consumed']:,} / {f['dead_letters']} / {f['duplicates_dropped']}",
             ),
             (
+                "item-factor feed records (per event)",
+                f"{f['item_factor_feed_records']:,} ({f['item_factor_feed_records_per_event']})"
+                if "item_factor_feed_records" in f
+                else None,
+            ),
+            (
                 "cf updates / rows emitted / rows committed",
                 f"{f['cf_updates']:,} / {f['feature_rows_emitted']:,} / "
                 f"{f['feature_rows_committed_by_writer']:,}",

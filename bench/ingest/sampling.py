@@ -68,6 +68,7 @@ class Offsets:
 
         self.updates = partitions(k.feature_updates_topic)
         self.events = [tp for t in k.event_topics for tp in partitions(t)]
+        self.feed = partitions(k.item_factors_topic) if k.item_factors_topic in meta.topics else []
 
     @staticmethod
     def _totals(consumer: Any, tps: list[Any]) -> tuple[int, int]:
@@ -83,6 +84,13 @@ class Offsets:
         emitted, applied = self._totals(self.writer, self.updates)
         events, consumed = self._totals(self.flink, self.events)
         return emitted, applied, events, consumed
+
+    def feed_records(self) -> int:
+        """Records on the item-factor feed (the CF loop from the item operators back to
+        every user subtask), all written by this run's job."""
+        return sum(
+            self.writer.get_watermark_offsets(tp, timeout=5, cached=False)[1] for tp in self.feed
+        )
 
     def close(self) -> None:
         self.writer.close()
@@ -281,6 +289,10 @@ def sample_loop(
                     break
             else:
                 quiet_since = None
+        try:
+            windows["item_factor_feed_records"] = offsets.feed_records()
+        except Exception as exc:  # a figure, not the run's outcome
+            notes.append(f"feed records: {exc!r}")
     finally:
         offsets.close()
     if whole is not None:
