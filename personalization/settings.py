@@ -369,6 +369,12 @@ class ServingSettings(_Section):
     catalog_index_overlap_s: float = 60.0
     catalog_full_resync_s: float = 300.0
     catalog_fetch_batch: int = 1000
+    # The refresh reads through a client of its own with this socket timeout, not the
+    # request path's redis.socket_timeout_s: a page of catalog_fetch_batch item rows is
+    # megabytes, and under load it outlasts 50 ms every time, so a new server would never
+    # finish its first full read. The refresh runs in the background; waiting costs no
+    # request anything.
+    catalog_read_timeout_s: float = Field(default=5.0, gt=0)
     # Ranking blend ("blend_v1"): weight of the user's category interest vs trending.
     interest_weight: float = 1.0
     trending_weight: float = 0.3

@@ -96,7 +96,7 @@ class ServingApp:
             recommender = Recommender(
                 settings,
                 reader,
-                ItemCatalog(settings, reader.client),
+                ItemCatalog(settings),
                 on_store_state=lambda ok: self.health.set(ONLINE_STORE_HEALTH, ok),
                 on_exposure=(
                     ExposureLog(collector, settings.kafka.exposures_topic).publish

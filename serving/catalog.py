@@ -37,7 +37,7 @@ from personalization.feature_store import (
     item_index_key,
     redis_key,
 )
-from personalization.redis_client import REDIS_ERRORS
+from personalization.redis_client import REDIS_ERRORS, redis_client
 from personalization.settings import Settings
 from serving.catalog_snapshot import (
     COUNT_FEATURES,
@@ -51,7 +51,6 @@ from serving.catalog_snapshot import (
 )
 from serving.cold_start import content_weights
 from serving.item_content import CONTENT_INDEX, item_content
-from serving.online_features import redis_client
 
 __all__ = [
     "COUNT_FEATURES",
@@ -113,7 +112,15 @@ class ItemCatalog:
             _IndexCursor(item_index_key(self._project)),
             _IndexCursor(catalog_index_key(self._project)),
         )
-        self._client = client if client is not None else redis_client(settings)
+        # Its own pool with the refresh's timeout (serving.catalog_read_timeout_s), off
+        # the request path: a page of item rows takes longer than a request may wait.
+        self._client = (
+            client
+            if client is not None
+            else redis_client(
+                settings.redis, request_path=False, timeout_s=cfg.catalog_read_timeout_s
+            )
+        )
         self._refresh_s = cfg.catalog_refresh_s
         self._capacity = cfg.catalog_size
         self._overlap_ms = int(cfg.catalog_index_overlap_s * 1000)

@@ -238,6 +238,34 @@ def test_catalog_refresh_and_personalized_recommendation(local_redis: Settings):
     assert unknown.fallback_reason == "unknown_user" and unknown.items[0].item_id == "books-0"
 
 
+def test_a_new_server_loads_its_catalog_from_a_redis_slower_than_the_request_timeout(
+    local_redis: Settings,
+):
+    """The catalog refresh reads through its own client (serving.catalog_read_timeout_s).
+    With the request path's socket timeout (50 ms), a page of item rows on a loaded
+    machine timed out on every try, and a server started beside a big catalog never
+    loaded it. A Redis paused for 300 ms (CLIENT PAUSE) stands in for the load."""
+    items = [(f"big-{n}", f"cat-{n % 7}", float(n)) for n in range(3_000)]
+    _write_items(local_redis, items)
+    admin = redis.Redis(host=local_redis.redis.host, port=local_redis.redis.port)
+    reader = UserFeatureReader(local_redis)
+
+    def pause_redis() -> None:
+        admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+
+    pause_redis()
+    with pytest.raises(redis.TimeoutError):  # through the request path's client
+        ItemCatalog(local_redis, reader.client).refresh_once()
+    time.sleep(0.4)
+    pause_redis()
+    catalog = ItemCatalog(local_redis)  # the server's way: the refresh's own client
+    assert catalog.refresh_once() >= len(items)
+    assert {"big-0", "big-2999"} <= set(catalog.snapshot.index_of)
+    assert catalog.health().ok
+    reader.close()
+    admin.close()
+
+
 def test_redis_down_falls_back_to_catalog_trending_fast(local_redis: Settings, tmp_path: Path):
     _write_items(local_redis, ITEMS)
     reader = UserFeatureReader(local_redis)
