@@ -114,6 +114,8 @@ class ItemCatalog:
         )
         # Its own pool with the refresh's timeout (serving.catalog_read_timeout_s), off
         # the request path: a page of item rows takes longer than a request may wait.
+        # A pool it made is its own to close (stop); a client it was given is not.
+        self._owns_client = client is None
         self._client = (
             client
             if client is not None
@@ -357,3 +359,6 @@ class ItemCatalog:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self._owns_client:
+            # Disconnects the pool; a later refresh (start again) reconnects.
+            self._client.close()

@@ -262,6 +262,7 @@ def test_a_new_server_loads_its_catalog_from_a_redis_slower_than_the_request_tim
     assert catalog.refresh_once() >= len(items)
     assert {"big-0", "big-2999"} <= set(catalog.snapshot.index_of)
     assert catalog.health().ok
+    catalog.stop()  # closes the pool it made
     reader.close()
     admin.close()
 
