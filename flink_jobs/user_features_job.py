@@ -122,6 +122,9 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
     with each checkpoint, so a restore never shows a read_committed consumer a record
     twice, at the cost of up to one checkpoint interval of delay.
     """
+    f = settings.flink
+    # Kafka requires delivery >= linger (5 ms) + request timeout; it would raise it itself.
+    delivery_timeout_ms = max(f.sink_delivery_timeout_ms, f.sink_request_timeout_ms + 5)
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka.bootstrap_servers)
@@ -133,6 +136,9 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
         )
         .set_property("linger.ms", "5")
         .set_property("compression.type", "lz4")
+        .set_property("max.in.flight.requests.per.connection", str(f.sink_max_in_flight_requests))
+        .set_property("request.timeout.ms", str(f.sink_request_timeout_ms))
+        .set_property("delivery.timeout.ms", str(delivery_timeout_ms))
     )
     if exactly_once:
         builder = (

@@ -230,6 +230,16 @@ class FlinkSettings(_Section):
     # Kafka transactions of the exactly-once sinks (triggers, DLQ); must exceed the
     # checkpoint interval plus any downtime and stay below the broker's maximum (15 min).
     transaction_timeout_ms: int = 600_000
+    # The job's Kafka producers keep one request in flight per broker. A broker restarted
+    # with several appended but unacknowledged batches remembers only the last one per
+    # producer, so the retried earlier batches fail OUT_OF_ORDER_SEQUENCE_NUMBER until the
+    # delivery timeout (CI saw a sink stuck for the whole two minutes). With one in
+    # flight a retry is always that last batch, which the broker answers as a duplicate.
+    sink_max_in_flight_requests: int = Field(default=1, ge=1, le=5)
+    # A send the broker has not acknowledged for this long fails the task, and Flink
+    # restarts from the last checkpoint instead of waiting out Kafka's 2-minute default.
+    sink_request_timeout_ms: int = Field(default=10_000, ge=1_000)
+    sink_delivery_timeout_ms: int = Field(default=30_000, ge=2_000)
     # Local standalone cluster (ops.infra.flink_cluster): REST API/web UI and
     # JobManager RPC ports, both bound to 127.0.0.1.
     rest_port: int = 8081
