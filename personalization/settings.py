@@ -383,7 +383,7 @@ class ServingSettings(_Section):
     # request path's redis.socket_timeout_s: a page of catalog_fetch_batch item rows is
     # megabytes, and under load it outlasts 50 ms every time, so a new server would never
     # finish its first full read. The refresh runs in the background; waiting costs no
-    # request anything.
+    # request anything. The propensity model watcher's polls use the same timeout.
     catalog_read_timeout_s: float = Field(default=5.0, gt=0)
     # Ranking blend ("blend_v1"): weight of the user's category interest vs trending.
     interest_weight: float = 1.0

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
+from personalization.redis_client import redis_client
 from personalization.settings import Settings
 from personalization.v1 import catalog_pb2_grpc, recommender_pb2_grpc
 from serving import metrics as serving_metrics
@@ -92,7 +93,13 @@ class ServingApp:
         self.collector = collector
         if recommender is None:
             reader = UserFeatureReader(settings)
-            registry = ModelRegistry(reader.client, settings.feast.project)
+            # The watcher reads in the background: a client of its own, with the catalog's
+            # patient timeout, not the request path's 50 ms (a busy Redis would otherwise
+            # keep a new server from ever loading its first model version).
+            registry_client = redis_client(
+                settings.redis, request_path=False, timeout_s=cfg.catalog_read_timeout_s
+            )
+            registry = ModelRegistry(registry_client, settings.feast.project)
             recommender = Recommender(
                 settings,
                 reader,
@@ -103,7 +110,7 @@ class ServingApp:
                     if collector is not None
                     else None
                 ),
-                models=ModelWatcher(registry, cfg.model_refresh_s),
+                models=ModelWatcher(registry, cfg.model_refresh_s, owned_client=registry_client),
             )
         self.recommender = recommender
         self.admin: AdminServicer | None = None

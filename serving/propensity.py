@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import redis
 
 from personalization import metrics as pz_metrics
 from personalization.model_registry import ModelRegistry
@@ -161,10 +162,20 @@ class PropensityModel:
 
 
 class ModelWatcher:
-    """Follows the registry's active propensity version in a background thread."""
+    """Follows the registry's active propensity version in a background thread.
 
-    def __init__(self, registry: ModelRegistry, refresh_s: float) -> None:
+    ``owned_client``: the Redis client ``registry`` reads through, when the watcher alone
+    uses it; :meth:`stop` closes it.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        refresh_s: float,
+        owned_client: redis.Redis | None = None,
+    ) -> None:
         self._registry = registry
+        self._owned_client = owned_client
         self._refresh_s = refresh_s
         self._current: PropensityModel | None = None
         self._stop = threading.Event()
@@ -208,3 +219,5 @@ class ModelWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._owned_client is not None:
+            self._owned_client.close()

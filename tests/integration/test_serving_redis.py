@@ -24,10 +24,13 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 
 from personalization import feature_store as fs
 from personalization.feature_store import item_index_key
+from personalization.model_registry import ModelRegistry
+from personalization.model_versions import ModelVersion
 from personalization.settings import Settings
 from serving.catalog import ItemCatalog
 from serving.client import RecommenderClient
 from serving.online_features import UserFeatureReader
+from serving.propensity import MODEL_NAME, ModelWatcher
 from serving.recommender import Recommender
 from serving.server import ONLINE_STORE_HEALTH, ServingApp
 
@@ -263,6 +266,44 @@ def test_a_new_server_loads_its_catalog_from_a_redis_slower_than_the_request_tim
     assert {"big-0", "big-2999"} <= set(catalog.snapshot.index_of)
     assert catalog.health().ok
     catalog.stop()  # closes the pool it made
+    reader.close()
+    admin.close()
+
+
+def test_a_new_servers_model_watcher_loads_from_a_redis_slower_than_the_request_timeout(
+    local_redis: Settings,
+):
+    """The propensity model watcher polls in the background through a client of its own,
+    as the catalog refresh does: with the request path's 50 ms socket timeout, a Redis
+    busier than that would keep a new server on no model at all."""
+    registry = ModelRegistry(
+        redis.Redis(host=local_redis.redis.host, port=local_redis.redis.port),
+        local_redis.feast.project,
+    )
+    registry.publish(
+        ModelVersion(
+            model=MODEL_NAME,
+            version="v000000007",
+            created_ms=NOW_MS,
+            examples=7,
+            metrics={},
+            params={"weights": {"src_cf": 1.5}, "intercept": -1.0},
+        )
+    )
+    admin = redis.Redis(host=local_redis.redis.host, port=local_redis.redis.port)
+    reader = UserFeatureReader(local_redis)
+    admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    # Through the request path's client: the read times out, no model.
+    request_path = ModelWatcher(ModelRegistry(reader.client, local_redis.feast.project), 3600)
+    assert not request_path.refresh() and request_path.current is None
+    time.sleep(0.4)
+    app = ServingApp(local_redis, enable_collector=False)  # built as `serve` builds it
+    watcher = app.recommender.models
+    assert watcher is not None
+    admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    assert watcher.refresh()
+    assert watcher.current is not None and watcher.current.version == "v000000007"
+    app.stop(grace_s=0)
     reader.close()
     admin.close()
 
