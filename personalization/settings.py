@@ -230,14 +230,16 @@ class FlinkSettings(_Section):
     # Kafka transactions of the exactly-once sinks (triggers, DLQ); must exceed the
     # checkpoint interval plus any downtime and stay below the broker's maximum (15 min).
     transaction_timeout_ms: int = 600_000
-    # The job's Kafka producers keep one request in flight per broker. A broker restarted
-    # with several appended but unacknowledged batches remembers only the last one per
-    # producer, so the retried earlier batches fail OUT_OF_ORDER_SEQUENCE_NUMBER until the
-    # delivery timeout (CI saw a sink stuck for the whole two minutes). With one in
-    # flight a retry is always that last batch, which the broker answers as a duplicate.
-    sink_max_in_flight_requests: int = Field(default=1, ge=1, le=5)
-    # A send the broker has not acknowledged for this long fails the task, and Flink
-    # restarts from the last checkpoint instead of waiting out Kafka's 2-minute default.
+    # A broker restarted with several of a producer's batches appended but unacknowledged
+    # remembers only the last one, so the producer's retries of the earlier ones are
+    # refused (OUT_OF_ORDER_SEQUENCE_NUMBER) until its delivery timeout: CI saw the
+    # item-factor sink stuck for Kafka's default two minutes, no checkpoint completing.
+    # The job's sinks give up a send after sink_delivery_timeout_ms, which fails the task,
+    # and Flink restarts from the last checkpoint (exactly-once sinks abort; the changelog
+    # is idempotent). One request in flight (1) would avoid the refusal altogether, but
+    # serialises every request and every checkpoint's flush on the broker's round trip
+    # (the one CI run with it lagged minutes behind; cause not established). Kafka's 5.
+    sink_max_in_flight_requests: int = Field(default=5, ge=1, le=5)
     sink_request_timeout_ms: int = Field(default=10_000, ge=1_000)
     sink_delivery_timeout_ms: int = Field(default=30_000, ge=2_000)
     # Local standalone cluster (ops.infra.flink_cluster): REST API/web UI and
