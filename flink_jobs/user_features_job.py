@@ -123,8 +123,9 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
     twice, at the cost of up to one checkpoint interval of delay.
     """
     f = settings.flink
-    # Kafka requires delivery >= linger (5 ms) + request timeout; it would raise it itself.
-    delivery_timeout_ms = max(f.sink_delivery_timeout_ms, f.sink_request_timeout_ms + 5)
+    linger_ms = 5
+    # Kafka requires delivery >= linger + request timeout; it would raise it itself.
+    delivery_timeout_ms = max(f.sink_delivery_timeout_ms, f.sink_request_timeout_ms + linger_ms)
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka.bootstrap_servers)
@@ -134,7 +135,7 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
             .set_value_serialization_schema(SimpleStringSchema())
             .build()
         )
-        .set_property("linger.ms", "5")
+        .set_property("linger.ms", str(linger_ms))
         .set_property("compression.type", "lz4")
         .set_property("max.in.flight.requests.per.connection", str(f.sink_max_in_flight_requests))
         .set_property("request.timeout.ms", str(f.sink_request_timeout_ms))
