@@ -123,7 +123,7 @@ def kafka_sink(settings: Settings, topic: str, *, exactly_once: bool = False) ->
     twice, at the cost of up to one checkpoint interval of delay.
     """
     f = settings.flink
-    linger_ms = 5
+    linger_ms = f.sink_linger_ms
     # Kafka requires delivery >= linger + request timeout; it would raise it itself.
     delivery_timeout_ms = max(f.sink_delivery_timeout_ms, f.sink_request_timeout_ms + linger_ms)
     builder = (
