@@ -114,6 +114,15 @@ def add_arguments(parser: Any) -> None:
         "window starts (bench/ingest/job_profile.py)",
     )
     g.add_argument(
+        "--jvm-profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sample the job's JVM (every thread: Java, native and kernel frames) with "
+        "async-profiler for SECONDS once the steady window starts "
+        "(bench/ingest/jvm_profile.py)",
+    )
+    g.add_argument(
         "--py-spy-gil",
         action="store_true",
         help="with --py-spy: sample only the thread holding the GIL (py-spy --gil), so the "
@@ -221,6 +230,8 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
         )
     result["loadavg"]["at_end"] = _loadavg()
     result["figures"] = figures(samples, n, windows)
+    if "jvm_profile" in windows:
+        result["jvm_profile"] = windows.pop("jvm_profile")
     result["cpu"] = {k: v for k, v in windows.items() if isinstance(v, dict)}
     steady = result["cpu"].get("steady")
     rate = result["figures"].get("steady_events_per_s")

@@ -98,6 +98,8 @@ def report(r: dict[str, Any]) -> str:
         parts.extend(
             _job_profile(name, spy, f.get("operator_thread_cpu_us_per_event") if f else None)
         )
+    for name, jvm in (r.get("jvm_profile") or {}).items():
+        parts.extend(_jvm_profile(name, jvm))
     p = r.get("profile")
     if p:
         rows = [(stage, us) for stage, us in p["us_per_event"].items()]
@@ -154,4 +156,17 @@ def _job_profile(name: str, spy: dict[str, Any], us_per_event: float | None) -> 
             ["pickling, by the caller", *head],
             [row(n, pct) for n, pct in spy.get("pickling_by_caller_pct", [])],
         ),
+    ]
+
+
+def _jvm_profile(name: str, jvm: dict[str, Any]) -> list[str]:
+    """async-profiler's view of a job JVM (bench/ingest/jvm_profile.py): shares of its
+    CPU samples by thread, by kind of work and by the function on CPU."""
+    if not jvm.get("samples"):
+        return [f"{name}: no async-profiler samples"]
+    title = f"{name}: {jvm['samples']:,} CPU samples (async-profiler, event {jvm.get('event')})"
+    return [
+        format_table([f"{title}; by kind", "% of samples"], jvm["kinds_pct"]),
+        format_table(["by thread", "% of samples"], jvm["threads_pct"]),
+        format_table(["on CPU (leaf frame)", "% of samples"], jvm["leaf_frames_pct"]),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from bench.env import (
     say,
     scrape,
 )
-from bench.ingest import job_profile
+from bench.ingest import job_profile, jvm_profile
 from bench.ingest.cluster import ClusterJob
 from ops import stack
 from personalization.settings import Settings
@@ -213,6 +214,8 @@ def sample_loop(
     quiet_since: float | None = None
     last: Sample | None = None
     spies: list[job_profile.PySpy] = []
+    profilers: list[jvm_profile.AsyncProfiler] = []
+    profilers_stop_at = 0.0
     next_at = time.monotonic()
     try:
         while True:
@@ -267,6 +270,12 @@ def sample_loop(
                     spies = _start_py_spy(
                         settings.run_path, job_sids, args.py_spy, args.py_spy_gil, notes
                     )
+                if args.jvm_profile > 0:
+                    profilers = _start_jvm_profile(settings, job_sids, args.jvm_profile, notes)
+                    profilers_stop_at = time.monotonic() + args.jvm_profile
+            if profilers and time.monotonic() >= profilers_stop_at:
+                windows["jvm_profile"] = _finish_jvm_profile(profilers, notes)
+                profilers = []
             if steady is not None and "steady" not in windows and s.consumed >= hi:
                 windows["steady"] = steady.close()
                 windows["steady_to_t"] = s.t
@@ -295,6 +304,8 @@ def sample_loop(
             notes.append(f"feed records: {exc!r}")
     finally:
         offsets.close()
+        if profilers:  # the run ended first: what was sampled so far
+            windows["jvm_profile"] = _finish_jvm_profile(profilers, notes)
     if whole is not None:
         windows["whole"] = whole.close()
     if spies:
@@ -333,4 +344,48 @@ def _finish_py_spy(
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(raw, kept)
         out[raw.stem]["raw"] = str(kept)
+    return out
+
+
+def _start_jvm_profile(
+    settings: Settings, job_sids: tuple[int, ...], seconds: float, notes: list[str]
+) -> list[jvm_profile.AsyncProfiler]:
+    """async-profiler in each JVM of the job (its MiniCluster, or each TaskManager)."""
+    try:
+        library = jvm_profile.agent_library(settings.jars_path)
+    except (OSError, RuntimeError) as exc:
+        notes.append(f"async-profiler: {exc}")
+        return []
+    profilers = []
+    for pid in (p for sid in job_sids for p in job_profile.java_pids(sid)):
+        profiler = jvm_profile.AsyncProfiler(pid, library, settings.run_path / f"jvm-{pid}.txt")
+        try:
+            profiler.start()
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            notes.append(f"async-profiler on {pid}: {exc}")
+            continue
+        profilers.append(profiler)
+    say(f"async-profiler: sampling {len(profilers)} job JVM(s) for {seconds:.0f}s")
+    return profilers
+
+
+def _finish_jvm_profile(
+    profilers: list[jvm_profile.AsyncProfiler], notes: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for profiler in profilers:
+        try:
+            collapsed = profiler.stop()
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            notes.append(f"async-profiler on {profiler.pid}: {exc}")
+            continue
+        name = f"jvm-{profiler.pid}"
+        out[name] = jvm_profile.summarize(collapsed)
+        out[name]["event"] = profiler.event
+        # Kept beside the results (the run directory goes with the stack): a flame graph
+        # or another cut than the report's.
+        kept = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.collapsed"
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(collapsed, kept)
+        out[name]["collapsed"] = str(kept)
     return out
