@@ -338,13 +338,17 @@ def _finish_py_spy(
             notes.append(f"py-spy failed: {spy.failure()}")
             continue
         out[raw.stem] = job_profile.summarize(raw)
-        # The run directory goes with the stack: keep the stacks beside the results, for
-        # a flame graph or another cut than the report's.
-        kept = RESULTS_DIR / f"{raw.stem}-{time.strftime('%Y%m%d-%H%M%S')}.raw"
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(raw, kept)
-        out[raw.stem]["raw"] = str(kept)
+        out[raw.stem]["raw"] = _keep_beside_results(raw, raw.stem, ".raw")
     return out
+
+
+def _keep_beside_results(recording: Path, stem: str, suffix: str) -> str:
+    """A copy of ``recording`` in the results dir: the run directory goes with the
+    stack, and the stacks serve a flame graph or another cut than the report's."""
+    kept = RESULTS_DIR / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(recording, kept)
+    return str(kept)
 
 
 def _start_jvm_profile(
@@ -382,10 +386,5 @@ def _finish_jvm_profile(
         name = f"jvm-{profiler.pid}"
         out[name] = jvm_profile.summarize(collapsed)
         out[name]["event"] = profiler.event
-        # Kept beside the results (the run directory goes with the stack): a flame graph
-        # or another cut than the report's.
-        kept = RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.collapsed"
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(collapsed, kept)
-        out[name]["collapsed"] = str(kept)
+        out[name]["collapsed"] = _keep_beside_results(collapsed, name, ".collapsed")
     return out
