@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import math
 import random
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,15 +155,35 @@ class LearnerConfig:
             raise ValueError(f"loss must be {SQUARED!r} or {BPR!r}")
 
 
+# One Generator per thread (thread mode runs the user and item operators' Python on two
+# threads of one interpreter), its PCG64 state set from the key's hash on every call.
+_init_generators = threading.local()
+
+
 def init_vector(key: str, kind: str, cfg: LearnerConfig) -> np.ndarray:
     """The initial float32 factors of a user (``kind="u"``) or item (``"i"``).
 
     A pure function of ``(seed, kind, key)``: whichever subtask, restart or replay
-    first meets a key starts it from the same vector.
+    first meets a key starts it from the same vector. The 256-bit hash of the three is
+    the state and increment of a PCG64 generator (the increment made odd, as PCG64
+    needs): a hash is as good a seed as a SeedSequence's output, and building a seeded
+    Generator per call (SeedSequence, PCG64, Generator) cost more than the draw. New
+    users and items call this about 2.5 times per event on traffic like Taobao's.
     """
-    digest = hashlib.blake2b(f"{cfg.seed}:{kind}:{key}".encode(), digest_size=8).digest()
-    rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    return (rng.standard_normal(cfg.factors) * cfg.init_std).astype(np.float32)
+    digest = hashlib.blake2b(f"{cfg.seed}:{kind}:{key}".encode(), digest_size=32).digest()
+    generator = getattr(_init_generators, "generator", None)
+    if generator is None:
+        generator = _init_generators.generator = np.random.Generator(np.random.PCG64())
+    generator.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {
+            "state": int.from_bytes(digest[:16], "little"),
+            "inc": int.from_bytes(digest[16:], "little") | 1,
+        },
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    return (generator.standard_normal(cfg.factors) * cfg.init_std).astype(np.float32)
 
 
 # np.clip goes through Python wrappers before its ufunc: ~3.4 µs on a handful of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -92,6 +93,29 @@ def test_same_seed_same_model_and_keyed_init():
     assert not np.array_equal(init_vector("x", "u", CFG), init_vector("x", "i", CFG))
     other = trained(LearnerConfig(factors=8, learning_rate=0.1, seed=8))
     assert not np.array_equal(a.item_matrix, other.item_matrix)
+
+
+def test_initial_vectors_are_the_same_on_every_thread_and_normal():
+    # The user and item operators draw them on two threads of one interpreter, each
+    # thread with its own generator: the key alone decides the vector.
+    keys = [f"item-{i}" for i in range(2000)]
+    expected = [init_vector(k, "i", CFG) for k in keys]
+    got: dict[int, list[np.ndarray]] = {}
+
+    def draw(t: int) -> None:
+        got[t] = [init_vector(k, "i", CFG) for k in keys]
+
+    threads = [threading.Thread(target=draw, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(np.array_equal(a, b) for t in got for a, b in zip(got[t], expected, strict=True))
+    vectors = np.stack(expected)
+    assert vectors.dtype == np.float32 and vectors.shape == (2000, CFG.factors)
+    assert abs(float(vectors.mean())) < 0.1 * CFG.init_std
+    assert float(vectors.std()) == pytest.approx(CFG.init_std, rel=0.05)
+    assert abs(np.corrcoef(vectors[:, 0], vectors[:, 1])[0, 1]) < 0.1
 
 
 def test_export_import_round_trip():
