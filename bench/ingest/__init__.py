@@ -47,6 +47,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.env import BenchStack, metric_sum, say
+from bench.ingest import jvm_profile
 from bench.ingest.backlog import DATASETS, load_backlog, preload
 from bench.ingest.baseline import run_baseline
 from bench.ingest.cluster import ClusterJob, cluster_sessions, start_cluster, with_parallelism
@@ -196,6 +197,9 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
     if args.profile_only:
         return result
 
+    if args.jvm_profile > 0:
+        # Fetched now (Maven, first use only), not when the steady window starts.
+        jvm_profile.agent_library(settings.jars_path)
     bench.start_redis()
     bench.start_kafka()
     bench.feast_apply()

@@ -17,9 +17,7 @@ threads); where they are refused the agent samples with ``itimer`` instead.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import zipfile
@@ -27,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ops.infra.jars import java_env, java_home
+from ops.infra.jars import java_home, run_maven
 
 __all__ = ["AGENT_ARTIFACT", "AsyncProfiler", "agent_library", "kind_of", "summarize"]
 
@@ -77,27 +75,12 @@ def agent_library(jars_dir: Path) -> Path:
     target = jars_dir / "async-profiler" / "libasyncProfiler.so"
     if target.is_file():
         return target
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("mvn not found: install maven (scripts/bootstrap.sh)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            mvn,
-            "-B",
-            "-q",
-            "dependency:copy",
-            f"-Dartifact={AGENT_ARTIFACT}",
-            f"-DoutputDirectory={tmp}",
-        ]
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, **java_env()}, check=False
-        )
+        run_maven(["dependency:copy", f"-Dartifact={AGENT_ARTIFACT}", f"-DoutputDirectory={tmp}"])
         jars = list(Path(tmp).glob("*.jar"))
-        if done.returncode != 0 or not jars:
-            raise RuntimeError(
-                f"fetching {AGENT_ARTIFACT} failed ({done.returncode}): {done.stdout[-2000:]}"
-            )
+        if not jars:
+            raise RuntimeError(f"fetching {AGENT_ARTIFACT}: maven copied no jar")
         with zipfile.ZipFile(jars[0]) as jar:
             unpacked = Path(tmp) / "lib.so"
             unpacked.write_bytes(jar.read(_LIBRARY_IN_JAR))

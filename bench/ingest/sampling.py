@@ -354,12 +354,9 @@ def _keep_beside_results(recording: Path, stem: str, suffix: str) -> str:
 def _start_jvm_profile(
     settings: Settings, job_sids: tuple[int, ...], seconds: float, notes: list[str]
 ) -> list[jvm_profile.AsyncProfiler]:
-    """async-profiler in each JVM of the job (its MiniCluster, or each TaskManager)."""
-    try:
-        library = jvm_profile.agent_library(settings.jars_path)
-    except (OSError, RuntimeError) as exc:
-        notes.append(f"async-profiler: {exc}")
-        return []
+    """async-profiler in each JVM of the job (its MiniCluster, or each TaskManager). The
+    agent was fetched before the job started (``bench.ingest._run_ingest``)."""
+    library = jvm_profile.agent_library(settings.jars_path)
     profilers = []
     for pid in (p for sid in job_sids for p in job_profile.java_pids(sid)):
         profiler = jvm_profile.AsyncProfiler(pid, library, settings.run_path / f"jvm-{pid}.txt")

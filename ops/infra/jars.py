@@ -72,31 +72,36 @@ def jars_present(settings: Settings) -> bool:
     return _kafka_complete(paths.kafka_dir) and paths.flink_connector.is_file()
 
 
+def run_maven(args: list[str]) -> None:
+    """``mvn -B -q <args>`` with this project's Java; raises with Maven's output on failure."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise FileNotFoundError("mvn not found: install maven (scripts/bootstrap.sh)")
+    cmd = [mvn, "-B", "-q", *args]
+    log.info("maven: %s", " ".join(cmd))
+    env = {**os.environ, **java_env()}
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=MAVEN_TIMEOUT_S, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"maven failed ({result.returncode}): {' '.join(cmd)}\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+
+
 def ensure_jars(settings: Settings) -> JarPaths:
     """Fetch the Kafka broker jars and the Flink Kafka connector if any is missing."""
     paths = jar_paths(settings)
     if jars_present(settings):
         return paths
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise FileNotFoundError("mvn not found: install maven (scripts/bootstrap.sh)")
     settings.jars_path.mkdir(parents=True, exist_ok=True)
     # One fetch at a time per jars dir (bootstrap and a test session may race).
     with open(settings.jars_path / ".fetch.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if jars_present(settings):
             return paths
-        cmd = [mvn, "-B", "-q", "-f", str(POM), f"-Djars.dir={settings.jars_path}", "package"]
-        log.info("fetching jars: %s", " ".join(cmd))
-        env = {**os.environ, **java_env()}
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=MAVEN_TIMEOUT_S, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"maven failed ({result.returncode}): {' '.join(cmd)}\n"
-                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-            )
+        run_maven(["-f", str(POM), f"-Djars.dir={settings.jars_path}", "package"])
     if not paths.flink_connector.is_file():
         raise FileNotFoundError(
             f"{paths.flink_connector} missing after the fetch (settings.flink.kafka_connector_jar "
