@@ -19,10 +19,17 @@ one. A timer costs calls into the JVM (registering it, firing it, reading its ke
 for keys that change once in a while (live traffic over many users) a row per change is
 cheaper, while a burst still costs two renderings. :meth:`RowSchedule.defer` is the
 trailing edge alone.
+
+Each key's intervals are offset by a phase of its own (a hash of the key), so the
+timers of many keys spread over the interval instead of all firing at its end: in
+thread mode every operator shares one interpreter, and a second's worth of item rows
+rendered in one burst held it for 100-300 ms each second, stalling the user rows
+behind it (`bench freshness`: every tenth probe late by that much).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -65,16 +72,24 @@ class RowSchedule:
 
     def defer(self, key: str, now_ms: int, learned: bool) -> int | None:
         """Note a change of ``key`` at processing time ``now_ms``; the timer to register
-        (the end of the current interval), or None when one is armed already."""
+        (the end of the key's current interval), or None when one is armed already."""
         entry = self.pending.get(key)
         if entry is not None and entry[0] > now_ms:
             entry[1] = entry[1] or learned
             return None
-        due = (now_ms // self.every_ms + 1) * self.every_ms
+        due = self.interval_end(key, now_ms)
         # A timer past due but not yet fired (the operator was busy) still renders the
         # newest state; the new one then renders again only if more changes come.
         self.pending[key] = [due, learned or (entry is not None and entry[1])]
         return due
+
+    def interval_end(self, key: str, now_ms: int) -> int:
+        """The end of the interval of ``key`` that ``now_ms`` falls in: the key's
+        intervals start at multiples of ``every_ms`` plus its phase (CRC-32 of the key
+        modulo ``every_ms``: the same in every process, unlike ``hash``)."""
+        every = self.every_ms
+        phase = zlib.crc32(key.encode()) % every
+        return now_ms + every - (now_ms - phase) % every
 
     def fire(self, key: str, timestamp: int) -> Due | None:
         """A timer of ``key`` fired at ``timestamp``: what to render, or None when a
