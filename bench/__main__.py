@@ -71,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="background events/s; several = one phase each on the same pipeline, one table",
     )
     f.add_argument("--duration", type=float, default=60.0, help="probing seconds")
-    f.add_argument("--freshness-warmup", type=float, default=5.0, help="load before probing")
+    f.add_argument(
+        "--freshness-warmup",
+        type=float,
+        default=45.0,
+        help="load before probing: the JVMs compile (JIT) for their first minute or so",
+    )
     f.add_argument("--probe-interval", type=float, default=0.1)
     f.add_argument("--probe-timeout", type=float, default=10.0)
     f.add_argument("--poll-interval", type=float, default=0.002, help="Redis poll period")
