@@ -48,7 +48,7 @@ from bench.env import (
     say,
     scrape,
 )
-from bench.stats import latency_summary
+from bench.stats import histogram_summary, latency_summary
 from ops import stack
 from personalization.settings import Settings
 from traffic.generator import GeneratorConfig
@@ -182,6 +182,31 @@ class TopicTotals:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _recommend_buckets(settings: Settings) -> dict[float, float]:
+    """The server's Recommend latency histogram (``pz_serving_rpc_duration_seconds``):
+    cumulative count per upper bound in seconds; empty when it cannot be read."""
+    url = stack.metrics_urls(settings).get(stack.SERVER.name)
+    try:
+        metrics = scrape(url) if url else {}
+    except OSError:
+        return {}
+    out: dict[float, float] = {}
+    for key, value in metrics.items():
+        base, _, labels = key.partition("{")
+        if base != "pz_serving_rpc_duration_seconds_bucket" or "method=Recommend" not in labels:
+            continue
+        le = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",")).get("le", "")
+        out[float(le)] = out.get(float(le), 0.0) + value  # "+Inf" parses as inf
+    return out
+
+
+def server_side(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Recommend latency measured inside the server over a phase (from its handler's
+    start to its end: what ghz sees less the wait for a thread, the network and ghz's
+    own scheduling), from two scrapes of its histogram; warm-up requests included."""
+    return histogram_summary({le: after[le] - before.get(le, 0.0) for le in after})
 
 
 def _job_counters(settings: Settings) -> dict[str, float]:
@@ -404,7 +429,9 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
             exposures_only.read(),
             _job_counters(settings),
         )
+        server_before = _recommend_buckets(settings)
         result = run_ghz_phase(ghz, settings, args, data_file, sessions)
+        result["server_side"] = server_side(server_before, _recommend_buckets(settings))
         after = (
             time.monotonic(),
             events_only.read(),
@@ -430,7 +457,9 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
         }
         say(f"{ISOLATED}: ghz open {args.rps:g} rps for {args.duration:g}s (+{args.warmup:g}s)")
         high0 = exposures_only.read()[0]
+        server_before = _recommend_buckets(settings)
         result = run_ghz_phase(ghz, settings, args, data_file, sessions)
+        result["server_side"] = server_side(server_before, _recommend_buckets(settings))
         result["write_path"] = {"exposures_into_kafka": exposures_only.read()[0] - high0}
         phases[ISOLATED] = result
         _say_phase(ISOLATED, result)
@@ -511,6 +540,7 @@ def _say_phase(name: str, r: dict[str, Any]) -> None:
         f"  {name}: {r['achieved_rps']:,.0f} rps ok, p50 {lat['p50_ms']:.2f} ms, "
         f"p99 {lat['p99_ms']:.2f} ms, p99.9 {lat['p999_ms']:.2f} ms, errors {r['error_count']}"
     )
+    say(f"  server side (histogram bounds): {r.get('server_side')}")
     say(f"  cpu % of a core: {r['cpu_pct']}; write path: {r.get('write_path')}")
 
 
@@ -527,6 +557,10 @@ def report(r: dict[str, Any]) -> str:
         ("p99 ms", *(x["latency"].get("p99_ms") for x in phases)),
         ("p99.9 ms", *(x["latency"].get("p999_ms") for x in phases)),
         ("max ms", *(x["latency"].get("max_ms") for x in phases)),
+        # Inside the server (its histogram: bucket upper bounds), to tell the handler's
+        # own time from the wait for a thread or a core.
+        ("server-side p50 ms", *(x.get("server_side", {}).get("p50_ms") for x in phases)),
+        ("server-side p99 ms", *(x.get("server_side", {}).get("p99_ms") for x in phases)),
         ("errors", *(_errors(x) for x in phases)),
     ]
     cpu_names: list[str] = []
