@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import random
 
-from flink_jobs import profile
+from flink_jobs import impressions, profile
 from flink_jobs.impressions import Impression, ImpressionLog, from_exposure, record, row_fields
 from personalization.exposures import Exposure, parse_exposure
 from personalization.settings import FeatureSettings
@@ -91,3 +92,16 @@ def test_user_state_counts_impressions_once_and_not_when_opted_out():
     denied = profile.new_state("u-2", consent="denied")
     assert profile.apply_impression(denied, imp("r2", T0), cfg).opted_out
     assert not profile.user_feature_row(denied, cfg)["impressed_items"]
+
+
+def test_most_recent_first_orders_by_last_time_then_by_key() -> None:
+    """Against the definition, on tables full of ties (a Recommend answer's items share
+    their time): newest last time first, equal times by key."""
+    rng = random.Random(7)
+    for _ in range(200):
+        table = {
+            f"i{rng.randrange(500)}": sorted(rng.randrange(20) for _ in range(rng.randint(1, 4)))
+            for _ in range(rng.randint(0, 60))
+        }
+        expected = sorted(table, key=lambda k: (-table[k][-1], k))
+        assert impressions._most_recent_first(table) == expected
