@@ -1,7 +1,8 @@
 """The writer's side of the feature history: rows buffered, one file per flush.
 
-The writer hands every batch it applied to Redis to :meth:`HistoryBuffer.add` (the
-batch converted to Arrow tables in one call; no file per row or batch) and asks
+The writer hands every batch it applied to Redis to :meth:`HistoryBuffer.add` (rows
+converted to Arrow tables once ``CONVERT_ROWS`` have come, in one call; no file per row
+or batch) and asks
 :meth:`HistoryBuffer.due` after each batch; a flush (one file per view and day,
 ``personalization/offline_store.write_pending``) happens when
 ``history.flush_rows`` rows are buffered or ``history.flush_interval_s`` passed since the
@@ -20,7 +21,13 @@ from personalization.feature_updates import FeatureUpdate
 from personalization.offline_store import Pending, ensure_layout, to_arrow, write_pending
 from personalization.settings import HistorySettings
 
-__all__ = ["HistoryBuffer"]
+__all__ = ["CONVERT_ROWS", "HistoryBuffer"]
+
+# Rows held as Python objects before one conversion to Arrow. Live traffic reaches the
+# writer in batches of ~20 rows, and Arrow's fixed cost per table made the conversion
+# 24 µs a row at 20 rows a call against 5.3 µs at 1,000 (MovieLens user and item rows);
+# 1,000 rows wait at most until the next flush, a few hundred KB.
+CONVERT_ROWS = 1_000
 
 
 class HistoryBuffer:
@@ -29,25 +36,41 @@ class HistoryBuffer:
         self.max_rows = cfg.flush_rows
         self.max_age_s = cfg.flush_interval_s
         self.pending = Pending()
+        self.unconverted: list[FeatureUpdate] = []
         self.first_at = 0.0
         self.flushed_rows = 0
         self.flushes = 0
         ensure_layout(root)
 
     def add(self, updates: list[FeatureUpdate]) -> None:
-        """The batch's rows, converted to Arrow now (one call per batch, not per row):
-        what waits for the flush holds no Python objects per row."""
-        if updates and not self.pending:
+        """The batch's rows, converted to Arrow with others once ``CONVERT_ROWS`` are
+        held: what waits for the flush holds at most that many Python rows."""
+        if updates and not self.pending and not self.unconverted:
             self.first_at = time.monotonic()
-        to_arrow(updates, self.pending)
+        self.unconverted.extend(updates)
+        if len(self.unconverted) >= CONVERT_ROWS:
+            self._convert()
+
+    def _convert(self) -> None:
+        if self.unconverted:
+            to_arrow(self.unconverted, self.pending)
+            self.unconverted = []
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows waiting for the flush (the unconverted ones may include rows that the
+        history does not keep, model versions: a flush comes slightly early then)."""
+        return self.pending.rows + len(self.unconverted)
 
     def due(self) -> bool:
-        return bool(self.pending) and (
-            self.pending.rows >= self.max_rows or time.monotonic() - self.first_at >= self.max_age_s
+        return bool(self.pending or self.unconverted) and (
+            self.buffered_rows >= self.max_rows
+            or time.monotonic() - self.first_at >= self.max_age_s
         )
 
     def flush(self) -> int:
         """Write what is pending; it stays pending if the write fails (OSError)."""
+        self._convert()
         if not self.pending:
             return 0
         written = write_pending(self.root, self.pending)

@@ -18,7 +18,7 @@ from personalization.feature_store import feature_store
 from personalization.feature_updates import FeatureUpdate, model_version_update
 from personalization.model_versions import ModelVersion
 from personalization.settings import HistorySettings, RedisSettings, Settings
-from writer.history import HistoryBuffer
+from writer.history import CONVERT_ROWS, HistoryBuffer
 
 DAY_US = 86_400_000_000
 # 2017-11-26 01:00:00 UTC, the Taobao sample's first event.
@@ -195,6 +195,25 @@ def test_the_buffer_flushes_by_rows_and_by_age(tmp_path: Path) -> None:
     buffer.flush()
     assert store.read_view(tmp_path, USER_PROFILE).num_rows == 4
     assert buffer.flushed_rows == 4
+
+
+def test_small_batches_are_converted_together(tmp_path: Path) -> None:
+    """Live traffic comes in batches of ~20 rows: they wait as rows until CONVERT_ROWS
+    have come, then go to Arrow in one table per view and day; a flush takes the rest."""
+    buffer = HistoryBuffer(tmp_path, HistorySettings(flush_rows=100_000))
+    n = 0
+    while n < CONVERT_ROWS - 20:
+        buffer.add([profile_row(f"u{n + i}", T0_US + n + i, 1) for i in range(20)])
+        n += 20
+    assert not buffer.pending and buffer.buffered_rows == n  # nothing converted yet
+    buffer.add([profile_row(f"u{n + i}", T0_US + n + i, 1) for i in range(20)])
+    n += 20
+    assert buffer.pending.rows == n and buffer.unconverted == []
+    assert [len(t) for t in buffer.pending.tables.values()] == [1]  # one table for all
+    buffer.add([profile_row("late", T0_US + n, 2)])
+    assert buffer.flush() == n + 1
+    assert store.read_view(tmp_path, USER_PROFILE).num_rows == n + 1
+    assert buffer.buffered_rows == 0 and not buffer.due()
 
 
 def test_a_failed_flush_keeps_the_rows(tmp_path: Path) -> None:
