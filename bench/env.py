@@ -440,15 +440,21 @@ def scrape(url: str, timeout_s: float = 3.0) -> dict[str, float]:
     return out
 
 
+def sample_labels(key: str) -> tuple[str, dict[str, str]]:
+    """A :func:`scrape` key split into the sample's name and its labels."""
+    name, _, labels = key.partition("{")
+    pairs = (kv.split("=", 1) for kv in labels.rstrip("}").split(",") if kv)
+    return name, {k: v for k, v in pairs}
+
+
 def metric_sum(metrics: dict[str, float], name: str, **match: str) -> float:
     """Sum of the :func:`scrape` samples named ``name`` whose labels include ``match``."""
     total = 0.0
     for key, value in metrics.items():
-        base, _, labels = key.partition("{")
+        base, labels = sample_labels(key)
         if base != name or math.isnan(value):
             continue
-        have = labels.rstrip("}").split(",")
-        if all(f"{k}={v}" in have for k, v in match.items()):
+        if all(labels.get(k) == v for k, v in match.items()):
             total += value
     return total
 

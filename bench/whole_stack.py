@@ -45,6 +45,7 @@ from bench.env import (
     format_table,
     join_draining,
     metric_sum,
+    sample_labels,
     say,
     scrape,
 )
@@ -194,11 +195,10 @@ def _recommend_buckets(settings: Settings) -> dict[float, float]:
         return {}
     out: dict[float, float] = {}
     for key, value in metrics.items():
-        base, _, labels = key.partition("{")
-        if base != "pz_serving_rpc_duration_seconds_bucket" or "method=Recommend" not in labels:
-            continue
-        le = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",")).get("le", "")
-        out[float(le)] = out.get(float(le), 0.0) + value  # "+Inf" parses as inf
+        name, labels = sample_labels(key)
+        if name == "pz_serving_rpc_duration_seconds_bucket" and labels.get("method") == "Recommend":
+            le = float(labels["le"])  # "+Inf" parses as inf
+            out[le] = out.get(le, 0.0) + value
     return out
 
 
@@ -284,6 +284,7 @@ def run_ghz_phase(
     if api_key_file(settings) is not None:
         cmd += ["--metadata-file", str(settings.run_path / "ghz-metadata.json")]
     cmd.append(target(settings))
+    server_before = _recommend_buckets(settings)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -296,6 +297,7 @@ def run_ghz_phase(
         proc.communicate()
         raise
     cpu = meter.stop()
+    server = server_side(server_before, _recommend_buckets(settings))
     if proc.returncode != 0 and not out.strip():
         raise RuntimeError(f"ghz failed ({proc.returncode}): {err[-2000:]}")
     report_json = json.loads(out)
@@ -317,6 +319,7 @@ def run_ghz_phase(
         "achieved_rps": round(len(ok) / args.duration, 1),
         "ghz_reported_rps": round(float(report_json.get("rps", 0.0)), 1),
         "latency": latency_summary(ok),
+        "server_side": server,
         "cpu_pct": cpu,
         "command": " ".join(cmd[1:]),
     }
@@ -429,9 +432,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
             exposures_only.read(),
             _job_counters(settings),
         )
-        server_before = _recommend_buckets(settings)
         result = run_ghz_phase(ghz, settings, args, data_file, sessions)
-        result["server_side"] = server_side(server_before, _recommend_buckets(settings))
         after = (
             time.monotonic(),
             events_only.read(),
@@ -457,9 +458,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
         }
         say(f"{ISOLATED}: ghz open {args.rps:g} rps for {args.duration:g}s (+{args.warmup:g}s)")
         high0 = exposures_only.read()[0]
-        server_before = _recommend_buckets(settings)
         result = run_ghz_phase(ghz, settings, args, data_file, sessions)
-        result["server_side"] = server_side(server_before, _recommend_buckets(settings))
         result["write_path"] = {"exposures_into_kafka": exposures_only.read()[0] - high0}
         phases[ISOLATED] = result
         _say_phase(ISOLATED, result)

@@ -36,3 +36,23 @@ def test_a_phase_is_the_difference_of_two_scrapes() -> None:
     }
     assert histogram_summary({}) == {"count": 0}
     assert server_side(before, before) == {"count": 0}
+
+
+def test_scrape_keys_split_into_name_and_labels() -> None:
+    from bench.env import metric_sum, sample_labels
+
+    assert sample_labels("pz_up") == ("pz_up", {})
+    key = "pz_serving_rpc_duration_seconds_bucket{le=+Inf,method=Recommend,service=x}"
+    assert sample_labels(key) == (
+        "pz_serving_rpc_duration_seconds_bucket",
+        {"le": "+Inf", "method": "Recommend", "service": "x"},
+    )
+    metrics = {
+        "pz_fallbacks_total{reason=store_unavailable}": 2.0,
+        "pz_fallbacks_total{reason=cold_start}": 3.0,
+        "pz_fallbacks_total_created{reason=cold_start}": 1e9,
+        "pz_fallbacks_total{reason=nan}": math.nan,
+    }
+    assert metric_sum(metrics, "pz_fallbacks_total") == 5.0
+    assert metric_sum(metrics, "pz_fallbacks_total", reason="cold_start") == 3.0
+    assert metric_sum(metrics, "pz_fallbacks_total", reason="cold") == 0.0
