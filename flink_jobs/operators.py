@@ -111,9 +111,9 @@ def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
 
 
 class ParseEvents(ProcessFunction):
-    """Raw Kafka value -> ``(Row(user_id, Event), event time)``, ready for the JVM's
-    timestamps and the keyed exchange (``exchanges.with_event_time`` / ``keyed``); refused
-    payloads go to the DLQ side output.
+    """Raw Kafka value -> ``Row(user_id, Event)``, ready for the keyed exchange
+    (``exchanges.keyed``); refused payloads go to the DLQ side output. The record's time
+    and the watermarks come with it from the events table (flink_jobs/event_source.py).
 
     User ids are pseudonymised here (when a secret is configured), before any state or
     store sees them.
@@ -142,15 +142,19 @@ class ParseEvents(ProcessFunction):
             self.event_counters[event_type] = counter
         counter.inc()
 
-    def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        parsed = self.step(value, int(time.time() * 1000))
+    def process_element(self, value: Row | str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        # ``Row(value)`` from the events table (flink_jobs/event_source.py).
+        text = value if isinstance(value, str) else value[0]
+        parsed = self.step(text, int(time.time() * 1000))
         if isinstance(parsed, tuple):
             rejection, record = parsed
             self.metrics.dead_letters.labels(rejection.reason).inc()
             yield DLQ_TAG, record
             return
         self._count_event(parsed.event_type)
-        yield Row(parsed.user_id, parsed), parsed.event_time_ms
+        # The watermark comes from the events table (its own reading of the same time);
+        # the state and timers use parsed.event_time_ms.
+        yield Row(parsed.user_id, parsed)
 
 
 class ParseCatalogPrices(ProcessFunction):

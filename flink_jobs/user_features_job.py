@@ -1,8 +1,8 @@
 """The user-feature job: Kafka events -> per-user / per-item state -> feature updates.
 
     clickstream, purchase_events, engagement_metrics (Kafka)
+      (a SQL table: event time and watermarks per partition, in the JVM)
       -> ParseEvents ──invalid──► events_dlq
-      -> event-time watermarks (bounded out-of-orderness, idleness)
       -> key_by(user) UserFeatures: dedup, profile, impressions, triggers ──► triggers
          + CF user half          │ feature rows (profile, user_cf) ──► feature_updates
            (item factors:        ├ accepted item events (+ the user's factors)
@@ -50,6 +50,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from flink_jobs.checkpoints import latest_checkpoint
+from flink_jobs.event_source import behaviour_events
 from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
     DLQ_TAG,
@@ -169,8 +170,8 @@ def kafka_source(
         .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(reset))
         .set_value_only_deserializer(SimpleStringSchema())
         .set_property("partition.discovery.interval.ms", "10000")
-        # Short runs per partition: the watermark is one over all partitions (see the
-        # setting), so how far it can pass a partition's records is one run's span.
+        # Short runs per partition: these sources' watermarks are one over all partitions
+        # (see the setting), so how far one can pass a partition's records is a run's span.
         .set_property("max.partition.fetch.bytes", str(k.source_max_partition_fetch_bytes))
         .set_property("commit.offsets.on.checkpoint", "true")
         .build()
@@ -212,18 +213,19 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # The trigger rule file is read and validated here, once, and travels in the settings.
     features_cfg = with_rules_loaded(settings.features)
     k = settings.kafka
-    raw = kafka_input(env, kafka_source(settings), "behaviour events", "source-events")
-
+    # Read by a SQL table: the event time and its watermark come from the JVM, one per
+    # Kafka partition, so a backlog's partitions cannot carry it past each other's
+    # records (flink_jobs/event_source.py).
+    raw = behaviour_events(env, settings)
     parsed = (
         raw.process(
             ParseEvents(features_cfg, settings.privacy, settings.metrics),
-            output_type=timed_record(KEYED_RECORD),
+            output_type=KEYED_RECORD,
         )
         .name("parse + validate")
         .uid("parse-events")
     )
-    events = with_event_time(parsed, _watermarks(settings), KEYED_RECORD)
-    events = events.name("event time").uid("event-time")
+    events = parsed
 
     # Exposures (what Recommend answered): joined with the outcomes that follow for A/B
     # attribution, and counted per user as impressions (frequency capping, fatigue).

@@ -142,12 +142,11 @@ class KafkaSettings(_Section):
     # parallelism 1, 2 and 4. Existing topics with fewer are grown (ops.infra.kafka_broker).
     partitions: int = Field(default=4, ge=1)
     flink_consumer_group: str = "pz-user-features"
-    # What the job's Kafka sources fetch from one partition at a time. The job's event
-    # time watermark is taken after parsing (from the payload's event_time: one
-    # generator over all partitions), so reading a backlog in long runs per partition
-    # moves the watermark up to one run's span of event time past the other
-    # partitions' records, and their timers (sessions, cart idling, retention) fire
-    # early. 64 KB is ~300 events a run (1 MB, Kafka's default, ~5,000).
+    # What the job's Kafka sources fetch from one partition at a time. The behaviour
+    # events' watermark is per partition (flink_jobs/event_source.py); the exposures'
+    # and the catalog's are taken after parsing, over all partitions, so there a long
+    # run of one partition moves the watermark up to that run's span of event time past
+    # the others' records. 64 KB is ~300 events a run (1 MB, Kafka's default, ~5,000).
     source_max_partition_fetch_bytes: int = Field(default=65_536, ge=1024)
     writer_consumer_group: str = "pz-online-store-writer"
     # A consumer of ours (writer, catalog, dispatcher, identity directory) whose group
@@ -205,7 +204,8 @@ class FlinkSettings(_Section):
     local_jvm_heap_mb: int = 1024
     # Empty = <run_dir>/checkpoints.
     checkpoint_dir: str = ""
-    out_of_orderness_ms: int = 5_000
+    # Below 100 days: the events table declares it as a DAY(2) interval.
+    out_of_orderness_ms: int = Field(default=5_000, ge=0, lt=100 * 86_400_000)
     # A partition with no traffic for this long stops holding back the watermark.
     source_idleness_ms: int = 5_000
     # Starting offsets when no checkpoint/committed offsets exist: earliest | latest.

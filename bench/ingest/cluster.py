@@ -21,10 +21,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from flink_jobs import event_source
 from ops.infra import flink_cluster
 from personalization.settings import Settings
 
-SOURCE_VERTEX = "Source: kafka: behaviour events"
+# The full job's events table (flink_jobs/event_source.py) and the trivial job's source.
+SOURCE_VERTICES = (f"Source: {event_source.TABLE}[", "Source: kafka: behaviour events")
 # Vertex metrics through REST are refreshed by the JobManager's fetcher: every second
 # here instead of every 10 s, so the samples follow the job.
 CLUSTER_CONFIG = {"metrics.fetcher.update-interval": 1000}
@@ -74,7 +76,7 @@ class ClusterJob:
         except OSError:
             return None
         for vertex in job.get("vertices", []):
-            if str(vertex.get("name", "")).startswith(SOURCE_VERTEX):
+            if str(vertex.get("name", "")).startswith(SOURCE_VERTICES):
                 return int((vertex.get("metrics") or {}).get("write-records", 0))
         return None
 

@@ -1,0 +1,146 @@
+"""The behaviour-event source: Kafka read by a Flink SQL table, event time and watermarks
+taken in the JVM, per Kafka partition.
+
+Why a table and not ``KafkaSource`` + the parsing operator's times: the watermark must be
+the minimum over the partitions' own event times (Flink's per-split watermarks), and
+those are generated inside the source only, from a time it can read. Python's parse
+comes after the source has merged its partitions, so a watermark taken there follows
+whichever partition is ahead. Reading a backlog (a replay, a job catching up after
+downtime), partitions with fewer events per day race weeks ahead in event time and the
+other partitions' events arrive behind the watermark: their users' session, cart and
+retention timers fire early (a user lost its state to a 90-day retention after a 72-day
+gap). Kafka record timestamps cannot carry the event time instead: a backfill of old
+events would be deleted at once by the topics' time-based retention.
+
+So the table reads each record's raw value untouched (``raw`` format; Python still
+parses and validates it and dead-letters what it refuses) and computes its event time
+with ``JSON_VALUE`` in SQL, the same rules as ``personalization.events.
+parse_event_time_ms``: epoch milliseconds, epoch seconds below 1e11, or ISO-8601 (a time
+without a zone is UTC). The watermark in the DDL is pushed into the Kafka source, which
+generates it per partition. A record whose time SQL cannot read (Python will refuse it),
+or one further ahead of its Kafka timestamp than ``features.max_future_skew_s``, moves
+no watermark. Only ``value`` reaches Python; the records keep their Kafka timestamps
+(nothing downstream reads them: the output topics take the broker's append time).
+"""
+
+from __future__ import annotations
+
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
+
+from personalization.settings import Settings
+
+TABLE = "behaviour_events"
+
+# The payload's event time, as text (a JSON number comes back as its digits).
+_TEXT = (
+    "TRIM(COALESCE(JSON_VALUE(`value`, '$.event_time'), JSON_VALUE(`value`, '$.event_time_ms')))"
+)
+# ISO-8601: a date, optionally a time (T or space) with a fraction, optionally a zone.
+_ISO = r"^(\d{4}-\d{2}-\d{2})([T ](\d{2}:\d{2}(:\d{2}(\.\d+)?)?))?(Z|[+-]\d{2}:?\d{2})?$"
+_OFFSET = r"([+-])(\d{2}):?(\d{2})$"
+_ZONE = r"(Z|[+-]\d{2}:?\d{2})$"
+# A time without seconds gets ":00" (Flink's REGEXP_REPLACE has no group references).
+_NO_SECONDS = r"(?<=[T ]\d{2}:\d{2})$"
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def event_time_sql(max_future_skew_s: int) -> str:
+    """The payload's event time as ``TIMESTAMP_LTZ(3)``, or NULL when it has none that
+    ``parse_event_time_ms`` would accept (or it is more than ``max_future_skew_s`` past
+    the record's Kafka timestamp ``kafka_time``). Needs ``table.local-time-zone`` UTC."""
+    number = f"TRY_CAST({_TEXT} AS DOUBLE)"
+    from_number = (
+        f"CASE WHEN {number} > 0 AND {number} < 1e11 "
+        f"THEN TO_TIMESTAMP_LTZ(CAST({number} * 1000 AS BIGINT), 3) "
+        f"WHEN {number} >= 1e11 AND {number} < 1e15 "
+        f"THEN TO_TIMESTAMP_LTZ(CAST({number} AS BIGINT), 3) END"
+    )
+    iso = f"REGEXP({_TEXT}, {_literal(_ISO)})"
+    # The local date-time part (T -> space; no zone), read as UTC.
+    local = (
+        "CAST(TRY_CAST(REGEXP_REPLACE(REGEXP_REPLACE(REGEXP_REPLACE("
+        f"{_TEXT}, {_literal(_ZONE)}, ''), {_literal(_NO_SECONDS)}, ':00'), 'T', ' ')"
+        " AS TIMESTAMP(3)) AS TIMESTAMP_LTZ(3))"
+    )
+    offset_minutes = (
+        f"COALESCE((CASE REGEXP_EXTRACT({_TEXT}, {_literal(_OFFSET)}, 1)"
+        " WHEN '-' THEN -1 ELSE 1 END)"
+        f" * (CAST(REGEXP_EXTRACT({_TEXT}, {_literal(_OFFSET)}, 2) AS INT) * 60"
+        f" + CAST(REGEXP_EXTRACT({_TEXT}, {_literal(_OFFSET)}, 3) AS INT)), 0)"
+    )
+    from_iso = f"CASE WHEN {iso} THEN TIMESTAMPADD(MINUTE, -{offset_minutes}, {local}) END"
+    parsed = f"CASE WHEN {number} IS NOT NULL THEN {from_number} ELSE {from_iso} END"
+    return (
+        f"CASE WHEN {parsed} <= TIMESTAMPADD(SECOND, {int(max_future_skew_s)}, `kafka_time`) "
+        f"THEN {parsed} END"
+    )
+
+
+def _interval(ms: int) -> str:
+    """A SQL day-to-second interval of ``ms`` milliseconds."""
+    seconds, millis = divmod(int(ms), 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (
+        f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}'"
+        " DAY(2) TO SECOND(3)"
+    )
+
+
+def events_table_ddl(settings: Settings, table: str = TABLE) -> str:
+    """``CREATE TABLE`` of the behaviour-event topics: the raw value, the record's Kafka
+    timestamp, the event time and the watermark (pushed into the Kafka source, so one per
+    partition). Options mirror ``user_features_job.kafka_source``."""
+    k, f = settings.kafka, settings.flink
+    parsed = event_time_sql(settings.features.max_future_skew_s)
+    options = {
+        "connector": "kafka",
+        "topic": ";".join(k.event_topics),
+        "properties.bootstrap.servers": k.bootstrap_servers,
+        "properties.group.id": k.flink_consumer_group,
+        # Checkpointed offsets first (a restore); else the group's committed ones; else
+        # flink.starting_offsets.
+        "scan.startup.mode": "group-offsets",
+        "properties.auto.offset.reset": "latest" if f.starting_offsets == "latest" else "earliest",
+        "scan.topic-partition-discovery.interval": "10 s",
+        "properties.max.partition.fetch.bytes": str(k.source_max_partition_fetch_bytes),
+        "properties.commit.offsets.on.checkpoint": "true",
+        # A partition with no records for this long stops holding the watermark back.
+        "scan.watermark.idle-timeout": f"{f.source_idleness_ms} ms",
+        "format": "raw",
+    }
+    with_clause = ",\n  ".join(
+        f"{_literal(key)} = {_literal(value)}" for key, value in options.items()
+    )
+    return (
+        f"CREATE TABLE `{table}` (\n"
+        "  `value` STRING,\n"
+        "  `kafka_time` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,\n"
+        # The rowtime attribute the watermark is declared for (the job selects only
+        # `value`, so it is never computed per record).
+        f"  `event_time` AS COALESCE({parsed}, `kafka_time`),\n"
+        # Only readable times move the watermark: a refused record stamped "now" would
+        # otherwise carry its partition's watermark past a backlog of old events.
+        f"  WATERMARK FOR `event_time` AS ({parsed}) - {_interval(f.out_of_orderness_ms)}\n"
+        f") WITH (\n  {with_clause}\n)"
+    )
+
+
+def behaviour_events(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """The behaviour events' raw values (``Row(value)``) with per-partition event-time
+    watermarks: ``Source: behaviour_events`` of the plan."""
+    t_env = StreamTableEnvironment.create(env)
+    config = t_env.get_config()
+    # Times without a zone are UTC (``parse_event_time_ms``).
+    config.set("table.local-time-zone", "UTC")
+    # Operator uids from the plan's node ids, so a checkpoint restores into the same
+    # source operator on every run of this code.
+    config.set("table.exec.uid.generation", "ALWAYS")
+    t_env.execute_sql(events_table_ddl(settings))
+    return t_env.to_data_stream(t_env.sql_query(f"SELECT `value` FROM `{TABLE}`"))
