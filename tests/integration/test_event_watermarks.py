@@ -146,6 +146,8 @@ def test_no_partition_runs_the_watermark_past_another(backlog_settings: Settings
 
 TIMES: list[Any] = [
     1_600_000_000_000,
+    100_000_000_000,
+    874_965_758,
     1_600_000_000,
     1_600_000_000.5,
     "1600000000000",
