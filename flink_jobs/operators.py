@@ -112,8 +112,8 @@ def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
 
 class ParseEvents(ProcessFunction):
     """Raw Kafka value -> ``Row(user_id, Event)``, ready for the keyed exchange
-    (``exchanges.keyed``); refused payloads go to the DLQ side output. The record's time
-    and the watermarks come with it from the events table (flink_jobs/event_source.py).
+    (``exchanges.keyed``); refused payloads go to the DLQ side output. The watermarks
+    come with the records from the events table (flink_jobs/event_source.py).
 
     User ids are pseudonymised here (when a secret is configured), before any state or
     store sees them.

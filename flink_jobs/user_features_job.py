@@ -217,7 +217,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # Kafka partition, so a backlog's partitions cannot carry it past each other's
     # records (flink_jobs/event_source.py).
     raw = behaviour_events(env, settings)
-    parsed = (
+    events = (
         raw.process(
             ParseEvents(features_cfg, settings.privacy, settings.metrics),
             output_type=KEYED_RECORD,
@@ -225,7 +225,6 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("parse + validate")
         .uid("parse-events")
     )
-    events = parsed
 
     # Exposures (what Recommend answered): joined with the outcomes that follow for A/B
     # attribution, and counted per user as impressions (frequency capping, fatigue).
@@ -327,7 +326,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     triggers.sink_to(kafka_sink(settings, k.triggers_topic, exactly_once=True)).name(
         "kafka: triggers"
     ).uid("sink-triggers")
-    dead_letters = side_output(parsed, DLQ_TAG).union(side_output(exposures, DLQ_TAG))
+    dead_letters = side_output(events, DLQ_TAG).union(side_output(exposures, DLQ_TAG))
 
     attributions = (
         keyed(routed_exposures)
