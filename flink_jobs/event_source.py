@@ -38,6 +38,8 @@ with warnings.catch_warnings():
     from pyflink.table import StreamTableEnvironment
 
 TABLE = "behaviour_events"
+# How soon a source of the job reads partitions added to its topics.
+PARTITION_DISCOVERY_MS = 10_000
 
 # The payload's event time, as text (a JSON number comes back as its digits).
 _TEXT = (
@@ -110,10 +112,23 @@ def _interval(ms: int) -> str:
     )
 
 
+def consumer_properties(settings: Settings) -> dict[str, str]:
+    """The Kafka consumer properties every source of the job sets: the events table as
+    ``properties.*`` options, the other sources through ``KafkaSource``'s builder
+    (``user_features_job.kafka_source``)."""
+    return {
+        # Short runs per partition: the other sources' watermarks are one over all
+        # partitions (see the setting), so how far one passes a partition's records is
+        # a run's span.
+        "max.partition.fetch.bytes": str(settings.kafka.source_max_partition_fetch_bytes),
+        "commit.offsets.on.checkpoint": "true",
+    }
+
+
 def events_table_ddl(settings: Settings, table: str = TABLE) -> str:
     """``CREATE TABLE`` of the behaviour-event topics: the raw value, the record's Kafka
     timestamp, the event time and the watermark (pushed into the Kafka source, so one per
-    partition). Options mirror ``user_features_job.kafka_source``."""
+    partition). Offsets, group and consumer properties as ``user_features_job.kafka_source``."""
     k, f = settings.kafka, settings.flink
     parsed = event_time_sql(settings.features.max_future_skew_s)
     options = {
@@ -125,9 +140,8 @@ def events_table_ddl(settings: Settings, table: str = TABLE) -> str:
         # flink.starting_offsets.
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "latest" if f.starting_offsets == "latest" else "earliest",
-        "scan.topic-partition-discovery.interval": "10 s",
-        "properties.max.partition.fetch.bytes": str(k.source_max_partition_fetch_bytes),
-        "properties.commit.offsets.on.checkpoint": "true",
+        "scan.topic-partition-discovery.interval": f"{PARTITION_DISCOVERY_MS} ms",
+        **{f"properties.{key}": value for key, value in consumer_properties(settings).items()},
         # A partition with no records for this long stops holding the watermark back.
         "scan.watermark.idle-timeout": f"{f.source_idleness_ms} ms",
         "format": "raw",

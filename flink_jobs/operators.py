@@ -142,10 +142,9 @@ class ParseEvents(ProcessFunction):
             self.event_counters[event_type] = counter
         counter.inc()
 
-    def process_element(self, value: Row | str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        # ``Row(value)`` from the events table (flink_jobs/event_source.py).
-        text = value if isinstance(value, str) else value[0]
-        parsed = self.step(text, int(time.time() * 1000))
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        # ``Row(value)``: the events table's one column (flink_jobs/event_source.py).
+        parsed = self.step(value[0], int(time.time() * 1000))
         if isinstance(parsed, tuple):
             rejection, record = parsed
             self.metrics.dead_letters.labels(rejection.reason).inc()

@@ -50,7 +50,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from flink_jobs.checkpoints import latest_checkpoint
-from flink_jobs.event_source import behaviour_events
+from flink_jobs.event_source import PARTITION_DISCOVERY_MS, behaviour_events, consumer_properties
 from flink_jobs.exchanges import KEYED_RECORD, keyed, side_output, timed_record, with_event_time
 from flink_jobs.operators import (
     DLQ_TAG,
@@ -162,20 +162,18 @@ def kafka_source(
         if settings.flink.starting_offsets == "latest"
         else KafkaOffsetResetStrategy.EARLIEST
     )
-    return (
+    builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(k.bootstrap_servers)
         .set_topics(*(topics or k.event_topics))
         .set_group_id(k.flink_consumer_group + group_suffix)
         .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(reset))
         .set_value_only_deserializer(SimpleStringSchema())
-        .set_property("partition.discovery.interval.ms", "10000")
-        # Short runs per partition: these sources' watermarks are one over all partitions
-        # (see the setting), so how far one can pass a partition's records is a run's span.
-        .set_property("max.partition.fetch.bytes", str(k.source_max_partition_fetch_bytes))
-        .set_property("commit.offsets.on.checkpoint", "true")
-        .build()
+        .set_property("partition.discovery.interval.ms", str(PARTITION_DISCOVERY_MS))
     )
+    for key, value in consumer_properties(settings).items():
+        builder = builder.set_property(key, value)
+    return builder.build()
 
 
 def kafka_input(
