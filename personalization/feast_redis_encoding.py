@@ -66,9 +66,17 @@ def _string(value: Any) -> bytes:
     return _delimited(_STRING, str(value).encode("utf-8"))
 
 
+# ``val`` entries of up to 127 bytes (ids, categories: nearly all) take a 2-byte prefix.
+_SHORT_ENTRY = [_LIST_VAL + bytes((n,)) for n in range(0x80)]
+
+
 def _string_list(values: Any) -> bytes:
-    inner = b"".join(_delimited(_LIST_VAL, str(v).encode("utf-8")) for v in values)
-    return _delimited(_STRING_LIST, inner)
+    parts = []
+    for v in values:
+        raw = (v if type(v) is str else str(v)).encode("utf-8")
+        n = len(raw)
+        parts.append(_SHORT_ENTRY[n] + raw if n < 0x80 else _LIST_VAL + _varint(n) + raw)
+    return _delimited(_STRING_LIST, b"".join(parts))
 
 
 def _double_list(values: Any) -> bytes:
