@@ -1,9 +1,9 @@
 """Online-store writer process: applies the job's feature updates to Feast's Redis store.
 
 Consumes ``feature_updates``, keeps the newest row per entity within a batch, writes
-through Feast's own ``RedisOnlineStore.online_write_batch`` (which skips rows not newer
-than the stored ones, so replays are harmless) and commits Kafka offsets only after
-the write succeeded. If Redis is down it retries the same batch with backoff and
+them in Feast's Redis layout and by its rule (rows not newer than the stored ones are
+skipped, so replays are harmless; ``personalization/online_store.py``) and commits Kafka
+offsets only after the write succeeded. If Redis is down it retries the same batch with backoff and
 commits nothing, so no update is lost; once Redis is back it catches up.
 
 It also maintains ``{project}:item_index``, a sorted set of item ids scored by the
