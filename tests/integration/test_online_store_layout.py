@@ -30,8 +30,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(params=["single", "cluster"])
 def writer(request: pytest.FixtureRequest) -> Iterator[OnlineStoreWriter]:
-    settings: Settings = request.getfixturevalue(
+    base: Settings = request.getfixturevalue(
         "redis_server" if request.param == "single" else "redis_cluster"
+    )
+    # A project of its own: the session's Redis is shared, and the item rows written here
+    # go into the project's item index, which other tests' catalogs read whole.
+    settings = base.model_copy(
+        update={"feast": base.feast.model_copy(update={"project": "pz_layout_test"})}
     )
     store = OnlineStoreWriter(settings)
     try:
