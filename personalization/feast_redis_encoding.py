@@ -54,8 +54,19 @@ def _delimited(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _in_int64(value: Any) -> int:
+    n = int(value)
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        # As protobuf refuses it: a wrapped value would be stored silently wrong.
+        raise ValueError(f"Value out of range: {n}")
+    return n & _INT64_MASK
+
+
 def _int64(value: Any) -> bytes:
-    return _INT64 + _varint(int(value) & _INT64_MASK)
+    return _INT64 + _varint(_in_int64(value))
 
 
 def _double(value: Any) -> bytes:
@@ -86,7 +97,7 @@ def _double_list(values: Any) -> bytes:
 
 
 def _int64_list(values: Any) -> bytes:
-    packed = b"".join(_varint(int(v) & _INT64_MASK) for v in values)
+    packed = b"".join(_varint(_in_int64(v)) for v in values)
     return _delimited(_INT64_LIST, _delimited(_LIST_VAL, packed) if packed else b"")
 
 
@@ -132,6 +143,8 @@ def ts_field(view: str) -> bytes:
 def timestamp_bytes(version_us: int) -> bytes:
     """A serialized ``google.protobuf.Timestamp`` of ``version_us`` (µs since the epoch,
     >= 0), as Feast stores a row's event time; zero fields are omitted, as protobuf does."""
+    if version_us < 0:
+        raise ValueError(f"row version before the epoch: {version_us} µs")
     seconds, micros = divmod(version_us, 1_000_000)
     out = b"\x08" + _varint(seconds) if seconds else b""
     if micros:

@@ -100,9 +100,17 @@ class OnlineStoreWriter:
         with self.redis.pipeline(transaction=False) as pipe:
             for (key, key_rows), stamps in zip(by_key.items(), stored, strict=True):
                 mapping: dict[bytes, bytes] = {}
+                # Newest version per view: the stored one, then rows queued in this batch
+                # (``coalesce`` leaves one per view and entity; a caller that did not
+                # still gets Feast's order-free outcome).
+                newest: dict[str, int] = {}
                 for row, stamp in zip(key_rows, stamps, strict=True):
-                    if stamp is not None and fs.timestamp_us(stamp) >= row.version_us:
+                    seen = newest.get(row.view)
+                    if seen is None:
+                        seen = fs.timestamp_us(stamp) if stamp is not None else 0
+                    if seen and seen >= row.version_us:
                         continue  # the stored row is as new or newer (a replay)
+                    newest[row.view] = row.version_us
                     mapping[ts_field(row.view)] = timestamp_bytes(row.version_us)
                     mapping.update(encode_fields(row.view, row.features))
                 if mapping:

@@ -157,3 +157,23 @@ def test_stale_equal_and_newer_rows_are_skipped_or_written_alike(
     # The skips were real: the profile holds the t + 20 row's timestamp.
     stored = _hash(writer, USER_PROFILE, user + "-ours")
     assert fs.timestamp_us(stored[f"{fs.TS_FIELD_PREFIX}{USER_PROFILE}".encode()]) == t + 20
+
+
+def test_rows_of_one_view_and_entity_in_a_batch_end_as_feasts_do(
+    writer: OnlineStoreWriter,
+) -> None:
+    """``write`` coalesces first; the write path itself still orders such rows by version,
+    as Feast does (its per-batch newest), whatever their order in the batch."""
+    rng = random.Random(13)
+    user = f"layout-dup-{time.time_ns()}"
+    t = int(time.time() * 1_000_000)
+    batch = [
+        FeatureUpdate(USER_PROFILE, user, t + 50, _random_row(USER_PROFILE, rng)),
+        FeatureUpdate(USER_PROFILE, user, t + 10, _random_row(USER_PROFILE, rng)),
+        FeatureUpdate(USER_PROFILE, user, t + 60, _random_row(USER_PROFILE, rng, partial=True)),
+    ]
+    _feast_write(writer, _as(batch, "-feast"))
+    writer._write_rows(_as(batch, "-ours"))
+    ours = _hash(writer, USER_PROFILE, user + "-ours")
+    assert ours == _hash(writer, USER_PROFILE, user + "-feast")
+    assert fs.timestamp_us(ours[f"{fs.TS_FIELD_PREFIX}{USER_PROFILE}".encode()]) == t + 60

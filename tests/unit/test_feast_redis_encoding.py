@@ -81,6 +81,22 @@ def test_unknown_kind_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "value"),
+    [("int64", 2**63), ("int64", -(2**63) - 1), ("int64", 1e20), ("int64_list", [1, 2**64])],
+)
+def test_out_of_range_integers_are_refused_as_protobuf_refuses_them(kind: str, value: Any) -> None:
+    with pytest.raises(ValueError):
+        fs.encode_value(kind, value).SerializeToString()
+    with pytest.raises(ValueError, match="out of range"):
+        encode_value_bytes(kind, value)
+
+
+def test_a_version_before_the_epoch_is_refused() -> None:
+    with pytest.raises(ValueError, match="before the epoch"):
+        timestamp_bytes(-1)
+
+
+@pytest.mark.parametrize(
     "version_us", [0, 1, 999_999, 1_000_000, 1_000_001, 1_700_000_000_000_000, 2**50 + 12_345]
 )
 def test_timestamps_encode_as_protobuf_does(version_us: int) -> None:
