@@ -28,7 +28,7 @@ import numpy as np
 import redis
 
 from feature_repo.names import USER_CF, USER_PROFILE
-from personalization.feature_store import TS_FIELD_PREFIX, feature_kinds, field_key, redis_key
+from personalization.feature_store import feature_kinds, field_key, redis_key, ts_field
 from personalization.v1 import recommender_pb2, recommender_pb2_grpc
 
 
@@ -42,7 +42,7 @@ class FloorRecommender(recommender_pb2_grpc.RecommenderServicer):
         self._ids = [f"sku-{i:06d}" for i in range(items)]
         self._fields = [field_key(USER_PROFILE, name) for name in feature_kinds(USER_PROFILE)]
         self._fields.append(field_key(USER_CF, "cf_vector"))
-        self._fields.append(f"{TS_FIELD_PREFIX}{USER_PROFILE}".encode())
+        self._fields.append(ts_field(USER_PROFILE))
 
     async def Recommend(
         self, request: recommender_pb2.RecommendRequest, context: Any

@@ -23,7 +23,7 @@ from typing import Any
 
 from personalization.feature_store import feature_kinds, field_key
 
-__all__ = ["encode_fields", "encode_value_bytes", "timestamp_bytes", "ts_field"]
+__all__ = ["encode_fields", "encode_value_bytes", "timestamp_bytes"]
 
 _INT64_MASK = (1 << 64) - 1
 _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
@@ -132,12 +132,6 @@ def encode_fields(view: str, row: Mapping[str, Any]) -> dict[bytes, bytes]:
     """The hash fields of ``row``: field key -> serialized Value. Features missing from
     ``row`` are left out (as ``feature_store.encode_row`` leaves them out)."""
     return {key: encode(row[name]) for name, key, encode in _plan(view) if name in row}
-
-
-@cache
-def ts_field(view: str) -> bytes:
-    """The hash field of ``view``'s row timestamp."""
-    return f"_ts:{view}".encode()
 
 
 def timestamp_bytes(version_us: int) -> bytes:

@@ -99,6 +99,12 @@ def field_key(view: str, feature: str) -> bytes:
 
 
 @cache
+def ts_field(view: str) -> bytes:
+    """The hash field of ``view``'s row timestamp (``_ts:<view>``)."""
+    return f"{TS_FIELD_PREFIX}{view}".encode()
+
+
+@cache
 def feature_kinds(view: str) -> dict[str, str]:
     """feature name -> one of int64, double, string, string_list, double_list."""
     kinds = {}

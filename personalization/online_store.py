@@ -29,7 +29,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feature_repo.names import ENTITY_OF_VIEW, ITEM_STATS
 from personalization import feature_store as fs
 from personalization import metrics
-from personalization.feast_redis_encoding import encode_fields, timestamp_bytes, ts_field
+from personalization.feast_redis_encoding import encode_fields, timestamp_bytes
 from personalization.feature_updates import FeatureUpdate, coalesce, is_model_version
 from personalization.model_registry import ModelRegistry
 from personalization.model_versions import ModelVersion
@@ -94,7 +94,7 @@ class OnlineStoreWriter:
             by_key.setdefault(_redis_key(self.project, row.view, row.entity_id), []).append(row)
         with self.redis.pipeline(transaction=False) as pipe:
             for key, key_rows in by_key.items():
-                pipe.hmget(key, [ts_field(row.view) for row in key_rows])  # type: ignore[arg-type]
+                pipe.hmget(key, [fs.ts_field(row.view) for row in key_rows])  # type: ignore[arg-type]
             stored = pipe.execute()
         ttl = self.key_ttl_s
         with self.redis.pipeline(transaction=False) as pipe:
@@ -111,7 +111,7 @@ class OnlineStoreWriter:
                     if seen and seen >= row.version_us:
                         continue  # the stored row is as new or newer (a replay)
                     newest[row.view] = row.version_us
-                    mapping[ts_field(row.view)] = timestamp_bytes(row.version_us)
+                    mapping[fs.ts_field(row.view)] = timestamp_bytes(row.version_us)
                     mapping.update(encode_fields(row.view, row.features))
                 if mapping:
                     pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
@@ -145,7 +145,7 @@ class OnlineStoreWriter:
             key = fs.redis_key(self.project, row.view, row.entity_id)
             stored = cast(
                 "bytes | None",
-                self.redis.hget(key, f"{fs.TS_FIELD_PREFIX}{row.view}"),  # type: ignore[arg-type]
+                self.redis.hget(key, fs.ts_field(row.view)),  # type: ignore[arg-type]
             )
             if stored is not None and fs.timestamp_us(stored) >= row.version_us:
                 continue  # a newer write (or tombstone) is already there

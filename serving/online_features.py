@@ -18,11 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_repo.names import USER_CF, USER_PROFILE
 from personalization.feature_store import (
-    TS_FIELD_PREFIX,
     decode_fields,
     feature_kinds,
     field_key,
     redis_key,
+    ts_field,
 )
 from personalization.redis_client import REDIS_ERRORS
 from personalization.redis_client import redis_client as shared_redis_client
@@ -171,7 +171,7 @@ class UserFeatureReader:
         self._fields = [field_key(VIEW, name) for name in self._names]
         # CF factors (view user_cf) share the user's Redis hash: still one HMGET.
         self._fields.append(field_key(CF_VIEW, "cf_vector"))
-        self._fields.append(f"{TS_FIELD_PREFIX}{VIEW}".encode())
+        self._fields.append(ts_field(VIEW))
 
     @property
     def client(self) -> redis.Redis:

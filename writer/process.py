@@ -3,8 +3,8 @@
 Consumes ``feature_updates``, keeps the newest row per entity within a batch, writes
 them in Feast's Redis layout and by its rule (rows not newer than the stored ones are
 skipped, so replays are harmless; ``personalization/online_store.py``) and commits Kafka
-offsets only after the write succeeded. If Redis is down it retries the same batch with backoff and
-commits nothing, so no update is lost; once Redis is back it catches up.
+offsets only after the write succeeded. If Redis is down it retries the same batch with
+backoff and commits nothing, so no update is lost; once Redis is back it catches up.
 
 It also maintains ``{project}:item_index``, a sorted set of item ids scored by the
 time of their latest row, which serving uses to refresh its in-process catalog

@@ -16,7 +16,6 @@ from personalization.feast_redis_encoding import (
     encode_fields,
     encode_value_bytes,
     timestamp_bytes,
-    ts_field,
 )
 
 EDGES: dict[str, list[Any]] = {
@@ -72,7 +71,7 @@ def test_a_row_is_every_present_feature_under_feasts_field_key() -> None:
             for name, proto in fs.encode_row(view, row).items()
         }
         assert encode_fields(view, row) == expected
-        assert ts_field(view) == f"{fs.TS_FIELD_PREFIX}{view}".encode()
+        assert fs.ts_field(view) == f"{fs.TS_FIELD_PREFIX}{view}".encode()
 
 
 def test_unknown_kind_is_refused() -> None:
