@@ -57,6 +57,15 @@ def version_in_use(settings: Settings) -> str | None:
     return match.group(1) if match else None
 
 
+def registry_state(r: redis.Redis, settings: Settings) -> str:
+    """What Redis holds of the model's registry keys, for a failure's message."""
+    keys = sorted(r.scan_iter(match=f"pz:{settings.feast.project}:model:*", count=1000))
+    server = r.info("server")
+    return (
+        f"registry keys {keys}, redis up {server.get('uptime_in_seconds')} s, dbsize {r.dbsize()}"
+    )
+
+
 def event(user: str, kind: str, item: str, category: str, t: int, n: int, **props) -> dict:
     return {
         "event_id": f"{user}-{kind}-{n}",
@@ -160,7 +169,7 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
 
         env = {**os.environ, SETTINGS_JSON_ENV: settings.model_dump_json()}
 
-        def cli(*args: str) -> None:
+        def cli(*args: str) -> str:
             done = subprocess.run(
                 [sys.executable, "-m", "ops.cli", "model", *args],
                 env=env,
@@ -169,6 +178,7 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
                 timeout=60,
             )
             assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
 
         worker = threading.Thread(target=load)
         worker.start()
@@ -185,8 +195,17 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
             assert rolled.version in kept and rolled.version < kept[-1]
             assert reply.audit_id and reply.subject == f"model:{MODEL_NAME}@{rolled.version}"
             wait_for(lambda: version_in_use(settings) == rolled.version, 30, "the rollback")
-            cli("promote")
-            latest = registry.versions(MODEL_NAME)[-1].version
+            # The version the promotion set, as the CLI reports it (the registry's newest
+            # by the time the test could read it may already be a later one).
+            promoted = cli("promote")
+            moved = re.search(
+                rf"{MODEL_NAME}: (v\d+) is active; new versions are followed", promoted
+            )
+            assert moved, promoted
+            latest = moved.group(1)
+            assert latest in {v.version for v in registry.versions(MODEL_NAME)}, registry_state(
+                r, settings
+            )
             # Followed again: the promoted version, or a newer one the shards published
             # since (the load keeps labelling examples). Ids count examples.
             wait_for(lambda: (version_in_use(settings) or "") >= latest, 30, "the promotion")
@@ -208,6 +227,7 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
         # Nothing rolled back: new versions may still be published (the learner's shards
         # keep learning from the load's exposures) and followed, but none is pinned.
         after = registry.active(MODEL_NAME)
+        assert after is not None, registry_state(r, settings)
         assert not after.pinned and after.by in ("publish", "promote")
         assert after.version >= latest  # ids count examples: never behind the promoted one
     finally:
