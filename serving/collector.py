@@ -211,11 +211,12 @@ class EventCollector:
         if batch.errors:
             raise CollectUnavailable(f"Kafka refused records: {batch.errors[0]}")
 
-    def publish(self, topic: str, key: str, value: str) -> bool:
+    def publish(self, topic: str, key: str, value: str | bytes) -> bool:
         """Fire-and-forget produce (exposure records): never blocks a request; a full
         local queue drops the record and says so."""
         try:
-            self._producer.produce(topic, key=key.encode(), value=value.encode())
+            data = value.encode() if isinstance(value, str) else value
+            self._producer.produce(topic, key=key.encode(), value=data)
             return True
         except BufferError:
             log.warning("producer queue full: dropped a record for %s", topic)
