@@ -24,6 +24,7 @@ __all__ = [
     "item_content",
     "metrics",
     "online_features",
+    "pacing",
     "propensity",
     "proto_mapping",
     "ranking",

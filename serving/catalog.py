@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -51,6 +52,7 @@ from serving.catalog_snapshot import (
 )
 from serving.cold_start import content_weights
 from serving.item_content import CONTENT_INDEX, item_content
+from serving.pacing import Pacer, unpaced
 
 __all__ = [
     "COUNT_FEATURES",
@@ -141,6 +143,13 @@ class ItemCatalog:
         self._factors: dict[str, list[float]] = {}
         self._covisit: dict[str, tuple[list[str], list[float]]] = {}
         self._now_ms = clock_ms if callable(clock_ms) else lambda: int(time.time() * 1000)
+        # The background refresh gives the GIL back to the request loop at short
+        # intervals (serving/pacing.py); a refresh called directly runs unpaced.
+        self._pacer = (
+            Pacer(cfg.catalog_refresh_work_ms / 1000, cfg.catalog_refresh_rest_ms / 1000)
+            if cfg.catalog_refresh_rest_ms > 0
+            else None
+        )
 
         self._snapshot: CatalogSnapshot = EMPTY_SNAPSHOT
         self._rows: dict[str, ItemRow] = {}  # owned by the refreshing thread
@@ -171,8 +180,9 @@ class ItemCatalog:
 
     # --- refresh --------------------------------------------------------------------
 
-    def refresh_once(self) -> int:
-        """One incremental (or periodic full) refresh; returns rows read.
+    def refresh_once(self, pace: Callable[[], None] = unpaced) -> int:
+        """One incremental (or periodic full) refresh; returns rows read. ``pace`` is
+        called inside its loops (the background thread's :class:`Pacer`).
 
         Raises ``redis.RedisError`` on failure (the background loop records it).
         """
@@ -180,7 +190,7 @@ class ItemCatalog:
             now_ms = self._now_ms()
             self._last_attempt_ms = now_ms
             try:
-                read = self._refresh_locked(now_ms)
+                read = self._refresh_locked(now_ms, pace)
             except REDIS_ERRORS as exc:
                 self._failures += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -190,7 +200,9 @@ class ItemCatalog:
             self._last_success_ms = now_ms
             return read
 
-    def _changed_ids(self, cursor: _IndexCursor, full: bool) -> tuple[list[str], dict[str, float]]:
+    def _changed_ids(
+        self, cursor: _IndexCursor, full: bool, pace: Callable[[], None]
+    ) -> tuple[list[str], dict[str, float]]:
         """Ids whose index score moved since they were fetched (all on a full pass), and
         the scores seen; advances the cursor's high-water mark."""
         low = -math.inf if full else float(cursor.high_water_ms - self._overlap_ms)
@@ -221,17 +233,18 @@ class ItemCatalog:
                 seen[item_id] = score
                 if full or cursor.indexed.get(item_id) != score:
                     ids.append(item_id)
+            pace()
             if len(page) < self._batch:
                 break
         cursor.high_water_ms = high_water
         return ids, seen
 
-    def _refresh_locked(self, now_ms: int) -> int:
+    def _refresh_locked(self, now_ms: int, pace: Callable[[], None]) -> int:
         full = self._last_full_ms == 0 or now_ms - self._last_full_ms >= self._full_resync_ms
         wanted: dict[str, None] = {}
         seen_by_cursor = []
         for cursor in self._cursors:
-            ids, seen = self._changed_ids(cursor, full)
+            ids, seen = self._changed_ids(cursor, full, pace)
             wanted.update(dict.fromkeys(ids))
             seen_by_cursor.append(seen)
         fresh: dict[str, ItemRow] = {}
@@ -262,11 +275,12 @@ class ItemCatalog:
                     )
                 fresh[item_id] = row
                 self._remember_models(item_id, features, values[n_stats])
+                pace()
         if full:
             for cursor, seen in zip(self._cursors, seen_by_cursor, strict=True):
                 cursor.indexed = seen
             self._last_full_ms = now_ms
-            self._install(fresh, now_ms, rebuild=True)
+            self._install(fresh, now_ms, rebuild=True, pace=pace)
             return len(fresh)
         for cursor, seen in zip(self._cursors, seen_by_cursor, strict=True):
             cursor.indexed.update(seen)
@@ -283,7 +297,7 @@ class ItemCatalog:
             i in snapshot.index_of and snapshot.row_category(i) == row.category
             for i, row in changed.items()
         )
-        self._install(rows, now_ms, rebuild=not in_place, changed=changed)
+        self._install(rows, now_ms, rebuild=not in_place, changed=changed, pace=pace)
         return len(fresh)
 
     def _remember_models(
@@ -305,6 +319,7 @@ class ItemCatalog:
         *,
         rebuild: bool,
         changed: dict[str, ItemRow] | None = None,
+        pace: Callable[[], None] = unpaced,
     ) -> None:
         """Swap in a new snapshot (copy-on-write: readers keep the one they hold)."""
         if len(rows) > self._capacity:
@@ -315,14 +330,16 @@ class ItemCatalog:
         # Readers see only the finished snapshot (models and content index included).
         previous = self._snapshot
         if rebuild or changed is None:
-            snapshot = build_snapshot(rows.values(), built_ms=now_ms)
+            snapshot = build_snapshot(rows.values(), built_ms=now_ms, pace=pace)
         else:
             # Same items in the same categories: copy the columns and patch changed
             # rows, which costs far less than re-sorting the whole catalog.
-            snapshot = self._snapshot.with_updates(changed.values(), built_ms=now_ms)
+            snapshot = self._snapshot.with_updates(changed.values(), built_ms=now_ms, pace=pace)
         if self._factors or self._covisit:
             snapshot = snapshot.with_models(
-                item_factors=self._factors or None, covisitation=self._covisit or None
+                item_factors=self._factors or None,
+                covisitation=self._covisit or None,
+                pace=pace,
             )
         # The content index (cold start, content similarity, SimilarItems) is built here,
         # in the refresh thread, not by the first request that needs it; a patch that
@@ -339,7 +356,11 @@ class ItemCatalog:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.refresh_once()
+                if self._pacer is None:
+                    self.refresh_once()
+                else:
+                    self._pacer.restart()
+                    self.refresh_once(self._pacer)
             except REDIS_ERRORS as exc:
                 log.warning("catalog refresh failed: %s", exc)
             except Exception:  # keep refreshing whatever a bad row did

@@ -24,6 +24,7 @@ from serving.context_trending import (
     item_contexts,
     update_index,
 )
+from serving.pacing import unpaced
 
 __all__ = [
     "COUNT_FEATURES",
@@ -53,7 +54,11 @@ def decay_factors(ref_ms: np.ndarray, now_ms: int, half_life_s: float) -> np.nda
 
 
 def symmetric_neighbours(
-    sources: np.ndarray, targets: np.ndarray, weights: np.ndarray, n: int
+    sources: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    n: int,
+    pace: Callable[[], None] = unpaced,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Co-visitation lists by position, each pair in both directions, weights summed.
 
@@ -76,9 +81,12 @@ def symmetric_neighbours(
     summed = np.add.reduceat(w, starts)
     s, d = pair[starts] // n, pair[starts] % n
     bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1], True])
-    return {
-        int(s[lo]): (d[lo:hi].copy(), summed[lo:hi].copy()) for lo, hi in itertools.pairwise(bounds)
-    }
+    pace()
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        out[int(s[lo])] = (d[lo:hi].copy(), summed[lo:hi].copy())
+        pace()
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,7 @@ class CatalogSnapshot:
         item_factors: Mapping[str, Sequence[float]] | None = None,
         covisitation: Mapping[str, tuple[Sequence[str], Sequence[float]]] | None = None,
         item_tags: Mapping[str, Iterable[str]] | None = None,
+        pace: Callable[[], None] = unpaced,
     ) -> CatalogSnapshot:
         """A copy carrying item factors, co-visitation lists and/or tag sets.
 
@@ -180,6 +189,7 @@ class CatalogSnapshot:
                 if i is not None and len(vector) == width:
                     matrix[i] = vector
                     mask[i] = True
+                pace()
             changes.update(item_factors=matrix, factor_mask=mask)
         if covisitation is not None:
             index_of = self.index_of
@@ -196,11 +206,13 @@ class CatalogSnapshot:
                         sources.append(i)
                         targets.append(j)
                         weights.append(float(w))
+                pace()
             changes["covisitation"] = symmetric_neighbours(
                 np.array(sources, dtype=np.int64),
                 np.array(targets, dtype=np.int64),
                 np.array(weights, dtype=np.float64),
                 n,
+                pace,
             )
         if item_tags is not None:
             tags = sorted({t for ts in item_tags.values() for t in ts if t})
@@ -301,7 +313,9 @@ class CatalogSnapshot:
     def row_category(self, item_id: str) -> str:
         return self.categories[self.category_codes[self.index_of[item_id]]]
 
-    def with_updates(self, rows: Iterable[ItemRow], built_ms: int) -> CatalogSnapshot:
+    def with_updates(
+        self, rows: Iterable[ItemRow], built_ms: int, pace: Callable[[], None] = unpaced
+    ) -> CatalogSnapshot:
         """A copy with the numeric columns of existing items (same category) replaced."""
         price = self.price.copy()
         trending = self.trending_score.copy()
@@ -330,6 +344,7 @@ class CatalogSnapshot:
                 meta[row.item_id] = row.meta
             else:
                 meta.pop(row.item_id, None)
+            pace()
         return dataclasses.replace(
             self,
             price=price,
@@ -362,35 +377,55 @@ class CatalogSnapshot:
         )
 
 
-def build_snapshot(rows: Iterable[ItemRow], built_ms: int = 0) -> CatalogSnapshot:
-    """Column arrays from rows (pure)."""
+def build_snapshot(
+    rows: Iterable[ItemRow], built_ms: int = 0, pace: Callable[[], None] = unpaced
+) -> CatalogSnapshot:
+    """Column arrays from rows (pure; ``pace`` is called between the columns, each one
+    pass over the rows)."""
     ordered = sorted(rows, key=lambda r: (r.category, r.item_id))
+    pace()
     categories = tuple(sorted({r.category for r in ordered}))
     code_of = {name: code for code, name in enumerate(categories)}
     codes = np.fromiter((code_of[r.category] for r in ordered), dtype=np.int32, count=len(ordered))
     starts = np.searchsorted(codes, np.arange(len(categories) + 1), side="left").astype(np.int64)
+    pace()
     counts = np.array([r.counts for r in ordered], dtype=np.int64).reshape(
         len(ordered), len(COUNT_FEATURES)
     )
+    pace()
     item_ids = tuple(r.item_id for r in ordered)
+    columns: dict[str, object] = {}
+    for name, dtype in (
+        ("price", np.float64),
+        ("trending_score", np.float64),
+        ("trending_ref_ms", np.int64),
+        ("last_event_ms", np.int64),
+        ("available", bool),
+        ("created_ms", np.int64),
+    ):
+        columns[name] = np.fromiter(
+            (getattr(r, name) for r in ordered), dtype=dtype, count=len(ordered)
+        )
+        pace()
+    meta = {r.item_id: r.meta for r in ordered if r.meta is not None}
+    index_of = {item_id: i for i, item_id in enumerate(item_ids)}
+    pace()
+    contexts = tuple(r.contexts for r in ordered)
+    context_index = build_index(contexts)
+    pace()
     return CatalogSnapshot(
         item_ids=item_ids,
         categories=categories,
         category_codes=codes,
         category_starts=starts,
-        price=np.array([r.price for r in ordered], dtype=np.float64),
-        trending_score=np.array([r.trending_score for r in ordered], dtype=np.float64),
-        trending_ref_ms=np.array([r.trending_ref_ms for r in ordered], dtype=np.int64),
-        last_event_ms=np.array([r.last_event_ms for r in ordered], dtype=np.int64),
         counts=counts,
         built_ms=built_ms,
-        available=np.fromiter((r.available for r in ordered), dtype=bool, count=len(ordered)),
-        created_ms=np.fromiter((r.created_ms for r in ordered), dtype=np.int64, count=len(ordered)),
-        meta={r.item_id: r.meta for r in ordered if r.meta is not None},
-        index_of={item_id: i for i, item_id in enumerate(item_ids)},
+        meta=meta,
+        index_of=index_of,
         code_of=code_of,
-        contexts=tuple(r.contexts for r in ordered),
-        context_index=build_index(r.contexts for r in ordered),
+        contexts=contexts,
+        context_index=context_index,
+        **columns,  # type: ignore[arg-type]
     )
 
 
