@@ -397,8 +397,8 @@ class ServingSettings(_Section):
     # catalog_refresh_work_ms of work, so Recommend (on the event loop) waits at most
     # about that long for the GIL while a refresh runs (serving/pacing.py). 0 rest = the
     # refresh runs flat out.
-    catalog_refresh_work_ms: float = Field(default=2.0, gt=0)
-    catalog_refresh_rest_ms: float = Field(default=1.0, ge=0)
+    catalog_refresh_work_ms: float = Field(default=1.0, gt=0)
+    catalog_refresh_rest_ms: float = Field(default=3.0, ge=0)
     # Ranking blend ("blend_v1"): weight of the user's category interest vs trending.
     interest_weight: float = 1.0
     trending_weight: float = 0.3
