@@ -114,6 +114,17 @@ return redis.call('HVALS', KEYS[1])
 """
 
 
+# Every kept version's record, oldest first, read in one step: a publish prunes the
+# oldest versions beyond ``keep``, and a burst of publishes between a ZRANGE and an HMGET
+# sent apart (the job publishes hundreds at once after a slow checkpoint) would leave
+# the ids read first without their records, even all of them.
+_VERSIONS = """
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ids))
+"""
+
+
 class UnknownVersion(KeyError):
     """No such model version in the registry."""
 
@@ -138,6 +149,7 @@ class ModelRegistry:
         self._publish = client.register_script(_PUBLISH)
         self._publish_shard = client.register_script(_PUBLISH_SHARD)
         self._move_script = client.register_script(_MOVE)
+        self._versions_script = client.register_script(_VERSIONS)
 
     def _keys(self, model: str) -> tuple[str, str, str]:
         base = f"{self._prefix}{{{model}}}"
@@ -213,12 +225,9 @@ class ModelRegistry:
             return None
 
     def versions(self, model: str) -> list[ModelVersion]:
-        """All kept versions, oldest first."""
+        """All kept versions, oldest first (one consistent read: see ``_VERSIONS``)."""
         versions, order, _ = self._keys(model)
-        ids = [v.decode() for v in self._redis.zrange(order, 0, -1)]  # type: ignore[union-attr]
-        if not ids:
-            return []
-        raws = self._redis.hmget(versions, ids)
+        raws = self._versions_script(keys=[versions, order])
         return [ModelVersion.from_json(raw) for raw in raws if raw is not None]  # type: ignore[union-attr]
 
     def _move(self, model: str, mode: str, version: str, *, pinned: bool, by: str) -> ActivePointer:

@@ -203,9 +203,10 @@ def test_propensity_is_learned_published_swapped_and_rolled_back(v2_server: Sett
             )
             assert moved, promoted
             latest = moved.group(1)
-            assert latest in {v.version for v in registry.versions(MODEL_NAME)}, registry_state(
-                r, settings
-            )
+            # Kept: the promoted version or newer ones (a burst of publishes after a slow
+            # checkpoint can prune more than `keep` versions behind it within a second).
+            kept_now = [v.version for v in registry.versions(MODEL_NAME)]
+            assert kept_now and max(kept_now) >= latest, registry_state(r, settings)
             # Followed again: the promoted version, or a newer one the shards published
             # since (the load keeps labelling examples). Ids count examples.
             wait_for(lambda: (version_in_use(settings) or "") >= latest, 30, "the promotion")

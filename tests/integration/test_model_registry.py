@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -102,6 +103,44 @@ def test_old_versions_are_pruned_but_never_the_active_one(registry):
         reg.get(MODEL_NAME, "v000000002")
     with pytest.raises(UnknownVersion):
         reg.rollback(MODEL_NAME, "v000000002")
+
+
+def test_listing_is_whole_while_a_burst_of_publishes_prunes(redis_server: Settings):
+    """The job publishes hundreds of versions at once after a slow checkpoint, each
+    pruning the oldest beyond ``keep``: a listing read meanwhile still has every kept
+    version with its record (ids and records read in one step; read apart, the ids of
+    pruned versions came back without records, and a lifecycle e2e run read none)."""
+    project = f"test-{uuid.uuid4().hex[:8]}"
+    reader_client = redis.Redis(host="127.0.0.1", port=redis_server.redis.port)
+    writer_client = redis.Redis(host="127.0.0.1", port=redis_server.redis.port)
+    reader = ModelRegistry(reader_client, project, keep=4)
+    writer = ModelRegistry(writer_client, project, keep=4)
+    for n in range(1, 5):
+        writer.publish(version(n))
+    stop = threading.Event()
+    published = [4]
+
+    def burst() -> None:
+        n = 5
+        while not stop.is_set() and n < 200_000:
+            writer.publish(version(n))
+            published[0] = n
+            n += 1
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    try:
+        listings = [[v.version for v in reader.versions(MODEL_NAME)] for _ in range(400)]
+    finally:
+        stop.set()
+        thread.join(10)
+        reader_client.close()
+        writer_client.close()
+    assert published[0] > 400  # the reads did overlap a burst
+    for kept in listings:
+        assert len(kept) == 4, kept
+        numbers = [int(v[1:]) for v in kept]
+        assert numbers == list(range(numbers[0], numbers[0] + 4)), kept
 
 
 def test_watcher_swaps_between_requests_and_survives_bad_records(registry):
