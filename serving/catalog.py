@@ -144,12 +144,9 @@ class ItemCatalog:
         self._covisit: dict[str, tuple[list[str], list[float]]] = {}
         self._now_ms = clock_ms if callable(clock_ms) else lambda: int(time.time() * 1000)
         # The background refresh gives the GIL back to the request loop at short
-        # intervals (serving/pacing.py); a refresh called directly runs unpaced.
-        self._pacer = (
-            Pacer(cfg.catalog_refresh_work_ms / 1000, cfg.catalog_refresh_rest_ms / 1000)
-            if cfg.catalog_refresh_rest_ms > 0
-            else None
-        )
+        # intervals (serving/pacing.py; a rest of 0 never rests); a refresh called
+        # directly runs unpaced.
+        self._pacer = Pacer(cfg.catalog_refresh_work_ms / 1000, cfg.catalog_refresh_rest_ms / 1000)
 
         self._snapshot: CatalogSnapshot = EMPTY_SNAPSHOT
         self._rows: dict[str, ItemRow] = {}  # owned by the refreshing thread
@@ -356,11 +353,8 @@ class ItemCatalog:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._pacer is None:
-                    self.refresh_once()
-                else:
-                    self._pacer.restart()
-                    self.refresh_once(self._pacer)
+                self._pacer.restart()
+                self.refresh_once(self._pacer)
             except REDIS_ERRORS as exc:
                 log.warning("catalog refresh failed: %s", exc)
             except Exception:  # keep refreshing whatever a bad row did

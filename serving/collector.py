@@ -211,12 +211,11 @@ class EventCollector:
         if batch.errors:
             raise CollectUnavailable(f"Kafka refused records: {batch.errors[0]}")
 
-    def publish(self, topic: str, key: str, value: str | bytes) -> bool:
+    def publish(self, topic: str, key: str, value: bytes) -> bool:
         """Fire-and-forget produce (exposure records): never blocks a request; a full
         local queue drops the record and says so."""
         try:
-            data = value.encode() if isinstance(value, str) else value
-            self._producer.produce(topic, key=key.encode(), value=data)
+            self._producer.produce(topic, key=key.encode(), value=value)
             return True
         except BufferError:
             log.warning("producer queue full: dropped a record for %s", topic)
