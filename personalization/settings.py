@@ -399,6 +399,11 @@ class ServingSettings(_Section):
     # refresh runs flat out.
     catalog_refresh_work_ms: float = Field(default=1.0, gt=0)
     catalog_refresh_rest_ms: float = Field(default=3.0, ge=0)
+    # The catalog's CF factors and co-visitation lists are rebuilt at most this often
+    # by a refresh that moves no item (one that adds, drops or re-categorises an item
+    # rebuilds them at once): building them is most of a busy catalog's refresh, and
+    # they change meaning slowly. 0 = with every refresh.
+    catalog_models_refresh_s: float = Field(default=10.0, ge=0)
     # Ranking blend ("blend_v1"): weight of the user's category interest vs trending.
     interest_weight: float = 1.0
     trending_weight: float = 0.3

@@ -67,7 +67,9 @@ def symmetric_neighbours(
     exchange per pair): ``b``'s row lists ``a`` when users met ``a`` before ``b``. For an
     anchor ``a`` the candidates are the items met before *and* after it, so each stored
     pair also counts from the other side; a pair stored on both sides (rows of an older
-    job version) sums. Returns ``{position: (neighbour positions, weights)}``.
+    job version) sums. Returns ``{position: (neighbour positions, weights)}``: read-only
+    views into two arrays of all the pairs (a copy per list cost ~10 ms per refresh of
+    a 5,000-item catalog).
     """
     if not len(sources):
         return {}
@@ -80,13 +82,85 @@ def symmetric_neighbours(
     starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
     summed = np.add.reduceat(w, starts)
     s, d = pair[starts] // n, pair[starts] % n
-    bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1], True])
+    d.flags.writeable = False
+    summed.flags.writeable = False
+    bounds = np.flatnonzero(np.r_[True, s[1:] != s[:-1], True]).tolist()
+    positions = s[bounds[:-1]].tolist()
     pace()
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for lo, hi in itertools.pairwise(bounds.tolist()):
-        out[int(s[lo])] = (d[lo:hi].copy(), summed[lo:hi].copy())
-        pace()
+    for k, position in enumerate(positions):
+        lo, hi = bounds[k], bounds[k + 1]
+        out[position] = (d[lo:hi], summed[lo:hi])
+        if not k % _PACE_EVERY:
+            pace()
     return out
+
+
+# Items handled between two calls of a refresh's pace (serving/pacing.py): a call per
+# item cost ~5 % of a refresh; 32 items of the loops below take well under the pacer's
+# work slice.
+_PACE_EVERY = 32
+
+
+def _factor_matrix(
+    index_of: Mapping[str, int],
+    n: int,
+    item_factors: Mapping[str, Sequence[float] | np.ndarray],
+    pace: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 ``[n, f]`` matrix of the catalogued items' factors and its row mask
+    (vectors of another width than the first are left out)."""
+    width = len(next(iter(item_factors.values()), ()))
+    positions: list[int] = []
+    vectors: list[Sequence[float] | np.ndarray] = []
+    for k, (item_id, vector) in enumerate(item_factors.items()):
+        i = index_of.get(item_id)
+        if i is not None and len(vector) == width:
+            positions.append(i)
+            vectors.append(vector)
+        if not k % _PACE_EVERY:
+            pace()
+    matrix = np.zeros((n, width), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    if positions:
+        # One conversion of all rows (float32 arrays, as the catalog keeps them, stack
+        # in C); a row assignment per item was most of this function's time.
+        matrix[positions] = np.array(vectors, dtype=np.float32).reshape(len(positions), width)
+        mask[positions] = True
+    return matrix, mask
+
+
+def _covisitation_pairs(
+    index_of: Mapping[str, int],
+    covisitation: Mapping[str, tuple[Sequence[str], Sequence[float]]],
+    pace: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored pairs of the catalogued items as positions: (sources, targets,
+    weights), without unknown neighbours, self-pairs and weights that are not > 0.
+    Ids become positions with one C-level ``map`` per item's list; a Python loop over
+    every pair (150,000 on a 5,000-item catalog) was most of a refresh's time."""
+    get = index_of.get
+    sources: list[int] = []
+    counts: list[int] = []
+    targets: list[int] = []
+    weights: list[float] = []
+    for k, (item_id, (neighbours, item_weights)) in enumerate(covisitation.items()):
+        i = get(item_id)
+        m = min(len(neighbours), len(item_weights))
+        if i is not None and m:
+            sources.append(i)
+            counts.append(m)
+            targets.extend(map(get, neighbours[:m], itertools.repeat(-1, m)))
+            weights.extend(item_weights[:m])
+        if not k % _PACE_EVERY:
+            pace()
+    source = np.repeat(np.array(sources, dtype=np.int64), counts)
+    pace()
+    target = np.array(targets, dtype=np.int64)
+    pace()
+    weight = np.array(weights, dtype=np.float64)
+    keep = (target >= 0) & (target != source) & (weight > 0)
+    return source[keep], target[keep], weight[keep]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +243,7 @@ class CatalogSnapshot:
     def with_models(
         self,
         *,
-        item_factors: Mapping[str, Sequence[float]] | None = None,
+        item_factors: Mapping[str, Sequence[float] | np.ndarray] | None = None,
         covisitation: Mapping[str, tuple[Sequence[str], Sequence[float]]] | None = None,
         item_tags: Mapping[str, Iterable[str]] | None = None,
         pace: Callable[[], None] = unpaced,
@@ -181,39 +255,11 @@ class CatalogSnapshot:
         n = len(self.item_ids)
         changes: dict[str, object] = {}
         if item_factors is not None:
-            width = len(next(iter(item_factors.values()), ()))
-            matrix = np.zeros((n, width), dtype=np.float32)
-            mask = np.zeros(n, dtype=bool)
-            for item_id, vector in item_factors.items():
-                i = self.index_of.get(item_id)
-                if i is not None and len(vector) == width:
-                    matrix[i] = vector
-                    mask[i] = True
-                pace()
+            matrix, mask = _factor_matrix(self.index_of, n, item_factors, pace)
             changes.update(item_factors=matrix, factor_mask=mask)
         if covisitation is not None:
-            index_of = self.index_of
-            sources: list[int] = []
-            targets: list[int] = []
-            weights: list[float] = []
-            for item_id, (neighbours, item_weights) in covisitation.items():
-                i = index_of.get(item_id)
-                if i is None:
-                    continue
-                for nb, w in zip(neighbours, item_weights, strict=False):
-                    j = index_of.get(nb)
-                    if j is not None and j != i and w > 0:
-                        sources.append(i)
-                        targets.append(j)
-                        weights.append(float(w))
-                pace()
-            changes["covisitation"] = symmetric_neighbours(
-                np.array(sources, dtype=np.int64),
-                np.array(targets, dtype=np.int64),
-                np.array(weights, dtype=np.float64),
-                n,
-                pace,
-            )
+            sources, targets, weights = _covisitation_pairs(self.index_of, covisitation, pace)
+            changes["covisitation"] = symmetric_neighbours(sources, targets, weights, n, pace)
         if item_tags is not None:
             tags = sorted({t for ts in item_tags.values() for t in ts if t})
             col = {t: c for c, t in enumerate(tags)}

@@ -241,6 +241,67 @@ def test_catalog_refresh_and_personalized_recommendation(local_redis: Settings):
     assert unknown.fallback_reason == "unknown_user" and unknown.items[0].item_id == "books-0"
 
 
+def _write_item_models(
+    settings: Settings, item_id: str, factor: float, neighbours: list[str], at_ms: int
+) -> None:
+    """An item_stats row with co-visitation and its item_cf factors, as the writer
+    writes them, and the item index entry that makes the catalog fetch it."""
+    ts = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    stats = {
+        "category": "toys",
+        "trending_score": float(at_ms % 1000),
+        "trending_ref_ms": at_ms,
+        "last_event_ms": at_ms,
+        "covisit_items": neighbours,
+        "covisit_scores": [1.0] * len(neighbours),
+    }
+    for view, row in (("item_stats", stats), ("item_cf", {"cf_vector": [factor, 1.0]})):
+        RedisOnlineStore().online_write_batch(
+            fs.repo_config(settings),
+            fs.feature_view(view),
+            [(fs.entity_key(view, item_id), fs.encode_row(view, row), ts, None)],
+            None,
+        )
+    client = redis.Redis(port=settings.redis.port)
+    client.zadd(item_index_key(settings.feast.project), {item_id: at_ms})
+    client.close()
+
+
+def test_the_background_refresh_defers_models_until_their_interval(local_redis: Settings):
+    """serving.catalog_models_refresh_s: a refresh that moves no item keeps the previous
+    factors and co-visitation lists (they still line up) until the interval has passed,
+    then builds them, also when nothing moved since; a direct refresh always does."""
+    now = [NOW_MS]
+    for n in range(3):
+        _write_item_models(local_redis, f"t{n}", 0.0, [f"t{(n + 1) % 3}"], NOW_MS - 1000)
+    catalog = ItemCatalog(local_redis, clock_ms=lambda: now[0])
+    assert catalog.refresh_once(defer_models=True) == 3  # the first: models at once
+    snap = catalog.snapshot
+    t0 = snap.index_of["t0"]
+    assert snap.item_factors[t0, 0] == 0.0
+    assert snap.index_of["t1"] in snap.covisitation[t0][0]
+
+    _write_item_models(local_redis, "t0", 5.0, ["t2"], NOW_MS)
+    now[0] += 1_000
+    catalog.refresh_once(defer_models=True)
+    snap = catalog.snapshot
+    assert snap.row("t0").trending_score == float(NOW_MS % 1000)  # the row: patched
+    assert snap.item_factors[t0, 0] == 0.0  # the models: as they were
+    assert snap.index_of["t1"] in snap.covisitation[t0][0]
+
+    now[0] += 10_000  # past catalog_models_refresh_s (10 s), nothing new to read
+    catalog.refresh_once(defer_models=True)
+    snap = catalog.snapshot
+    assert snap.item_factors[t0, 0] == 5.0
+    assert snap.index_of["t1"] not in snap.covisitation[t0][0]
+    assert snap.index_of["t2"] in snap.covisitation[t0][0]
+
+    _write_item_models(local_redis, "t1", 7.0, ["t0"], NOW_MS + 1)
+    now[0] += 1_000
+    catalog.refresh_once()  # direct (tests, tools): models with every refresh
+    assert catalog.snapshot.item_factors[catalog.snapshot.index_of["t1"], 0] == 7.0
+
+
 def test_a_new_server_loads_its_catalog_from_a_redis_slower_than_the_request_timeout(
     local_redis: Settings,
 ):
