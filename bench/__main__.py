@@ -7,6 +7,7 @@
     python -m bench ingest    [--events 50000] [--dataset movielens|taobao|PATH]
     python -m bench stack     [--rps 300] [--rate 1000] [--duration 60] [--parallelism 1]
     python -m bench writer    [--events 30000] [--dataset movielens|taobao|PATH]
+    python -m bench catalog   [--items 5000] [--changed 1500] [--neighbours 30]
 
 Every run starts its own stack (temporary run dir, free 127.0.0.1 ports: Redis, Kafka,
 the Flink job on a MiniCluster, the online-store writer, the gRPC server), stops it in
@@ -149,11 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
             help="Recommend under ingest on the whole stack, beside the same server isolated",
         )
     )
+    from bench.catalog_refresh import add_arguments as add_catalog_arguments
     from bench.online_writer import add_arguments as add_writer_arguments
 
     add_writer_arguments(
         sub.add_parser(
             "writer", parents=[general], help="rows/s the online-store writer applies on one core"
+        )
+    )
+    add_catalog_arguments(
+        sub.add_parser(
+            "catalog", parents=[general], help="CPU of one serving catalog refresh (busy catalog)"
         )
     )
     return parser
@@ -387,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             results["stack"] = _guard("stack", bench, args)
         if args.scenario == "writer":
             results["writer"] = _guard("writer", bench, args)
+        if args.scenario == "catalog":
+            results["catalog"] = _guard("catalog", bench, args)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -428,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(writer_report(online_writer))
+    catalog = results.get("catalog")
+    if isinstance(catalog, dict) and "ways" in catalog:
+        from bench.catalog_refresh import report as catalog_report
+
+        print()
+        print(catalog_report(catalog))
     print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
     if failed is not None:
         print(f"FAILED: {failed!r}", file=sys.stderr)
@@ -438,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.catalog_refresh import run_catalog_bench
     from bench.freshness import run_freshness
     from bench.ingest import run_ingest
     from bench.online_writer import run_writer_bench
@@ -452,6 +468,7 @@ def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, 
         "ingest": run_ingest,
         "stack": run_stack,
         "writer": run_writer_bench,
+        "catalog": run_catalog_bench,
     }[name]
     try:
         return fn(bench, args)
