@@ -142,7 +142,7 @@ class ItemCatalog:
         self._content_weights = content_weights(settings)
         # Model data per item, attached to every snapshot (see CatalogSnapshot.with_models).
         self._factors: dict[str, np.ndarray] = {}
-        self._covisit: dict[str, tuple[list[str], list[float]]] = {}
+        self._covisit: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
         self._models_every_ms = int(cfg.catalog_models_refresh_s * 1000)
         self._models_built_ms = 0
         self._models_pending = False  # a refresh kept older models (defer_models)
@@ -327,7 +327,14 @@ class ItemCatalog:
         neighbours = features.get("covisit_items")
         if isinstance(neighbours, list) and neighbours:
             scores = features.get("covisit_scores")
-            self._covisit[item_id] = (neighbours, list(scores) if isinstance(scores, list) else [])
+            # Tuples: of strings or floats only, the cyclic GC stops tracking them once
+            # collected (lists it walks on every full collection: 10,000 of them on a
+            # 5,000-item catalog made a full collection, a pause of the request loop,
+            # take 7-11 ms instead of 0.5-2).
+            self._covisit[item_id] = (
+                tuple(neighbours),
+                tuple(scores) if isinstance(scores, list) else (),
+            )
         if cf_raw:
             vector = decode_fields(CF_VIEW, ("cf_vector",), [cf_raw]).get("cf_vector")
             if vector:
