@@ -17,11 +17,15 @@ writer writes them (``item_stats`` with ``--neighbours`` co-visitation neighbour
    re-sorts the catalog: a full rebuild, models included).
 
 Figures are the refreshing thread's CPU time (``time.thread_time``) per refresh, and
-its wall time; the refresh runs unpaced here (pacing adds rests, not CPU).
+its wall time; the refresh runs unpaced here (pacing adds rests, not CPU). Then, with
+everything loaded before the catalog frozen as ``serving.app.serve`` freezes it, the
+time of a full cyclic-GC collection while the catalog is held: a pause of every thread,
+the request loop's included.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import statistics
 import time
@@ -124,6 +128,8 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
     writer.write(ids, at_ms)
     say(f"{args.items:,} items written ({args.neighbours} neighbours, {writer.factors} factors)")
 
+    gc.collect()
+    gc.freeze()  # as the server does once started: what lives for good is not walked
     catalog = ItemCatalog(settings)
     ways: dict[str, list[tuple[float, float, int]]] = {}
     first = _timed(catalog.refresh_once)
@@ -152,7 +158,17 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
         ways[name] = samples
         summary = _summary(samples)
         say(f"{name}: {summary['cpu_ms_p50']} ms CPU p50, {summary['cpu_ms_max']} max")
+    gc.collect()
+    gc.collect()
+    pauses = []
+    for _ in range(5):
+        t = time.perf_counter()
+        gc.collect()
+        pauses.append((time.perf_counter() - t) * 1000)
+    tracked = len(gc.get_objects())
+    say(f"full GC collection with the catalog held: {statistics.median(pauses):.1f} ms")
     catalog.stop()
+    gc.unfreeze()
     return {
         "parameters": {
             "items": args.items,
@@ -163,6 +179,11 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
             "models_refresh_s": settings.serving.catalog_models_refresh_s,
         },
         "ways": {name: _summary(samples) for name, samples in ways.items()},
+        "gc": {
+            "full_collection_ms_p50": round(statistics.median(pauses), 2),
+            "full_collection_ms_max": round(max(pauses), 2),
+            "tracked_objects": tracked,
+        },
     }
 
 
@@ -185,4 +206,9 @@ def report(r: dict[str, Any]) -> str:
         f"{p['factors']} factors), {p['changed_per_round']:,} rewritten per round"
     )
     header = [title, "n", "rows", "CPU ms p50", "mean", "max", "wall ms p50"]
-    return format_table(header, rows)
+    g = r["gc"]
+    return (
+        f"{format_table(header, rows)}\n\nfull GC collection with the catalog held: "
+        f"{g['full_collection_ms_p50']} ms p50, {g['full_collection_ms_max']} max "
+        f"({g['tracked_objects']:,} objects tracked besides the frozen ones)"
+    )
