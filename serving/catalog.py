@@ -296,7 +296,7 @@ class ItemCatalog:
         removed = [i for i in gone if i in self._rows]
         if not changed and not removed:
             if self._models_pending and self._models_due(now_ms, defer_models):
-                # Models deferred by an earlier refresh, and nothing moved since.
+                # Models read (or deferred) since they were built, and no row moved.
                 previous = self._snapshot
                 snapshot = self._with_models(previous, now_ms, pace)
                 snapshot.adopt(previous, CONTENT_INDEX)  # no item or record changed
@@ -324,6 +324,10 @@ class ItemCatalog:
     def _remember_models(
         self, item_id: str, features: dict[str, object], cf_raw: bytes | None
     ) -> None:
+        # A fetched item's models may have moved with its row unchanged (its item_cf
+        # row lands after the item_stats row the index is scored by): the next
+        # refresh builds them when due even if no row changes.
+        self._models_pending = True
         neighbours = features.get("covisit_items")
         if isinstance(neighbours, list) and neighbours:
             scores = features.get("covisit_scores")
@@ -394,7 +398,8 @@ class ItemCatalog:
     def _with_models(
         self, snapshot: CatalogSnapshot, now_ms: int, pace: Callable[[], None]
     ) -> CatalogSnapshot:
-        """``snapshot`` with the factors and co-visitation lists of the rows read so far."""
+        """``snapshot`` with the factors and co-visitation lists of the rows read so far
+        (called once the refresh has read its rows: pending again only from the next)."""
         self._models_built_ms = now_ms
         self._models_pending = False
         if not (self._factors or self._covisit):

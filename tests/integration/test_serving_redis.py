@@ -243,11 +243,18 @@ def test_catalog_refresh_and_personalized_recommendation(local_redis: Settings):
 
 
 def _write_item_models(
-    settings: Settings, item_id: str, factor: float, neighbours: list[str], at_ms: int
+    settings: Settings,
+    item_id: str,
+    factor: float,
+    neighbours: list[str],
+    at_ms: int,
+    written_ms: int | None = None,
 ) -> None:
     """An item_stats row with co-visitation and its item_cf factors, as the writer
-    writes them, and the item index entry that makes the catalog fetch it."""
-    ts = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    writes them, and the item index entry that makes the catalog fetch it; the rows'
+    values are as of ``at_ms``, their Feast timestamp and index score ``written_ms``."""
+    written_ms = written_ms or at_ms
+    ts = datetime.fromtimestamp(written_ms / 1000, tz=UTC)
     stats = {
         "category": "toys",
         "trending_score": float(at_ms % 1000),
@@ -264,7 +271,7 @@ def _write_item_models(
             None,
         )
     client = redis.Redis(port=settings.redis.port)
-    client.zadd(item_index_key(settings.feast.project), {item_id: at_ms})
+    client.zadd(item_index_key(settings.feast.project), {item_id: written_ms})
     client.close()
 
 
@@ -301,6 +308,16 @@ def test_the_background_refresh_defers_models_until_their_interval(local_redis: 
     now[0] += 1_000
     catalog.refresh_once()  # direct (tests, tools): models with every refresh
     assert catalog.snapshot.item_factors[catalog.snapshot.index_of["t1"], 0] == 7.0
+    # Models that moved under an unchanged row (the index moved, the row did not) are
+    # built once due, though no row changes.
+    _write_item_models(local_redis, "t2", 9.0, ["t1"], NOW_MS - 1000, written_ms=NOW_MS + 2)
+    now[0] += 1_000
+    catalog.refresh_once(defer_models=True)
+    t2 = catalog.snapshot.index_of["t2"]
+    assert catalog.snapshot.item_factors[t2, 0] == 0.0  # not due yet
+    now[0] += 10_000
+    catalog.refresh_once(defer_models=True)
+    assert catalog.snapshot.item_factors[t2, 0] == 9.0
     # The stored lists leave the cyclic GC once collected (tuples of strings and
     # floats; the pair holding them at the next collection), so its full collections,
     # which pause the request loop, do not walk them.
