@@ -145,7 +145,8 @@ class ItemCatalog:
         self._covisit: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {}
         self._models_every_ms = int(cfg.catalog_models_refresh_s * 1000)
         self._models_built_ms = 0
-        self._models_pending = False  # a refresh kept older models (defer_models)
+        # Rows read since the models were last built (their models may differ).
+        self._models_pending = False
         self._now_ms = clock_ms if callable(clock_ms) else lambda: int(time.time() * 1000)
         # The background refresh gives the GIL back to the request loop at short
         # intervals (serving/pacing.py; a rest of 0 never rests); a refresh called
@@ -376,10 +377,9 @@ class ItemCatalog:
         # refresh of a busy catalog (5,000 items with 30 neighbours each, 1,500 of
         # them changed: ~65 of ~130 ms of CPU), and their meaning moves slowly
         # (decayed pair weights, factors learnt over many events).
+        # (Not built: they stay pending, as every fetch of a row marks them.)
         if rebuild or changed is None or self._models_due(now_ms, defer_models):
             snapshot = self._with_models(snapshot, now_ms, pace)
-        else:
-            self._models_pending = True
         # The content index (cold start, content similarity, SimilarItems) is built here,
         # in the refresh thread, not by the first request that needs it; a patch that
         # moved no item and changed no catalog record keeps the previous one.
