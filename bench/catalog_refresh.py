@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.env import BenchStack, format_table, say
+from bench.stats import latency_summary
 
 __all__ = ["add_arguments", "report", "run_catalog_bench"]
 
@@ -100,20 +101,18 @@ class _ItemWriter:
 
 
 def _timed(refresh: Any) -> tuple[float, float, int]:
+    """CPU seconds and wall seconds of one refresh, and the rows it read."""
     cpu, wall = time.thread_time(), time.perf_counter()
     rows = refresh()
-    return (time.thread_time() - cpu) * 1000, (time.perf_counter() - wall) * 1000, rows
+    return time.thread_time() - cpu, time.perf_counter() - wall, rows
 
 
 def _summary(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
-    cpu = [s[0] for s in samples]
     return {
         "refreshes": len(samples),
         "rows_per_refresh": round(statistics.mean(s[2] for s in samples)),
-        "cpu_ms_p50": round(statistics.median(cpu), 1),
-        "cpu_ms_mean": round(statistics.mean(cpu), 1),
-        "cpu_ms_max": round(max(cpu), 1),
-        "wall_ms_p50": round(statistics.median(s[1] for s in samples), 1),
+        "cpu": latency_summary([s[0] for s in samples]),
+        "wall": latency_summary([s[1] for s in samples]),
     }
 
 
@@ -134,7 +133,7 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
     ways: dict[str, list[tuple[float, float, int]]] = {}
     first = _timed(catalog.refresh_once)
     ways["full read (first refresh)"] = [first]
-    say(f"full read: {first[0]:.1f} ms CPU, {len(catalog.snapshot):,} items")
+    say(f"full read: {first[0] * 1000:.1f} ms CPU, {len(catalog.snapshot):,} items")
     new_items = 0
     plan = (
         ("in place, models every refresh", lambda: catalog.refresh_once(), False),
@@ -157,16 +156,18 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
             samples.append(_timed(refresh))
         ways[name] = samples
         summary = _summary(samples)
-        say(f"{name}: {summary['cpu_ms_p50']} ms CPU p50, {summary['cpu_ms_max']} max")
+        cpu = summary["cpu"]
+        say(f"{name}: {cpu['p50_ms']} ms CPU p50, {cpu['max_ms']} max")
     gc.collect()
     gc.collect()
     pauses = []
     for _ in range(5):
         t = time.perf_counter()
         gc.collect()
-        pauses.append((time.perf_counter() - t) * 1000)
+        pauses.append(time.perf_counter() - t)
     tracked = len(gc.get_objects())
-    say(f"full GC collection with the catalog held: {statistics.median(pauses):.1f} ms")
+    pause = latency_summary(pauses)
+    say(f"full GC collection with the catalog held: {pause['p50_ms']} ms")
     catalog.stop()
     gc.unfreeze()
     return {
@@ -180,8 +181,7 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
         },
         "ways": {name: _summary(samples) for name, samples in ways.items()},
         "gc": {
-            "full_collection_ms_p50": round(statistics.median(pauses), 2),
-            "full_collection_ms_max": round(max(pauses), 2),
+            "full_collection": pause,
             "tracked_objects": tracked,
         },
     }
@@ -194,10 +194,10 @@ def report(r: dict[str, Any]) -> str:
             name,
             w["refreshes"],
             f"{w['rows_per_refresh']:,}",
-            w["cpu_ms_p50"],
-            w["cpu_ms_mean"],
-            w["cpu_ms_max"],
-            w["wall_ms_p50"],
+            w["cpu"]["p50_ms"],
+            w["cpu"]["mean_ms"],
+            w["cpu"]["max_ms"],
+            w["wall"]["p50_ms"],
         )
         for name, w in r["ways"].items()
     ]
@@ -209,6 +209,6 @@ def report(r: dict[str, Any]) -> str:
     g = r["gc"]
     return (
         f"{format_table(header, rows)}\n\nfull GC collection with the catalog held: "
-        f"{g['full_collection_ms_p50']} ms p50, {g['full_collection_ms_max']} max "
+        f"{g['full_collection']['p50_ms']} ms p50, {g['full_collection']['max_ms']} max "
         f"({g['tracked_objects']:,} objects tracked besides the frozen ones)"
     )
