@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=45.0,
         help="load before probing: the JVMs compile (JIT) for their first minute or so",
     )
+    f.add_argument(
+        "--separate-item-side",
+        action="store_true",
+        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
+        "the job on a standalone cluster of 2 x parallelism TaskManagers",
+    )
     f.add_argument("--probe-interval", type=float, default=0.1)
     f.add_argument("--probe-timeout", type=float, default=10.0)
     f.add_argument("--poll-interval", type=float, default=0.002, help="Redis poll period")
@@ -409,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_table(info))
     if isinstance(results.get("freshness"), dict) and results["freshness"].get("runs"):
         print()
+        print(f"job: {results['freshness'].get('job_runs_on', '')}")
         print(freshness_table(results["freshness"]["runs"]))
     if isinstance(results.get("serving"), dict) and "python_load" in results["serving"]:
         print()

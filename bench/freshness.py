@@ -35,6 +35,8 @@ from collections import deque
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, say
+from bench.ingest.cluster import layout
+from bench.job_placement import job_sessions, start_job, stop_cluster, with_job_layout
 from bench.stats import latency_summary
 from ops import stack
 from personalization.privacy import pseudonymizer
@@ -267,7 +269,7 @@ def start_pipeline(bench: BenchStack) -> float:
     bench.start_kafka()
     bench.feast_apply()
     t0 = time.monotonic()
-    bench.start_component(stack.FLINK_JOB)
+    start_job(bench)
     bench.start_component(stack.WRITER)
     say("waiting for the pipeline to deliver a probe (Flink job start ~10-60 s)")
     first = stack.wait_pipeline_ready(bench.settings, timeout_s=240)
@@ -281,14 +283,24 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
     in the order given; before each phase after the first, the backlog of the previous
     one drains, so each rate starts from a caught-up job."""
     rates = args.rate if isinstance(args.rate, list) else [args.rate]
-    ready_s = start_pipeline(bench)
-    runs = []
-    for i, rate in enumerate(rates):
-        if i:
-            wait_drained(bench.settings, rates[i - 1])
-        say(f"--- freshness at {rate:g} ev/s ---")
-        runs.append(_run_rate(bench, args, rate))
-    return {"pipeline_ready_s": round(ready_s, 1), "runs": runs}
+    bench.settings = with_job_layout(
+        bench.settings, None, getattr(args, "separate_item_side", False)
+    )
+    try:
+        ready_s = start_pipeline(bench)
+        runs = []
+        for i, rate in enumerate(rates):
+            if i:
+                wait_drained(bench.settings, rates[i - 1])
+            say(f"--- freshness at {rate:g} ev/s ---")
+            runs.append(_run_rate(bench, args, rate))
+    finally:
+        stop_cluster(bench.settings)
+    return {
+        "pipeline_ready_s": round(ready_s, 1),
+        "job_runs_on": layout(bench.settings),
+        "runs": runs,
+    }
 
 
 def wait_drained(settings: Settings, rate: float, timeout_s: float = 180.0) -> None:
@@ -341,7 +353,7 @@ def _run_rate(bench: BenchStack, args: Any, rate: float) -> dict[str, Any]:
     try:
         time.sleep(args.freshness_warmup)
         sessions = {
-            "flink-job (+JVM)": bench.component_pid(stack.FLINK_JOB) or 0,
+            **job_sessions(bench),
             "online-store-writer": bench.component_pid(stack.WRITER) or 0,
             "kafka": bench.service_pid("kafka") or 0,
             "redis": bench.service_pid("redis") or 0,

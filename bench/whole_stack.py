@@ -49,6 +49,8 @@ from bench.env import (
     say,
     scrape,
 )
+from bench.ingest.cluster import layout
+from bench.job_placement import job_sessions, start_job, stop_cluster, stop_job, with_job_layout
 from bench.stats import histogram_summary, latency_summary
 from ops import stack
 from personalization.settings import Settings
@@ -81,6 +83,12 @@ def add_arguments(parser: Any) -> None:
         "cluster of N TaskManagers x 1 slot",
     )
     g.add_argument(
+        "--separate-item-side",
+        action="store_true",
+        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
+        "a standalone cluster of 2 x parallelism TaskManagers",
+    )
+    g.add_argument(
         "--job-nice",
         type=int,
         default=0,
@@ -96,24 +104,6 @@ def add_arguments(parser: Any) -> None:
 
 
 # --- the job, either way it runs -------------------------------------------------------
-
-
-def _start_job(bench: BenchStack) -> None:
-    if stack.on_cluster(bench.settings):
-        stack.start_job(bench.settings, say)
-    else:
-        bench.start_component(stack.FLINK_JOB)
-
-
-def _stop_job(bench: BenchStack) -> None:
-    if stack.on_cluster(bench.settings):
-        from ops.infra import flink_cluster
-
-        for job in stack.cluster_jobs(bench.settings):
-            flink_cluster.cancel_job(bench.settings, str(job["jid"]))
-        say("flink-job: cancelled on the cluster")
-    else:
-        bench.stop_component(stack.FLINK_JOB)
 
 
 def renice_sessions(sessions: dict[str, int], nice: int) -> int:
@@ -143,14 +133,6 @@ def renice_sessions(sessions: dict[str, int], nice: int) -> int:
                 except OSError:
                     pass  # the thread ended meanwhile
     return count
-
-
-def _job_sessions(bench: BenchStack) -> dict[str, int]:
-    if stack.on_cluster(bench.settings):
-        from bench.ingest.cluster import cluster_sessions
-
-        return cluster_sessions(bench.settings)
-    return {"flink-job (+JVM)": bench.component_pid(stack.FLINK_JOB) or 0}
 
 
 # --- Kafka offsets of the stack phase ---------------------------------------------------
@@ -329,18 +311,11 @@ def run_ghz_phase(
 
 
 def run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
-    from bench.ingest.cluster import with_parallelism
-
-    parallelism = args.parallelism or bench.settings.flink.parallelism
-    bench.settings = with_parallelism(bench.settings, parallelism)
+    bench.settings = with_job_layout(bench.settings, args.parallelism, args.separate_item_side)
     try:
         return _run_stack(bench, args)
     finally:
-        if stack.on_cluster(bench.settings):
-            from ops.infra import flink_cluster
-
-            if flink_cluster.stop(bench.settings):
-                say("flink cluster: stopped")
+        stop_cluster(bench.settings)
 
 
 def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
@@ -356,7 +331,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
     # The server as `personalize up` runs it: access control on, exposures to Kafka.
     bench.settings = settings = with_access_control(bench.settings)
     t0 = time.monotonic()
-    _start_job(bench)
+    start_job(bench)
     bench.start_component(stack.WRITER)
     bench.start_component(stack.SERVER)
     stack.wait_server_ready(settings)
@@ -365,7 +340,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
     ready_s = round(time.monotonic() - t0, 1)
     say(f"pipeline ready after {ready_s}s")
     if args.job_nice:
-        threads = renice_sessions(_job_sessions(bench), args.job_nice)
+        threads = renice_sessions(job_sessions(bench), args.job_nice)
         say(f"flink-job: nice {args.job_nice} on its {threads} threads")
 
     ctx = mp.get_context("spawn")
@@ -418,7 +393,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
 
         # --- stack phase
         sessions = {
-            **_job_sessions(bench),
+            **job_sessions(bench),
             "online-store-writer": bench.component_pid(stack.WRITER) or 0,
             "grpc-server": bench.component_pid(stack.SERVER) or 0,
             "kafka": bench.service_pid("kafka") or 0,
@@ -445,7 +420,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
 
         stop_ingest.set()
         join_draining(ingest, ingest_q, ingest_msgs, 60.0)
-        _stop_job(bench)
+        stop_job(bench)
         bench.stop_component(stack.WRITER)
         time.sleep(2.0)  # the stopped processes' last writes settle
 
@@ -483,6 +458,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
             "ghz_warmup_s": args.warmup,
             "ingest_warmup_s": args.ingest_warmup,
             "parallelism": settings.flink.parallelism,
+            "job_runs_on": layout(settings),
             "job_nice": args.job_nice,
             "generator_users": args.gen_users,
             "generator_items": args.gen_items,
@@ -577,7 +553,7 @@ def report(r: dict[str, Any]) -> str:
         f"(target <= 2: {'met' if t['ratio_met'] else 'NOT met'}); stack p99 <= 10 ms: "
         f"{'met' if t['stack_p99_met'] else 'NOT met'}. Ingest {p['rate_ev_s']:g} ev/s "
         f"(sender achieved {r['ingest'].get('achieved_rate')}), parallelism "
-        f"{p['parallelism']}, job nice {p.get('job_nice', 0)}, "
+        f"{p['parallelism']} ({p.get('job_runs_on', '')}), job nice {p.get('job_nice', 0)}, "
         f"{p['duration_s']:g}s per phase after {p['ghz_warmup_s']:g}s, "
         f"{p['users_asked_for']:,} users, strategy {p['strategy']}"
     )

@@ -106,6 +106,10 @@ def flink_configuration(settings: Settings, restore_from: Path | None) -> Config
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", "1000000")
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    if cfg.separate_item_side:
+        # A MiniCluster gives as many slots as the job's parallelism; two slot sharing
+        # groups need twice that (the standalone cluster has them as TaskManagers).
+        conf.set_string("taskmanager.numberOfTaskSlots", str(cfg.taskmanagers))
     if restore_from is not None:
         conf.set_string("execution.state-recovery.path", restore_from.as_uri())
         # A new job version may drop an operator: restore the rest instead of refusing.
@@ -202,6 +206,22 @@ def _watermarks(settings: Settings) -> WatermarkStrategy:
         # assigner: it would be one more Python operator per record.
         .with_idleness(Duration.of_millis(settings.flink.source_idleness_ms))
     )
+
+
+# The slot sharing group of the item side when ``flink.separate_item_side`` is on.
+ITEM_SIDE_GROUP = "item-side"
+
+
+def on_item_side(stream: DataStream, settings: Settings) -> DataStream:
+    """``stream``'s operator in the item side's slot sharing group, when the item side runs
+    apart (``flink.separate_item_side``): each slot holds one subtask of one group, so
+    with one slot per TaskManager the user side and the item side land in different
+    TaskManager processes, each with its own Python interpreter. The operators chained
+    after it (its sinks) follow it; nothing about state changes (uids, key groups), so
+    savepoints restore with the setting on or off."""
+    if not settings.flink.separate_item_side:
+        return stream
+    return stream.slot_sharing_group(ITEM_SIDE_GROUP)
 
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
@@ -314,6 +334,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("item popularity + CF (item half)")
         .uid("item-features")
     )
+    item_op = on_item_side(item_op, settings)
     item_op.sink_to(kafka_sink(settings, k.item_factors_topic)).name("kafka: item factors").uid(
         "sink-item-factors"
     )
@@ -333,6 +354,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("A/B attribution join")
         .uid("ab-attribution")
     )
+    attributions = on_item_side(attributions, settings)
     attributions.sink_to(kafka_sink(settings, k.ab_outcomes_topic, exactly_once=True)).name(
         "kafka: ab_outcomes"
     ).uid("sink-ab-outcomes")
@@ -350,6 +372,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("propensity model (River)")
         .uid("propensity-learner")
     )
+    model_versions = on_item_side(model_versions, settings)
 
     # Rebalanced, not forwarded: a forward (pointwise) input makes the sink align its
     # checkpoint barriers, and at parallelism > 1 that deadlocks in the diamond user op ->

@@ -232,16 +232,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from ops import stack
 
     settings = with_parallelism(settings, args.parallelism)
+    if args.separate_item_side:
+        flink = settings.flink.model_copy(update={"separate_item_side": True})
+        settings = settings.model_copy(update={"flink": flink})
     n = settings.flink.parallelism
+    tms = settings.flink.taskmanagers
     if n > settings.kafka.partitions:
         _say(
             f"warning: parallelism {n} > {settings.kafka.partitions} Kafka partitions: "
             "some source subtasks get no partition (PZ_KAFKA__PARTITIONS)"
         )
-    _say(
-        f"flink job: parallelism {n} "
-        + ("(local MiniCluster)" if n == 1 else f"(standalone cluster, {n} TaskManagers x 1 slot)")
+    where = (
+        f"standalone cluster, {tms} TaskManagers x 1 slot"
+        + (", the item side in its own" if settings.flink.separate_item_side else "")
+        if settings.flink.on_local_cluster
+        else "local MiniCluster"
     )
+    _say(f"flink job: parallelism {n} ({where})")
     settings = _local_access(settings)
     started = time.monotonic()
     stack.start_all(settings, _say)
@@ -480,7 +487,7 @@ def cmd_deploy(settings: Settings, args: argparse.Namespace) -> int:
     from ops.infra import flink_cluster
 
     if args.cluster_up:
-        flink_cluster.start(settings)  # settings.flink.parallelism TaskManagers x 1 slot
+        flink_cluster.start(settings)  # settings.flink.taskmanagers TaskManagers x 1 slot
     job_id = flink_cluster.submit_python_job(
         settings,
         "flink_jobs.user_features_job",
@@ -606,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="job parallelism (default flink.parallelism, PZ_FLINK__PARALLELISM); 1 = local "
         "MiniCluster, N > 1 = local standalone cluster with N TaskManagers x 1 slot",
+    )
+    up.add_argument(
+        "--separate-item-side",
+        action="store_true",
+        help="the job's item side in TaskManagers of its own (flink.separate_item_side, "
+        "PZ_FLINK__SEPARATE_ITEM_SIDE): 2 x parallelism TaskManagers, each side its own "
+        "Python interpreter; also at parallelism 1",
     )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)

@@ -7,7 +7,9 @@ The job runs where ``settings.flink.parallelism`` says: at 1 in a local MiniClus
 (``ops.infra.flink_cluster``) with that many TaskManagers of one slot each, submitted
 with ``flink run`` as ``personalize deploy`` does (:func:`start_job`). In thread mode
 the slots of one TaskManager share one Python interpreter, so a MiniCluster (one JVM)
-cannot use a second core; separate TaskManager processes can.
+cannot use a second core; separate TaskManager processes can. With
+``flink.separate_item_side`` the job's item side runs in TaskManagers of its own: the
+cluster, twice as many TaskManagers, also at parallelism 1.
 
 Every process gets the launcher's resolved settings through ``PZ_SETTINGS_JSON``, so a
 stack started with overrides (ports, topics, run dir) is consistent end to end.
@@ -172,8 +174,9 @@ def start_component(settings: Settings, component: Component) -> int:
 
 
 def on_cluster(settings: Settings) -> bool:
-    """Whether the job runs on the local standalone cluster (parallelism > 1)."""
-    return settings.flink.parallelism > 1
+    """Whether the job runs on the local standalone cluster (parallelism > 1, or the
+    item side apart)."""
+    return settings.flink.on_local_cluster
 
 
 def cluster_jobs(settings: Settings) -> list[dict[str, Any]]:
@@ -189,13 +192,14 @@ def cluster_jobs(settings: Settings) -> list[dict[str, Any]]:
 
 
 def start_job(settings: Settings, say: Callable[[str], None] = print) -> str:
-    """The job on the standalone cluster with ``settings.flink.parallelism`` TaskManagers
+    """The job on the standalone cluster with ``settings.flink.taskmanagers`` TaskManagers
     x 1 slot, resuming from the newest retained checkpoint (as the MiniCluster job does;
     keyed state is rescaled to the new parallelism within ``flink.max_parallelism``).
     A job of this stack already running there is kept. Returns its job id."""
     n = settings.flink.parallelism
-    say(f"flink cluster: {n} taskmanager(s) x 1 slot at {flink_cluster.rest_url(settings)}")
-    flink_cluster.start(settings, taskmanagers=n)
+    tms = settings.flink.taskmanagers
+    say(f"flink cluster: {tms} taskmanager(s) x 1 slot at {flink_cluster.rest_url(settings)}")
+    flink_cluster.start(settings, taskmanagers=tms)
     running = cluster_jobs(settings)
     if running:
         say(f"{FLINK_JOB.name}: job {running[0]['jid']} already on the cluster")
@@ -238,10 +242,11 @@ def metrics_urls(settings: Settings) -> dict[str, str]:
 
 
 def job_metrics_urls(settings: Settings) -> list[str]:
-    """The job's Prometheus endpoints: one per TaskManager of the local cluster at
-    parallelism N > 1 (``MetricsSettings.taskmanager_job_port``), else the one."""
+    """The job's Prometheus endpoints: one per TaskManager of the local cluster
+    (``MetricsSettings.taskmanager_job_port``; the user and item sides may be in different
+    ones), else the MiniCluster's one."""
     m = settings.metrics
-    n = max(1, settings.flink.parallelism)
+    n = max(1, settings.flink.taskmanagers)
     ports = [m.taskmanager_job_port(index) for index in range(n)]
     return [f"http://{m.host}:{port}/metrics" for port in ports if port > 0]
 

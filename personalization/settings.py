@@ -191,6 +191,14 @@ class FlinkSettings(_Section):
     # standalone cluster with N TaskManagers of one slot each (thread mode shares one
     # Python interpreter between the slots of a TaskManager). PZ_FLINK__PARALLELISM.
     parallelism: int = Field(default=1, ge=1)
+    # The item side of the job (item operator, A/B attribution, propensity learner) in a
+    # slot sharing group of its own, so it runs in TaskManager processes apart from the
+    # user side: in thread mode the Python operators of one TaskManager share one
+    # interpreter, and the user and item operators handing its GIL back and forth left
+    # each waiting on the run queue ~40 % of the time (README "Figures"). On: the local
+    # standalone cluster, 2 x parallelism TaskManagers of one slot (also at parallelism
+    # 1, instead of the MiniCluster). PZ_FLINK__SEPARATE_ITEM_SIDE.
+    separate_item_side: bool = False
     # Key groups: the most a savepoint can ever be rescaled to. Explicit, because a
     # changed maximum makes every keyed state unrestorable. 128 is what Flink derives
     # for parallelism <= 85, so checkpoints taken before it was set still restore.
@@ -252,6 +260,17 @@ class FlinkSettings(_Section):
     # JobManager RPC ports, both bound to 127.0.0.1.
     rest_port: int = 8081
     rpc_port: int = 6123
+
+    @property
+    def taskmanagers(self) -> int:
+        """TaskManagers (one slot each) the job needs on the local standalone cluster."""
+        return self.parallelism * (2 if self.separate_item_side else 1)
+
+    @property
+    def on_local_cluster(self) -> bool:
+        """Whether the job runs on the standalone cluster rather than a MiniCluster (one
+        JVM, one interpreter): more than one TaskManager process wanted."""
+        return self.taskmanagers > 1
 
 
 class TriggerSettings(_Section):

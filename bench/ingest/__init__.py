@@ -50,7 +50,14 @@ from bench.env import BenchStack, metric_sum, say
 from bench.ingest import jvm_profile
 from bench.ingest.backlog import DATASETS, load_backlog, preload
 from bench.ingest.baseline import run_baseline
-from bench.ingest.cluster import ClusterJob, cluster_sessions, start_cluster, with_parallelism
+from bench.ingest.cluster import (
+    ClusterJob,
+    cluster_sessions,
+    layout,
+    start_cluster,
+    with_parallelism,
+    with_separate_item_side,
+)
 from bench.ingest.figures import figures, verify_store
 from bench.ingest.profile import profile_stages
 from bench.ingest.report import report
@@ -69,6 +76,12 @@ def add_arguments(parser: Any) -> None:
         default=None,
         help="job parallelism (default flink.parallelism); N > 1 runs the job and the "
         "baseline on a local standalone cluster of N TaskManagers x 1 slot",
+    )
+    g.add_argument(
+        "--separate-item-side",
+        action="store_true",
+        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
+        "the job and the baseline on a standalone cluster of 2 x parallelism TaskManagers",
     )
     g.add_argument(
         "--dataset",
@@ -142,8 +155,10 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
     parallelism = getattr(args, "parallelism", None) or bench.settings.flink.parallelism
     if parallelism < 1:
         raise ValueError(f"--parallelism must be at least 1, not {parallelism}")
-    bench.settings = settings = with_parallelism(bench.settings, parallelism)
-    on_cluster = parallelism > 1
+    settings = with_parallelism(bench.settings, parallelism)
+    settings = with_separate_item_side(settings, getattr(args, "separate_item_side", False))
+    bench.settings = settings
+    on_cluster = settings.flink.on_local_cluster
     try:
         return _run_ingest(bench, args, on_cluster)
     finally:
@@ -173,11 +188,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
             "tail_fraction": args.tail_fraction,
             "flink": settings.flink.model_dump(),
             "parallelism": settings.flink.parallelism,
-            "job_runs_on": (
-                f"standalone cluster, {settings.flink.parallelism} TaskManagers x 1 slot"
-                if on_cluster
-                else "MiniCluster (one JVM)"
-            ),
+            "job_runs_on": layout(settings),
             "kafka_partitions": settings.kafka.partitions,
             "learning": settings.learning.model_dump(),
         },
@@ -208,7 +219,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
     say(f"preloaded in {result['preload']['elapsed_s']}s: {result['preload']['per_topic']}")
     cluster_job: ClusterJob | None = None
     if on_cluster:
-        say(f"flink cluster: {settings.flink.parallelism} TaskManagers x 1 slot")
+        say(f"flink cluster: {layout(settings)}")
         result["cluster"] = {"overview": start_cluster(settings)}
         cluster_job = ClusterJob(settings, stack.FLINK_JOB.module, extra_args=("--restore", "none"))
     result["loadavg"]["at_job_start"] = _loadavg()
@@ -229,7 +240,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
         result["cluster"]["job_id"] = cluster_job.job_id
         result["cluster"]["vertex_parallelism"] = cluster_job.vertex_parallelism()
         notes.append(
-            "parallelism > 1: events consumed from the source vertex's REST metrics; "
+            "on the cluster: events consumed from the source vertex's REST metrics; "
             "cf updates / duplicates summed over every TaskManager's job-metrics endpoint"
         )
     result["loadavg"]["at_end"] = _loadavg()

@@ -161,9 +161,9 @@ def flink_config(
 ) -> dict[str, Any]:
     """The cluster's ``config.yaml`` entries; ``extra`` entries are added or override.
 
-    ``taskmanagers`` (default ``settings.flink.parallelism``) sizes each TaskManager."""
+    ``taskmanagers`` (default ``settings.flink.taskmanagers``) sizes each TaskManager."""
     f = settings.flink
-    n_tms = f.parallelism if taskmanagers is None else taskmanagers
+    n_tms = f.taskmanagers if taskmanagers is None else taskmanagers
     fd = flink_dir(settings)
     return {
         "env.java.opts.all": _default_java_opts(),
@@ -214,7 +214,7 @@ def write_conf(
     body = yaml.safe_dump(config, sort_keys=False, width=1000)
     (cdir / "config.yaml").write_text(header + body)
     (cdir / "masters").write_text(f"{HOST}:{settings.flink.rest_port}\n")
-    n_tms = settings.flink.parallelism if taskmanagers is None else taskmanagers
+    n_tms = settings.flink.taskmanagers if taskmanagers is None else taskmanagers
     (cdir / "workers").write_text("localhost\n" * max(1, n_tms))
     return cdir
 
@@ -482,14 +482,15 @@ def start(
     extra_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the JobManager and ``taskmanagers`` TaskManagers (default
-    ``settings.flink.parallelism``; one slot each) unless up; return ``/overview``.
+    ``settings.flink.taskmanagers``: the parallelism, twice that with the item side
+    apart; one slot each) unless up; return ``/overview``.
 
     A cluster already up keeps its JobManager and configuration; TaskManagers missing
     from ``0 .. taskmanagers-1`` are started. ``extra_config``: further ``config.yaml``
     entries for a fresh start (e.g. the TaskManager-kill test shortens
     ``heartbeat.interval``); ignored if already up.
     """
-    n = settings.flink.parallelism if taskmanagers is None else taskmanagers
+    n = settings.flink.taskmanagers if taskmanagers is None else taskmanagers
     if n < 1:
         raise ValueError(f"a cluster needs at least one taskmanager, not {n}")
     if _jobmanager_pid(settings) is not None:
@@ -795,7 +796,7 @@ class FlinkCluster:
     """The session cluster as a :class:`~ops.infra.service.Service`: JobManager and
     TaskManagers are daemons of the wheel's scripts, tracked by Flink's own pid files
     (not one :class:`~ops.infra.processes.ManagedProcess`), hence a class of its own.
-    ``start`` brings up ``settings.flink.parallelism`` TaskManagers."""
+    ``start`` brings up ``settings.flink.taskmanagers`` TaskManagers."""
 
     name: str = "flink"
 

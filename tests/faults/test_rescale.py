@@ -24,6 +24,11 @@ comparisons here -- is replayed twice, a day apart in event time:
      TaskManager; stop with a savepoint;
   3. submitted at parallelism 1 from the second savepoint; chunk 3 is sent.
 
+At parallelism 1 the job runs with its item side apart (``flink.separate_item_side``: the
+item operator, attribution and propensity in a slot sharing group of their own, here the
+second TaskManager; the user and item operators must be in different ones), so the
+savepoints also cross between that layout and parallelism 2's one group.
+
 Checks: every ``user_profile`` and ``item_stats`` feature of B equals A's (times shifted
 by the day; co-visitation aside, arrival-order dependent as in the other fault tests),
 B's users equal features recomputed from the file (``file_mismatches``) and B's
@@ -95,9 +100,12 @@ CLUSTER_CONFIG = {"metrics.fetcher.update-interval": 1000}
 
 
 def at_parallelism(settings: Settings, n: int) -> Settings:
-    return settings.model_copy(
-        update={"flink": settings.flink.model_copy(update={"parallelism": n})}
-    )
+    """At parallelism 1 with the item side apart (``flink.separate_item_side``), so the
+    job fills the cluster's two TaskManagers at either parallelism: the savepoints then
+    also cross between the two slot layouts (no state depends on them)."""
+    flink = settings.flink.model_copy(update={"parallelism": n, "separate_item_side": n == 1})
+    assert flink.taskmanagers == max(PHASES)
+    return settings.model_copy(update={"flink": flink})
 
 
 def submit(ctx: ClusterStack, n: int, savepoint: Any = None) -> str:
@@ -116,10 +124,21 @@ def submit(ctx: ClusterStack, n: int, savepoint: Any = None) -> str:
     return ctx.job_id
 
 
-def user_operator(ctx: ClusterStack) -> dict[str, Any]:
+def operator(ctx: ClusterStack, name: str = "user features") -> dict[str, Any]:
     job = flink_cluster._rest(ctx.settings, f"/jobs/{ctx.job_id}")
-    (vertex,) = [v for v in job["vertices"] if "user features" in v["name"]]
+    (vertex,) = [v for v in job["vertices"] if name in v["name"]]
     return flink_cluster._rest(ctx.settings, f"/jobs/{ctx.job_id}/vertices/{vertex['id']}")
+
+
+def user_operator(ctx: ClusterStack) -> dict[str, Any]:
+    return operator(ctx, "user features")
+
+
+def taskmanagers_of(ctx: ClusterStack, name: str) -> set[str]:
+    """The TaskManagers the subtasks of the vertex named ``name`` run in."""
+    return {
+        str(s.get("taskmanager-id") or s.get("endpoint")) for s in operator(ctx, name)["subtasks"]
+    }
 
 
 def spread(ctx: ClusterStack, timeout_s: float = 60) -> list[tuple[str, int]]:
@@ -211,6 +230,14 @@ def test_rescale_from_savepoints_keeps_every_feature(rescale_stack: ClusterStack
         if n > 1:
             phase["user subtasks (tm, records)"] = placement = spread(ctx)
             assert len({tm for tm, _ in placement}) == n, placement
+        else:
+            # The item side apart: the user and item operators in different TaskManagers.
+            user_tms, item_tms = (
+                taskmanagers_of(ctx, "user features"),
+                taskmanagers_of(ctx, "item popularity"),
+            )
+            phase["user / item operator's TaskManager"] = (user_tms, item_tms)
+            assert len(user_tms) == len(item_tms) == 1 and user_tms != item_tms, phase
         phases.append(phase)
 
     drain_b = drain(ctx, b, timeout_s=240)

@@ -107,3 +107,44 @@ def test_a_price_drop_rule_feeds_the_catalog_prices_to_the_item_operator(
     assert {strategy for _, strategy in inputs} == {"HASH"}, inputs
     names = [str(n["type"]) for n in plan]
     assert "Source: kafka: catalog" in names, names
+
+
+def test_the_item_side_apart_is_a_slot_sharing_group_of_its_own(
+    services_settings: Settings, jars: object
+) -> None:
+    """``flink.separate_item_side``: the item operator, the A/B attribution join and the
+    propensity learner (and the sinks chained after them) in the item side's group, the
+    parsers and the user operator in the default one, so one slot per TaskManager puts the
+    two sides in different processes (different Python interpreters)."""
+    os.environ["PYTHONPATH"] = embedded_python_path()
+    from flink_jobs.user_features_job import ITEM_SIDE_GROUP, build_pipeline, create_environment
+
+    def groups(settings: Settings) -> dict[str, str]:
+        env = create_environment(settings, None)
+        build_pipeline(env, settings)
+        graph = env._generate_stream_graph(False)
+        return {
+            str(node.getOperatorName()): str(node.getSlotSharingGroup())
+            for node in graph.getStreamNodes().toArray()
+        }
+
+    apart = services_settings.model_copy(
+        update={"flink": services_settings.flink.model_copy(update={"separate_item_side": True})}
+    )
+    by_name = groups(apart)
+    item_side = {name for name, group in by_name.items() if group == ITEM_SIDE_GROUP}
+    assert {
+        "item popularity + CF (item half)",
+        "A/B attribution join",
+        "propensity model (River)",
+        "kafka: item factors: Writer",
+    } <= item_side, by_name
+    user_side = {
+        "parse + validate",
+        "user features + triggers + CF (user half)",
+        "parse exposures -> rec id, impression",
+    }
+    assert not user_side & item_side, by_name
+    assert all(by_name[name] == "default" for name in user_side), by_name
+    # Off (the default): one group, as before.
+    assert set(groups(services_settings).values()) == {"default"}

@@ -101,3 +101,34 @@ def test_a_started_component_gets_its_scheduling_group_lowered(tmp_path: Path) -
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_item_side_apart_doubles_the_taskmanagers_also_at_parallelism_1(
+    tmp_path: Path,
+) -> None:
+    from ops import stack
+    from personalization.settings import MetricsSettings
+
+    # Default: parallelism 1 is the MiniCluster, N is N TaskManagers.
+    assert not Settings().flink.on_local_cluster
+    assert not stack.on_cluster(Settings())
+    assert FlinkSettings(parallelism=2).taskmanagers == 2
+    apart = FlinkSettings(separate_item_side=True)
+    assert apart.taskmanagers == 2 and apart.on_local_cluster
+    assert FlinkSettings(parallelism=2, separate_item_side=True).taskmanagers == 4
+    m = MetricsSettings(job_port=9464, taskmanager_port_base=9470)
+    settings = Settings(run_dir=str(tmp_path), flink=apart, metrics=m)
+    assert stack.on_cluster(settings)
+    conf_dir = flink_cluster.write_conf(settings)
+    assert (conf_dir / "workers").read_text().splitlines() == ["localhost"] * 2
+    conf = yaml.safe_load((conf_dir / "config.yaml").read_text())
+    assert conf["taskmanager.numberOfTaskSlots"] == 1
+    assert conf["parallelism.default"] == 1
+    # Either side may be in either TaskManager: both endpoints are read.
+    assert stack.job_metrics_urls(settings) == [
+        "http://127.0.0.1:9464/metrics",
+        "http://127.0.0.1:9470/metrics",
+    ]
+    args = build_parser().parse_args(["up", "--separate-item-side", "--no-traffic"])
+    assert args.separate_item_side
+    assert not build_parser().parse_args(["up", "--no-traffic"]).separate_item_side
