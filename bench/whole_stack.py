@@ -192,10 +192,12 @@ def server_side(before: dict[float, float], after: dict[float, float]) -> dict[s
 
 
 def _job_counters(settings: Settings) -> dict[str, float]:
-    url = stack.metrics_urls(settings).get(stack.FLINK_JOB.name)
-    try:
-        metrics = scrape(url) if url else {}
-    except OSError:
+    """Summed over every TaskManager's endpoint on the cluster: the user operator (whose
+    counters these are) need not be in TaskManager 0."""
+    from bench.ingest.sampling import scrape_job
+
+    metrics, up = scrape_job(stack.job_metrics_urls(settings))
+    if not up:
         return {}
     return {
         "events": metric_sum(metrics, "pz_job_events_total"),
