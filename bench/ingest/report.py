@@ -88,12 +88,25 @@ def report(r: dict[str, Any]) -> str:
         steady_cpu = r.get("cpu", {}).get("steady", {})
         threads = steady_cpu.get("job_threads", [])[:10]
         if threads:
-            rows = [(t["thread"], t["cpu_pct"]) for t in threads]
-            rows.append(("sum of Python operator threads", steady_cpu.get("operator_threads_pct")))
-            rows.append(
-                ("  = CPU µs per event in the job", f.get("operator_thread_cpu_us_per_event"))
+            thread_rows: list[tuple[Any, ...]] = [
+                (t["thread"], t["cpu_pct"], t.get("runqueue_wait_pct", "-")) for t in threads
+            ]
+            thread_rows.append(
+                ("sum of Python operator threads", steady_cpu.get("operator_threads_pct"), "")
             )
-            parts.append(format_table(["job JVM threads, steady window", "cpu % of a core"], rows))
+            thread_rows.append(
+                ("  = CPU µs per event in the job", f.get("operator_thread_cpu_us_per_event"), "")
+            )
+            parts.append(
+                format_table(
+                    [
+                        "job JVM threads, steady window",
+                        "cpu % of a core",
+                        "% waiting for a CPU",
+                    ],
+                    thread_rows,
+                )
+            )
     for name, spy in (r.get("job_profile") or {}).items():
         parts.extend(
             _job_profile(name, spy, f.get("operator_thread_cpu_us_per_event") if f else None)
