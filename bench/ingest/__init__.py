@@ -88,6 +88,13 @@ def add_arguments(parser: Any) -> None:
         default="movielens",
         help="movielens (MovieLens 100K ratings), taobao (UserBehavior sample) or a path",
     )
+    g.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="the dataset this many times over, each copy with users of its own (same "
+        "items, same times): a longer backlog whose steady window follows the JIT warm-up",
+    )
     g.add_argument("--sample-interval", type=float, default=1.0, help="metrics scrape period")
     g.add_argument(
         "--warmup-fraction",
@@ -172,7 +179,13 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
 def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any]:
     settings = bench.settings
     n = args.events
-    events, dataset = load_backlog(args.dataset, n, settings, int(time.time() * 1000) - 1000)
+    events, dataset = load_backlog(
+        args.dataset,
+        n,
+        settings,
+        int(time.time() * 1000) - 1000,
+        copies=max(1, getattr(args, "copies", 1)),
+    )
     n = len(events)
     say(
         f"backlog: {n:,} events of {dataset['users']:,} users / {dataset['items']:,} items "

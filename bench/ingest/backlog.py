@@ -18,15 +18,43 @@ DATASETS = {
 # --- the backlog -----------------------------------------------------------------------
 
 
+def with_copies(events: list[dict[str, Any]], copies: int) -> list[dict[str, Any]]:
+    """``events`` ``copies`` times over, each copy with users of its own (ids suffixed
+    ``~c<k>``; the items are shared), merged in time order: a shop with ``copies`` times
+    the users on the same catalog. A longer backlog of the same data, so the steady
+    window can start after the JVMs' compilers have done their first minute's work."""
+    if copies <= 1:
+        return events
+    out = list(events)
+    for k in range(1, copies):
+        for event in events:
+            copy = dict(event)
+            copy["user_id"] = f"{event.get('user_id')}~c{k}"
+            if event.get("event_id") is not None:
+                copy["event_id"] = f"{event['event_id']}~c{k}"
+            out.append(copy)
+    from personalization.events import EventRejected, parse_event_time_ms
+
+    def time_of(event: dict[str, Any]) -> int:
+        try:
+            return parse_event_time_ms(event.get("event_time"))
+        except EventRejected:
+            return -1
+
+    out.sort(key=time_of)  # stable: within one time, the copies follow the original
+    return out
+
+
 def load_backlog(
-    dataset: str, n: int, settings: Settings, end_ms: int
+    dataset: str, n: int, settings: Settings, end_ms: int, copies: int = 1
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The first ``n`` events of ``dataset`` in time order, shifted to end at ``end_ms``."""
+    """The first ``n`` events of ``dataset`` in time order (``copies`` times over, see
+    :func:`with_copies`), shifted to end at ``end_ms``."""
     from personalization.events import EventRejected, parse_event_time_ms
     from traffic import iter_events
 
     path = Path(settings.datasets_dir) / DATASETS[dataset] if dataset in DATASETS else Path(dataset)
-    events = list(iter_events(path, limit=n, sort_by_time=True))
+    events = with_copies(list(iter_events(path, limit=n, sort_by_time=True)), copies)
     if not events:
         raise ValueError(f"{path}: no events")
     times: list[int] = []
@@ -47,6 +75,7 @@ def load_backlog(
         "users": len({e.get("user_id") for e in events}),
         "items": len({e.get("item_id") for e in events if e.get("item_id")}),
         "event_types": dict(Counter(str(e.get("event_type")) for e in events)),
+        "copies": copies,
         "source_span_days": round((last - min(valid)) / 86_400_000, 1) if valid else 0,
         "time_shift_days": round(shift / 86_400_000, 1),
     }
