@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False, parents=[general])
 
+    from bench.job_placement import add_separate_item_side_argument
+
     f = common.add_argument_group("freshness")
     f.add_argument(
         "--rate",
@@ -78,12 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=45.0,
         help="load before probing: the JVMs compile (JIT) for their first minute or so",
     )
-    f.add_argument(
-        "--separate-item-side",
-        action="store_true",
-        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
-        "the job on a standalone cluster of 2 x parallelism TaskManagers",
-    )
+    add_separate_item_side_argument(f)
     f.add_argument("--probe-interval", type=float, default=0.1)
     f.add_argument("--probe-timeout", type=float, default=10.0)
     f.add_argument("--poll-interval", type=float, default=0.002, help="Redis poll period")

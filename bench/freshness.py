@@ -35,8 +35,7 @@ from collections import deque
 from typing import Any
 
 from bench.env import BenchStack, CpuMeter, say
-from bench.ingest.cluster import layout
-from bench.job_placement import job_sessions, start_job, stop_cluster, with_job_layout
+from bench.job_placement import job_sessions, start_job, stop_cluster
 from bench.stats import latency_summary
 from ops import stack
 from personalization.privacy import pseudonymizer
@@ -283,8 +282,8 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
     in the order given; before each phase after the first, the backlog of the previous
     one drains, so each rate starts from a caught-up job."""
     rates = args.rate if isinstance(args.rate, list) else [args.rate]
-    bench.settings = with_job_layout(
-        bench.settings, None, getattr(args, "separate_item_side", False)
+    bench.settings = stack.with_job_layout(
+        bench.settings, separate_item_side=getattr(args, "separate_item_side", False)
     )
     try:
         ready_s = start_pipeline(bench)
@@ -298,7 +297,7 @@ def run_freshness(bench: BenchStack, args: Any) -> dict[str, Any]:
         stop_cluster(bench.settings)
     return {
         "pipeline_ready_s": round(ready_s, 1),
-        "job_runs_on": layout(bench.settings),
+        "job_runs_on": stack.job_layout(bench.settings),
         "runs": runs,
     }
 

@@ -7,19 +7,22 @@ through these, so both run it where the settings say.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.env import BenchStack, say
 from ops import stack
 from personalization.settings import Settings
 
 
-def with_job_layout(settings: Settings, parallelism: int | None, separate: bool) -> Settings:
-    """``settings`` with the job's parallelism (None: as configured) and, when
-    ``separate``, the item side in TaskManagers of its own."""
-    from bench.ingest.cluster import with_parallelism, with_separate_item_side
-
-    if parallelism is not None:
-        settings = with_parallelism(settings, parallelism)
-    return with_separate_item_side(settings, separate)
+def add_separate_item_side_argument(group: Any) -> None:
+    """``--separate-item-side``: the benches' switch for ``flink.separate_item_side``
+    (read with ``stack.with_job_layout``)."""
+    group.add_argument(
+        "--separate-item-side",
+        action="store_true",
+        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
+        "the job on a standalone cluster of 2 x parallelism TaskManagers",
+    )
 
 
 def start_job(bench: BenchStack) -> None:

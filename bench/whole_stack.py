@@ -49,8 +49,13 @@ from bench.env import (
     say,
     scrape,
 )
-from bench.ingest.cluster import layout
-from bench.job_placement import job_sessions, start_job, stop_cluster, stop_job, with_job_layout
+from bench.job_placement import (
+    add_separate_item_side_argument,
+    job_sessions,
+    start_job,
+    stop_cluster,
+    stop_job,
+)
 from bench.stats import histogram_summary, latency_summary
 from ops import stack
 from personalization.settings import Settings
@@ -82,12 +87,7 @@ def add_arguments(parser: Any) -> None:
         help="job parallelism (default flink.parallelism); N > 1: a local standalone "
         "cluster of N TaskManagers x 1 slot",
     )
-    g.add_argument(
-        "--separate-item-side",
-        action="store_true",
-        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
-        "a standalone cluster of 2 x parallelism TaskManagers",
-    )
+    add_separate_item_side_argument(g)
     g.add_argument(
         "--job-nice",
         type=int,
@@ -313,7 +313,9 @@ def run_ghz_phase(
 
 
 def run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
-    bench.settings = with_job_layout(bench.settings, args.parallelism, args.separate_item_side)
+    bench.settings = stack.with_job_layout(
+        bench.settings, args.parallelism, args.separate_item_side
+    )
     try:
         return _run_stack(bench, args)
     finally:
@@ -460,7 +462,7 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
             "ghz_warmup_s": args.warmup,
             "ingest_warmup_s": args.ingest_warmup,
             "parallelism": settings.flink.parallelism,
-            "job_runs_on": layout(settings),
+            "job_runs_on": stack.job_layout(settings),
             "job_nice": args.job_nice,
             "generator_users": args.gen_users,
             "generator_items": args.gen_items,

@@ -220,35 +220,25 @@ def send_traffic(
 def with_parallelism(settings: Settings, parallelism: int | None) -> Settings:
     """``settings`` with ``flink.parallelism`` replaced (None: as configured, e.g. by
     ``PZ_FLINK__PARALLELISM``)."""
-    if parallelism is None or parallelism == settings.flink.parallelism:
-        return settings
-    if parallelism < 1:
+    from ops import stack
+
+    if parallelism is not None and parallelism < 1:
         raise SystemExit(f"--parallelism must be at least 1, not {parallelism}")
-    flink = settings.flink.model_copy(update={"parallelism": parallelism})
-    return settings.model_copy(update={"flink": flink})
+    return stack.with_job_layout(settings, parallelism)
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from ops import stack
 
     settings = with_parallelism(settings, args.parallelism)
-    if args.separate_item_side:
-        flink = settings.flink.model_copy(update={"separate_item_side": True})
-        settings = settings.model_copy(update={"flink": flink})
+    settings = stack.with_job_layout(settings, separate_item_side=args.separate_item_side)
     n = settings.flink.parallelism
-    tms = settings.flink.taskmanagers
     if n > settings.kafka.partitions:
         _say(
             f"warning: parallelism {n} > {settings.kafka.partitions} Kafka partitions: "
             "some source subtasks get no partition (PZ_KAFKA__PARTITIONS)"
         )
-    where = (
-        f"standalone cluster, {tms} TaskManagers x 1 slot"
-        + (", the item side in its own" if settings.flink.separate_item_side else "")
-        if settings.flink.on_local_cluster
-        else "local MiniCluster"
-    )
-    _say(f"flink job: parallelism {n} ({where})")
+    _say(f"flink job: parallelism {n} ({stack.job_layout(settings)})")
     settings = _local_access(settings)
     started = time.monotonic()
     stack.start_all(settings, _say)

@@ -173,6 +173,32 @@ def start_component(settings: Settings, component: Component) -> int:
     return pid
 
 
+def with_job_layout(
+    settings: Settings, parallelism: int | None = None, separate_item_side: bool = False
+) -> Settings:
+    """``settings`` with the job's parallelism replaced (None: as configured, e.g. by
+    ``PZ_FLINK__PARALLELISM``) and the item side apart when asked (a setting already on
+    stays on); the same object when nothing changes."""
+    f = settings.flink
+    update: dict[str, Any] = {}
+    if parallelism is not None and parallelism != f.parallelism:
+        update["parallelism"] = parallelism
+    if separate_item_side and not f.separate_item_side:
+        update["separate_item_side"] = True
+    if not update:
+        return settings
+    return settings.model_copy(update={"flink": f.model_copy(update=update)})
+
+
+def job_layout(settings: Settings) -> str:
+    """Where the job runs, in words (``personalize up``, the benches' reports)."""
+    f = settings.flink
+    if not f.on_local_cluster:
+        return "MiniCluster (one JVM)"
+    apart = ", the item side in TaskManagers of its own" if f.separate_item_side else ""
+    return f"standalone cluster, {f.taskmanagers} TaskManagers x 1 slot{apart}"
+
+
 def on_cluster(settings: Settings) -> bool:
     """Whether the job runs on the local standalone cluster (parallelism > 1, or the
     item side apart)."""

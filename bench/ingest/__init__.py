@@ -50,18 +50,12 @@ from bench.env import BenchStack, metric_sum, say
 from bench.ingest import jvm_profile
 from bench.ingest.backlog import DATASETS, load_backlog, preload
 from bench.ingest.baseline import run_baseline
-from bench.ingest.cluster import (
-    ClusterJob,
-    cluster_sessions,
-    layout,
-    start_cluster,
-    with_parallelism,
-    with_separate_item_side,
-)
+from bench.ingest.cluster import ClusterJob, cluster_sessions, start_cluster
 from bench.ingest.figures import figures, verify_store
 from bench.ingest.profile import profile_stages
 from bench.ingest.report import report
 from bench.ingest.sampling import operator_threads_pct, sample_loop, scrape_job
+from bench.job_placement import add_separate_item_side_argument
 from ops import stack
 
 __all__ = ["DATASETS", "add_arguments", "report", "run_ingest"]
@@ -77,12 +71,7 @@ def add_arguments(parser: Any) -> None:
         help="job parallelism (default flink.parallelism); N > 1 runs the job and the "
         "baseline on a local standalone cluster of N TaskManagers x 1 slot",
     )
-    g.add_argument(
-        "--separate-item-side",
-        action="store_true",
-        help="the job's item side in TaskManagers of its own (flink.separate_item_side): "
-        "the job and the baseline on a standalone cluster of 2 x parallelism TaskManagers",
-    )
+    add_separate_item_side_argument(g)
     g.add_argument(
         "--dataset",
         default="movielens",
@@ -162,9 +151,9 @@ def run_ingest(bench: BenchStack, args: Any) -> dict[str, Any]:
     parallelism = getattr(args, "parallelism", None) or bench.settings.flink.parallelism
     if parallelism < 1:
         raise ValueError(f"--parallelism must be at least 1, not {parallelism}")
-    settings = with_parallelism(bench.settings, parallelism)
-    settings = with_separate_item_side(settings, getattr(args, "separate_item_side", False))
-    bench.settings = settings
+    bench.settings = settings = stack.with_job_layout(
+        bench.settings, parallelism, getattr(args, "separate_item_side", False)
+    )
     on_cluster = settings.flink.on_local_cluster
     try:
         return _run_ingest(bench, args, on_cluster)
@@ -201,7 +190,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
             "tail_fraction": args.tail_fraction,
             "flink": settings.flink.model_dump(),
             "parallelism": settings.flink.parallelism,
-            "job_runs_on": layout(settings),
+            "job_runs_on": stack.job_layout(settings),
             "kafka_partitions": settings.kafka.partitions,
             "learning": settings.learning.model_dump(),
         },
@@ -232,7 +221,7 @@ def _run_ingest(bench: BenchStack, args: Any, on_cluster: bool) -> dict[str, Any
     say(f"preloaded in {result['preload']['elapsed_s']}s: {result['preload']['per_topic']}")
     cluster_job: ClusterJob | None = None
     if on_cluster:
-        say(f"flink cluster: {layout(settings)}")
+        say(f"flink cluster: {stack.job_layout(settings)}")
         result["cluster"] = {"overview": start_cluster(settings)}
         cluster_job = ClusterJob(settings, stack.FLINK_JOB.module, extra_args=("--restore", "none"))
     result["loadavg"]["at_job_start"] = _loadavg()

@@ -32,32 +32,6 @@ SOURCE_VERTICES = (f"Source: {event_source.TABLE}[", "Source: kafka: behaviour e
 CLUSTER_CONFIG = {"metrics.fetcher.update-interval": 1000}
 
 
-def with_parallelism(settings: Settings, n: int) -> Settings:
-    if n == settings.flink.parallelism:
-        return settings
-    return settings.model_copy(
-        update={"flink": settings.flink.model_copy(update={"parallelism": n})}
-    )
-
-
-def with_separate_item_side(settings: Settings, on: bool) -> Settings:
-    """``settings`` with ``flink.separate_item_side`` on when ``on`` (else as they are)."""
-    if not on or settings.flink.separate_item_side:
-        return settings
-    return settings.model_copy(
-        update={"flink": settings.flink.model_copy(update={"separate_item_side": True})}
-    )
-
-
-def layout(settings: Settings) -> str:
-    """Where the job runs, for the reports."""
-    f = settings.flink
-    if not f.on_local_cluster:
-        return "MiniCluster (one JVM)"
-    apart = ", the item side in TaskManagers of its own" if f.separate_item_side else ""
-    return f"standalone cluster, {f.taskmanagers} TaskManagers x 1 slot{apart}"
-
-
 @dataclass
 class ClusterJob:
     """One job submitted to the local cluster, and what the sampler asks of it."""

@@ -129,6 +129,16 @@ def test_the_item_side_apart_doubles_the_taskmanagers_also_at_parallelism_1(
         "http://127.0.0.1:9464/metrics",
         "http://127.0.0.1:9470/metrics",
     ]
+    assert stack.job_layout(Settings()) == "MiniCluster (one JVM)"
+    assert stack.job_layout(settings) == (
+        "standalone cluster, 2 TaskManagers x 1 slot, the item side in TaskManagers of its own"
+    )
+    # with_job_layout turns the item side on (never off) and leaves the rest as it is.
+    base = Settings()
+    assert stack.with_job_layout(base) is base
+    turned = stack.with_job_layout(base, 2, separate_item_side=True)
+    assert (turned.flink.parallelism, turned.flink.separate_item_side) == (2, True)
+    assert stack.with_job_layout(turned, separate_item_side=False) is turned
     args = build_parser().parse_args(["up", "--separate-item-side", "--no-traffic"])
     assert args.separate_item_side
     assert not build_parser().parse_args(["up", "--no-traffic"]).separate_item_side
