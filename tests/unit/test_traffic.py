@@ -22,7 +22,7 @@ from traffic.generator import (
     TrafficGenerator,
     generate_events,
 )
-from traffic.sender import BucketState, TimeShift, TrafficSender, take_token
+from traffic.sender import BucketState, TimeShift, TrafficSender, pause_for, take_token
 
 NOW_MS = int(time.time() * 1000)
 T0 = 1_700_000_000_000  # a source event time (ms)
@@ -350,6 +350,19 @@ def test_token_bucket_paces_to_rate_after_burst() -> None:
     assert wait == pytest.approx(0.1)
 
 
+def test_pause_for_sleeps_in_slices_the_bucket_can_bank() -> None:
+    # A token due in 0.5 ms at 2,000/s: sleep the 5 ms slice (10 tokens bank in it).
+    assert pause_for(0.0005, rate=2_000.0, burst=200.0, slice_s=0.005) == 0.005
+    # A longer wait is slept whole; no wait, no sleep.
+    assert pause_for(0.2, rate=5.0, burst=1.0, slice_s=0.005) == 0.2
+    assert pause_for(0.0, rate=2_000.0, burst=200.0, slice_s=0.005) == 0.0
+    # A burst of 1 banks nothing: sleeping past the token would lower the rate.
+    assert pause_for(0.001, rate=1_000.0, burst=1.0, slice_s=0.005) == 0.001
+    # A small burst caps the slice at what it can bank (3 tokens at 1,000/s: 3 ms).
+    assert pause_for(0.001, rate=1_000.0, burst=4.0, slice_s=0.005) == pytest.approx(0.003)
+    assert pause_for(0.5, rate=0.0, burst=1.0, slice_s=0.005) == 0.5
+
+
 def test_time_shift_keeps_or_compresses_gaps() -> None:
     shift = TimeShift(source_start_ms=1_000, wall_start_ms=NOW_MS)
     assert shift.map(1_000) == NOW_MS
@@ -365,6 +378,7 @@ def test_time_shift_keeps_or_compresses_gaps() -> None:
 class FakeClock:
     def __init__(self) -> None:
         self.t = 0.0
+        self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
         return self.t
@@ -373,6 +387,7 @@ class FakeClock:
         return NOW_MS + int(self.t * 1000)
 
     def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         self.t += max(seconds, 0.0)
 
 
@@ -442,6 +457,16 @@ def test_sender_rate_bounds_and_progress() -> None:
     assert stats.rate == pytest.approx(200, rel=0.05)
     assert len(reports) >= 4 and reports[-1].sent == 1_000
     assert all(r.interval_rate == pytest.approx(200, rel=0.1) for r in reports[:-1])
+
+    # Past the first burst it sleeps in 5 ms slices, not once per event, at the same rate.
+    clock, producer = FakeClock(), FakeProducer()
+    stats = _sender(clock, producer, rate=2_000.0, max_events=4_000).send(
+        generate_events(5_000, seed=5)
+    )
+    assert stats.sent == 4_000
+    assert stats.elapsed_s == pytest.approx((4_000 - 200) / 2_000, rel=0.01)  # after the burst
+    assert len(clock.sleeps) <= (4_000 - 200) / 10 + 5
+    assert min(clock.sleeps) == pytest.approx(0.005)
 
     clock, producer = FakeClock(), FakeProducer()
     stats = _sender(clock, producer, rate=100.0, burst=10.0, max_duration_s=2.0).send(
