@@ -149,7 +149,7 @@ def _drain(settings_json: str, rows: int, cpu: int, profile_top: int, out: Any) 
     t0 = time.monotonic()
     if profiler is not None:
         profiler.enable()
-    stats = run_writer(settings, stop, on_batch=on_batch)
+    stats = run_writer(settings, stop, on_batch=on_batch, settle=True)  # as python -m writer
     if profiler is not None:
         profiler.disable()
     result: dict[str, Any] = {

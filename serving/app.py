@@ -14,7 +14,6 @@ lets in-flight calls finish.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -27,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from personalization.heap import settle_heap
 from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.redis_client import redis_client
@@ -295,9 +295,9 @@ def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:
     app = ServingApp(settings, **kwargs).start()
     # Everything loaded so far (modules, the first catalog) lives as long as the
     # process: keep it out of the cyclic GC's full collections, which otherwise walk it
-    # while requests wait.
-    gc.collect()
-    gc.freeze()
+    # while requests wait. Young collections keep their default spacing: each one is
+    # a pause a request may wait behind, and small ones keep it short.
+    settle_heap(young_collection_every=None)
     start_metrics_server(
         settings.metrics.host, settings.metrics.serving_port, what="serving metrics"
     )
