@@ -112,10 +112,11 @@ def test_a_price_drop_rule_feeds_the_catalog_prices_to_the_item_operator(
 def test_the_item_side_apart_is_a_slot_sharing_group_of_its_own(
     services_settings: Settings, jars: object
 ) -> None:
-    """``flink.separate_item_side``: the item operator, the A/B attribution join and the
-    propensity learner (and the sinks chained after them) in the item side's group, the
-    parsers and the user operator in the default one, so one slot per TaskManager puts the
-    two sides in different processes (different Python interpreters)."""
+    """``flink.separate_item_side``: the item operator, the A/B attribution join, the
+    propensity learner and the events' parser (and the sinks chained after them) in the
+    item side's group, the user operator and the exposures' parser in the default one, so
+    one slot per TaskManager puts the two sides in different processes (different Python
+    interpreters)."""
     os.environ["PYTHONPATH"] = embedded_python_path()
     from flink_jobs.user_features_job import ITEM_SIDE_GROUP, build_pipeline, create_environment
 
@@ -138,9 +139,9 @@ def test_the_item_side_apart_is_a_slot_sharing_group_of_its_own(
         "A/B attribution join",
         "propensity model (River)",
         "kafka: item factors: Writer",
+        "parse + validate",
     } <= item_side, by_name
     user_side = {
-        "parse + validate",
         "user features + triggers + CF (user half)",
         "parse exposures -> rec id, impression",
     }
