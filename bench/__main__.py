@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
             "catalog", parents=[general], help="CPU of one serving catalog refresh (busy catalog)"
         )
     )
+    from bench.ranking import add_arguments as add_ranking_arguments
+
+    add_ranking_arguments(
+        sub.add_parser(
+            "ranking", parents=[general], help="CPU of one hybrid ranking (large catalog)"
+        )
+    )
     return parser
 
 
@@ -399,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             results["writer"] = _guard("writer", bench, args)
         if args.scenario == "catalog":
             results["catalog"] = _guard("catalog", bench, args)
+        if args.scenario == "ranking":
+            results["ranking"] = _guard("ranking", bench, args)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -447,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(catalog_report(catalog))
+    ranking = results.get("ranking")
+    if isinstance(ranking, dict) and "cpu_ms" in ranking:
+        from bench.ranking import report as ranking_report
+
+        print()
+        print(ranking_report(ranking))
     print(f"\nwall time {results['wall_s']:.0f}s; results: {path}")
     if failed is not None:
         print(f"FAILED: {failed!r}", file=sys.stderr)
@@ -461,6 +476,7 @@ def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, 
     from bench.freshness import run_freshness
     from bench.ingest import run_ingest
     from bench.online_writer import run_writer_bench
+    from bench.ranking import run_ranking_bench
     from bench.serving import run_serving
     from bench.soak import run_soak
     from bench.whole_stack import run_stack
@@ -473,6 +489,7 @@ def _guard(name: str, bench: BenchStack, args: argparse.Namespace) -> dict[str, 
         "stack": run_stack,
         "writer": run_writer_bench,
         "catalog": run_catalog_bench,
+        "ranking": run_ranking_bench,
     }[name]
     try:
         return fn(bench, args)

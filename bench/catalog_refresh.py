@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.env import BenchStack, format_table, say
 from bench.stats import latency_summary
+from personalization.heap import settle_heap
 
 __all__ = ["add_arguments", "report", "run_catalog_bench"]
 
@@ -127,8 +128,7 @@ def run_catalog_bench(bench: BenchStack, args: Any) -> dict[str, Any]:
     writer.write(ids, at_ms)
     say(f"{args.items:,} items written ({args.neighbours} neighbours, {writer.factors} factors)")
 
-    gc.collect()
-    gc.freeze()  # as the server does once started: what lives for good is not walked
+    settle_heap(young_collection_every=None)  # as the server does once started
     catalog = ItemCatalog(settings)
     ways: dict[str, list[tuple[float, float, int]]] = {}
     first = _timed(catalog.refresh_once)

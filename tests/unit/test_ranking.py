@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import numpy as np
 import pytest
@@ -356,49 +355,19 @@ def test_params_from_settings():
         RankingParams.from_settings(Settings(ranking=RankingSettings(strategy="nope")))
 
 
-def test_hybrid_latency_on_a_10k_catalog():
-    """p99 of one hybrid ranking over 10k items x 32 factors (printed; loose bound)."""
-    rng = np.random.default_rng(0)
-    n, f = 10_000, 32
-    rows = [
-        ItemRow(
-            item_id=f"i{i}",
-            category=f"c{i % 40}",
-            trending_score=float(rng.random()),
-            trending_ref_ms=NOW - HOUR_MS,
-        )
-        for i in range(n)
-    ]
-    snap = build_snapshot(rows, built_ms=NOW)
-    ids = snap.item_ids
-    snap = snap.with_models(
-        item_factors={i: rng.standard_normal(f).astype(np.float32).tolist() for i in ids},
-        covisitation={
-            ids[a]: ([ids[b] for b in rng.integers(0, n, 50)], rng.random(50).tolist())
-            for a in range(0, n, 3)
-        },
-        item_tags={i: [f"t{rng.integers(20)}", f"t{rng.integers(20)}"] for i in ids},
-    )
-    u = hybrid_user(
-        interests=[("c1", 3.0), ("c2", 1.0)],
-        recent_items=[ids[3 * j] for j in range(20)],
-        purchased_items=[ids[j] for j in range(1, 200, 2)],
-        cf_vector=rng.standard_normal(f).tolist(),
-    )
+def test_hybrid_ranking_on_a_10k_catalog_with_every_model():
+    """A hybrid ranking over 10k items x 32 factors, co-visitation and tags, exploration
+    on: ten distinct items, none the user bought. (Its CPU per call is a benchmark's:
+    ``python -m bench ranking``.)"""
+    from bench.ranking import catalog_and_user
+
+    snap, u = catalog_and_user(10_000, 32, seed=0, now_ms=NOW)
     params = dataclasses.replace(HYBRID, exploration_share=0.1)
-    wall, cpu = [], []
-    for s in range(300):
-        w0, c0 = time.perf_counter(), time.thread_time()
+    for s in range(20):
         ranking = rank(u, snap, k=10, now_ms=NOW, params=params, seed=s)
-        cpu.append(time.thread_time() - c0)
-        wall.append(time.perf_counter() - w0)
         assert len(ranking.items) == 10
-    p50, p99 = np.percentile(cpu, [50, 99]) * 1000
-    wall_p99 = float(np.percentile(wall, 99)) * 1000
-    print(f"hybrid rank 10k x {f}: cpu p50 {p50:.3f} ms, p99 {p99:.3f} ms; wall p99 {wall_p99:.3f}")
-    # CPU time, not wall time: other processes on a shared 2-core machine must not
-    # fail this. A regression guard, not the target (~1.3 ms p99 measured).
-    assert p99 < 10
+        assert len({item.item_id for item in ranking.items}) == 10
+        assert not {item.item_id for item in ranking.items} & set(u.purchased_items)
 
 
 # --- frequency capping and fatigue ---------------------------------------------------
