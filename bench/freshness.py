@@ -231,6 +231,7 @@ def probe_loop(
     reader = ProbeRowReader(settings, pseudonymizer(settings.privacy.hmac_secret)(stack.PROBE_USER))
     outstanding: deque[tuple[int, float]] = deque()  # (event_time_ms, produced at)
     latencies: list[float] = []
+    seen_sent_ms: list[int] = []  # when each seen probe was sent (its event time)
     lost = 0
     read_errors = 0
     sent = 0
@@ -262,7 +263,9 @@ def probe_loop(
         seen_at = time.monotonic()
         if last_seen_ms is not None:
             while outstanding and outstanding[0][0] <= last_seen_ms:
-                latencies.append(seen_at - outstanding.popleft()[1])
+                sent_ms, produced_at = outstanding.popleft()
+                latencies.append(seen_at - produced_at)
+                seen_sent_ms.append(sent_ms)
         while outstanding and seen_at - outstanding[0][1] > timeout_s:
             outstanding.popleft()
             lost += 1
@@ -281,6 +284,9 @@ def probe_loop(
         "freshness": summary,
         # In probe order: shows whether slow probes cluster (e.g. around checkpoints).
         "latencies_ms": [round(x * 1000, 1) for x in latencies],
+        # Wall clock (epoch ms) each of them was sent at: slow probes lined up with the
+        # job's checkpoints or the writer's flushes in the logs (--keep-run-dir).
+        "sent_at_ms": seen_sent_ms,
     }
 
 

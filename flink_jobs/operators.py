@@ -48,6 +48,7 @@ from personalization.events import (
 )
 from personalization.exposures import REC_ID_PROPERTY, Exposure, parse_exposure
 from personalization.feature_updates import encode_record, model_version_update
+from personalization.heap import observe_collections
 from personalization.model_versions import ModelVersion
 from personalization.settings import (
     FeatureSettings,
@@ -107,6 +108,7 @@ def _start_job_metrics(cfg: MetricsSettings) -> metrics.JobMetrics:
     """The process's job metrics and its /metrics endpoint, started once per process (in
     thread mode all Python operators of a TaskManager share one interpreter)."""
     metrics.start_metrics_server(cfg.host, metrics.job_metrics_port(cfg), what="job metrics")
+    observe_collections()
     return metrics.job_metrics()
 
 

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from personalization.heap import settle_heap
+from personalization.heap import observe_collections, settle_heap
 from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.redis_client import redis_client
@@ -298,6 +298,7 @@ def serve(settings: Settings, block: bool = True, **kwargs: Any) -> ServingApp:
     # while requests wait. Young collections keep their default spacing: each one is
     # a pause a request may wait behind, and small ones keep it short.
     settle_heap(young_collection_every=None)
+    observe_collections()
     start_metrics_server(
         settings.metrics.host, settings.metrics.serving_port, what="serving metrics"
     )

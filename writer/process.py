@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, decode_record
 from personalization.group_consumer import GroupConsumer
-from personalization.heap import settle_heap
+from personalization.heap import observe_collections, settle_heap
 from personalization.online_store import OnlineStoreWriter
 from personalization.redis_client import REDIS_ERRORS
 from personalization.settings import Settings
@@ -100,6 +100,7 @@ def run_writer(
     m = metrics.writer_metrics()
     if settle:
         settle_heap()  # Feast, pyarrow and the clients are loaded by now
+        observe_collections()
     next_lag_update = 0.0
     backoff = 0.05
     try:

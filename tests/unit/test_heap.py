@@ -41,3 +41,25 @@ def test_settle_heap_without_spacing_keeps_the_threshold() -> None:
     settle_heap(young_collection_every=None)
     assert gc.get_threshold() == threshold
     assert gc.get_freeze_count() > 0
+
+
+def test_observe_collections_times_each_collection_by_generation() -> None:
+    from prometheus_client import REGISTRY
+
+    from personalization.heap import observe_collections
+
+    assert observe_collections() is observe_collections()  # once per process
+
+    def count(generation: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "pz_python_gc_pause_seconds_count", {"generation": generation}
+        )
+        return value or 0.0
+
+    before_full, before_young = count("2"), count("0")
+    gc.collect(2)
+    gc.collect(0)
+    assert count("2") == before_full + 1
+    assert count("0") >= before_young + 1
+    total = REGISTRY.get_sample_value("pz_python_gc_pause_seconds_sum", {"generation": "2"})
+    assert total is not None and total > 0
