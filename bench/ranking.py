@@ -40,7 +40,6 @@ def add_arguments(parser: Any) -> None:
     g.add_argument("--factors", type=int, default=32, help="CF factors per item and user")
     g.add_argument("--rounds", type=int, default=300, help="rankings timed")
     g.add_argument("--strategy", default="hybrid_v1", help="ranking.strategies entry")
-    g.add_argument("--seed", type=int, default=0)
 
 
 def catalog_and_user(

@@ -18,3 +18,11 @@ def test_ranking_bench_times_every_call_and_reports_p99(tmp_path: Path) -> None:
     assert 0 < result["cpu_ms"]["p50_ms"] <= result["cpu_ms"]["max_ms"]
     text = report(result)
     assert "600 items x 8 factors" in text and "thread CPU" in text and "p99 ms" in text
+
+
+def test_the_bench_command_line_takes_the_ranking_scenario() -> None:
+    from bench.__main__ import build_parser
+
+    args = build_parser().parse_args(["ranking", "--items", "2000", "--rounds", "50"])
+    assert (args.scenario, args.items, args.rounds, args.factors) == ("ranking", 2000, 50, 32)
+    assert isinstance(args.seed, int)  # the general options' seed
