@@ -146,9 +146,12 @@ class GroupConsumer:
         self._check()
         return self._consumer.consume(num_messages=num_messages, timeout=timeout)
 
-    def commit(self) -> None:
-        """Commit the offsets consumed so far, synchronously."""
-        self._consumer.commit(asynchronous=False)
+    def commit(self, offsets: list[TopicPartition] | None = None) -> None:
+        """Commit ``offsets`` (default: those consumed so far), synchronously."""
+        if offsets is None:
+            self._consumer.commit(asynchronous=False)
+        else:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
 
     def assignment(self) -> list[TopicPartition]:
         return self._consumer.assignment()

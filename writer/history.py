@@ -14,6 +14,7 @@ the same (entity, version) with equal values, which compaction drops.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -67,6 +68,15 @@ class HistoryBuffer:
             self.buffered_rows >= self.max_rows
             or time.monotonic() - self.first_at >= self.max_age_s
         )
+
+    def detach(self) -> HistoryBuffer:
+        """What is buffered, as a buffer of its own to flush elsewhere (the writer's
+        background flush); this one carries on empty."""
+        taken = copy.copy(self)
+        self.pending = Pending()
+        self.unconverted = []
+        self.first_at = 0.0
+        return taken
 
     def flush(self) -> int:
         """Write what is pending; it stays pending if the write fails (OSError)."""

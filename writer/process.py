@@ -20,9 +20,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from personalization import metrics
 from personalization.feature_updates import FeatureUpdate, decode_record
@@ -36,7 +37,14 @@ from writer.history import HistoryBuffer
 # A failed write to the online store (single node or cluster): retried with backoff.
 WRITE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 
-__all__ = ["WriterStats", "decode_batch", "main", "run_writer", "update_consumer_lag"]
+__all__ = [
+    "HistoryFlusher",
+    "WriterStats",
+    "decode_batch",
+    "main",
+    "run_writer",
+    "update_consumer_lag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,7 @@ def run_writer(
         name="online-store writer",
         options={"fetch.wait.max.ms": 10, "session.timeout.ms": 10000},
     )
+    flusher = HistoryFlusher(consumer, stop) if history is not None else None
     m = metrics.writer_metrics()
     if settle:
         settle_heap()  # Feast, pyarrow and the clients are loaded by now
@@ -109,9 +118,11 @@ def run_writer(
                 next_lag_update = time.monotonic() + 1.0
                 update_consumer_lag(consumer, m)
             messages = consumer.consume(num_messages=batch_size, timeout=poll_timeout_s)
+            if flusher is not None:
+                flusher.poll()
             if not messages:
-                if history is not None and history.due():
-                    _flush_and_commit(consumer, history, stop)
+                if history is not None and flusher is not None and history.due():
+                    flusher.start(history)
                 continue
             updates = decode_batch(messages, stats)
             while not stop.is_set():
@@ -128,12 +139,12 @@ def run_writer(
             else:
                 break  # stopping with an unwritten batch: do not commit it
             backoff = 0.05
-            if history is None:
+            if history is None or flusher is None:
                 _commit(consumer)
             else:
                 history.add(updates)
                 if history.due():
-                    _flush_and_commit(consumer, history, stop)
+                    flusher.start(history)
             stats.batches += 1
             stats.rows_in += len(updates)
             stats.rows_written += written
@@ -144,42 +155,93 @@ def run_writer(
                 on_batch(stats)
         else:
             # Stopped between batches: what was applied goes to the history, then commit.
-            if history is not None:
-                _flush_and_commit(consumer, history, stop=None)
+            if history is not None and flusher is not None:
+                flusher.start(history, final=True)
     finally:
+        if flusher is not None:
+            flusher.close()  # an in-flight flush ends (and commits) first
         consumer.close()
     return stats
 
 
-def _commit(consumer: GroupConsumer) -> None:
+def _commit(consumer: GroupConsumer, offsets: list[TopicPartition] | None = None) -> None:
     try:
-        consumer.commit()
+        consumer.commit(offsets)
     except KafkaException as exc:
         # E.g. the group rebalanced while the broker restarted: the batch is in Redis
         # (and the history) already and will be redelivered; Redis skips it.
         log.warning("offset commit failed (%s); the batch may be applied twice", exc)
 
 
-def _flush_and_commit(
-    consumer: GroupConsumer, history: HistoryBuffer, stop: threading.Event | None
-) -> None:
-    """Append the buffered rows to the feature history, then commit every offset
-    consumed so far (all of them are in Redis and now in the history). A failed write
-    (disk full, ...) is retried with backoff, holding the stream back, until ``stop``;
-    nothing is committed then, so the rows come again."""
+class HistoryFlusher:
+    """Feature-history flushes off the consuming thread, one at a time.
+
+    A flush (the last rows' Arrow conversion, then zstd-compressed parquet files per view
+    and day) took the consuming loop away from Redis for long enough to show in the
+    freshness of every row behind it: at 2,000 events/s, p99 615-724 ms with the history
+    on against 432 ms with it off (``bench freshness``). Now the buffered rows are handed
+    to one background thread (``HistoryBuffer.detach``) with the offsets consumed so far,
+    every one of them applied to Redis and in those rows; the loop goes on, and commits
+    those offsets when the flush is written. Parquet's encoding and compression run
+    without the GIL. A failed write is retried with backoff until ``stop``, holding the
+    next flush (and so every commit) back; nothing is committed past rows not yet in the
+    history, so a crash loses none of them (they come again; Redis skips them).
+    """
+
+    def __init__(self, consumer: GroupConsumer, stop: threading.Event) -> None:
+        self._consumer = consumer
+        self._stop = stop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-flush")
+        self._inflight: tuple[Future[bool], list[TopicPartition]] | None = None
+
+    def start(self, history: HistoryBuffer, *, final: bool = False) -> None:
+        """Flush what ``history`` holds, then commit what was consumed until now. The
+        previous flush is finished (and committed) first, so commits stay in order.
+        ``final``: the writer is stopping; one attempt, waited for."""
+        self.finish()
+        positions = [
+            tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0
+        ]
+        stop = None if final else self._stop
+        self._inflight = (self._pool.submit(_flush_retrying, history.detach(), stop), positions)
+        if final:
+            self.finish()
+
+    def poll(self) -> None:
+        """Commit after a flush that has been written."""
+        if self._inflight is not None and self._inflight[0].done():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the flush in flight, and commit its offsets if it was written."""
+        if self._inflight is None:
+            return
+        future, positions = self._inflight
+        self._inflight = None
+        if future.result() and positions:
+            _commit(self._consumer, positions)
+
+    def close(self) -> None:
+        self.finish()
+        self._pool.shutdown(wait=True)
+
+
+def _flush_retrying(history: HistoryBuffer, stop: threading.Event | None) -> bool:
+    """Append the rows to the feature history; True once written. A failed write (disk
+    full, ...) is retried with backoff until ``stop`` (once when None): False then, and
+    the rows stay uncommitted, so they come again."""
     backoff = 0.05
     m = metrics.writer_metrics()
     while True:
         try:
             history.flush()
-            break
+            return True
         except OSError as exc:
             m.write_errors.inc()
             log.warning("feature history write failed (%s); retrying in %.2fs", exc, backoff)
             if stop is None or stop.wait(backoff):
-                return
+                return False
             backoff = min(backoff * 2, 2.0)
-    _commit(consumer)
 
 
 def update_consumer_lag(consumer: GroupConsumer, m: metrics.WriterMetrics) -> None:

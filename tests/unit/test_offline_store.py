@@ -290,3 +290,18 @@ def test_training_sets_are_point_in_time_and_keep_every_label_row(tmp_path: Path
     # long after u3's last (within the view's ttl).
     assert totals == [None, 1, None, 3, 3, 3]
     assert got["monetary"].tolist()[3] == 7.5
+
+
+def test_a_detached_buffer_takes_the_rows_and_leaves_an_empty_one(tmp_path: Path) -> None:
+    cfg = HistorySettings(flush_rows=100, flush_interval_s=0.2)
+    buffer = HistoryBuffer(tmp_path, cfg)
+    buffer.add([profile_row("u1", T0_US, 1), profile_row("u2", T0_US, 1)])
+    time.sleep(0.25)
+    assert buffer.due()
+    taken = buffer.detach()
+    assert not buffer.due() and buffer.buffered_rows == 0
+    buffer.add([profile_row("u3", T0_US, 1)])  # rows keep coming while taken is written
+    assert taken.flush() == 2
+    assert store.read_view(tmp_path, USER_PROFILE).num_rows == 2
+    assert buffer.flush() == 1
+    assert store.read_view(tmp_path, USER_PROFILE).num_rows == 3
