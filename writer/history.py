@@ -78,6 +78,15 @@ class HistoryBuffer:
         self.first_at = 0.0
         return taken
 
+    def absorb(self, later: HistoryBuffer) -> None:
+        """Take ``later``'s rows after this buffer's own (a flush that failed is retried
+        together with what came since)."""
+        for key, tables in later.pending.tables.items():
+            self.pending.tables.setdefault(key, []).extend(tables)
+        self.pending.erasures.extend(later.pending.erasures)
+        self.pending.rows += later.pending.rows
+        self.unconverted.extend(later.unconverted)
+
     def flush(self) -> int:
         """Write what is pending; it stays pending if the write fails (OSError)."""
         self._convert()

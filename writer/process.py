@@ -192,18 +192,25 @@ class HistoryFlusher:
         self._consumer = consumer
         self._stop = stop
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-flush")
-        self._inflight: tuple[Future[bool], list[TopicPartition]] | None = None
+        self._inflight: tuple[Future[bool], list[TopicPartition], HistoryBuffer] | None = None
+        # Rows of a flush that was not written (stopped while retrying): flushed again,
+        # with what came since, before anything past them is committed.
+        self._unwritten: HistoryBuffer | None = None
 
     def start(self, history: HistoryBuffer, *, final: bool = False) -> None:
         """Flush what ``history`` holds, then commit what was consumed until now. The
         previous flush is finished (and committed) first, so commits stay in order.
         ``final``: the writer is stopping; one attempt, waited for."""
         self.finish()
+        taken = history.detach()
+        if self._unwritten is not None:
+            self._unwritten.absorb(taken)
+            taken, self._unwritten = self._unwritten, None
         positions = [
             tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0
         ]
         stop = None if final else self._stop
-        self._inflight = (self._pool.submit(_flush_retrying, history.detach(), stop), positions)
+        self._inflight = (self._pool.submit(_flush_retrying, taken, stop), positions, taken)
         if final:
             self.finish()
 
@@ -216,9 +223,11 @@ class HistoryFlusher:
         """Wait for the flush in flight, and commit its offsets if it was written."""
         if self._inflight is None:
             return
-        future, positions = self._inflight
+        future, positions, taken = self._inflight
         self._inflight = None
-        if future.result() and positions:
+        if not future.result():
+            self._unwritten = taken  # nothing past these rows is committed
+        elif positions:
             _commit(self._consumer, positions)
 
     def close(self) -> None:

@@ -305,3 +305,18 @@ def test_a_detached_buffer_takes_the_rows_and_leaves_an_empty_one(tmp_path: Path
     assert store.read_view(tmp_path, USER_PROFILE).num_rows == 2
     assert buffer.flush() == 1
     assert store.read_view(tmp_path, USER_PROFILE).num_rows == 3
+
+
+def test_an_unwritten_buffer_absorbs_what_came_since(tmp_path: Path) -> None:
+    buffer = HistoryBuffer(tmp_path, HistorySettings(flush_rows=100))
+    buffer.add([profile_row("u1", T0_US, 1)])
+    buffer._convert()  # one row as Arrow, one still Python below
+    failed = buffer.detach()
+    buffer.add([profile_row("u2", T0_US, 1)])
+    failed.absorb(buffer.detach())
+    assert failed.buffered_rows == 2
+    assert failed.flush() == 2
+    assert sorted(store.read_view(tmp_path, USER_PROFILE).column("user_id").to_pylist()) == [
+        "u1",
+        "u2",
+    ]
