@@ -741,6 +741,22 @@ def savepoint(
     return path
 
 
+# Flink's reason for refusing a checkpoint or savepoint while a task is not running.
+NOT_ALL_RUNNING = "Not all required tasks are currently running"
+
+
+def tasks_not_running(settings: Settings, job_id: str) -> dict[str, int]:
+    """Subtasks of ``job_id`` in a state other than RUNNING or FINISHED, by state
+    (``GET /jobs/<id>``: each vertex's task counts); empty when all run."""
+    job = _rest(settings, f"/jobs/{job_id}")
+    counts: dict[str, int] = {}
+    for vertex in job.get("vertices", []):
+        for state, n in (vertex.get("tasks") or {}).items():
+            if n and state not in ("RUNNING", "FINISHED"):
+                counts[state] = counts.get(state, 0) + int(n)
+    return counts
+
+
 def stop_with_savepoint(
     settings: Settings, job_id: str, target_dir: str | Path, timeout_s: float = 120.0
 ) -> Path:
@@ -750,13 +766,31 @@ def stop_with_savepoint(
     (``submit_python_job(..., savepoint=...)``, any parallelism up to the max)."""
     target = Path(target_dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
-    trigger = _rest(
-        settings,
-        f"/jobs/{job_id}/stop",
-        method="POST",
-        body={"targetDirectory": target.as_uri(), "drain": False},
-    )
-    path = _await_savepoint(settings, job_id, str(trigger["request-id"]), timeout_s)
+    # A savepoint needs every task running: one still initializing (a restored
+    # exactly-once sink aborting its lingering transactions, seen in test_rescale) fails
+    # it at once with "Not all required tasks are currently running". Wait for them,
+    # and trigger again if one was restarting when it was asked.
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        wait_until(
+            lambda: not tasks_not_running(settings, job_id),
+            timeout_s,
+            interval_s=0.5,
+            what=f"every task of job {job_id} running",
+        )
+        trigger = _rest(
+            settings,
+            f"/jobs/{job_id}/stop",
+            method="POST",
+            body={"targetDirectory": target.as_uri(), "drain": False},
+        )
+        try:
+            path = _await_savepoint(settings, job_id, str(trigger["request-id"]), timeout_s)
+            break
+        except RuntimeError as exc:
+            if attempt == attempts or NOT_ALL_RUNNING not in str(exc):
+                raise
+            log.warning("stop-with-savepoint of job %s: %s; trying again", job_id, NOT_ALL_RUNNING)
     wait_until(
         lambda: job_status(settings, job_id) in TERMINAL_STATES,
         timeout_s,
