@@ -94,10 +94,6 @@ def run_writer(
     stop = stop or threading.Event()
     stats = WriterStats()
     writer = OnlineStoreWriter(settings)
-    # Feature history (Feast's offline store): offsets are committed after its flush.
-    history = (
-        HistoryBuffer(settings.history_path, settings.history) if settings.history.enabled else None
-    )
     consumer = GroupConsumer(
         settings.kafka,
         settings.kafka.writer_consumer_group,
@@ -105,7 +101,12 @@ def run_writer(
         name="online-store writer",
         options={"fetch.wait.max.ms": 10, "session.timeout.ms": 10000},
     )
-    flusher = HistoryFlusher(consumer, stop) if history is not None else None
+    # Feature history (Feast's offline store): offsets are committed after its flush.
+    flusher = (
+        HistoryFlusher(HistoryBuffer(settings.history_path, settings.history), consumer, stop)
+        if settings.history.enabled
+        else None
+    )
     m = metrics.writer_metrics()
     if settle:
         settle_heap()  # Feast, pyarrow and the clients are loaded by now
@@ -121,8 +122,8 @@ def run_writer(
             if flusher is not None:
                 flusher.poll()
             if not messages:
-                if history is not None and flusher is not None and history.due():
-                    flusher.start(history)
+                if flusher is not None:
+                    flusher.flush_if_due()
                 continue
             updates = decode_batch(messages, stats)
             while not stop.is_set():
@@ -139,12 +140,10 @@ def run_writer(
             else:
                 break  # stopping with an unwritten batch: do not commit it
             backoff = 0.05
-            if history is None or flusher is None:
+            if flusher is None:
                 _commit(consumer)
             else:
-                history.add(updates)
-                if history.due():
-                    flusher.start(history)
+                flusher.add(updates)
             stats.batches += 1
             stats.rows_in += len(updates)
             stats.rows_written += written
@@ -155,8 +154,8 @@ def run_writer(
                 on_batch(stats)
         else:
             # Stopped between batches: what was applied goes to the history, then commit.
-            if history is not None and flusher is not None:
-                flusher.start(history, final=True)
+            if flusher is not None:
+                flusher.flush_final()
     finally:
         if flusher is not None:
             flusher.close()  # an in-flight flush ends (and commits) first
@@ -188,7 +187,10 @@ class HistoryFlusher:
     history, so a crash loses none of them (they come again; Redis skips them).
     """
 
-    def __init__(self, consumer: GroupConsumer, stop: threading.Event) -> None:
+    def __init__(
+        self, history: HistoryBuffer, consumer: GroupConsumer, stop: threading.Event
+    ) -> None:
+        self._history = history
         self._consumer = consumer
         self._stop = stop
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-flush")
@@ -197,12 +199,27 @@ class HistoryFlusher:
         # with what came since, before anything past them is committed.
         self._unwritten: HistoryBuffer | None = None
 
-    def start(self, history: HistoryBuffer, *, final: bool = False) -> None:
-        """Flush what ``history`` holds, then commit what was consumed until now. The
-        previous flush is finished (and committed) first, so commits stay in order.
-        ``final``: the writer is stopping; one attempt, waited for."""
+    def add(self, updates: list[FeatureUpdate]) -> None:
+        """A batch applied to Redis: buffered, and a flush started when one is due."""
+        self._history.add(updates)
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Call only with every consumed batch applied and added: the flush commits what
+        was consumed until now."""
+        if self._history.due():
+            self._start()
+
+    def flush_final(self) -> None:
+        """The writer is stopping between batches: what is buffered, one attempt, waited
+        for."""
+        self._start(final=True)
+
+    def _start(self, *, final: bool = False) -> None:
+        """Flush what is buffered, then commit what was consumed until now. The previous
+        flush is finished (and committed) first, so commits stay in order."""
         self.finish()
-        taken = history.detach()
+        taken = self._history.detach()
         if self._unwritten is not None:
             self._unwritten.absorb(taken)
             taken, self._unwritten = self._unwritten, None
