@@ -39,8 +39,11 @@ from typing import Any
 from bench.env import BenchStack, CpuMeter, say
 from bench.job_placement import job_sessions, start_job, stop_cluster
 from bench.stats import latency_summary
+from feature_repo.names import USER_PROFILE
 from ops import stack
+from personalization.feature_store import decode_fields, field_key, redis_key
 from personalization.privacy import pseudonymizer
+from personalization.redis_client import redis_client
 from personalization.settings import Settings, settings_from_json
 
 # --- background load (its own process) -------------------------------------------------
@@ -193,18 +196,11 @@ class ProbeRowReader:
     field of the hash serving reads), None while the user has no row."""
 
     def __init__(self, settings: Settings, user_id: str) -> None:
-        from feature_repo.names import USER_PROFILE
-        from personalization.feature_store import field_key, redis_key
-        from personalization.redis_client import redis_client
-
         self.client = redis_client(settings.redis)
         self.key = redis_key(settings.feast.project, USER_PROFILE, user_id)
         self.field = field_key(USER_PROFILE, "last_seen_ms")
 
     def last_seen_ms(self) -> int | None:
-        from feature_repo.names import USER_PROFILE
-        from personalization.feature_store import decode_fields
-
         (raw,) = self.client.execute_command("HMGET", self.key, self.field)
         value = decode_fields(USER_PROFILE, ("last_seen_ms",), (raw,)).get("last_seen_ms")
         return int(value) if value is not None else None
