@@ -404,3 +404,92 @@ def test_interactions_update_cf_factors_within_seconds(pipeline: Settings):
         "the item's CF factors",
     )
     assert len(item_factors) == pipeline.learning.factors
+
+
+def test_a_hot_items_factor_feed_is_throttled_and_stamped_with_event_time(pipeline: Settings):
+    """flink_jobs/item_factor_feed.FeedThrottle in the job: a burst of interactions with
+    one item publishes its factors a few times, not once per interaction; every record's
+    Kafka timestamp is the event time of a change it publishes (a released record's too,
+    not the row timer's clock); and the last record holds the factors the item's row
+    has in the store."""
+    run = uuid.uuid4().hex[:8]
+    item = f"hot-{run}"
+    bursts = 60
+    t0 = int(time.time() * 1000) - 600_000
+    times = [t0 + i for i in range(bursts)]
+    # Users with a history first, so the item side learns from every interaction.
+    TrafficSender(pipeline, rate=0).send(
+        [
+            {
+                "event_id": f"{run}-u{i}-{t}",
+                "user_id": f"{run}-u{i}",
+                "event_type": "product_view",
+                "item_id": f"warm-{run}-{t}",
+                "category": "feed-test",
+                "event_time": t0 - 60_000 + t,
+            }
+            for i in range(bursts)
+            for t in range(2)
+        ]
+    )
+    TrafficSender(pipeline, rate=0).send(
+        [
+            {
+                "event_id": f"{run}-hot-{i}",
+                "user_id": f"{run}-u{i}",
+                "event_type": "add_to_cart",
+                "item_id": item,
+                "category": "feed-test",
+                "event_time": t,
+            }
+            for i, t in enumerate(times)
+        ]
+    )
+    store = feature_store(pipeline)
+
+    def stored_factors() -> list[float] | None:
+        response = store.get_online_features(
+            features=["item_cf:cf_vector"], entity_rows=[{"item_id": item}]
+        ).to_dict()
+        return response["cf_vector"][0]
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": pipeline.kafka.bootstrap_servers,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([pipeline.kafka.item_factors_topic])
+    records: list[tuple[int, dict[str, Any]]] = []  # (Kafka timestamp, record)
+    newest: dict[str, Any] = {}
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                record = json.loads(msg.value())
+                if record.get("i") == item:
+                    records.append((msg.timestamp()[1], record))
+                    newest = max(newest, record, key=lambda r: r.get("v", 0))
+                continue
+            stored = stored_factors()
+            if newest and stored and _factors(newest) == pytest.approx(stored, abs=1e-6):
+                break
+    finally:
+        consumer.close()
+    print(f"feed records of the hot item: {len(records)} for {bursts} interactions")
+    assert records, "no feed record of the hot item"
+    assert 1 <= len(records) < bursts // 2, len(records)
+    assert {ts for ts, _ in records} <= set(times), sorted(ts for ts, _ in records)
+    stored = stored_factors()
+    assert stored is not None
+    assert _factors(newest) == pytest.approx(stored, abs=1e-6)
+
+
+def _factors(record: dict[str, Any]) -> list[float]:
+    from flink_jobs.item_factor_feed import decode
+
+    decoded = decode(json.dumps(record))
+    assert decoded is not None
+    return [float(x) for x in decoded[2]]
