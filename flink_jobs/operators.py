@@ -440,9 +440,8 @@ class ItemFeatures(KeyedProcessFunction):
     item half of the online MF (``ItemStep``). A changed item's changelog record (its
     ``item_stats`` and ``item_cf`` rows) goes to the ``ITEM_ROWS_TAG`` side output at most
     once per ``features.item_rows_every_ms``, from a processing-time timer
-    (``flink_jobs/row_schedule.py``); new factors are the main output, the feed
-    (``flink_jobs/item_factor_feed.py``: at most one record per item per
-    ``learning.item_factor_feed_every_ms``, each as ``(record, event_time_ms)``). The
+    (``flink_jobs/row_schedule.py``); new factors are the main output, per event (the
+    feed, stamped with the event's time). The
     neighbours are a state of their own: pickling them alone is much cheaper than the
     whole item state, and only events with links touch them."""
 
@@ -455,7 +454,6 @@ class ItemFeatures(KeyedProcessFunction):
     ) -> None:
         self.step = steps.ItemStep(cfg, learning)
         self.rows_every_ms = cfg.item_rows_every_ms
-        self.feed_every_ms = (learning or LearningSettings()).item_factor_feed_every_ms
         self.state_cache_entries = state_cache_entries
         self.state: Any = None
 
@@ -474,12 +472,6 @@ class ItemFeatures(KeyedProcessFunction):
         )
         # Rows on a processing-time timer (features.item_rows_every_ms; 0: per event).
         self.schedule = RowSchedule(self.rows_every_ms) if self.rows_every_ms > 0 else None
-        # The feed's throttle needs the row timer to release what it holds back.
-        self.feed = (
-            item_factor_feed.FeedThrottle(self.feed_every_ms)
-            if self.schedule is not None and self.feed_every_ms > 0
-            else None
-        )
 
     def process_element(
         self, record: ItemEvent | CoVisitEdge, ctx: KeyedProcessFunction.Context
@@ -503,46 +495,38 @@ class ItemFeatures(KeyedProcessFunction):
         if result.item_changed and result.item is not None:
             item = result.item
             self.state.update(key, item)
-            event_time_ms = record.event.event_time_ms
             if self.schedule is not None:
                 # Flink's processing time is the wall clock: no call into the JVM to read it.
                 # Trailing edge only (RowSchedule.defer): an item's rendering (its
                 # co-visitation top list above all) costs more than the timer, and items
                 # of a replay change a few times a second; users take the leading edge.
-                now_ms = int(time.time() * 1000)
-                due = self.schedule.defer(key, now_ms, result.learned)
+                due = self.schedule.defer(key, int(time.time() * 1000), result.learned)
                 if due is not None:
                     ctx.timer_service().register_processing_time_timer(due)
-                if result.learned and (
-                    self.feed is None or self.feed.offer(key, now_ms, event_time_ms)
-                ):
-                    yield _feed_record(item, event_time_ms)
+                if result.learned:
+                    yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
                 return
             neighbors = result.neighbors if record.links else self.neighbors.value(key)
             yield ITEM_ROWS_TAG, self._changelog_record(item, neighbors, result.learned)
             if result.learned:
-                yield _feed_record(item, event_time_ms)
+                # Main output: stamped with the item event's time (side outputs are not).
+                yield item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        """The coalesced rows of the item (flink_jobs/row_schedule.py), from its state now,
-        and the factors the feed's throttle held back (stamped with the event time of
-        the change they publish: a processing-time timer's output has no event time)."""
+        """The coalesced rows of the item (flink_jobs/row_schedule.py), from its state now.
+        The factor feed is not deferred: it stays on the main output, per event, stamped
+        with the event's time (a processing-time timer's output has none)."""
         if self.schedule is None:
             return
         key = _key_of(ctx)
         due = self.schedule.fire(key, timestamp)
         if due is None:
-            return  # a newer timer of the item renders and releases
+            return
         item = self.state.value(key)
         if item is None:
             return
         learned = due.learned if due.learned is not None else bool(item.cf_factors)
         yield ITEM_ROWS_TAG, self._changelog_record(item, self.neighbors.value(key), learned)
-        held = self.feed.release(key, int(time.time() * 1000)) if self.feed is not None else None
-        if held is None and due.learned is None and item.cf_factors:
-            held = item.version_us // 1000  # a restored timer: what was held is not known
-        if held is not None and item.cf_factors:
-            yield _feed_record(item, held)
 
     def _changelog_record(self, item: Any, neighbors: Any, learned: bool) -> str:
         """The item's ``item_stats`` row, with its ``item_cf`` row when it has learnt."""
@@ -550,13 +534,6 @@ class ItemFeatures(KeyedProcessFunction):
         if learned and item.cf_factors:
             return encode_record([row, self.step.cf_row(item)])
         return row.to_json()
-
-
-def _feed_record(item: Any, event_time_ms: int) -> tuple[str, int]:
-    """The item's factors for the feed, as ``(record, event_time_ms)``: the job stamps
-    the record with that time in the JVM (exchanges.with_event_time) for its Kafka
-    timestamp, which the feed's watermarks follow."""
-    return item_factor_feed.encode(item.item_id, item.version_us, item.cf_factors), event_time_ms
 
 
 class AttributionJoin(KeyedCoProcessFunction):

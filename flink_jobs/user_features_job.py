@@ -335,18 +335,15 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
                 settings.learning,
                 state_cache_entries=settings.flink.state_cache_entries,
             ),
-            output_type=timed_record(Types.STRING()),
+            output_type=Types.STRING(),
         )
         .name("item popularity + CF (item half)")
         .uid("item-features")
     )
     item_op = on_item_side(item_op, settings)
-    # The feed's records come as (record, event time): stamped in the JVM, so a record
-    # the row timer releases carries its change's event time too, not the timer's clock.
-    feed = with_event_time(item_op, WatermarkStrategy.no_watermarks(), Types.STRING())
-    feed.name("item factors' event time").sink_to(kafka_sink(settings, k.item_factors_topic)).name(
-        "kafka: item factors"
-    ).uid("sink-item-factors")
+    item_op.sink_to(kafka_sink(settings, k.item_factors_topic)).name("kafka: item factors").uid(
+        "sink-item-factors"
+    )
 
     # The user operator's triggers and the item operator's (price drops of carted items),
     # rebalanced into the sink for the reason the changelog sink's inputs are (below).

@@ -516,11 +516,6 @@ class LearningSettings(_Section):
     # interaction is evaluated before it is learned (1 = all; evaluating costs more
     # than learning, see README "Figures").
     prequential_every: int = 4
-    # The item-factor feed (flink_jobs/item_factor_feed.py): an item publishes its new
-    # factors to the user side at most once per this much processing time; changes in
-    # between go with the item's next change after it, or with its row timer
-    # (features.item_rows_every_ms). 0, or item rows per event: every change at once.
-    item_factor_feed_every_ms: int = Field(default=100, ge=0)
     # Click propensity (flink_jobs/propensity.py): River logistic regression on the
     # features serving logged for each shown item, labelled this long (event time)
     # after the exposure; a version is published every N examples.
