@@ -264,9 +264,14 @@ def run_loadgen(settings: Settings, opts: dict[str, Any], sessions: dict[str, in
 
 
 def find_ghz() -> str | None:
+    """ghz on PATH, beside this interpreter (``scripts/bootstrap.sh --bench`` builds it
+    into .venv/bin), or where ``go install`` puts it."""
     found = shutil.which("ghz")
     if found:
         return found
+    beside = Path(sys.executable).parent / "ghz"
+    if beside.exists():
+        return str(beside)
     # `go install` puts it in $GOPATH/bin, ~/go/bin by default.
     for gopath in (os.environ.get("GOPATH"), str(Path.home() / "go")):
         candidate = Path(gopath) / "bin" / "ghz" if gopath else None
@@ -479,7 +484,10 @@ def run_serving(bench: BenchStack, args: Any) -> dict[str, Any]:
     plan.append(("closed", 0.0))
     ghz_path = None if args.no_ghz else find_ghz()
     if not ghz_path:
-        say("ghz not found (PATH, $GOPATH/bin, ~/go/bin): python load generator numbers only")
+        say(
+            "ghz not found (PATH, .venv/bin, $GOPATH/bin, ~/go/bin; bash scripts/bootstrap.sh "
+            "--bench installs it): python load generator numbers only"
+        )
 
     phases: list[dict[str, Any]] = []
     ghz_phases: list[dict[str, Any]] = []

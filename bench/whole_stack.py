@@ -328,7 +328,10 @@ def _run_stack(bench: BenchStack, args: Any) -> dict[str, Any]:
 
     ghz = find_ghz()
     if ghz is None:
-        raise RuntimeError("ghz not found (PATH, $GOPATH/bin, ~/go/bin): go install ghz")
+        raise RuntimeError(
+            "ghz not found (PATH, .venv/bin, $GOPATH/bin, ~/go/bin): "
+            "bash scripts/bootstrap.sh --bench installs it"
+        )
     bench.start_redis()
     bench.start_kafka()
     bench.feast_apply()

@@ -14,15 +14,20 @@
 # (promtool tests the alert rules, the server scrapes a test stack) with its packaged
 # service kept off like redis-server's; Debian's docker-compose, which parses
 # docker-compose.yml without a Docker engine.
+# With --bench also what only the benchmarks need: ghz (the gRPC load generator of
+# `bench serving` and `bench stack`), built with the machine's Go from the Go module
+# proxy at a pinned version into .venv/bin (found there by bench/serving.find_ghz).
 # Safe with CI=true and no stdin. Prints a summary of what it did.
 set -euo pipefail
 
 for_tests=0
+for_bench=0
 case "${CI:-}" in true | 1) for_tests=1 ;; esac
 [ "${PZ_BOOTSTRAP_TESTS:-0}" = 1 ] && for_tests=1
 for arg in "$@"; do
   case "$arg" in
     --tests) for_tests=1 ;;
+    --bench) for_bench=1 ;;
     *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -136,6 +141,24 @@ fi
 # --- 4. jars ---------------------------------------------------------------------------
 .venv/bin/python -m ops.infra.jars
 note "jars present (Kafka broker, Flink Kafka connector)"
+
+# --- 5. bench tools (--bench) ----------------------------------------------------------
+ghz_version=v0.120.0
+if [ "$for_bench" = 1 ]; then
+  # `go install` stamps no version into the binary ("dev"): a stamp file says which.
+  ghz_stamp=.venv/.pz-ghz-version
+  if [ -x .venv/bin/ghz ] && [ "$(cat "$ghz_stamp" 2>/dev/null || true)" = "$ghz_version" ]; then
+    note "ghz $ghz_version present (.venv/bin)"
+  elif command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
+    go_cmd="$(command -v go || echo /usr/local/go/bin/go)"
+    GOBIN="$root/.venv/bin" "$go_cmd" install "github.com/bojand/ghz/cmd/ghz@$ghz_version"
+    echo "$ghz_version" >"$ghz_stamp"
+    note "ghz $ghz_version built into .venv/bin (go install)"
+  else
+    echo "bootstrap: --bench needs Go for ghz (Debian: apt-get install golang-go)" >&2
+    exit 1
+  fi
+fi
 
 echo
 echo "bootstrap done:"
