@@ -143,7 +143,7 @@ fi
 note "jars present (Kafka broker, Flink Kafka connector)"
 
 # --- 5. bench tools (--bench) ----------------------------------------------------------
-ghz_version=v0.120.0
+ghz_version=v0.93.0
 if [ "$for_bench" = 1 ]; then
   # `go install` stamps no version into the binary ("dev"): a stamp file says which.
   ghz_stamp=.venv/.pz-ghz-version
