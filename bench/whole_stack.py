@@ -49,6 +49,7 @@ from bench.env import (
     say,
     scrape,
 )
+from bench.ingest.sampling import thread_cpu, threads_of
 from bench.job_placement import (
     add_separate_item_side_argument,
     job_sessions,
@@ -269,10 +270,12 @@ def run_ghz_phase(
         cmd += ["--metadata-file", str(settings.run_path / "ghz-metadata.json")]
     cmd.append(target(settings))
     server_before = _recommend_buckets(settings)
+    server_sid = sessions.get("grpc-server", 0)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     meter = CpuMeter(sessions, child_label="ghz").start()
+    threads_before, threads_t0 = threads_of((server_sid,)), time.monotonic()
     timeout = args.duration + args.warmup + 60
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -281,6 +284,7 @@ def run_ghz_phase(
         proc.communicate()
         raise
     cpu = meter.stop()
+    threads = thread_cpu(threads_before, threads_of((server_sid,)), time.monotonic() - threads_t0)
     server = server_side(server_before, _recommend_buckets(settings))
     if proc.returncode != 0 and not out.strip():
         raise RuntimeError(f"ghz failed ({proc.returncode}): {err[-2000:]}")
@@ -304,8 +308,27 @@ def run_ghz_phase(
         "ghz_reported_rps": round(float(report_json.get("rps", 0.0)), 1),
         "latency": latency_summary(ok),
         "server_side": server,
+        "server_threads": server_threads(threads, server_sid),
         "cpu_pct": cpu,
         "command": " ".join(cmd[1:]),
+    }
+
+
+def server_threads(threads: list[dict[str, Any]], server_pid: int) -> dict[str, Any]:
+    """The server's event loop (its main thread: Recommend runs on it) and the rest of
+    its threads: % of a core, and the loop's % of the phase runnable but waiting for a
+    CPU. A loop that waits for a core tells a starved server from one whose handlers
+    queue behind each other or behind the GIL (README, "Recommend's tail")."""
+    loop = next((t for t in threads if t["tid"] == server_pid), None)
+    others = [t for t in threads if t["tid"] != server_pid]
+    busiest = others[0] if others else None
+    return {
+        "loop_cpu_pct": loop["cpu_pct"] if loop else 0.0,
+        "loop_runqueue_wait_pct": loop.get("runqueue_wait_pct") if loop else None,
+        "other_threads_cpu_pct": round(sum(float(t["cpu_pct"]) for t in others), 1),
+        "busiest_other_thread": (
+            f"{busiest['thread']} {busiest['cpu_pct']} %" if busiest is not None else ""
+        ),
     }
 
 
@@ -523,6 +546,7 @@ def _say_phase(name: str, r: dict[str, Any]) -> None:
         f"p99 {lat['p99_ms']:.2f} ms, p99.9 {lat['p999_ms']:.2f} ms, errors {r['error_count']}"
     )
     say(f"  server side (histogram bounds): {r.get('server_side')}")
+    say(f"  server threads: {r.get('server_threads')}")
     say(f"  cpu % of a core: {r['cpu_pct']}; write path: {r.get('write_path')}")
 
 
@@ -543,6 +567,10 @@ def report(r: dict[str, Any]) -> str:
         # own time from the wait for a thread or a core.
         ("server-side p50 ms", *(x.get("server_side", {}).get("p50_ms") for x in phases)),
         ("server-side p99 ms", *(x.get("server_side", {}).get("p99_ms") for x in phases)),
+        *(
+            (label, *(x.get("server_threads", {}).get(key) for x in phases))
+            for label, key in SERVER_THREAD_ROWS
+        ),
         ("errors", *(_errors(x) for x in phases)),
     ]
     cpu_names: list[str] = []
@@ -565,6 +593,14 @@ def report(r: dict[str, Any]) -> str:
         f"{p['users_asked_for']:,} users, strategy {p['strategy']}"
     )
     return f"{table}\n\n{summary}"
+
+
+SERVER_THREAD_ROWS = (
+    ("server loop thread: cpu % of a core", "loop_cpu_pct"),
+    ("server loop thread: % waiting for a CPU", "loop_runqueue_wait_pct"),
+    ("server other threads: cpu % of a core", "other_threads_cpu_pct"),
+    ("server busiest other thread", "busiest_other_thread"),
+)
 
 
 def _errors(phase: dict[str, Any]) -> str:

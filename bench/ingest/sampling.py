@@ -161,7 +161,9 @@ def operator_threads_pct(threads: list[dict[str, Any]]) -> float:
     )
 
 
-def _threads_of(sids: tuple[int, ...]) -> ThreadTimes:
+def threads_of(sids: tuple[int, ...]) -> ThreadTimes:
+    """Every thread of the sessions ``sids`` (the bench starts each component in a
+    session of its own): CPU ticks and run-queue wait, for :func:`thread_cpu`."""
     out: ThreadTimes = {}
     for sid in sids:
         out.update(_thread_ticks(sid))
@@ -175,12 +177,12 @@ class Window:
     def __init__(self, sessions: dict[str, int], job_sids: tuple[int, ...]) -> None:
         self.meter = CpuMeter(sessions).start()
         self.job_sids = tuple(s for s in job_sids if s)
-        self.threads = _threads_of(self.job_sids)
+        self.threads = threads_of(self.job_sids)
         self.started = time.monotonic()
 
     def close(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
-        after = _threads_of(self.job_sids)
+        after = threads_of(self.job_sids)
         return {
             "cpu_pct": self.meter.stop(),
             "job_threads": thread_cpu(self.threads, after, elapsed),
