@@ -314,13 +314,21 @@ def run_ghz_phase(
     }
 
 
+# The server's event-loop thread, as serving/app.py names it for the kernel
+# (personalization/thread_names.py): Recommend runs on it.
+LOOP_THREAD = "grpc-loop"
+
+
 def server_threads(threads: list[dict[str, Any]], server_pid: int) -> dict[str, Any]:
-    """The server's event loop (its main thread: Recommend runs on it) and the rest of
-    its threads: % of a core, and the loop's % of the phase runnable but waiting for a
-    CPU. A loop that waits for a core tells a starved server from one whose handlers
-    queue behind each other or behind the GIL (README, "Recommend's tail")."""
-    loop = next((t for t in threads if t["tid"] == server_pid), None)
-    others = [t for t in threads if t["tid"] != server_pid]
+    """The server's event loop and the rest of its threads: % of a core, and the
+    loop's % of the phase runnable but waiting for a CPU. A loop that waits for a core
+    tells a starved server from one whose handlers queue behind each other or behind
+    the GIL (README, "Recommend's tail"). ``server_pid``'s main thread stands in for
+    the loop when no thread has its name (a server from before it was named)."""
+    loop = next((t for t in threads if t["thread"] == LOOP_THREAD), None)
+    if loop is None:
+        loop = next((t for t in threads if t["tid"] == server_pid), None)
+    others = [t for t in threads if t is not loop]
     busiest = others[0] if others else None
     return {
         "loop_cpu_pct": loop["cpu_pct"] if loop else 0.0,

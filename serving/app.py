@@ -31,6 +31,7 @@ from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.redis_client import redis_client
 from personalization.settings import Settings
+from personalization.thread_names import NamedThread
 from personalization.v1 import catalog_pb2_grpc, recommender_pb2_grpc
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
@@ -132,7 +133,7 @@ class ServingApp:
             max_workers=cfg.max_workers, thread_name_prefix="grpc"
         )
         self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(
+        self._loop_thread = NamedThread(
             target=self._loop.run_forever, name="grpc-loop", daemon=True
         )
         self._loop_thread.start()

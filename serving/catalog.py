@@ -41,6 +41,7 @@ from personalization.feature_store import (
 )
 from personalization.redis_client import REDIS_ERRORS, redis_client
 from personalization.settings import Settings
+from personalization.thread_names import NamedThread
 from serving.catalog_snapshot import (
     COUNT_FEATURES,
     EMPTY_SNAPSHOT,
@@ -426,7 +427,7 @@ class ItemCatalog:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="catalog-refresh", daemon=True)
+        self._thread = NamedThread(target=self._run, name="catalog-refresh", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:

@@ -36,6 +36,7 @@ from personalization.events import (
     topic_family,
 )
 from personalization.settings import Settings
+from personalization.thread_names import NamedThread
 from personalization.v1 import events_pb2
 from serving.codec import event_to_wire
 
@@ -135,7 +136,7 @@ class EventCollector:
             producer = Producer(config)
         self._producer = producer
         self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="collector-poll", daemon=True)
+        self._poller = NamedThread(target=self._poll, name="collector-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:

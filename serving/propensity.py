@@ -41,6 +41,7 @@ from personalization.model_versions import (
     ModelVersion,
     source_feature_weights,
 )
+from personalization.thread_names import NamedThread
 from serving import candidates as cand
 from serving.catalog_snapshot import CatalogSnapshot
 from serving.online_features import UserFeatures
@@ -207,7 +208,7 @@ class ModelWatcher:
 
     def start(self) -> ModelWatcher:
         self.refresh()
-        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread = NamedThread(target=self._run, name="model-watcher", daemon=True)
         self._thread.start()
         return self
 
