@@ -9,7 +9,7 @@ import ctypes
 import sys
 import threading
 
-__all__ = ["NamedThread", "set_native_name"]
+__all__ = ["NamedThread", "name_current_thread", "set_native_name"]
 
 _PR_SET_NAME = 15
 _MAX_NAME_BYTES = 15  # the kernel keeps 16 bytes with the terminating NUL
@@ -24,6 +24,13 @@ def set_native_name(name: str) -> None:
         libc.prctl(_PR_SET_NAME, name.encode("utf-8", "replace")[:_MAX_NAME_BYTES], 0, 0, 0)
     except (OSError, AttributeError):  # no prctl: the name stays Python's only
         return
+
+
+def name_current_thread() -> None:
+    """Give the calling thread's Python name to the kernel. A ``ThreadPoolExecutor``'s
+    ``initializer``: the kernel names a new thread after the one that started it, so
+    the workers a pool starts from a named thread would all carry that thread's name."""
+    set_native_name(threading.current_thread().name)
 
 
 class NamedThread(threading.Thread):

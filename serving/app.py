@@ -31,7 +31,7 @@ from personalization.metrics import start_metrics_server
 from personalization.model_registry import ModelRegistry
 from personalization.redis_client import redis_client
 from personalization.settings import Settings
-from personalization.thread_names import NamedThread
+from personalization.thread_names import NamedThread, name_current_thread
 from personalization.v1 import catalog_pb2_grpc, recommender_pb2_grpc
 from serving import metrics as serving_metrics
 from serving.admin import AdminServicer
@@ -128,9 +128,10 @@ class ServingApp:
             )
         else:
             log.warning("profile reads are not audited: this server has no Kafka (no collector)")
-        # Blocking methods (Kafka acks, audit writes) run here, off the event loop.
+        # Blocking methods (Kafka acks, audit writes) run here, off the event loop. Its
+        # workers start from the loop's thread: named grpc_N, not after the loop.
         self._executor = futures.ThreadPoolExecutor(
-            max_workers=cfg.max_workers, thread_name_prefix="grpc"
+            max_workers=cfg.max_workers, thread_name_prefix="grpc", initializer=name_current_thread
         )
         self._loop = asyncio.new_event_loop()
         self._loop_thread = NamedThread(
